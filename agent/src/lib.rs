@@ -1,1 +1,17 @@
-//! placeholder
+//! overlay-agent: the per-host daemon and the library `overlayctl` shares with it.
+//!
+//! Layout (what each part may touch):
+//! - [`config`]: settings from flags, `OVERLAY_*` variables and a TOML file (pure);
+//! - [`agent`]: the service object every entry point calls (KV through `ovl-core`);
+//! - [`api`]: the control API on the unix socket: wire types, server routes, client;
+//! - [`registry`]: this host's record and lease in the KV;
+//! - [`sync`]: the cluster view kept current from the KV (list + watch + relist);
+//! - [`daemon`]: start-up and shutdown wiring.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod registry;
+pub mod sync;

@@ -1,1 +1,220 @@
-fn main() {}
+//! `cargo xtask`: lab, demo and benchmarks. Run `cargo xtask --help`.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use xtask::{
+    lab::{self, DatapathSel, KvKind, Lab, LabConfig, LabGuard},
+    sh,
+};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "overlay-agent developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The netns lab: hosts as network namespaces on one machine.
+    #[command(subcommand)]
+    Lab(LabCmd),
+    /// The multi-host demo: a lab, a network, containers on every host talking by name; then
+    /// everything is removed.
+    Demo {
+        /// Number of hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// KV backend.
+        #[arg(long, value_enum, default_value_t = KvKind::Embedded)]
+        kv: KvKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the lab and start one agent per host.
+    Up {
+        /// Number of hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// KV backend.
+        #[arg(long, value_enum, default_value_t = KvKind::Embedded)]
+        kv: KvKind,
+        /// Datapath of the hosts.
+        #[arg(long, value_enum, default_value_t = DatapathSel::Kernel)]
+        datapath: DatapathSel,
+        /// Lab name (prefix of its namespaces).
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// Extra arguments for every agent (after `--`).
+        #[arg(last = true)]
+        agent_args: Vec<String>,
+    },
+    /// Remove the lab: processes, namespaces, mounts, files.
+    Down {
+        /// Lab name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Run a command inside a host (`overlayctl` is on PATH and talks to that host's agent).
+    Exec {
+        /// Host: h1, h2... (or 1, 2...).
+        host: String,
+        /// Lab name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show the lab's hosts, agents and logs.
+    Status {
+        /// Lab name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+}
+
+/// Builds the agent binaries with the same cargo that runs xtask.
+fn build_agent() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "overlay-agent", "--bins"])
+        .status()?;
+    if !status.success() {
+        bail!("building overlay-agent failed");
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Lab(LabCmd::Up {
+            hosts,
+            kv,
+            datapath,
+            name,
+            agent_args,
+        }) => {
+            build_agent()?;
+            let mut cfg = LabConfig::new(&name, hosts);
+            cfg.kv = kv;
+            cfg.datapath = datapath;
+            cfg.agent_args = agent_args;
+            let lab = Lab::up(cfg)?;
+            println!("lab {name} is up: {hosts} hosts, kv {}", lab.state.kv_url);
+            for h in &lab.state.hosts {
+                println!(
+                    "  {}  ns {}  {}  {}  log {}",
+                    h.id,
+                    h.ns,
+                    h.addr,
+                    h.datapath,
+                    h.log.display()
+                );
+            }
+            println!("try: cargo xtask lab exec h1 -- overlayctl hosts");
+            Ok(0)
+        }
+        Cmd::Lab(LabCmd::Down { name }) => {
+            let errs = match Lab::load(&name) {
+                Ok(lab) => lab.down(),
+                Err(_) => lab::teardown_by_name(&name),
+            };
+            for e in &errs {
+                eprintln!("lab down: {e:#}");
+            }
+            if errs.is_empty() {
+                println!("lab {name} removed");
+                Ok(0)
+            } else {
+                Ok(1)
+            }
+        }
+        Cmd::Lab(LabCmd::Exec { host, name, cmd }) => {
+            let lab = Lab::load(&name)?;
+            let i = lab.host_index(&host)?;
+            let status = lab
+                .exec(i, &cmd[0])
+                .args(&cmd[1..])
+                .status()
+                .context("exec")?;
+            Ok(status.code().unwrap_or(1))
+        }
+        Cmd::Lab(LabCmd::Status { name }) => {
+            let lab = Lab::load(&name)?;
+            println!("lab {name}: kv {}", lab.state.kv_url);
+            for (i, h) in lab.state.hosts.iter().enumerate() {
+                let running = h
+                    .pid
+                    .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+                println!(
+                    "  {} {} {} agent {}",
+                    h.id,
+                    h.addr,
+                    h.datapath,
+                    if running { "running" } else { "stopped" }
+                );
+                if let Ok(o) = lab.ctl(i, &["hosts"]) {
+                    print!("{}", String::from_utf8_lossy(&o.stdout));
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Demo { hosts, kv } => {
+            build_agent()?;
+            demo(hosts, kv)?;
+            Ok(0)
+        }
+    }
+}
+
+fn show(lab: &Lab, i: usize, args: &[&str]) -> Result<()> {
+    println!("\n$ [{}] overlayctl {}", lab.host(i).id, args.join(" "));
+    let out = lab.ctl(i, args)?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!(
+            "overlayctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn demo(hosts: usize, kv: KvKind) -> Result<()> {
+    let mut cfg = LabConfig::new("demo", hosts);
+    cfg.kv = kv;
+    println!("== building a {hosts}-host lab (kv: {kv:?})");
+    let lab = LabGuard(Some(Lab::up(cfg)?));
+    sh::wait_for(
+        "every host to see every other",
+        std::time::Duration::from_secs(10),
+        || {
+            let hs: Vec<serde_json::Value> = lab.ctl_json(0, &["hosts"]).ok()?;
+            (hs.iter().filter(|h| h["alive"] == true).count() == hosts).then_some(())
+        },
+    )?;
+    for i in 0..hosts {
+        show(&lab, i, &["hosts"])?;
+    }
+    show(&lab, 0, &["status"])?;
+    println!("\n== tearing the lab down");
+    drop(lab);
+    println!("demo done");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

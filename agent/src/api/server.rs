@@ -1,0 +1,104 @@
+//! Routes of the control API, each a thin translation to an [`Agent`] call.
+
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path as UrlPath, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use ovl_core::store::NetworkRequest;
+use serde::{Deserialize, de::DeserializeOwned};
+use tokio::net::UnixListener;
+
+use super::types::ErrorBody;
+use crate::{agent::Agent, error::AgentError};
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Parses a JSON body with a clear error instead of axum's default rejection.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, AgentError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| AgentError::Invalid(format!("malformed request: {e}")))
+}
+
+#[derive(Deserialize)]
+struct NetFilter {
+    network: Option<String>,
+}
+
+type Shared = State<Arc<Agent>>;
+
+/// The router. Other parts (datapath, names, Docker) add their routes in [`crate::daemon`].
+pub fn router(agent: Arc<Agent>) -> Router<Arc<Agent>> {
+    let _ = agent;
+    Router::new()
+        .route(
+            "/v1/status",
+            get(|State(a): Shared| async move { Json(a.status()) }),
+        )
+        .route(
+            "/v1/hosts",
+            get(|State(a): Shared| async move { Json(a.hosts().await) }),
+        )
+        .route(
+            "/v1/networks",
+            get(|State(a): Shared| async move { a.networks().await.map(Json) }).post(
+                |State(a): Shared, b: Bytes| async move {
+                    let req: NetworkRequest = body(&b)?;
+                    a.create_network(req).await.map(Json)
+                },
+            ),
+        )
+        .route(
+            "/v1/networks/{name}",
+            get(|State(a): Shared, UrlPath(n): UrlPath<String>| async move {
+                a.network(&n).await.map(Json)
+            })
+            .delete(|State(a): Shared, UrlPath(n): UrlPath<String>| async move {
+                a.delete_network(&n).await.map(Json)
+            }),
+        )
+        .route(
+            "/v1/endpoints",
+            get(|State(a): Shared, Query(f): Query<NetFilter>| async move {
+                a.endpoints(f.network.as_deref()).await.map(Json)
+            }),
+        )
+        .route("/v1/ping", post(|| async { Json(serde_json::json!({})) }))
+}
+
+/// Binds the control socket: refuses if another agent answers on it, replaces a stale file,
+/// and restricts it to its owner (mode 0600).
+pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another agent is serving {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}

@@ -1,0 +1,188 @@
+//! Wire types of the control API.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use ovl_core::{EndpointRecord, MacAddr, NetworkRecord, PortMap};
+use serde::{Deserialize, Serialize};
+
+/// Error body of every failed call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Human-readable, one line.
+    pub error: String,
+}
+
+/// KV health as last probed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvStatus {
+    /// Backend description (`etcd://...` or `embedded:/path`).
+    pub backend: String,
+    /// Whether the last probe succeeded.
+    pub reachable: bool,
+    /// The last error, if the last probe failed.
+    pub error: Option<String>,
+    /// Seconds since the last successful probe (`None`: never reached).
+    pub last_ok_secs: Option<u64>,
+}
+
+/// Counts shown by `overlayctl status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counts {
+    /// Known hosts.
+    pub hosts: usize,
+    /// Hosts alive.
+    pub hosts_alive: usize,
+    /// Networks.
+    pub networks: usize,
+    /// Endpoints cluster-wide.
+    pub endpoints: usize,
+    /// Endpoints on this host.
+    pub local_endpoints: usize,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// This host's id.
+    pub host_id: String,
+    /// Agent version.
+    pub version: String,
+    /// VTEP address.
+    pub advertise_addr: Ipv4Addr,
+    /// Underlay MTU detected on the advertise interface.
+    pub underlay_mtu: u32,
+    /// Datapath mode in use.
+    pub datapath: String,
+    /// Whether this host's liveness record is currently held in the KV.
+    pub registered: bool,
+    /// KV health.
+    pub kv: KvStatus,
+    /// Counts from the last view of the cluster.
+    pub counts: Counts,
+    /// KV revision of that view.
+    pub view_revision: i64,
+    /// Extra lines other parts add (gateway, DNS, datapath), as key/value pairs.
+    #[serde(default)]
+    pub details: Vec<(String, String)>,
+}
+
+/// One row of `GET /v1/hosts`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostInfo {
+    /// Host id.
+    pub id: String,
+    /// VTEP address.
+    pub vtep: Ipv4Addr,
+    /// Underlay MTU.
+    pub underlay_mtu: u32,
+    /// Datapath mode.
+    pub datapath: String,
+    /// Agent version.
+    pub version: String,
+    /// Whether its lease is held.
+    pub alive: bool,
+}
+
+/// `GET /v1/networks/{name}` and rows of `GET /v1/networks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// The record.
+    #[serde(flatten)]
+    pub record: NetworkRecord,
+    /// Endpoints on it cluster-wide.
+    pub endpoints: usize,
+    /// Container MTU on this host.
+    pub mtu_here: u32,
+    /// Extra details (e.g. published ports, gateway subnet).
+    #[serde(default)]
+    pub details: Vec<(String, String)>,
+}
+
+/// `POST /v1/attach`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// Network name.
+    pub network: String,
+    /// Container name (unique on the network).
+    pub name: String,
+    /// Container network namespace path.
+    pub netns: Option<PathBuf>,
+    /// Or a process whose network namespace to use.
+    pub pid: Option<u32>,
+    /// Extra names.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Wanted address.
+    pub ip: Option<Ipv4Addr>,
+    /// Wanted MAC.
+    pub mac: Option<MacAddr>,
+    /// Published ports.
+    #[serde(default)]
+    pub publish: Vec<PortMap>,
+}
+
+/// Reply to `POST /v1/attach`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachReply {
+    /// The endpoint as recorded.
+    pub endpoint: EndpointRecord,
+    /// Interface name inside the container.
+    pub ifname: String,
+    /// MTU of that interface.
+    pub mtu: u32,
+    /// Prefix length of the address.
+    pub prefix_len: u8,
+    /// Gateway-bridge interface inside the container, if any.
+    pub gateway_ifname: Option<String>,
+}
+
+/// `POST /v1/detach`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetachRequest {
+    /// Network name.
+    pub network: String,
+    /// Container name.
+    pub name: String,
+}
+
+/// Reply to `POST /v1/detach`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetachReply {
+    /// Whether an endpoint existed.
+    pub removed: bool,
+}
+
+/// One network's section of `GET /v1/peers`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeersNetwork {
+    /// Network name.
+    pub network: String,
+    /// What should be programmed here (one line per entry).
+    pub desired: Vec<String>,
+    /// What is programmed here.
+    pub actual: Vec<String>,
+    /// The operations that would make them equal (empty: converged).
+    pub diff: Vec<String>,
+}
+
+/// `GET /v1/peers`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Peers {
+    /// Per network.
+    pub networks: Vec<PeersNetwork>,
+}
+
+/// `GET /v1/dns/lookup`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DnsLookup {
+    /// The name asked.
+    pub name: String,
+    /// The container it was asked as.
+    pub from: String,
+    /// Response code (NOERROR, NXDOMAIN, SERVFAIL, ...).
+    pub rcode: String,
+    /// Answer records, one per line.
+    pub answers: Vec<String>,
+    /// Where the answer came from (`local` or `upstream`).
+    pub source: String,
+}

@@ -1,0 +1,454 @@
+//! `overlayctl`: talks to one agent over its control socket. Every command takes `--json`.
+
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use ipnetwork::Ipv4Network;
+use overlay_agent::api::{
+    client::{Client, ClientError},
+    types::*,
+};
+use ovl_core::{EndpointRecord, MacAddr, PortMap, store::NetworkRequest};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(
+    name = "overlayctl",
+    version,
+    about = "Control and inspect an overlay-agent"
+)]
+struct Cli {
+    /// Control socket of the agent.
+    #[arg(
+        long,
+        global = true,
+        env = "OVERLAY_SOCKET",
+        default_value = "/run/overlay-agent/overlay.sock"
+    )]
+    socket: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Host id, KV health, datapath mode, counts.
+    Status,
+    /// Every host: id, VTEP address, alive.
+    Hosts,
+    /// Create, list, inspect and remove networks.
+    #[command(subcommand)]
+    Network(NetCmd),
+    /// Attach a container (network namespace) to a network.
+    Attach(AttachArgs),
+    /// Detach a container from a network.
+    Detach {
+        /// Network name.
+        network: String,
+        /// Container name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Every endpoint cluster-wide (or of one network).
+    Endpoints {
+        /// Only this network.
+        network: Option<String>,
+    },
+    /// What this host has programmed vs. what it should.
+    Peers {
+        /// Only this network.
+        network: Option<String>,
+    },
+    /// Ask the embedded DNS.
+    #[command(subcommand)]
+    Dns(DnsCmd),
+    /// Datapath details and counters.
+    Datapath,
+}
+
+#[derive(Subcommand)]
+enum NetCmd {
+    /// Create a network.
+    Create {
+        /// Network name.
+        name: String,
+        /// Subnet (default: the next free /24 of the pool).
+        #[arg(long)]
+        subnet: Option<Ipv4Network>,
+        /// Gateway address (default: the subnet's first address).
+        #[arg(long)]
+        gateway: Option<Ipv4Addr>,
+        /// VXLAN network identifier (default: the next free from 4096).
+        #[arg(long)]
+        vni: Option<u32>,
+        /// No gateway bridge, no route off the overlay.
+        #[arg(long)]
+        internal: bool,
+        /// Container MTU (default: underlay MTU - 50 on each host).
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// List networks.
+    Ls,
+    /// Show one network.
+    Inspect {
+        /// Network name.
+        name: String,
+    },
+    /// Remove a network (refused while it has endpoints).
+    Rm {
+        /// Network name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    /// Network name.
+    network: String,
+    /// Container name (unique on the network).
+    #[arg(long)]
+    name: String,
+    /// Network namespace path (e.g. /run/netns/c1).
+    #[arg(long, conflicts_with = "pid", required_unless_present = "pid")]
+    netns: Option<PathBuf>,
+    /// Or the PID of a process in the container.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Extra name on this network (repeatable).
+    #[arg(long = "alias")]
+    aliases: Vec<String>,
+    /// Address to use (default: the next free one).
+    #[arg(long)]
+    ip: Option<Ipv4Addr>,
+    /// MAC address to use (default: derived from the address).
+    #[arg(long)]
+    mac: Option<MacAddr>,
+    /// Publish a port: HOSTPORT:PORT[/tcp|udp] (repeatable).
+    #[arg(long)]
+    publish: Vec<PortMap>,
+}
+
+#[derive(Subcommand)]
+enum DnsCmd {
+    /// Resolve NAME as container CNAME's resolver would.
+    Lookup {
+        /// Name to resolve.
+        name: String,
+        /// Container to ask as.
+        #[arg(long)]
+        from: String,
+    },
+}
+
+fn print<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+    } else {
+        human(v);
+    }
+}
+
+/// Prints rows as left-aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:w$}", c, w = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn network_rows(nets: &[NetworkInfo]) -> Vec<Vec<String>> {
+    nets.iter()
+        .map(|n| {
+            vec![
+                n.record.name.clone(),
+                n.record.vni.to_string(),
+                n.record.subnet.to_string(),
+                n.record.gateway.to_string(),
+                n.mtu_here.to_string(),
+                if n.record.internal {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                n.endpoints.to_string(),
+            ]
+        })
+        .collect()
+}
+
+const NET_HEADER: &[&str] = &[
+    "NAME",
+    "VNI",
+    "SUBNET",
+    "GATEWAY",
+    "MTU",
+    "INTERNAL",
+    "ENDPOINTS",
+];
+
+fn endpoint_rows(eps: &[EndpointRecord]) -> Vec<Vec<String>> {
+    eps.iter()
+        .map(|e| {
+            vec![
+                e.network.clone(),
+                e.display_name().to_string(),
+                e.host.clone(),
+                e.ip.to_string(),
+                e.mac.to_string(),
+                e.aliases.join(","),
+                e.publish
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect()
+}
+
+async fn run(cli: Cli) -> Result<(), ClientError> {
+    let c = Client::new(&cli.socket);
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Status => {
+            let s: Status = c.get("/v1/status").await?;
+            print(json, &s, |s| {
+                println!("host:        {}", s.host_id);
+                println!("version:     {}", s.version);
+                println!(
+                    "vtep:        {} (underlay MTU {})",
+                    s.advertise_addr, s.underlay_mtu
+                );
+                println!("datapath:    {}", s.datapath);
+                let kv = if s.kv.reachable {
+                    "reachable".to_string()
+                } else {
+                    format!(
+                        "UNREACHABLE ({})",
+                        s.kv.error.as_deref().unwrap_or("never reached")
+                    )
+                };
+                println!("kv:          {} {}", s.kv.backend, kv);
+                println!("registered:  {}", if s.registered { "yes" } else { "no" });
+                let n = &s.counts;
+                println!("hosts:       {} ({} alive)", n.hosts, n.hosts_alive);
+                println!("networks:    {}", n.networks);
+                println!(
+                    "endpoints:   {} ({} on this host)",
+                    n.endpoints, n.local_endpoints
+                );
+                for (k, v) in &s.details {
+                    println!("{:<12} {}", format!("{k}:"), v);
+                }
+            });
+        }
+        Cmd::Hosts => {
+            let hosts: Vec<HostInfo> = c.get("/v1/hosts").await?;
+            print(json, &hosts, |hs| {
+                let rows = hs
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            h.id.clone(),
+                            h.vtep.to_string(),
+                            if h.alive {
+                                "alive".into()
+                            } else {
+                                "dead".into()
+                            },
+                            h.datapath.clone(),
+                            h.underlay_mtu.to_string(),
+                            h.version.clone(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["HOST", "VTEP", "STATE", "DATAPATH", "MTU", "VERSION"],
+                    rows,
+                );
+            });
+        }
+        Cmd::Network(NetCmd::Create {
+            name,
+            subnet,
+            gateway,
+            vni,
+            internal,
+            mtu,
+        }) => {
+            let req = NetworkRequest {
+                name,
+                subnet,
+                gateway,
+                vni,
+                internal,
+                mtu,
+            };
+            let n: NetworkInfo = c.post("/v1/networks", &req).await?;
+            print(json, &n, |n| {
+                table(NET_HEADER, network_rows(std::slice::from_ref(n)))
+            });
+        }
+        Cmd::Network(NetCmd::Ls) => {
+            let nets: Vec<NetworkInfo> = c.get("/v1/networks").await?;
+            print(json, &nets, |n| table(NET_HEADER, network_rows(n)));
+        }
+        Cmd::Network(NetCmd::Inspect { name }) => {
+            let n: NetworkInfo = c.get(&format!("/v1/networks/{name}")).await?;
+            print(json, &n, |n| {
+                println!("name:       {}", n.record.name);
+                println!("vni:        {}", n.record.vni);
+                println!("subnet:     {}", n.record.subnet);
+                println!("gateway:    {}", n.record.gateway);
+                println!("internal:   {}", n.record.internal);
+                println!("mtu:        {}", n.mtu_here);
+                println!("endpoints:  {}", n.endpoints);
+                for (k, v) in &n.details {
+                    println!("{:<11} {}", format!("{k}:"), v);
+                }
+            });
+        }
+        Cmd::Network(NetCmd::Rm { name }) => {
+            let n: NetworkInfo = c.delete(&format!("/v1/networks/{name}")).await?;
+            print(json, &n, |n| println!("removed network {}", n.record.name));
+        }
+        Cmd::Attach(a) => {
+            let req = AttachRequest {
+                network: a.network,
+                name: a.name,
+                netns: a.netns,
+                pid: a.pid,
+                aliases: a.aliases,
+                ip: a.ip,
+                mac: a.mac,
+                publish: a.publish,
+            };
+            let r: AttachReply = c.post("/v1/attach", &req).await?;
+            print(json, &r, |r| {
+                let e = &r.endpoint;
+                println!(
+                    "attached {} to {}: {} {}/{} mac {} mtu {}{}",
+                    e.display_name(),
+                    e.network,
+                    r.ifname,
+                    e.ip,
+                    r.prefix_len,
+                    e.mac,
+                    r.mtu,
+                    r.gateway_ifname
+                        .as_ref()
+                        .map(|g| format!(", gateway via {g}"))
+                        .unwrap_or_default()
+                );
+            });
+        }
+        Cmd::Detach { network, name } => {
+            let r: DetachReply = c
+                .post(
+                    "/v1/detach",
+                    &DetachRequest {
+                        network: network.clone(),
+                        name: name.clone(),
+                    },
+                )
+                .await?;
+            print(json, &r, |r| {
+                if r.removed {
+                    println!("detached {name} from {network}");
+                } else {
+                    println!("{name} was not attached to {network}");
+                }
+            });
+        }
+        Cmd::Endpoints { network } => {
+            let path = match &network {
+                Some(n) => format!("/v1/endpoints?network={n}"),
+                None => "/v1/endpoints".into(),
+            };
+            let eps: Vec<EndpointRecord> = c.get(&path).await?;
+            print(json, &eps, |e| {
+                table(
+                    &["NETWORK", "NAME", "HOST", "IP", "MAC", "ALIASES", "PUBLISH"],
+                    endpoint_rows(e),
+                )
+            });
+        }
+        Cmd::Peers { network } => {
+            let path = match &network {
+                Some(n) => format!("/v1/peers?network={n}"),
+                None => "/v1/peers".into(),
+            };
+            let p: Peers = c.get(&path).await?;
+            print(json, &p, |p| {
+                for n in &p.networks {
+                    println!(
+                        "network {}: {}",
+                        n.network,
+                        if n.diff.is_empty() {
+                            "converged"
+                        } else {
+                            "DIFFERS"
+                        }
+                    );
+                    println!("  desired:");
+                    n.desired.iter().for_each(|l| println!("    {l}"));
+                    println!("  programmed:");
+                    n.actual.iter().for_each(|l| println!("    {l}"));
+                    if !n.diff.is_empty() {
+                        println!("  to do:");
+                        n.diff.iter().for_each(|l| println!("    {l}"));
+                    }
+                }
+            });
+        }
+        Cmd::Dns(DnsCmd::Lookup { name, from }) => {
+            let r: DnsLookup = c
+                .get(&format!("/v1/dns/lookup?name={name}&from={from}"))
+                .await?;
+            print(json, &r, |r| {
+                println!("{} from {}: {} ({})", r.name, r.from, r.rcode, r.source);
+                r.answers.iter().for_each(|a| println!("  {a}"));
+            });
+        }
+        Cmd::Datapath => {
+            let d: serde_json::Value = c.get("/v1/datapath").await?;
+            print(json, &d, |d| {
+                println!("{}", serde_json::to_string_pretty(d).expect("json"))
+            });
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlayctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

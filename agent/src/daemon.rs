@@ -1,0 +1,65 @@
+//! Start-up and shutdown of the daemon.
+//!
+//! Start: directories, underlay MTU, KV (never fatal when the KV is merely unreachable: the
+//! loops retry with backoff and `status` says so), control socket, background loops.
+//! Shutdown on SIGTERM/SIGINT: stop serving, remove the socket, and leave the datapath
+//! exactly as it is, so traffic keeps flowing until the next agent adopts it.
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{agent::Agent, api, config::Settings, registry, sync};
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    for dir in [&settings.run_dir, &settings.state_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mtu = ovl_datapath::underlay_mtu(settings.advertise_addr).with_context(|| {
+        format!(
+            "no interface holds the advertise address {}",
+            settings.advertise_addr
+        )
+    })?;
+    let kv = ovl_kv::open(settings.kv.as_deref(), &settings.embedded_kv_path())
+        .await
+        .context("opening the KV store")?;
+    tracing::info!(
+        host = %settings.host_id,
+        vtep = %settings.advertise_addr,
+        underlay_mtu = mtu,
+        kv = %kv.describe(),
+        datapath = %settings.datapath,
+        "starting"
+    );
+    let socket = settings.socket_path();
+    let listener = api::server::bind(&socket)
+        .await
+        .with_context(|| format!("binding the control socket {}", socket.display()))?;
+    let agent = Agent::new(settings, kv, mtu);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(registry::run(agent.clone()));
+    tasks.spawn(sync::run(agent.clone()));
+    tasks.spawn(sync::probe_health(agent.clone()));
+
+    let app = api::server::router(agent.clone()).with_state(agent.clone());
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("control API")?;
+    tasks.abort_all();
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(error = %e, "removing the control socket");
+    }
+    tracing::info!("stopped; the datapath is left in place");
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The host registry: this host's record (kept) and its liveness record (on a lease).
+//!
+//! The loop is level-triggered: whatever happened (KV outage, lease expired while the KV was
+//! away, record deleted by hand) it brings back the host record and a live lease holding the
+//! liveness record. The lease is not revoked on shutdown: a restarting agent should not make
+//! its peers tear down entries towards this host; a host gone for longer than the TTL is
+//! shown dead and dropped from the datapath of the others.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use ovl_core::{AliveRecord, HostRecord};
+use ovl_kv::{KvError, LeaseId};
+
+use crate::agent::Agent;
+
+/// Runs the registry loop until the task is dropped.
+pub async fn run(agent: Arc<Agent>) {
+    let s = &agent.settings;
+    let host = HostRecord {
+        id: s.host_id.clone(),
+        vtep: s.advertise_addr,
+        underlay_mtu: agent.underlay_mtu,
+        datapath: s.datapath.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let alive = AliveRecord {
+        id: s.host_id.clone(),
+        boot_id: format!("{:016x}", rand::random::<u64>()),
+        since: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let ttl = s.lease_ttl;
+    let renew = ttl / 3;
+    let mut lease: Option<LeaseId> = None;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match step(&agent, &host, &alive, ttl, &mut lease).await {
+            Ok(()) => {
+                agent.set_registered(true);
+                backoff = Duration::from_millis(250);
+                tokio::time::sleep(renew).await;
+            }
+            Err(e) => {
+                agent.set_registered(false);
+                if matches!(e, KvError::LeaseNotFound(_)) {
+                    tracing::warn!("lease expired; registering again");
+                    lease = None;
+                    continue;
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "host registration failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(3).min(renew));
+            }
+        }
+    }
+}
+
+async fn step(
+    agent: &Agent,
+    host: &HostRecord,
+    alive: &AliveRecord,
+    ttl: Duration,
+    lease: &mut Option<LeaseId>,
+) -> Result<(), KvError> {
+    let kv = agent.store.kv();
+    let store_err = |e: ovl_core::StoreError| match e {
+        ovl_core::StoreError::Kv(k) => k,
+        other => KvError::Backend(other.to_string()),
+    };
+    match *lease {
+        Some(id) => {
+            kv.keep_alive(id).await?;
+            // Level-triggered: restore either record if it went missing.
+            let want_host = serde_json::to_vec(host).expect("serializable");
+            if kv
+                .get(&ovl_core::keys::host(&host.id))
+                .await?
+                .map(|e| e.value)
+                != Some(want_host)
+            {
+                agent.store.put_host(host).await.map_err(store_err)?;
+            }
+            if kv.get(&ovl_core::keys::alive(&host.id)).await?.is_none() {
+                agent.store.put_alive(alive, id).await.map_err(store_err)?;
+            }
+        }
+        None => {
+            let id = kv.grant_lease(ttl).await?;
+            agent.store.put_host(host).await.map_err(store_err)?;
+            agent.store.put_alive(alive, id).await.map_err(store_err)?;
+            *lease = Some(id);
+            tracing::info!(host = %host.id, vtep = %host.vtep, lease = format!("{id:x}"), "registered");
+        }
+    }
+    Ok(())
+}

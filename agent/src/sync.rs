@@ -1,0 +1,83 @@
+//! Keeps the agent's view of the cluster current: list, then watch from the listing's
+//! revision; relist after a compaction or an error, and relist periodically anyway (level
+//! triggered: the datapath never depends on having seen every event). Also probes KV health.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use ovl_core::{ClusterView, keys};
+use ovl_kv::KvError;
+
+use crate::agent::Agent;
+
+/// Runs the view sync loop until the task is dropped.
+pub async fn run(agent: Arc<Agent>) {
+    let kv = agent.store.kv().clone();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let listing = match kv.list(keys::ROOT).await {
+            Ok(l) => l,
+            Err(e) => {
+                agent.note_kv(Err(e.to_string()));
+                tracing::warn!(error = %e, retry_in = ?backoff, "listing cluster state failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        agent.note_kv(Ok(()));
+        backoff = Duration::from_millis(200);
+        let mut view = ClusterView::from_listing(&listing);
+        if *agent.view() != view {
+            agent.publish(view.clone());
+        }
+        let mut stream = match kv.watch(keys::ROOT, listing.revision + 1).await {
+            Ok(s) => s,
+            Err(e) => {
+                agent.note_kv(Err(e.to_string()));
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let relist = tokio::time::sleep(agent.settings.resync_interval * 6);
+        tokio::pin!(relist);
+        loop {
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(Ok(ev)) => {
+                        if view.apply(&ev) {
+                            agent.publish(view.clone());
+                        }
+                    }
+                    Some(Err(KvError::Compacted { .. })) | None => break,
+                    Some(Err(e)) => {
+                        // Backends resume by themselves; an error here is reported and we
+                        // start over from a fresh listing.
+                        agent.note_kv(Err(e.to_string()));
+                        tracing::warn!(error = %e, "watch failed; relisting");
+                        tokio::time::sleep(backoff).await;
+                        break;
+                    }
+                },
+                _ = &mut relist => break,
+            }
+        }
+    }
+}
+
+/// Probes the KV every second and records the outcome for `status`.
+pub async fn probe_health(agent: Arc<Agent>) {
+    let kv = agent.store.kv().clone();
+    loop {
+        let outcome = tokio::time::timeout(Duration::from_secs(3), kv.health()).await;
+        agent.note_kv(match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "KV store {} did not answer within 3s",
+                kv.describe()
+            )),
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,554 @@
+//! Typed operations on the cluster state in the KV.
+//!
+//! Every allocation is a compare-and-swap or a transaction guarded by revisions, so two hosts
+//! racing never get the same VNI, subnet or address: the loser re-reads and tries again.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
+
+use ipnetwork::Ipv4Network;
+use ovl_kv::{Compare, Kv, KvError, LeaseId, TxnOp};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    ipam::{self, SubnetPool},
+    keys,
+    model::{self, AliveRecord, EndpointRecord, HostRecord, NetworkRecord},
+};
+
+/// How often a racing allocation is retried before giving up.
+const MAX_ATTEMPTS: usize = 64;
+
+/// Errors of the cluster store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The request is malformed or impossible (bad CIDR, address outside the subnet, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request conflicts with existing state (duplicate name, VNI or address in use, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A pool has no free element left.
+    #[error("{0}")]
+    Exhausted(String),
+    /// Too many concurrent writers kept winning the race.
+    #[error("gave up on {0} after {MAX_ATTEMPTS} attempts: too much contention")]
+    Contention(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record at {key}: {reason}")]
+    Corrupt {
+        /// Key of the record.
+        key: String,
+        /// Decoding error.
+        reason: String,
+    },
+    /// The KV layer failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+/// Result type of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What `network create` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkRequest {
+    /// Network name.
+    pub name: String,
+    /// Subnet; carved from the default pool when absent.
+    pub subnet: Option<Ipv4Network>,
+    /// Gateway; the subnet's first address when absent.
+    pub gateway: Option<Ipv4Addr>,
+    /// VNI; the lowest free one from 4096 when absent.
+    pub vni: Option<u32>,
+    /// No gateway bridge, no way off the overlay.
+    pub internal: bool,
+    /// Container MTU override.
+    pub mtu: Option<u32>,
+}
+
+/// The cluster state in the KV, typed.
+#[derive(Clone)]
+pub struct ClusterStore {
+    kv: Arc<dyn Kv>,
+    pool: SubnetPool,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records always serialize")
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl ClusterStore {
+    /// A store over `kv`, carving automatic subnets from `pool`.
+    pub fn new(kv: Arc<dyn Kv>, pool: SubnetPool) -> Self {
+        ClusterStore { kv, pool }
+    }
+
+    /// The underlying KV.
+    pub fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, i64)>> {
+        match self.kv.get(key).await? {
+            Some(e) => Ok(Some((decode(key, &e.value)?, e.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        let listing = self.kv.list(prefix).await?;
+        listing
+            .entries
+            .iter()
+            .map(|e| decode(&e.key, &e.value))
+            .collect()
+    }
+
+    // ---- hosts ----
+
+    /// Writes (or refreshes) a host record.
+    pub async fn put_host(&self, rec: &HostRecord) -> Result<()> {
+        self.kv
+            .put(&keys::host(&rec.id), &encode(rec), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the liveness record attached to `lease`.
+    pub async fn put_alive(&self, rec: &AliveRecord, lease: LeaseId) -> Result<()> {
+        self.kv
+            .put(&keys::alive(&rec.id), &encode(rec), Some(lease))
+            .await?;
+        Ok(())
+    }
+
+    /// Grants a lease for the liveness record.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        Ok(self.kv.grant_lease(ttl).await?)
+    }
+
+    /// Every host with whether it is alive.
+    pub async fn hosts(&self) -> Result<Vec<(HostRecord, bool)>> {
+        let hosts: Vec<HostRecord> = self.list_json(keys::HOSTS).await?;
+        let alive: BTreeSet<String> = self
+            .list_json::<AliveRecord>(keys::ALIVE)
+            .await?
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        Ok(hosts
+            .into_iter()
+            .map(|h| {
+                let a = alive.contains(&h.id);
+                (h, a)
+            })
+            .collect())
+    }
+
+    // ---- networks ----
+
+    /// One network.
+    pub async fn network(&self, name: &str) -> Result<Option<NetworkRecord>> {
+        Ok(self.get_json(&keys::network(name)).await?.map(|(n, _)| n))
+    }
+
+    /// Every network, by name.
+    pub async fn networks(&self) -> Result<Vec<NetworkRecord>> {
+        self.list_json(keys::NETWORKS).await
+    }
+
+    /// Checks a request without touching the KV.
+    pub fn validate_request(req: &NetworkRequest) -> Result<()> {
+        model::validate_network_name(&req.name).map_err(StoreError::Invalid)?;
+        if let Some(v) = req.vni {
+            ipam::check_vni(v).map_err(StoreError::Invalid)?;
+        }
+        if let Some(s) = req.subnet {
+            ipam::check_subnet(s).map_err(StoreError::Invalid)?;
+        }
+        match (req.gateway, req.subnet) {
+            (Some(_), None) => {
+                return Err(StoreError::Invalid("--gateway needs --subnet".into()));
+            }
+            (Some(g), Some(s)) if !ipam::is_host_addr(s, g) => {
+                return Err(StoreError::Invalid(format!(
+                    "gateway {g} is not a host address of {s}"
+                )));
+            }
+            _ => {}
+        }
+        if let Some(m) = req.mtu {
+            if !(576..=9216).contains(&m) {
+                return Err(StoreError::Invalid(format!(
+                    "MTU {m} out of range (576-9216)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a network, allocating its VNI and subnet atomically.
+    pub async fn create_network(&self, req: &NetworkRequest) -> Result<NetworkRecord> {
+        Self::validate_request(req)?;
+        let name = &req.name;
+        for _ in 0..MAX_ATTEMPTS {
+            if self.kv.get(&keys::network(name)).await?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "network {name} already exists"
+                )));
+            }
+            let (mut index, index_rev) = self.subnet_index().await?;
+            let subnet = match req.subnet {
+                Some(s) => {
+                    if let Some((other, os)) = index.iter().find(|(_, os)| ipam::overlaps(**os, s))
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "subnet {s} overlaps network {other} ({os})"
+                        )));
+                    }
+                    s
+                }
+                None => {
+                    let used: Vec<_> = index.values().copied().collect();
+                    ipam::next_subnet(self.pool, &used).ok_or_else(|| {
+                        StoreError::Exhausted(format!(
+                            "no free /{} left in pool {}",
+                            self.pool.prefix, self.pool.pool
+                        ))
+                    })?
+                }
+            };
+            let vni = match req.vni {
+                Some(v) => {
+                    if let Some(e) = self.kv.get(&keys::vni(v)).await? {
+                        let owner = String::from_utf8_lossy(&e.value).into_owned();
+                        return Err(StoreError::Conflict(format!(
+                            "VNI {v} is in use by network {owner}"
+                        )));
+                    }
+                    v
+                }
+                None => {
+                    let used: BTreeSet<u32> = self
+                        .kv
+                        .list(keys::VNIS)
+                        .await?
+                        .entries
+                        .iter()
+                        .filter_map(|e| e.key.strip_prefix(keys::VNIS)?.parse().ok())
+                        .collect();
+                    ipam::next_vni(&used)
+                        .ok_or_else(|| StoreError::Exhausted("no free VNI left".into()))?
+                }
+            };
+            let gateway = req.gateway.unwrap_or_else(|| ipam::first_host(subnet));
+            let rec = NetworkRecord {
+                name: name.clone(),
+                vni,
+                subnet,
+                gateway,
+                internal: req.internal,
+                mtu: req.mtu,
+            };
+            index.insert(name.clone(), subnet);
+            let applied = self
+                .kv
+                .txn(
+                    vec![
+                        Compare::ModRevision(keys::network(name), 0),
+                        Compare::ModRevision(keys::vni(vni), 0),
+                        Compare::ModRevision(keys::SUBNETS.into(), index_rev),
+                    ],
+                    vec![
+                        TxnOp::Put {
+                            key: keys::network(name),
+                            value: encode(&rec),
+                            lease: None,
+                        },
+                        TxnOp::Put {
+                            key: keys::vni(vni),
+                            value: name.as_bytes().to_vec(),
+                            lease: None,
+                        },
+                        TxnOp::Put {
+                            key: keys::SUBNETS.into(),
+                            value: encode(&index),
+                            lease: None,
+                        },
+                        TxnOp::Put {
+                            key: keys::addr(name, gateway),
+                            value: b"gateway".to_vec(),
+                            lease: None,
+                        },
+                    ],
+                )
+                .await?;
+            if applied.is_some() {
+                return Ok(rec);
+            }
+        }
+        Err(StoreError::Contention(format!("creating network {name}")))
+    }
+
+    async fn subnet_index(&self) -> Result<(BTreeMap<String, Ipv4Network>, i64)> {
+        Ok(self.get_json(keys::SUBNETS).await?.unwrap_or_default())
+    }
+
+    /// Deletes a network; refused while it has endpoints.
+    pub async fn delete_network(&self, name: &str) -> Result<NetworkRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((rec, rev)) = self.get_json::<NetworkRecord>(&keys::network(name)).await?
+            else {
+                return Err(StoreError::NotFound(format!("network {name} not found")));
+            };
+            let eps = self.endpoints(Some(name)).await?;
+            if !eps.is_empty() {
+                let names: Vec<_> = eps
+                    .iter()
+                    .take(5)
+                    .map(|e| e.display_name().to_string())
+                    .collect();
+                return Err(StoreError::Conflict(format!(
+                    "network {name} still has {} endpoint(s) ({}{}): detach them first",
+                    eps.len(),
+                    names.join(", "),
+                    if eps.len() > 5 { ", ..." } else { "" }
+                )));
+            }
+            let (mut index, index_rev) = self.subnet_index().await?;
+            index.remove(name);
+            let mut ops = vec![
+                TxnOp::Delete {
+                    key: keys::network(name),
+                },
+                TxnOp::Put {
+                    key: keys::SUBNETS.into(),
+                    value: encode(&index),
+                    lease: None,
+                },
+            ];
+            // Only drop the VNI claim if it is still ours.
+            if let Some(e) = self.kv.get(&keys::vni(rec.vni)).await? {
+                if e.value == name.as_bytes() {
+                    ops.push(TxnOp::Delete {
+                        key: keys::vni(rec.vni),
+                    });
+                }
+            }
+            for e in self.kv.list(&keys::addrs_of(name)).await?.entries {
+                ops.push(TxnOp::Delete { key: e.key });
+            }
+            let applied = self
+                .kv
+                .txn(
+                    vec![
+                        Compare::ModRevision(keys::network(name), rev),
+                        Compare::ModRevision(keys::SUBNETS.into(), index_rev),
+                    ],
+                    ops,
+                )
+                .await?;
+            if applied.is_some() {
+                return Ok(rec);
+            }
+        }
+        Err(StoreError::Contention(format!("deleting network {name}")))
+    }
+
+    // ---- addresses ----
+
+    /// Claims an address on `net` for `owner`: `want` if given (refused if taken or outside
+    /// the subnet), else the lowest free one. Claiming an address `owner` already holds
+    /// succeeds (idempotent).
+    pub async fn allocate_addr(
+        &self,
+        net: &NetworkRecord,
+        want: Option<Ipv4Addr>,
+        owner: &str,
+    ) -> Result<Ipv4Addr> {
+        if let Some(ip) = want {
+            if !ipam::is_host_addr(net.subnet, ip) {
+                return Err(StoreError::Invalid(format!(
+                    "address {ip} is not a host address of network {} ({})",
+                    net.name, net.subnet
+                )));
+            }
+            if ip == net.gateway {
+                return Err(StoreError::Conflict(format!(
+                    "address {ip} is the gateway of network {}",
+                    net.name
+                )));
+            }
+            return match self
+                .kv
+                .create(&keys::addr(&net.name, ip), owner.as_bytes(), None)
+                .await?
+            {
+                Some(_) => Ok(ip),
+                None => {
+                    let holder = self.addr_owner(&net.name, ip).await?;
+                    if holder.as_deref() == Some(owner) {
+                        Ok(ip)
+                    } else {
+                        Err(StoreError::Conflict(format!(
+                            "address {ip} is already in use on network {}",
+                            net.name
+                        )))
+                    }
+                }
+            };
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let listing = self.kv.list(&keys::addrs_of(&net.name)).await?;
+            let mut used = BTreeSet::new();
+            for e in &listing.entries {
+                let Some(ip) = e
+                    .key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|s| s.parse::<Ipv4Addr>().ok())
+                else {
+                    continue;
+                };
+                if e.value == owner.as_bytes() {
+                    return Ok(ip);
+                }
+                used.insert(ip);
+            }
+            used.insert(net.gateway);
+            let mut any = false;
+            for ip in ipam::free_addrs(net.subnet, &used).take(8) {
+                any = true;
+                if self
+                    .kv
+                    .create(&keys::addr(&net.name, ip), owner.as_bytes(), None)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(ip);
+                }
+            }
+            if !any {
+                return Err(StoreError::Exhausted(format!(
+                    "network {} ({}) has no free address left",
+                    net.name, net.subnet
+                )));
+            }
+        }
+        Err(StoreError::Contention(format!(
+            "allocating an address on {}",
+            net.name
+        )))
+    }
+
+    /// Who holds an address.
+    pub async fn addr_owner(&self, net: &str, ip: Ipv4Addr) -> Result<Option<String>> {
+        Ok(self
+            .kv
+            .get(&keys::addr(net, ip))
+            .await?
+            .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+    }
+
+    /// Releases an address if `owner` still holds it.
+    pub async fn release_addr(&self, net: &str, ip: Ipv4Addr, owner: &str) -> Result<()> {
+        let key = keys::addr(net, ip);
+        if let Some(e) = self.kv.get(&key).await? {
+            if e.value == owner.as_bytes() {
+                self.kv.delete_cas(&key, e.mod_revision).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- endpoints ----
+
+    /// One endpoint.
+    pub async fn endpoint(&self, net: &str, id: &str) -> Result<Option<EndpointRecord>> {
+        Ok(self
+            .get_json(&keys::endpoint(net, id))
+            .await?
+            .map(|(e, _)| e))
+    }
+
+    /// Endpoints of one network, or of all.
+    pub async fn endpoints(&self, net: Option<&str>) -> Result<Vec<EndpointRecord>> {
+        match net {
+            Some(n) => self.list_json(&keys::endpoints_of(n)).await,
+            None => self.list_json(keys::ENDPOINTS).await,
+        }
+    }
+
+    /// Records a new endpoint; [`StoreError::Conflict`] if the id is taken on that network.
+    pub async fn create_endpoint(&self, ep: &EndpointRecord) -> Result<()> {
+        let key = keys::endpoint(&ep.network, &ep.id);
+        match self.kv.create(&key, &encode(ep), None).await? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Conflict(format!(
+                "name {} is already used on network {}",
+                ep.display_name(),
+                ep.network
+            ))),
+        }
+    }
+
+    /// Writes an endpoint record (e.g. to add its name or aliases later).
+    pub async fn put_endpoint(&self, ep: &EndpointRecord) -> Result<()> {
+        self.kv
+            .put(&keys::endpoint(&ep.network, &ep.id), &encode(ep), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes an endpoint and releases its address in one transaction. Returns the removed
+    /// record, or `None` if there was none (idempotent).
+    pub async fn delete_endpoint(&self, net: &str, id: &str) -> Result<Option<EndpointRecord>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let key = keys::endpoint(net, id);
+            let Some((ep, rev)) = self.get_json::<EndpointRecord>(&key).await? else {
+                return Ok(None);
+            };
+            let mut compares = vec![Compare::ModRevision(key.clone(), rev)];
+            let mut ops = vec![TxnOp::Delete { key }];
+            let akey = keys::addr(net, ep.ip);
+            if let Some(a) = self.kv.get(&akey).await? {
+                if a.value == id.as_bytes() {
+                    compares.push(Compare::ModRevision(akey.clone(), a.mod_revision));
+                    ops.push(TxnOp::Delete { key: akey });
+                }
+            }
+            if self.kv.txn(compares, ops).await?.is_some() {
+                return Ok(Some(ep));
+            }
+        }
+        Err(StoreError::Contention(format!(
+            "deleting endpoint {id} on {net}"
+        )))
+    }
+}
+
+impl EndpointRecord {
+    /// The container name, or the id while the name is unknown.
+    pub fn display_name(&self) -> &str {
+        if self.name.is_empty() {
+            &self.id
+        } else {
+            &self.name
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! The netns lab: several "hosts" on one machine.
+//!
+//! ```text
+//!   <lab>-ul   underlay namespace: bridge br0 198.18.0.1/24, router to the outside, etcd
+//!   <lab>-h1   host 1: eth0 198.18.0.11/24, default via 198.18.0.1, overlay-agent
+//!   <lab>-h2   host 2: eth0 198.18.0.12/24 ...
+//!   <lab>-out  the "outside": eth0 198.19.0.2/24, route to 198.18.0.0/24 via 198.19.0.1
+//! ```
+//!
+//! Everything lives in namespaces named `<lab>-*` and files under `/run/overlay-lab/<lab>`;
+//! [`Lab::down`] removes all of it (processes by PID, mounts, namespaces, files) and reports
+//! every failure. Containers made by tests are namespaces `<lab>-c-<name>`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::sh::{self, in_ns, ip, wait_for};
+
+/// Where lab state lives.
+pub const BASE_DIR: &str = "/run/overlay-lab";
+/// Underlay subnet prefix (host N is `198.18.0.(10+N)`).
+pub const UNDERLAY_GW: &str = "198.18.0.1";
+/// Address of the outside namespace.
+pub const OUTSIDE_ADDR: &str = "198.19.0.2";
+
+/// Which KV the lab runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KvKind {
+    /// The embedded SQLite store, one file shared by the agents.
+    Embedded,
+    /// A real etcd in the underlay namespace.
+    Etcd,
+}
+
+/// Datapath of the lab's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathSel {
+    /// Every host on the kernel path.
+    Kernel,
+    /// Every host on the eBPF path.
+    Ebpf,
+    /// The last host on the kernel path, the others on eBPF.
+    Mixed,
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// Lab name: prefix of its namespaces.
+    pub name: String,
+    /// Number of hosts.
+    pub hosts: usize,
+    /// KV backend.
+    pub kv: KvKind,
+    /// Datapath.
+    pub datapath: DatapathSel,
+    /// Directory with `overlay-agent` and `overlayctl`.
+    pub bin_dir: PathBuf,
+    /// Extra arguments for every agent.
+    pub agent_args: Vec<String>,
+    /// Start agents with `--docker-plugin`... left to callers via `agent_args`.
+    pub start_agents: bool,
+}
+
+impl LabConfig {
+    /// A lab named `name` with `hosts` hosts, embedded KV, kernel datapath.
+    pub fn new(name: &str, hosts: usize) -> Self {
+        LabConfig {
+            name: name.into(),
+            hosts,
+            kv: KvKind::Embedded,
+            datapath: DatapathSel::Kernel,
+            bin_dir: sh::bin_dir(),
+            agent_args: vec![
+                "--lease-ttl".into(),
+                "4".into(),
+                "--resync-interval".into(),
+                "2".into(),
+            ],
+            start_agents: true,
+        }
+    }
+}
+
+/// One lab host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostState {
+    /// Host id (`h1`...).
+    pub id: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Underlay address.
+    pub addr: String,
+    /// Datapath mode.
+    pub datapath: String,
+    /// Agent run dir.
+    pub run_dir: PathBuf,
+    /// Agent state dir.
+    pub state_dir: PathBuf,
+    /// Agent log.
+    pub log: PathBuf,
+    /// Agent PID while running.
+    pub pid: Option<u32>,
+}
+
+/// Everything needed to find and remove a lab later (saved as `lab.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// Lab name.
+    pub name: String,
+    /// Lab directory.
+    pub dir: PathBuf,
+    /// KV URL the agents use.
+    pub kv_url: String,
+    /// KV kind.
+    pub kv: KvKind,
+    /// etcd PID while running.
+    pub etcd_pid: Option<u32>,
+    /// Hosts.
+    pub hosts: Vec<HostState>,
+    /// Binaries.
+    pub bin_dir: PathBuf,
+    /// Extra agent arguments.
+    pub agent_args: Vec<String>,
+}
+
+/// A running lab. Dropping it does NOT tear it down (the CLI keeps labs across commands);
+/// tests wrap it in [`LabGuard`].
+pub struct Lab {
+    /// Saved state.
+    pub state: LabState,
+    children: Vec<(u32, Child)>,
+}
+
+/// Tears the lab down when dropped (for tests, also on panic).
+pub struct LabGuard(pub Option<Lab>);
+
+impl std::ops::Deref for LabGuard {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        self.0.as_ref().expect("lab")
+    }
+}
+
+impl std::ops::DerefMut for LabGuard {
+    fn deref_mut(&mut self) -> &mut Lab {
+        self.0.as_mut().expect("lab")
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Some(lab) = self.0.take() {
+            let name = lab.state.name.clone();
+            for e in lab.down() {
+                eprintln!("lab {name} teardown: {e:#}");
+            }
+        }
+    }
+}
+
+fn ns_name(lab: &str, what: &str) -> String {
+    format!("{lab}-{what}")
+}
+
+impl Lab {
+    /// The lab directory for a name.
+    pub fn dir_of(name: &str) -> PathBuf {
+        Path::new(BASE_DIR).join(name)
+    }
+
+    /// Builds a lab. On failure, removes whatever it had made.
+    pub fn up(cfg: LabConfig) -> Result<Lab> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the lab needs root (network namespaces, bridges, mounts)");
+        }
+        let dir = Self::dir_of(&cfg.name);
+        if dir.join("lab.json").exists() {
+            bail!(
+                "lab {} is already up (run `cargo xtask lab down --name {}` first)",
+                cfg.name,
+                cfg.name
+            );
+        }
+        for b in ["overlay-agent", "overlayctl"] {
+            if !cfg.bin_dir.join(b).exists() {
+                bail!(
+                    "{} not found in {} (build first: cargo build -p overlay-agent)",
+                    b,
+                    cfg.bin_dir.display()
+                );
+            }
+        }
+        // Remove leftovers of a crashed run of the same name before starting.
+        for e in teardown_by_name(&cfg.name) {
+            eprintln!("cleaning leftovers of lab {}: {e:#}", cfg.name);
+        }
+        fs::create_dir_all(&dir)?;
+        let kv_url = match cfg.kv {
+            KvKind::Embedded => format!("embedded://{}", dir.join("kv.sqlite").display()),
+            KvKind::Etcd => format!("etcd://{UNDERLAY_GW}:2379"),
+        };
+        let hosts = (1..=cfg.hosts)
+            .map(|i| {
+                let id = format!("h{i}");
+                let datapath = match cfg.datapath {
+                    DatapathSel::Kernel => "kernel",
+                    DatapathSel::Ebpf => "ebpf",
+                    DatapathSel::Mixed if i == cfg.hosts => "kernel",
+                    DatapathSel::Mixed => "ebpf",
+                };
+                HostState {
+                    ns: ns_name(&cfg.name, &id),
+                    addr: format!("198.18.0.{}", 10 + i),
+                    datapath: datapath.into(),
+                    run_dir: dir.join(&id).join("run"),
+                    state_dir: dir.join(&id).join("state"),
+                    log: dir.join(&id).join("agent.log"),
+                    pid: None,
+                    id,
+                }
+            })
+            .collect();
+        let mut lab = Lab {
+            state: LabState {
+                name: cfg.name.clone(),
+                dir,
+                kv_url,
+                kv: cfg.kv,
+                etcd_pid: None,
+                hosts,
+                bin_dir: cfg.bin_dir.clone(),
+                agent_args: cfg.agent_args.clone(),
+            },
+            children: Vec::new(),
+        };
+        match lab.build(cfg.start_agents) {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                for te in lab.down() {
+                    eprintln!("cleanup after failed lab up: {te:#}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&mut self, start_agents: bool) -> Result<()> {
+        let name = self.state.name.clone();
+        let ul = ns_name(&name, "ul");
+        let out = ns_name(&name, "out");
+        self.save()?;
+        ip(&["netns", "add", &ul])?;
+        ip(&["-n", &ul, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            &format!("{UNDERLAY_GW}/24"),
+            "dev",
+            "br0",
+        ])?;
+        ip(&["-n", &ul, "link", "set", "br0", "up"])?;
+        sysctl(&ul, "net.ipv4.ip_forward", "1")?;
+        // The outside world.
+        ip(&["netns", "add", &out])?;
+        ip(&["-n", &out, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n", &ul, "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &out,
+        ])?;
+        ip(&["-n", &ul, "addr", "add", "198.19.0.1/24", "dev", "out0"])?;
+        ip(&["-n", &ul, "link", "set", "out0", "up"])?;
+        ip(&[
+            "-n",
+            &out,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_ADDR}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &out, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &out,
+            "route",
+            "add",
+            "198.18.0.0/16",
+            "via",
+            "198.19.0.1",
+        ])?;
+        for h in self.state.hosts.clone() {
+            ip(&["netns", "add", &h.ns])?;
+            ip(&["-n", &h.ns, "link", "set", "lo", "up"])?;
+            let peer = format!("ul-{}", h.id);
+            ip(&[
+                "-n", &ul, "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns",
+                &h.ns,
+            ])?;
+            ip(&["-n", &ul, "link", "set", &peer, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                &h.ns,
+                "addr",
+                "add",
+                &format!("{}/24", h.addr),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &h.ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &h.ns, "route", "add", "default", "via", UNDERLAY_GW])?;
+            fs::create_dir_all(&h.run_dir)?;
+            fs::create_dir_all(&h.state_dir)?;
+        }
+        if self.state.kv == KvKind::Etcd {
+            self.start_etcd()?;
+        }
+        if start_agents {
+            for i in 0..self.state.hosts.len() {
+                self.start_agent(i)?;
+            }
+            for i in 0..self.state.hosts.len() {
+                self.wait_agent(i)?;
+            }
+        }
+        self.save()
+    }
+
+    /// Saves `lab.json`.
+    pub fn save(&self) -> Result<()> {
+        fs::create_dir_all(&self.state.dir)?;
+        fs::write(
+            self.state.dir.join("lab.json"),
+            serde_json::to_vec_pretty(&self.state)?,
+        )?;
+        Ok(())
+    }
+
+    /// Loads a lab that is up.
+    pub fn load(name: &str) -> Result<Lab> {
+        let path = Self::dir_of(name).join("lab.json");
+        let text = fs::read(&path)
+            .with_context(|| format!("lab {name} is not up ({} missing)", path.display()))?;
+        Ok(Lab {
+            state: serde_json::from_slice(&text)?,
+            children: Vec::new(),
+        })
+    }
+
+    /// Index of a host by id (`h1`) or number (`1`).
+    pub fn host_index(&self, host: &str) -> Result<usize> {
+        let id = if host.starts_with('h') {
+            host.to_string()
+        } else {
+            format!("h{host}")
+        };
+        self.state
+            .hosts
+            .iter()
+            .position(|h| h.id == id)
+            .with_context(|| format!("no host {host} in lab {}", self.state.name))
+    }
+
+    /// Host state by index.
+    pub fn host(&self, i: usize) -> &HostState {
+        &self.state.hosts[i]
+    }
+
+    /// Starts (or restarts) etcd in the underlay namespace, on a persistent data dir.
+    pub fn start_etcd(&mut self) -> Result<()> {
+        let ul = ns_name(&self.state.name, "ul");
+        let data = self.state.dir.join("etcd");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.dir.join("etcd.log"))?;
+        let client = format!("http://{UNDERLAY_GW}:2379");
+        let child = in_ns(&ul, "etcd")
+            .args(["--name", "lab", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "lab=http://127.0.0.1:2380"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (is etcd-server installed?)")?;
+        let pid = child.id();
+        self.children.push((pid, child));
+        self.state.etcd_pid = Some(pid);
+        self.save()?;
+        wait_for("etcd to answer", Duration::from_secs(20), || {
+            let out = in_ns(&ul, "etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--endpoints",
+                    &client,
+                    "--dial-timeout=1s",
+                    "endpoint",
+                    "health",
+                ])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        })
+    }
+
+    /// Stops etcd (SIGTERM, then SIGKILL).
+    pub fn stop_etcd(&mut self) -> Result<()> {
+        if let Some(pid) = self.state.etcd_pid.take() {
+            self.stop_pid(pid)?;
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent of host `i`.
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let h = self.state.hosts[i].clone();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&h.log)?;
+        let agent = self.state.bin_dir.join("overlay-agent");
+        let child = in_ns(&h.ns, agent.to_str().expect("utf-8 path"))
+            .args([
+                "--host-id",
+                &h.id,
+                "--advertise-addr",
+                &h.addr,
+                "--kv",
+                &self.state.kv_url,
+            ])
+            .args(["--datapath", &h.datapath])
+            .arg("--run-dir")
+            .arg(&h.run_dir)
+            .arg("--state-dir")
+            .arg(&h.state_dir)
+            .args(&self.state.agent_args)
+            .env(
+                "OVERLAY_LOG",
+                std::env::var("OVERLAY_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting overlay-agent")?;
+        let pid = child.id();
+        self.children.push((pid, child));
+        self.state.hosts[i].pid = Some(pid);
+        self.save()
+    }
+
+    /// Waits until host `i`'s agent answers on its socket.
+    pub fn wait_agent(&self, i: usize) -> Result<()> {
+        let h = &self.state.hosts[i];
+        wait_for(
+            &format!("agent {} to answer", h.id),
+            Duration::from_secs(20),
+            || {
+                self.ctl(i, &["status"])
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|_| ())
+            },
+        )
+        .with_context(|| format!("agent log {}:\n{}", h.log.display(), tail(&h.log, 20)))
+    }
+
+    /// Sends `sig` to host `i`'s agent and reaps it.
+    pub fn signal_agent(&mut self, i: usize, sig: Signal) -> Result<()> {
+        let Some(pid) = self.state.hosts[i].pid.take() else {
+            bail!("agent of host {} is not running", i + 1)
+        };
+        kill(Pid::from_raw(pid as i32), sig).context("kill")?;
+        self.reap(pid, Duration::from_secs(10))?;
+        self.save()
+    }
+
+    fn reap(&mut self, pid: u32, timeout: Duration) -> Result<()> {
+        if let Some(pos) = self.children.iter().position(|(p, _)| *p == pid) {
+            let (_, mut child) = self.children.remove(pos);
+            wait_for(&format!("process {pid} to exit"), timeout, || {
+                child.try_wait().ok().flatten()
+            })?;
+        } else {
+            wait_for(&format!("process {pid} to exit"), timeout, || {
+                (!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid)).then_some(())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn stop_pid(&mut self, pid: u32) -> Result<()> {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        if self.reap(pid, Duration::from_secs(5)).is_err() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            self.reap(pid, Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// `overlayctl ARGS` against host `i`'s agent, from inside host `i`.
+    pub fn ctl(&self, i: usize, args: &[&str]) -> Result<Output> {
+        let h = &self.state.hosts[i];
+        let ctl = self.state.bin_dir.join("overlayctl");
+        Ok(in_ns(&h.ns, ctl.to_str().expect("utf-8"))
+            .args(args)
+            .env("OVERLAY_SOCKET", h.run_dir.join("overlay.sock"))
+            .output()?)
+    }
+
+    /// `overlayctl --json ARGS`, parsed; fails with the command's stderr.
+    pub fn ctl_json<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> Result<T> {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ctl(i, &a)?;
+        if !out.status.success() {
+            bail!(
+                "overlayctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parsing overlayctl {} output", args.join(" ")))
+    }
+
+    /// A command run inside host `i` (network namespace only), with `overlayctl` on PATH
+    /// and pointed at that host's agent.
+    pub fn exec(&self, i: usize, program: &str) -> Command {
+        let h = &self.state.hosts[i];
+        let mut c = in_ns(&h.ns, program);
+        let path = format!(
+            "{}:{}",
+            self.state.bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        c.env("OVERLAY_SOCKET", h.run_dir.join("overlay.sock"))
+            .env("PATH", path);
+        c
+    }
+
+    /// Creates a container namespace `<lab>-c-<name>` with `lo` up; returns its name.
+    pub fn add_container(&self, name: &str) -> Result<String> {
+        let ns = ns_name(&self.state.name, &format!("c-{name}"));
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Tears everything down and reports every failure (an empty list: all clean).
+    pub fn down(mut self) -> Vec<anyhow::Error> {
+        let mut errs = Vec::new();
+        let mut pids: Vec<u32> = self.state.hosts.iter().filter_map(|h| h.pid).collect();
+        pids.extend(self.state.etcd_pid);
+        for pid in pids {
+            if let Err(e) = self.stop_pid(pid) {
+                errs.push(e.context(format!("stopping process {pid}")));
+            }
+        }
+        for h in &mut self.state.hosts {
+            h.pid = None;
+        }
+        self.state.etcd_pid = None;
+        errs.extend(teardown_by_name(&self.state.name));
+        errs
+    }
+}
+
+/// Removes a lab's processes (from lab.json), mounts, namespaces and files, by name alone.
+pub fn teardown_by_name(name: &str) -> Vec<anyhow::Error> {
+    let mut errs = Vec::new();
+    let dir = Lab::dir_of(name);
+    if let Ok(text) = fs::read(dir.join("lab.json")) {
+        if let Ok(state) = serde_json::from_slice::<LabState>(&text) {
+            let pids = state
+                .hosts
+                .iter()
+                .filter_map(|h| h.pid)
+                .chain(state.etcd_pid);
+            for pid in pids {
+                if Path::new(&format!("/proc/{pid}")).exists() && cmdline_is_ours(pid) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    // Mounts under the lab dir (per-network sandbox namespaces of the agents), deepest first.
+    let prefix = format!("{}/", dir.display());
+    let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        if let Err(e) = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH) {
+            errs.push(anyhow::anyhow!("umount {m}: {e}"));
+        }
+    }
+    // Namespaces of the lab (hosts, underlay, outside, containers made by tests).
+    let ns_prefix = format!("{name}-");
+    if let Ok(rd) = fs::read_dir("/run/netns") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&ns_prefix) {
+                if let Err(err) = ip(&["netns", "del", &n]) {
+                    errs.push(err);
+                }
+                let _ = fs::remove_dir_all(format!("/etc/netns/{n}"));
+            }
+        }
+    }
+    if dir.exists() {
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            errs.push(anyhow::anyhow!("removing {}: {e}", dir.display()));
+        }
+    }
+    errs
+}
+
+fn cmdline_is_ours(pid: u32) -> bool {
+    let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let s = String::from_utf8_lossy(&cmd);
+    s.contains("overlay-agent") || s.contains("etcd")
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+fn sysctl(ns: &str, key: &str, val: &str) -> Result<()> {
+    sh::run(in_ns(ns, "sysctl").args(["-q", "-w", &format!("{key}={val}")])).map(|_| ())
+}
+
+/// The last `n` lines of a file (for error messages).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

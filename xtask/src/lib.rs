@@ -1,0 +1,8 @@
+//! Developer tasks of overlay-agent, as a library so the end-to-end tests drive the same lab
+//! the `cargo xtask lab` command builds.
+//!
+//! - [`lab`]: N hosts as network namespaces on an underlay bridge, the KV, one agent per host;
+//! - [`sh`]: small helpers to run commands and enter namespaces.
+
+pub mod lab;
+pub mod sh;
