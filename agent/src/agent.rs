@@ -3,6 +3,8 @@
 //! loops all call into it.
 
 use std::{
+    collections::BTreeSet,
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -10,14 +12,19 @@ use std::{
     time::Instant,
 };
 
-use ovl_core::{ClusterStore, ClusterView, store::NetworkRequest};
+use ovl_core::{ClusterStore, ClusterView, EndpointRecord, ipam, model, store::NetworkRequest};
+use ovl_datapath::{EndpointSpec, KernelDatapath, MacAddr};
 use ovl_kv::Kv;
 use tokio::sync::{Notify, watch};
 
 use crate::{
-    api::types::{Counts, HostInfo, KvStatus, NetworkInfo, Status},
+    api::types::{
+        AttachReply, AttachRequest, Counts, DetachReply, DetachRequest, HostInfo, KvStatus,
+        NetworkInfo, Peers, PeersNetwork, Status,
+    },
     config::Settings,
     error::{AgentError, Result},
+    reconcile::desired::{self, Me},
 };
 
 /// Health of the KV as last probed.
@@ -40,13 +47,25 @@ pub struct Agent {
     view: watch::Sender<Arc<ClusterView>>,
     health: Mutex<KvHealth>,
     registered: AtomicBool,
+    ready: AtomicBool,
     /// Wakes the reconciler (something changed, or a caller wants convergence now).
     pub kick: Notify,
+    /// The kernel datapath.
+    pub dp: Arc<KernelDatapath>,
+    /// Serialises datapath changes: attach/detach and reconcile passes never interleave.
+    dp_lock: tokio::sync::Mutex<()>,
+    /// Local endpoints being attached, counted as desired until the view shows them.
+    pending: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Agent {
     /// A new agent over `kv`.
-    pub fn new(settings: Settings, kv: Arc<dyn Kv>, underlay_mtu: u32) -> Arc<Self> {
+    pub fn new(
+        settings: Settings,
+        kv: Arc<dyn Kv>,
+        underlay_mtu: u32,
+        dp: Arc<KernelDatapath>,
+    ) -> Arc<Self> {
         let store = ClusterStore::new(kv, settings.subnet_pool);
         Arc::new(Agent {
             settings,
@@ -55,7 +74,11 @@ impl Agent {
             view: watch::channel(Arc::new(ClusterView::default())).0,
             health: Mutex::new(KvHealth::default()),
             registered: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             kick: Notify::new(),
+            dp,
+            dp_lock: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -71,8 +94,281 @@ impl Agent {
 
     /// Publishes a new view (from the sync loop).
     pub fn publish(&self, v: ClusterView) {
+        {
+            // Pending attaches the view now shows are no longer pending.
+            let mut p = self.pending.lock().expect("pending lock");
+            p.retain(|k| !v.endpoints.contains_key(k));
+        }
         self.view.send_replace(Arc::new(v));
         self.kick.notify_one();
+    }
+
+    /// Marks that a full listing of the KV has been seen: reconciliation may start.
+    pub fn set_ready(&self) {
+        if !self.ready.swap(true, Ordering::Relaxed) {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Whether the view comes from at least one full listing.
+    pub fn view_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn me(&self) -> Me<'_> {
+        Me {
+            host: &self.settings.host_id,
+            vtep: self.settings.advertise_addr,
+            underlay_mtu: self.underlay_mtu,
+        }
+    }
+
+    fn desired(&self, view: &ClusterView) -> ovl_datapath::Desired {
+        let pending = self.pending.lock().expect("pending lock").clone();
+        desired::desired(view, &self.me(), &pending)
+    }
+
+    /// One reconciliation pass; returns the number of operations applied.
+    pub async fn reconcile_once(&self) -> Result<usize> {
+        let _g = self.dp_lock.lock().await;
+        let view = self.view();
+        let want = self.desired(&view);
+        let have = self
+            .dp
+            .observe()
+            .await
+            .map_err(|e| AgentError::Datapath(e.to_string()))?;
+        let ops = ovl_datapath::plan(&want, &have);
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        for op in &ops {
+            tracing::debug!(%op, "applying");
+        }
+        let report = self.dp.apply(&ops).await;
+        for (op, e) in &report.failed {
+            tracing::warn!(%op, error = %e, "datapath operation failed");
+        }
+        Ok(report.applied.len())
+    }
+
+    /// `overlayctl attach`: claims an address, records the endpoint, plumbs the container.
+    pub async fn attach(&self, req: AttachRequest) -> Result<AttachReply> {
+        model::validate_endpoint_name(&req.name).map_err(AgentError::Invalid)?;
+        for a in &req.aliases {
+            model::validate_endpoint_name(a)
+                .map_err(|e| AgentError::Invalid(e.replace("container name", "alias")))?;
+        }
+        let netns: PathBuf = match (&req.netns, req.pid) {
+            (Some(p), None) => p.clone(),
+            (None, Some(pid)) => format!("/proc/{pid}/ns/net").into(),
+            _ => {
+                return Err(AgentError::Invalid(
+                    "give exactly one of --netns or --pid".into(),
+                ));
+            }
+        };
+        if !ovl_datapath::netns::is_netns(&netns) {
+            return Err(AgentError::Invalid(format!(
+                "{} is not a network namespace",
+                netns.display()
+            )));
+        }
+        let me = self.settings.host_id.clone();
+        let net =
+            self.store.network(&req.network).await?.ok_or_else(|| {
+                AgentError::NotFound(format!("network {} not found", req.network))
+            })?;
+        let id = req.name.clone();
+        let spec = desired::spec(&net, &self.me());
+        let rec = match self.store.endpoint(&net.name, &id).await? {
+            Some(e) if e.host == me => e, // idempotent: attach again what is recorded
+            Some(e) => {
+                return Err(AgentError::Conflict(format!(
+                    "name {} is already used on network {} (on host {})",
+                    id, net.name, e.host
+                )));
+            }
+            None => {
+                if let Some(m) = req.mac {
+                    if self.view().endpoints_on(&net.name).any(|e| e.mac == m) {
+                        return Err(AgentError::Conflict(format!(
+                            "MAC {m} is already used on network {}",
+                            net.name
+                        )));
+                    }
+                }
+                let ip = self.store.allocate_addr(&net, req.ip, &id).await?;
+                let rec = EndpointRecord {
+                    id: id.clone(),
+                    network: net.name.clone(),
+                    host: me.clone(),
+                    name: req.name.clone(),
+                    aliases: req.aliases.clone(),
+                    ip,
+                    mac: req.mac.unwrap_or_else(|| ipam::mac_for(ip)),
+                    publish: req.publish.clone(),
+                };
+                if let Err(e) = self.store.create_endpoint(&rec).await {
+                    let _ = self.store.release_addr(&net.name, ip, &id).await;
+                    return Err(e.into());
+                }
+                rec
+            }
+        };
+        let key = (net.name.clone(), id.clone());
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(key.clone());
+        let ep = EndpointSpec {
+            endpoint_id: id.clone(),
+            netns: netns.clone(),
+            mac: MacAddr(rec.mac.0),
+            ip: rec.ip,
+            prefix_len: net.subnet.prefix(),
+            mtu: spec.mtu,
+            ifname: None,
+        };
+        let attached = {
+            let _g = self.dp_lock.lock().await;
+            let r = async {
+                self.dp.ensure_network(&spec).await?;
+                self.dp.attach(&spec, &ep).await
+            }
+            .await;
+            match r {
+                Ok(a) => a,
+                Err(e) => {
+                    self.pending.lock().expect("pending lock").remove(&key);
+                    let _ = self.dp.detach(&net.name, &id).await;
+                    let _ = self.store.delete_endpoint(&net.name, &id).await;
+                    return Err(AgentError::Datapath(format!(
+                        "attaching {id} to {}: {e}",
+                        net.name
+                    )));
+                }
+            }
+        };
+        self.kick.notify_one();
+        tracing::info!(network = %net.name, endpoint = %id, ip = %rec.ip, ifname = %attached.ifname, "attached");
+        Ok(AttachReply {
+            endpoint: rec,
+            ifname: attached.ifname,
+            mtu: spec.mtu,
+            prefix_len: net.subnet.prefix(),
+            gateway_ifname: None,
+        })
+    }
+
+    /// `overlayctl detach`: removes the interfaces, the record and the address. Idempotent.
+    pub async fn detach(&self, req: DetachRequest) -> Result<DetachReply> {
+        let id = req.name.clone();
+        let rec = self.store.endpoint(&req.network, &id).await?;
+        if let Some(r) = &rec {
+            if r.host != self.settings.host_id {
+                return Err(AgentError::Conflict(format!(
+                    "{} on network {} lives on host {}: detach it there",
+                    id, req.network, r.host
+                )));
+            }
+        }
+        {
+            let _g = self.dp_lock.lock().await;
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .remove(&(req.network.clone(), id.clone()));
+            self.dp.detach(&req.network, &id).await.map_err(|e| {
+                AgentError::Datapath(format!("detaching {id} from {}: {e}", req.network))
+            })?;
+        }
+        let removed = self
+            .store
+            .delete_endpoint(&req.network, &id)
+            .await?
+            .is_some();
+        self.kick.notify_one();
+        if removed {
+            tracing::info!(network = %req.network, endpoint = %id, "detached");
+        }
+        Ok(DetachReply { removed })
+    }
+
+    /// `overlayctl peers`: desired vs. programmed, per network, with the plan between them.
+    pub async fn peers(&self, only: Option<&str>) -> Result<Peers> {
+        let view = self.view();
+        let want = self.desired(&view);
+        let have = self
+            .dp
+            .observe()
+            .await
+            .map_err(|e| AgentError::Datapath(e.to_string()))?;
+        let ops = ovl_datapath::plan(&want, &have);
+        let mut names: BTreeSet<&String> = want.networks.keys().collect();
+        names.extend(have.networks.keys());
+        let mut out = Peers::default();
+        for name in names {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let mut n = PeersNetwork {
+                network: name.clone(),
+                ..Default::default()
+            };
+            if let Some(d) = want.networks.get(name) {
+                n.desired.push(format!(
+                    "vxlan vni {} local {} mtu {}",
+                    d.spec.vni, d.spec.local_vtep, d.spec.mtu
+                ));
+                for id in &d.local_endpoints {
+                    n.desired.push(format!("local {id}"));
+                }
+                for p in &d.peers {
+                    n.desired
+                        .push(format!("peer {} {} via {}", p.ip, p.mac, p.vtep));
+                }
+                for f in &d.flood {
+                    n.desired.push(format!("flood {f}"));
+                }
+            }
+            if let Some(o) = have.networks.get(name) {
+                if let Some(vx) = &o.vxlan {
+                    n.actual.push(format!(
+                        "vxlan vni {} local {} mtu {}",
+                        vx.vni.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+                        vx.local
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "?".into()),
+                        vx.mtu
+                    ));
+                }
+                for (id, ep) in &o.endpoints {
+                    n.actual.push(format!("local {id} ({})", ep.host_ifname));
+                }
+                for (mac, dst) in &o.fdb {
+                    n.actual.push(format!("fdb {mac} dst {dst}"));
+                }
+                for ng in &o.neigh {
+                    let mac = ng.mac.map(|m| m.to_string()).unwrap_or_else(|| "?".into());
+                    n.actual.push(format!(
+                        "neigh {} lladdr {mac}{}",
+                        ng.ip,
+                        if ng.permanent { "" } else { " (not permanent)" }
+                    ));
+                }
+                for f in &o.flood {
+                    n.actual.push(format!("flood {f}"));
+                }
+            }
+            n.diff = ops
+                .iter()
+                .filter(|op| op.network() == name)
+                .map(|op| op.to_string())
+                .collect();
+            out.networks.push(n);
+        }
+        Ok(out)
     }
 
     /// Records the outcome of a KV call, for `status`.

@@ -8,7 +8,7 @@
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{agent::Agent, api, config::Settings, registry, sync};
+use crate::{agent::Agent, api, config::Settings, reconcile, registry, sync};
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -36,12 +36,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = api::server::bind(&socket)
         .await
         .with_context(|| format!("binding the control socket {}", socket.display()))?;
-    let agent = Agent::new(settings, kv, mtu);
+    let dp = ovl_datapath::KernelDatapath::new(settings.run_dir.join("dp"), None)
+        .context("opening the kernel datapath")?;
+    let agent = Agent::new(settings, kv, mtu, std::sync::Arc::new(dp));
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(registry::run(agent.clone()));
     tasks.spawn(sync::run(agent.clone()));
     tasks.spawn(sync::probe_health(agent.clone()));
+    tasks.spawn(reconcile::run(agent.clone()));
 
     let app = api::server::router(agent.clone()).with_state(agent.clone());
     let mut term = signal(SignalKind::terminate())?;

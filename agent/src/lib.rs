@@ -6,6 +6,7 @@
 //! - [`api`]: the control API on the unix socket: wire types, server routes, client;
 //! - [`registry`]: this host's record and lease in the KV;
 //! - [`sync`]: the cluster view kept current from the KV (list + watch + relist);
+//! - [`reconcile`]: desired datapath state (pure) and the level-triggered loop;
 //! - [`daemon`]: start-up and shutdown wiring.
 
 pub mod agent;
@@ -13,5 +14,6 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod reconcile;
 pub mod registry;
 pub mod sync;

@@ -31,6 +31,7 @@ pub async fn run(agent: Arc<Agent>) {
         if *agent.view() != view {
             agent.publish(view.clone());
         }
+        agent.set_ready();
         let mut stream = match kv.watch(keys::ROOT, listing.revision + 1).await {
             Ok(s) => s,
             Err(e) => {

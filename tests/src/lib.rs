@@ -74,3 +74,58 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Creates container namespace `<lab>-c-<name>` and attaches it on host `i`; returns the
+/// namespace name and the endpoint's address.
+pub fn attach(lab: &Lab, i: usize, net: &str, name: &str, extra: &[&str]) -> (String, String) {
+    let ns = format!("{}-c-{name}", lab.state.name);
+    if !std::path::Path::new(&format!("/run/netns/{ns}")).exists() {
+        lab.add_container(name).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let path = format!("/run/netns/{ns}");
+    let mut args = vec!["attach", net, "--name", name, "--netns", &path];
+    args.extend_from_slice(extra);
+    let reply = ctl(lab, i, &args);
+    let ip = reply["endpoint"]["ip"].as_str().expect("ip").to_string();
+    (ns, ip)
+}
+
+/// One ping from namespace `ns` to `ip` (1 s timeout).
+pub fn ping(ns: &str, ip: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c1", "-W1", "-q", ip])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Runs a command in a named namespace with `ip netns exec` (as a user would).
+pub fn nsexec(ns: &str, args: &[&str]) -> Output {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+}
+
+/// The FDB/neighbour lines host `i` has programmed for `net` (from `overlayctl peers`).
+pub fn programmed(lab: &Lab, i: usize, net: &str) -> Vec<String> {
+    let p = ctl(lab, i, &["peers", net]);
+    p["networks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["network"] == net))
+        .map(|n| {
+            n["actual"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The sandbox namespace file of network `net` on host `i` (kernel datapath).
+pub fn sandbox(lab: &Lab, i: usize, net: &str) -> String {
+    format!("{}/dp/netns/{net}", lab.host(i).run_dir.display())
+}

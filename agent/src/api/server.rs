@@ -80,7 +80,20 @@ pub fn router(agent: Arc<Agent>) -> Router<Arc<Agent>> {
                 a.endpoints(f.network.as_deref()).await.map(Json)
             }),
         )
-        .route("/v1/ping", post(|| async { Json(serde_json::json!({})) }))
+        .route(
+            "/v1/attach",
+            post(|State(a): Shared, b: Bytes| async move { a.attach(body(&b)?).await.map(Json) }),
+        )
+        .route(
+            "/v1/detach",
+            post(|State(a): Shared, b: Bytes| async move { a.detach(body(&b)?).await.map(Json) }),
+        )
+        .route(
+            "/v1/peers",
+            get(|State(a): Shared, Query(f): Query<NetFilter>| async move {
+                a.peers(f.network.as_deref()).await.map(Json)
+            }),
+        )
 }
 
 /// Binds the control socket: refuses if another agent answers on it, replaces a stale file,

@@ -36,6 +36,7 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("OVERLAY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

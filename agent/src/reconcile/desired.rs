@@ -1,0 +1,215 @@
+//! Desired datapath state of this host, computed from the cluster view. Pure.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use ovl_core::{ClusterView, NetworkRecord};
+use ovl_datapath::{Desired, DesiredNetwork, MacAddr, NetworkSpec, RemotePeer};
+
+/// What this host needs to know to compute its desired state.
+#[derive(Debug, Clone)]
+pub struct Me<'a> {
+    /// This host's id.
+    pub host: &'a str,
+    /// Its VTEP.
+    pub vtep: Ipv4Addr,
+    /// Its underlay MTU.
+    pub underlay_mtu: u32,
+}
+
+/// The datapath spec of a network on this host.
+pub fn spec(net: &NetworkRecord, me: &Me<'_>) -> NetworkSpec {
+    NetworkSpec {
+        name: net.name.clone(),
+        vni: net.vni,
+        subnet: net.subnet,
+        mtu: net.mtu.unwrap_or(me.underlay_mtu.saturating_sub(50)),
+        local_vtep: me.vtep,
+    }
+}
+
+/// Desired state: every network with an endpoint on this host (or one being attached,
+/// `pending`), with one peer per endpoint on another **alive** host and one flood entry per
+/// such host. Endpoints of dead or unknown hosts are left out, so their entries are removed.
+pub fn desired(view: &ClusterView, me: &Me<'_>, pending: &BTreeSet<(String, String)>) -> Desired {
+    let mut out = Desired::default();
+    for net in view.networks.values() {
+        let mut local: BTreeSet<String> = view
+            .endpoints_on(&net.name)
+            .filter(|e| e.host == me.host)
+            .map(|e| e.id.clone())
+            .collect();
+        local.extend(
+            pending
+                .iter()
+                .filter(|(n, _)| *n == net.name)
+                .map(|(_, id)| id.clone()),
+        );
+        if local.is_empty() {
+            continue;
+        }
+        let mut peers = Vec::new();
+        let mut flood = BTreeSet::new();
+        for ep in view.endpoints_on(&net.name) {
+            if ep.host == me.host || !view.is_alive(&ep.host) {
+                continue;
+            }
+            let Some(host) = view.hosts.get(&ep.host) else {
+                continue;
+            };
+            if host.vtep == me.vtep {
+                // A misconfigured host claiming our VTEP: never loop traffic to ourselves.
+                continue;
+            }
+            peers.push(RemotePeer {
+                mac: MacAddr(ep.mac.0),
+                ip: ep.ip,
+                vtep: host.vtep,
+            });
+            flood.insert(host.vtep);
+        }
+        peers.sort_by_key(|p| (p.ip, p.mac.0));
+        out.networks.insert(
+            net.name.clone(),
+            DesiredNetwork {
+                spec: spec(net, me),
+                peers,
+                flood,
+                local_endpoints: local,
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ovl_core::{AliveRecord, EndpointRecord, HostRecord, ipam::mac_for};
+
+    fn host(id: &str, vtep: [u8; 4]) -> HostRecord {
+        HostRecord {
+            id: id.into(),
+            vtep: vtep.into(),
+            underlay_mtu: 1500,
+            datapath: "kernel".into(),
+            version: "t".into(),
+        }
+    }
+
+    fn ep(net: &str, id: &str, host: &str, ip: [u8; 4]) -> EndpointRecord {
+        let ip = Ipv4Addr::from(ip);
+        EndpointRecord {
+            id: id.into(),
+            network: net.into(),
+            host: host.into(),
+            name: id.into(),
+            aliases: vec![],
+            ip,
+            mac: mac_for(ip),
+            publish: vec![],
+        }
+    }
+
+    fn view() -> ClusterView {
+        let mut v = ClusterView::default();
+        for (id, vtep) in [
+            ("h1", [198, 18, 0, 11]),
+            ("h2", [198, 18, 0, 12]),
+            ("h3", [198, 18, 0, 13]),
+        ] {
+            v.hosts.insert(id.into(), host(id, vtep));
+            v.alive.insert(
+                id.into(),
+                AliveRecord {
+                    id: id.into(),
+                    boot_id: "b".into(),
+                    since: 0,
+                },
+            );
+        }
+        for (name, vni, subnet) in [
+            ("net1", 4096, "10.10.0.0/24"),
+            ("net2", 4097, "10.10.1.0/24"),
+        ] {
+            v.networks.insert(
+                name.into(),
+                NetworkRecord {
+                    name: name.into(),
+                    vni,
+                    subnet: subnet.parse().unwrap(),
+                    gateway: "10.10.0.1".parse().unwrap(),
+                    internal: false,
+                    mtu: None,
+                },
+            );
+        }
+        for e in [
+            ep("net1", "a", "h1", [10, 10, 0, 2]),
+            ep("net1", "b", "h2", [10, 10, 0, 3]),
+            ep("net1", "c", "h3", [10, 10, 0, 4]),
+            ep("net1", "d", "h3", [10, 10, 0, 5]),
+            ep("net2", "x", "h2", [10, 10, 1, 2]),
+        ] {
+            v.endpoints.insert((e.network.clone(), e.id.clone()), e);
+        }
+        v
+    }
+
+    const ME: Me<'static> = Me {
+        host: "h1",
+        vtep: Ipv4Addr::new(198, 18, 0, 11),
+        underlay_mtu: 1400,
+    };
+
+    #[test]
+    fn peers_and_flood_from_other_hosts() {
+        let d = desired(&view(), &ME, &BTreeSet::new());
+        assert_eq!(
+            d.networks.len(),
+            1,
+            "net2 has no local endpoint: nothing for it"
+        );
+        let n = &d.networks["net1"];
+        assert_eq!(n.spec.mtu, 1350, "underlay MTU - 50");
+        assert_eq!(n.spec.vni, 4096);
+        assert_eq!(n.peers.len(), 3);
+        assert_eq!(
+            n.flood,
+            [Ipv4Addr::new(198, 18, 0, 12), Ipv4Addr::new(198, 18, 0, 13)]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(n.local_endpoints, ["a".to_string()].into_iter().collect());
+    }
+
+    #[test]
+    fn dead_hosts_are_dropped() {
+        let mut v = view();
+        v.alive.remove("h3");
+        let d = desired(&v, &ME, &BTreeSet::new());
+        let n = &d.networks["net1"];
+        assert_eq!(n.peers.len(), 1);
+        assert_eq!(n.flood.len(), 1);
+    }
+
+    #[test]
+    fn pending_attach_counts_as_local() {
+        let pending = [("net2".to_string(), "new".to_string())]
+            .into_iter()
+            .collect();
+        let d = desired(&view(), &ME, &pending);
+        assert!(d.networks["net2"].local_endpoints.contains("new"));
+        assert_eq!(d.networks["net2"].peers.len(), 1);
+    }
+
+    #[test]
+    fn mtu_override_and_own_vtep_guard() {
+        let mut v = view();
+        v.networks.get_mut("net1").unwrap().mtu = Some(1300);
+        v.hosts.get_mut("h2").unwrap().vtep = ME.vtep;
+        let d = desired(&v, &ME, &BTreeSet::new());
+        let n = &d.networks["net1"];
+        assert_eq!(n.spec.mtu, 1300);
+        assert!(n.peers.iter().all(|p| p.vtep != ME.vtep));
+    }
+}

@@ -1,0 +1,497 @@
+//! Issue 3: the cross-host L2 overlay on the kernel datapath, in a 3-host lab.
+//! Needs root; never skips.
+
+use std::{
+    collections::BTreeSet,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use nix::sys::signal::Signal;
+use ovl_tests::*;
+
+fn allow_broadcast_ping(ns: &str) {
+    assert!(
+        nsexec(
+            ns,
+            &["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"]
+        )
+        .status
+        .success()
+    );
+}
+
+fn unicast_broadcast_multicast(name: &str, kv: KvKind) {
+    let lab = lab(name, 3, kv);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, ip1) = attach(&lab, 0, "net1", "c1", &[]);
+    let (c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    let (c3, ip3) = attach(&lab, 2, "net1", "c3", &[]);
+    // The container interface: eth0, MTU = underlay 1500 - 50.
+    let link = nsexec(&c2, &["ip", "-o", "link", "show", "eth0"]);
+    assert!(stdout(&link).contains("mtu 1450"), "{}", stdout(&link));
+
+    within("c1 -> c2 and c2 -> c1", Duration::from_secs(5), || {
+        ping(&c1, &ip2) && ping(&c2, &ip1)
+    });
+    assert!(ping(&c1, &ip3) && ping(&c3, &ip1) && ping(&c2, &ip3) && ping(&c3, &ip2));
+
+    // Broadcast: replies from both remote containers.
+    allow_broadcast_ping(&c2);
+    allow_broadcast_ping(&c3);
+    let out = nsexec(
+        &c1,
+        &[
+            "ping",
+            "-b",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "10.10.0.255",
+        ],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("from {ip2}")) && text.contains(&format!("from {ip3}")),
+        "{text}"
+    );
+
+    // Multicast 239.1.1.1 from host 1 reaches subscribers on hosts 2 and 3.
+    let receivers: Vec<_> = [&c2, &c3]
+        .iter()
+        .map(|ns| {
+            Command::new("ip")
+                .args(["netns", "exec", ns, "timeout", "5", "socat", "-u"])
+                .arg("UDP4-RECV:5000,ip-add-membership=239.1.1.1:eth0,reuseaddr")
+                .arg("STDOUT")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let mut s = Command::new("ip")
+            .args(["netns", "exec", &c1, "socat", "-u", "STDIN"])
+            .arg(format!(
+                "UDP4-DATAGRAM:239.1.1.1:5000,ip-multicast-if={ip1}"
+            ))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        s.stdin
+            .take()
+            .unwrap()
+            .write_all(b"hello-multicast\n")
+            .unwrap();
+        s.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (r, who) in receivers.into_iter().zip(["c2", "c3"]) {
+        let out = r.wait_with_output().unwrap();
+        assert!(
+            stdout(&out).contains("hello-multicast"),
+            "{who} got no multicast: {:?}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn unicast_broadcast_multicast_embedded() {
+    unicast_broadcast_multicast("t3emb", KvKind::Embedded);
+}
+
+#[test]
+fn unicast_broadcast_multicast_etcd() {
+    unicast_broadcast_multicast("t3etcd", KvKind::Etcd);
+}
+
+#[test]
+fn networks_are_isolated() {
+    let lab = lab("t3iso", 2, KvKind::Embedded);
+    ctl(&lab, 0, &["network", "create", "neta"]);
+    ctl(&lab, 0, &["network", "create", "netb"]);
+    let (a1, _) = attach(&lab, 0, "neta", "a1", &[]);
+    let (a2, ipa2) = attach(&lab, 1, "neta", "a2", &[]);
+    let (b1, _) = attach(&lab, 0, "netb", "b1", &[]);
+    let (b2, ipb2) = attach(&lab, 1, "netb", "b2", &[]);
+    within("neta works", Duration::from_secs(5), || ping(&a1, &ipa2));
+    within("netb works", Duration::from_secs(5), || ping(&b1, &ipb2));
+    // Watch both netb containers while neta floods broadcasts and multicast.
+    let watchers: Vec<_> = [&b1, &b2]
+        .iter()
+        .map(|ns| {
+            Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "timeout", "4", "tcpdump", "-n", "-l", "-i", "eth0",
+                ])
+                .args(["src", "net", "10.10.0.0/24", "or", "arp"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    nsexec(
+        &a1,
+        &[
+            "ping",
+            "-b",
+            "-c",
+            "4",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "10.10.0.255",
+        ],
+    );
+    nsexec(
+        &a1,
+        &["arping", "-c", "2", "-w", "1", "-I", "eth0", "10.10.0.99"],
+    );
+    nsexec(
+        &a1,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "eth0",
+            "239.2.2.2",
+        ],
+    );
+    for w in watchers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            stdout(&out).trim().is_empty(),
+            "a packet crossed VNIs: {}",
+            stdout(&out)
+        );
+        assert!(
+            stderr(&out).contains("0 packets captured"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // And neta's peer did see the broadcasts (the test would pass vacuously otherwise).
+    allow_broadcast_ping(&a2);
+    let out = nsexec(
+        &a1,
+        &[
+            "ping",
+            "-b",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "10.10.0.255",
+        ],
+    );
+    assert!(
+        stdout(&out).contains(&format!("from {ipa2}")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn entries_follow_endpoints_and_hand_edits() {
+    let lab = lab("t3det", 3, KvKind::Embedded);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
+    let (_c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    let (_c3, _) = attach(&lab, 2, "net1", "c3", &[]);
+    within("c2 programmed on h1 and h3", Duration::from_secs(5), || {
+        [0, 2]
+            .iter()
+            .all(|&i| programmed(&lab, i, "net1").iter().any(|l| l.contains(&ip2)))
+    });
+    ctl(&lab, 1, &["detach", "net1", "--name", "c2"]);
+    let took = within(
+        "c2's entries gone on h1 and h3",
+        Duration::from_secs(1),
+        || {
+            [0, 2]
+                .iter()
+                .all(|&i| !programmed(&lab, i, "net1").iter().any(|l| l.contains(&ip2)))
+        },
+    );
+    eprintln!("t3det: entries removed {took:?} after detach");
+    // Host 2 has no endpoint left on net1: nothing for it there.
+    within(
+        "h2 to drop its sandbox for net1",
+        Duration::from_secs(3),
+        || !std::path::Path::new(&sandbox(&lab, 1, "net1")).exists(),
+    );
+    assert!(!ping(&c1, &ip2));
+
+    // Hand edits on h1 are corrected within the resync period (2 s in the lab).
+    let sb = sandbox(&lab, 0, "net1");
+    let sh = |cmd: &str| {
+        Command::new("nsenter")
+            .arg(format!("--net={sb}"))
+            .args(["sh", "-c", cmd])
+            .output()
+            .unwrap()
+    };
+    let before = programmed(&lab, 0, "net1");
+    let fdb = before
+        .iter()
+        .find(|l| l.starts_with("fdb 02:42"))
+        .unwrap()
+        .clone();
+    let (mac, dst) = (
+        fdb.split(' ').nth(1).unwrap().to_string(),
+        fdb.split(' ').nth(3).unwrap().to_string(),
+    );
+    assert!(
+        sh(&format!("bridge fdb del {mac} dev vxlan0 dst {dst}"))
+            .status
+            .success()
+    );
+    assert!(sh("ip neigh del 10.10.0.4 dev vxlan0").status.success());
+    assert!(
+        sh("bridge fdb append 02:42:0a:0a:00:63 dev vxlan0 dst 198.18.0.99")
+            .status
+            .success()
+    );
+    assert!(
+        sh("ip neigh replace 10.10.0.99 lladdr 02:42:0a:0a:00:63 dev vxlan0 nud permanent")
+            .status
+            .success()
+    );
+    assert_ne!(programmed(&lab, 0, "net1"), before);
+    let took = within("hand edits corrected", Duration::from_secs(5), || {
+        programmed(&lab, 0, "net1") == before
+    });
+    eprintln!("t3det: hand edits corrected after {took:?}");
+}
+
+fn link_index(netns: &str, dev: &str) -> u64 {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["ip", "-j", "link", "show", dev])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["ifindex"].as_u64().unwrap()
+}
+
+#[test]
+fn kill9_keeps_traffic_and_restart_adopts() {
+    let mut lab = lab("t3kill", 2, KvKind::Embedded);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
+    let (_c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    within("c1 -> c2", Duration::from_secs(5), || ping(&c1, &ip2));
+    let sb = sandbox(&lab, 1, "net1");
+    let before = (link_index(&sb, "vxlan0"), link_index(&sb, "br0"));
+    let pinger = Command::new("ip")
+        .args([
+            "netns", "exec", &c1, "ping", "-c", "40", "-i", "0.1", "-W", "1", &ip2,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    lab.signal_agent(1, Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.start_agent(1).unwrap();
+    lab.wait_agent(1).unwrap();
+    let out = pinger.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("40 packets transmitted, 40 received"),
+        "ping lost replies: {text}"
+    );
+    // Adopted, not re-created.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        (link_index(&sb, "vxlan0"), link_index(&sb, "br0")),
+        before,
+        "sandbox devices were re-created"
+    );
+    let log = std::fs::read_to_string(&lab.host(1).log).unwrap();
+    let last_start = log.rfind("starting").unwrap();
+    assert!(
+        !log[last_start..].contains("datapath converged"),
+        "restart changed the datapath:\n{}",
+        &log[last_start..]
+    );
+    assert!(ping(&c1, &ip2));
+}
+
+#[test]
+fn concurrent_attaches_get_unique_addresses() {
+    let lab = lab("t3many", 3, KvKind::Embedded);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let per_host = 30;
+    let mut names = Vec::new();
+    for h in 0..3 {
+        for k in 0..per_host {
+            let name = format!("m{h}x{k}");
+            lab.add_container(&name).unwrap();
+            names.push((h, name));
+        }
+    }
+    let results: Vec<(String, String)> = std::thread::scope(|s| {
+        let lab = &lab;
+        let handles: Vec<_> = names
+            .iter()
+            .map(|(h, name)| {
+                s.spawn(move || {
+                    let path = format!("/run/netns/{}-c-{name}", lab.state.name);
+                    let v = ctl(
+                        lab,
+                        *h,
+                        &["attach", "net1", "--name", name, "--netns", &path],
+                    );
+                    (
+                        name.clone(),
+                        v["endpoint"]["ip"].as_str().unwrap().to_string(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ips: BTreeSet<&String> = results.iter().map(|(_, ip)| ip).collect();
+    assert_eq!(ips.len(), 90, "duplicate addresses handed out");
+    let eps = ctl(&lab, 2, &["endpoints", "net1"]);
+    assert_eq!(eps.as_array().unwrap().len(), 90);
+    // Every endpoint answers: from a container on each host, ping all 90.
+    let probe: Vec<(usize, String)> = (0..3).map(|h| (h, format!("probe{h}"))).collect();
+    for (h, name) in &probe {
+        let (ns, _) = attach(&lab, *h, "net1", name, &[]);
+        for (target, ip) in &results {
+            let ok = ping(&ns, ip) || ping(&ns, ip);
+            assert!(ok, "{target} ({ip}) unreachable from host {}", h + 1);
+        }
+    }
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let lab = lab("t3bad", 2, KvKind::Embedded);
+    ctl(
+        &lab,
+        0,
+        &[
+            "network",
+            "create",
+            "net1",
+            "--subnet",
+            "10.30.0.0/24",
+            "--vni",
+            "7000",
+        ],
+    );
+    attach(&lab, 0, "net1", "c1", &[]);
+    let snapshot = |lab: &Lab| (ctl(lab, 0, &["network", "ls"]), ctl(lab, 0, &["endpoints"]));
+    let before = snapshot(&lab);
+    let ns2 = lab.add_container("c2").unwrap();
+    let p2 = format!("/run/netns/{ns2}");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["network", "create", "net2", "--subnet", "10.30.0.128/25"],
+            "overlaps",
+        ),
+        (
+            vec!["network", "create", "net2", "--vni", "7000"],
+            "VNI 7000 is in use",
+        ),
+        (vec!["network", "create", "net1"], "already exists"),
+        (
+            vec!["network", "create", "bad.name"],
+            "invalid network name",
+        ),
+        (
+            vec!["network", "create", "net2", "--subnet", "10.30.5.7/24"],
+            "host bits",
+        ),
+        (
+            vec![
+                "attach",
+                "net1",
+                "--name",
+                "c2",
+                "--netns",
+                &p2,
+                "--ip",
+                "10.31.0.5",
+            ],
+            "not a host address",
+        ),
+        (
+            vec![
+                "attach",
+                "net1",
+                "--name",
+                "c2",
+                "--netns",
+                &p2,
+                "--ip",
+                "10.30.0.2",
+            ],
+            "already in use",
+        ),
+        (
+            vec![
+                "attach",
+                "net1",
+                "--name",
+                "c2",
+                "--netns",
+                &p2,
+                "--ip",
+                "10.30.0.1",
+            ],
+            "gateway",
+        ),
+        (
+            vec!["attach", "nope", "--name", "c2", "--netns", &p2],
+            "network nope not found",
+        ),
+        (
+            vec![
+                "attach",
+                "net1",
+                "--name",
+                "c2",
+                "--netns",
+                "/run/netns/does-not-exist",
+            ],
+            "not a network namespace",
+        ),
+        (
+            vec!["attach", "net1", "--name", "c1", "--netns", &p2],
+            "already used",
+        ),
+        (vec!["network", "rm", "net1"], "detach them first"),
+    ];
+    for (args, needle) in cases {
+        let out = lab.ctl(1, &args).unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(snapshot(&lab), before, "a refused request changed state");
+    // Nothing leaked: the next automatic address is the one after c1's.
+    let (_, ip) = attach(&lab, 1, "net1", "c2", &[]);
+    assert_eq!(ip, "10.30.0.3");
+    // No interface was left in the namespace refused earlier for c1's name.
+    let links = stdout(&nsexec(&ns2, &["ip", "-o", "link"]));
+    assert_eq!(links.lines().count(), 2, "{links}");
+}
