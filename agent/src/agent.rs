@@ -14,6 +14,7 @@ use std::{
 
 use ovl_core::{ClusterStore, ClusterView, EndpointRecord, ipam, model, store::NetworkRequest};
 use ovl_datapath::{EndpointSpec, KernelDatapath, MacAddr};
+use ovl_gateway::Gateway;
 use ovl_kv::Kv;
 use tokio::sync::{Notify, watch};
 
@@ -24,6 +25,7 @@ use crate::{
     },
     config::Settings,
     error::{AgentError, Result},
+    local::{self, Attachment, LocalState},
     reconcile::desired::{self, Me},
 };
 
@@ -56,6 +58,10 @@ pub struct Agent {
     dp_lock: tokio::sync::Mutex<()>,
     /// Local endpoints being attached, counted as desired until the view shows them.
     pending: Mutex<BTreeSet<(String, String)>>,
+    /// The gateway bridge (NAT, published ports).
+    pub gw: Arc<Gateway>,
+    /// What this host attached.
+    pub local: LocalState,
 }
 
 impl Agent {
@@ -65,6 +71,8 @@ impl Agent {
         kv: Arc<dyn Kv>,
         underlay_mtu: u32,
         dp: Arc<KernelDatapath>,
+        gw: Arc<Gateway>,
+        local: LocalState,
     ) -> Arc<Self> {
         let store = ClusterStore::new(kv, settings.subnet_pool);
         Arc::new(Agent {
@@ -79,6 +87,8 @@ impl Agent {
             dp,
             dp_lock: tokio::sync::Mutex::new(()),
             pending: Mutex::new(BTreeSet::new()),
+            gw,
+            local,
         })
     }
 
@@ -150,6 +160,66 @@ impl Agent {
             tracing::warn!(%op, error = %e, "datapath operation failed");
         }
         Ok(report.applied.len())
+    }
+
+    /// Repairs the gateway bridge and its firewall rules if something changed them.
+    pub async fn reconcile_gateway(&self) {
+        if self.gw.info().is_none() {
+            return;
+        }
+        let _g = self.dp_lock.lock().await;
+        match self.gw.reconcile().await {
+            Ok(true) => tracing::info!("gateway bridge or firewall rules repaired"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "gateway reconcile failed"),
+        }
+    }
+
+    fn overlay_subnets(&self) -> Vec<ipnetwork::Ipv4Network> {
+        self.view().networks.values().map(|n| n.subnet).collect()
+    }
+
+    /// Gives the container its gateway-bridge interface (one per namespace, shared by all its
+    /// non-internal attachments) and publishes its ports.
+    async fn attach_gateway(&self, netns: &std::path::Path, nskey: &str, ports: &[ovl_core::PortMap]) -> Result<String> {
+        let gw_err = |e: ovl_gateway::Error| match e {
+            ovl_gateway::Error::PortInUse { .. } | ovl_gateway::Error::InvalidSubnet { .. } => {
+                AgentError::Conflict(e.to_string())
+            }
+            other => AgentError::Datapath(format!("gateway: {other}")),
+        };
+        let first = self.gw.info().is_none();
+        self.gw.ensure_with(&self.overlay_subnets()).await.map_err(gw_err)?;
+        if first {
+            // Publish the chosen subnet at once: other hosts refuse overlay subnets that
+            // overlap it (the registry would only write it on its next renewal).
+            if let Err(e) = self.store.put_host(&self.host_record()).await {
+                tracing::warn!(error = %e, "publishing the gateway subnet");
+            }
+        }
+        let ep = self.gw.attach(nskey, netns).await.map_err(gw_err)?;
+        if !ports.is_empty() {
+            let maps: Vec<ovl_gateway::PortMap> = ports.iter().map(to_gw_port).collect();
+            self.gw.publish(nskey, &maps).await.map_err(gw_err)?;
+        }
+        Ok(ep.ifname)
+    }
+
+    /// Removes the gateway interface when no non-internal attachment of the namespace is
+    /// left, else republishes the remaining attachments' ports.
+    async fn detach_gateway(&self, nskey: &str) -> Result<()> {
+        let rest: Vec<Attachment> = self.local.in_netns(nskey).into_iter().filter(|a| !a.network.internal).collect();
+        let r = if rest.is_empty() {
+            self.gw.detach(nskey).await
+        } else {
+            let ports: Vec<ovl_gateway::PortMap> =
+                rest.iter().flat_map(|a| a.endpoint.publish.iter().map(to_gw_port)).collect();
+            match self.gw.unpublish(nskey).await {
+                Ok(()) if !ports.is_empty() => self.gw.publish(nskey, &ports).await,
+                other => other,
+            }
+        };
+        r.map_err(|e| AgentError::Datapath(format!("gateway: {e}")))
     }
 
     /// `overlayctl attach`: claims an address, records the endpoint, plumbs the container.
@@ -250,6 +320,33 @@ impl Agent {
                 }
             }
         };
+        let nskey = local::netns_key(&netns).map_err(|e| AgentError::Internal(format!("{}: {e}", netns.display())))?;
+        let gateway_ifname = if net.internal {
+            None
+        } else {
+            let _g = self.dp_lock.lock().await;
+            match self.attach_gateway(&netns, &nskey, &rec.publish).await {
+                Ok(ifname) => Some(ifname),
+                Err(e) => {
+                    // Nothing half-made: undo the overlay side too.
+                    self.pending.lock().expect("pending lock").remove(&key);
+                    let _ = self.dp.detach(&net.name, &id).await;
+                    if self.local.in_netns(&nskey).iter().all(|a| a.network.internal) {
+                        let _ = self.gw.detach(&nskey).await;
+                    }
+                    let _ = self.store.delete_endpoint(&net.name, &id).await;
+                    return Err(e);
+                }
+            }
+        };
+        self.local.insert(Attachment {
+            endpoint: rec.clone(),
+            network: net.clone(),
+            netns: netns.clone(),
+            netns_key: nskey,
+            ifname: attached.ifname.clone(),
+            hosts_file: None,
+        });
         self.kick.notify_one();
         tracing::info!(network = %net.name, endpoint = %id, ip = %rec.ip, ifname = %attached.ifname, "attached");
         Ok(AttachReply {
@@ -257,7 +354,7 @@ impl Agent {
             ifname: attached.ifname,
             mtu: spec.mtu,
             prefix_len: net.subnet.prefix(),
-            gateway_ifname: None,
+            gateway_ifname,
         })
     }
 
@@ -282,6 +379,11 @@ impl Agent {
             self.dp.detach(&req.network, &id).await.map_err(|e| {
                 AgentError::Datapath(format!("detaching {id} from {}: {e}", req.network))
             })?;
+            if let Some(a) = self.local.remove(&req.network, &id) {
+                if !a.network.internal {
+                    self.detach_gateway(&a.netns_key).await?;
+                }
+            }
         }
         let removed = self
             .store
@@ -383,6 +485,18 @@ impl Agent {
         }
     }
 
+    /// This host's record as it should be in the KV.
+    pub fn host_record(&self) -> ovl_core::HostRecord {
+        ovl_core::HostRecord {
+            id: self.settings.host_id.clone(),
+            vtep: self.settings.advertise_addr,
+            underlay_mtu: self.underlay_mtu,
+            datapath: self.settings.datapath.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            gw_subnet: self.gw.info().map(|i| i.subnet),
+        }
+    }
+
     /// Marks whether this host's liveness record is held.
     pub fn set_registered(&self, yes: bool) {
         self.registered.store(yes, Ordering::Relaxed);
@@ -419,8 +533,26 @@ impl Agent {
                 local_endpoints: v.endpoints_of_host(&self.settings.host_id).count(),
             },
             view_revision: v.revision,
-            details: Vec::new(),
+            details: self.gateway_details(),
         }
+    }
+
+    fn gateway_details(&self) -> Vec<(String, String)> {
+        let mut d = Vec::new();
+        match self.gw.info() {
+            Some(i) => d.push(("gateway".into(), format!("{} {} ({})", i.bridge, i.subnet, i.address))),
+            None => d.push(("gateway".into(), "not created yet".into())),
+        }
+        let ports: Vec<String> = self
+            .gw
+            .published()
+            .into_iter()
+            .map(|(ep, p)| format!("{}:{}/{:?}->{}", p.host_port, p.container_port, p.proto, ep).to_lowercase())
+            .collect();
+        if !ports.is_empty() {
+            d.push(("published".into(), ports.join(" ")));
+        }
+        d
     }
 
     /// `overlayctl hosts`: from the KV when reachable, else from the last view.
@@ -440,6 +572,7 @@ impl Agent {
                 id: h.id,
                 vtep: h.vtep,
                 underlay_mtu: h.underlay_mtu,
+                gw_subnet: h.gw_subnet,
                 datapath: h.datapath,
                 version: h.version,
                 alive,
@@ -449,16 +582,34 @@ impl Agent {
 
     fn network_info(&self, v: &ClusterView, rec: ovl_core::NetworkRecord) -> NetworkInfo {
         let endpoints = v.endpoints_on(&rec.name).count();
-        NetworkInfo {
-            mtu_here: self.mtu_for(rec.mtu),
-            record: rec,
-            endpoints,
-            details: Vec::new(),
+        let mut details = Vec::new();
+        if !rec.internal {
+            if let Some(i) = self.gw.info() {
+                details.push(("gateway here".into(), format!("{} {}", i.bridge, i.subnet)));
+            }
         }
+        for e in v.endpoints_on(&rec.name).filter(|e| !e.publish.is_empty()) {
+            let ports: Vec<String> = e.publish.iter().map(|p| p.to_string()).collect();
+            details.push((format!("published {}", e.display_name()), format!("{} on {}", ports.join(","), e.host)));
+        }
+        NetworkInfo { mtu_here: self.mtu_for(rec.mtu), record: rec, endpoints, details }
     }
 
     /// `overlayctl network create`.
     pub async fn create_network(&self, req: NetworkRequest) -> Result<NetworkInfo> {
+        if let Some(s) = req.subnet {
+            let v = self.view();
+            let mut gws: Vec<(String, ipnetwork::Ipv4Network)> =
+                v.hosts.values().filter_map(|h| h.gw_subnet.map(|g| (h.id.clone(), g))).collect();
+            if let Some(i) = self.gw.info() {
+                gws.push((self.settings.host_id.clone(), i.subnet));
+            }
+            if let Some((h, g)) = gws.iter().find(|(_, g)| ipam::overlaps(*g, s)) {
+                return Err(AgentError::Conflict(format!(
+                    "subnet {s} overlaps the gateway bridge subnet {g} of host {h}"
+                )));
+            }
+        }
         let rec = self.store.create_network(&req).await?;
         tracing::info!(network = %rec.name, vni = rec.vni, subnet = %rec.subnet, "network created");
         Ok(self.network_info(&self.view(), rec))
@@ -512,5 +663,16 @@ impl Agent {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+fn to_gw_port(p: &ovl_core::PortMap) -> ovl_gateway::PortMap {
+    ovl_gateway::PortMap {
+        host_port: p.host_port,
+        container_port: p.port,
+        proto: match p.proto {
+            ovl_core::Proto::Tcp => ovl_gateway::Proto::Tcp,
+            ovl_core::Proto::Udp => ovl_gateway::Proto::Udp,
+        },
     }
 }

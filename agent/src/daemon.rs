@@ -8,7 +8,7 @@
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{agent::Agent, api, config::Settings, reconcile, registry, sync};
+use crate::{agent::Agent, api, config::Settings, local::LocalState, reconcile, registry, sync};
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -38,7 +38,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding the control socket {}", socket.display()))?;
     let dp = ovl_datapath::KernelDatapath::new(settings.run_dir.join("dp"), None)
         .context("opening the kernel datapath")?;
-    let agent = Agent::new(settings, kv, mtu, std::sync::Arc::new(dp));
+    let mut gw_cfg = ovl_gateway::GatewayConfig::new(settings.state_dir.join("gateway"));
+    gw_cfg.subnet = settings.gw_subnet;
+    let gw = ovl_gateway::Gateway::new(gw_cfg).context("opening the gateway bridge state")?;
+    if let Some(s) = settings.gw_subnet {
+        check_gw_subnet(kv.as_ref(), s).await?;
+    }
+    let local = LocalState::load(settings.state_dir.join("local.json")).context("loading local state")?;
+    let agent = Agent::new(settings, kv, mtu, std::sync::Arc::new(dp), std::sync::Arc::new(gw), local);
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(registry::run(agent.clone()));
@@ -64,5 +71,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "removing the control socket");
     }
     tracing::info!("stopped; the datapath is left in place");
+    Ok(())
+}
+
+/// Refuses a `--gw-subnet` that overlaps an overlay network, when the KV can tell (a KV that
+/// is down postpones the check to the first attach, which the gateway checks again).
+async fn check_gw_subnet(kv: &dyn ovl_kv::Kv, gw: ipnetwork::Ipv4Network) -> anyhow::Result<()> {
+    let listing = match tokio::time::timeout(std::time::Duration::from_secs(3), kv.list(ovl_core::keys::NETWORKS)).await {
+        Ok(Ok(l)) => l,
+        _ => return Ok(()),
+    };
+    for e in listing.entries {
+        if let Ok(n) = serde_json::from_slice::<ovl_core::NetworkRecord>(&e.value) {
+            if ovl_core::ipam::overlaps(n.subnet, gw) {
+                anyhow::bail!("--gw-subnet {gw} overlaps overlay network {} ({})", n.name, n.subnet);
+            }
+        }
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! - [`config`]: settings from flags, `OVERLAY_*` variables and a TOML file (pure);
 //! - [`agent`]: the service object every entry point calls (KV through `ovl-core`);
 //! - [`api`]: the control API on the unix socket: wire types, server routes, client;
+//! - [`local`]: what this host attached, persisted (works while the KV is down);
 //! - [`registry`]: this host's record and lease in the KV;
 //! - [`sync`]: the cluster view kept current from the KV (list + watch + relist);
 //! - [`reconcile`]: desired datapath state (pure) and the level-triggered loop;
@@ -14,6 +15,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod local;
 pub mod reconcile;
 pub mod registry;
 pub mod sync;

@@ -12,6 +12,7 @@ use std::{
 };
 
 use ovl_core::{AliveRecord, HostRecord};
+
 use ovl_kv::{KvError, LeaseId};
 
 use crate::agent::Agent;
@@ -19,13 +20,6 @@ use crate::agent::Agent;
 /// Runs the registry loop until the task is dropped.
 pub async fn run(agent: Arc<Agent>) {
     let s = &agent.settings;
-    let host = HostRecord {
-        id: s.host_id.clone(),
-        vtep: s.advertise_addr,
-        underlay_mtu: agent.underlay_mtu,
-        datapath: s.datapath.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
     let alive = AliveRecord {
         id: s.host_id.clone(),
         boot_id: format!("{:016x}", rand::random::<u64>()),
@@ -39,6 +33,7 @@ pub async fn run(agent: Arc<Agent>) {
     let mut lease: Option<LeaseId> = None;
     let mut backoff = Duration::from_millis(250);
     loop {
+        let host = agent.host_record();
         match step(&agent, &host, &alive, ttl, &mut lease).await {
             Ok(()) => {
                 agent.set_registered(true);

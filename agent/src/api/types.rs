@@ -75,6 +75,9 @@ pub struct HostInfo {
     pub vtep: Ipv4Addr,
     /// Underlay MTU.
     pub underlay_mtu: u32,
+    /// Its gateway bridge subnet, once chosen.
+    #[serde(default)]
+    pub gw_subnet: Option<ipnetwork::Ipv4Network>,
     /// Datapath mode.
     pub datapath: String,
     /// Agent version.

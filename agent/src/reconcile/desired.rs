@@ -93,6 +93,7 @@ mod tests {
             underlay_mtu: 1500,
             datapath: "kernel".into(),
             version: "t".into(),
+            gw_subnet: None,
         }
     }
 

@@ -31,5 +31,6 @@ pub async fn run(agent: Arc<Agent>) {
             Ok(n) => tracing::info!(ops = n, took = ?started.elapsed(), "datapath converged"),
             Err(e) => tracing::warn!(error = %e, "reconcile pass failed"),
         }
+        agent.reconcile_gateway().await;
     }
 }

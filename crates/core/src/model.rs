@@ -19,6 +19,9 @@ pub struct HostRecord {
     pub datapath: String,
     /// Agent version.
     pub version: String,
+    /// Subnet of the host's gateway bridge, once chosen (overlay subnets must avoid it).
+    #[serde(default)]
+    pub gw_subnet: Option<Ipv4Network>,
 }
 
 /// Liveness of a host: present while the host's lease is kept alive.
