@@ -13,7 +13,7 @@ use std::{
 };
 
 use ovl_core::{ClusterStore, ClusterView, EndpointRecord, ipam, model, store::NetworkRequest};
-use ovl_datapath::{EndpointSpec, KernelDatapath, MacAddr};
+use ovl_datapath::{EndpointSpec, MacAddr};
 use ovl_gateway::Gateway;
 use ovl_kv::Kv;
 use tokio::sync::{Notify, watch};
@@ -24,6 +24,7 @@ use crate::{
         NetworkInfo, Peers, PeersNetwork, Status,
     },
     config::Settings,
+    datapath::Datapath,
     error::{AgentError, Result},
     local::{self, Attachment, LocalState},
     reconcile::desired::{self, Me},
@@ -52,16 +53,21 @@ pub struct Agent {
     ready: AtomicBool,
     /// Wakes the reconciler (something changed, or a caller wants convergence now).
     pub kick: Notify,
-    /// The kernel datapath.
-    pub dp: Arc<KernelDatapath>,
+    /// The datapath (kernel or eBPF).
+    pub dp: Arc<dyn Datapath>,
     /// Serialises datapath changes: attach/detach and reconcile passes never interleave.
-    dp_lock: tokio::sync::Mutex<()>,
+    pub(crate) dp_lock: tokio::sync::Mutex<()>,
     /// Local endpoints being attached, counted as desired until the view shows them.
-    pending: Mutex<BTreeSet<(String, String)>>,
+    pub(crate) pending: Mutex<BTreeSet<(String, String)>>,
     /// The gateway bridge (NAT, published ports).
     pub gw: Arc<Gateway>,
     /// What this host attached.
     pub local: LocalState,
+    /// Names: zone, DNS listeners, hosts files.
+    pub names: crate::names::Names,
+    /// Wakes the names loop.
+    pub names_kick: Notify,
+    names_pass: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
@@ -70,9 +76,10 @@ impl Agent {
         settings: Settings,
         kv: Arc<dyn Kv>,
         underlay_mtu: u32,
-        dp: Arc<KernelDatapath>,
+        dp: Arc<dyn Datapath>,
         gw: Arc<Gateway>,
         local: LocalState,
+        names: crate::names::Names,
     ) -> Arc<Self> {
         let store = ClusterStore::new(kv, settings.subnet_pool);
         Arc::new(Agent {
@@ -89,6 +96,9 @@ impl Agent {
             pending: Mutex::new(BTreeSet::new()),
             gw,
             local,
+            names,
+            names_kick: Notify::new(),
+            names_pass: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -143,23 +153,11 @@ impl Agent {
         let _g = self.dp_lock.lock().await;
         let view = self.view();
         let want = self.desired(&view);
-        let have = self
-            .dp
-            .observe()
-            .await
-            .map_err(|e| AgentError::Datapath(e.to_string()))?;
-        let ops = ovl_datapath::plan(&want, &have);
-        if ops.is_empty() {
-            return Ok(0);
+        let done = self.dp.converge(&want).await?;
+        for f in &done.failed {
+            tracing::warn!(failure = %f, "datapath operation failed; retrying on the next pass");
         }
-        for op in &ops {
-            tracing::debug!(%op, "applying");
-        }
-        let report = self.dp.apply(&ops).await;
-        for (op, e) in &report.failed {
-            tracing::warn!(%op, error = %e, "datapath operation failed");
-        }
-        Ok(report.applied.len())
+        Ok(done.applied)
     }
 
     /// Repairs the gateway bridge and its firewall rules if something changed them.
@@ -181,7 +179,12 @@ impl Agent {
 
     /// Gives the container its gateway-bridge interface (one per namespace, shared by all its
     /// non-internal attachments) and publishes its ports.
-    async fn attach_gateway(&self, netns: &std::path::Path, nskey: &str, ports: &[ovl_core::PortMap]) -> Result<String> {
+    async fn attach_gateway(
+        &self,
+        netns: &std::path::Path,
+        nskey: &str,
+        ports: &[ovl_core::PortMap],
+    ) -> Result<String> {
         let gw_err = |e: ovl_gateway::Error| match e {
             ovl_gateway::Error::PortInUse { .. } | ovl_gateway::Error::InvalidSubnet { .. } => {
                 AgentError::Conflict(e.to_string())
@@ -189,7 +192,10 @@ impl Agent {
             other => AgentError::Datapath(format!("gateway: {other}")),
         };
         let first = self.gw.info().is_none();
-        self.gw.ensure_with(&self.overlay_subnets()).await.map_err(gw_err)?;
+        self.gw
+            .ensure_with(&self.overlay_subnets())
+            .await
+            .map_err(gw_err)?;
         if first {
             // Publish the chosen subnet at once: other hosts refuse overlay subnets that
             // overlap it (the registry would only write it on its next renewal).
@@ -208,12 +214,19 @@ impl Agent {
     /// Removes the gateway interface when no non-internal attachment of the namespace is
     /// left, else republishes the remaining attachments' ports.
     async fn detach_gateway(&self, nskey: &str) -> Result<()> {
-        let rest: Vec<Attachment> = self.local.in_netns(nskey).into_iter().filter(|a| !a.network.internal).collect();
+        let rest: Vec<Attachment> = self
+            .local
+            .in_netns(nskey)
+            .into_iter()
+            .filter(|a| !a.network.internal)
+            .collect();
         let r = if rest.is_empty() {
             self.gw.detach(nskey).await
         } else {
-            let ports: Vec<ovl_gateway::PortMap> =
-                rest.iter().flat_map(|a| a.endpoint.publish.iter().map(to_gw_port)).collect();
+            let ports: Vec<ovl_gateway::PortMap> = rest
+                .iter()
+                .flat_map(|a| a.endpoint.publish.iter().map(to_gw_port))
+                .collect();
             match self.gw.unpublish(nskey).await {
                 Ok(()) if !ports.is_empty() => self.gw.publish(nskey, &ports).await,
                 other => other,
@@ -302,11 +315,7 @@ impl Agent {
         };
         let attached = {
             let _g = self.dp_lock.lock().await;
-            let r = async {
-                self.dp.ensure_network(&spec).await?;
-                self.dp.attach(&spec, &ep).await
-            }
-            .await;
+            let r = self.dp.attach(&spec, &ep).await;
             match r {
                 Ok(a) => a,
                 Err(e) => {
@@ -320,7 +329,8 @@ impl Agent {
                 }
             }
         };
-        let nskey = local::netns_key(&netns).map_err(|e| AgentError::Internal(format!("{}: {e}", netns.display())))?;
+        let nskey = local::netns_key(&netns)
+            .map_err(|e| AgentError::Internal(format!("{}: {e}", netns.display())))?;
         let gateway_ifname = if net.internal {
             None
         } else {
@@ -331,12 +341,24 @@ impl Agent {
                     // Nothing half-made: undo the overlay side too.
                     self.pending.lock().expect("pending lock").remove(&key);
                     let _ = self.dp.detach(&net.name, &id).await;
-                    if self.local.in_netns(&nskey).iter().all(|a| a.network.internal) {
+                    if self
+                        .local
+                        .in_netns(&nskey)
+                        .iter()
+                        .all(|a| a.network.internal)
+                    {
                         let _ = self.gw.detach(&nskey).await;
                     }
                     let _ = self.store.delete_endpoint(&net.name, &id).await;
                     return Err(e);
                 }
+            }
+        };
+        let hosts_file = match crate::names::Names::prepare_netns_etc(&netns) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(netns = %netns.display(), error = %e, "preparing /etc/netns files");
+                None
             }
         };
         self.local.insert(Attachment {
@@ -345,9 +367,12 @@ impl Agent {
             netns: netns.clone(),
             netns_key: nskey,
             ifname: attached.ifname.clone(),
-            hosts_file: None,
+            hosts_file,
+            dns_listener: true,
         });
         self.kick.notify_one();
+        // Names before returning: `ip netns exec X ping peer.net` works right after attach.
+        self.sync_names().await;
         tracing::info!(network = %net.name, endpoint = %id, ip = %rec.ip, ifname = %attached.ifname, "attached");
         Ok(AttachReply {
             endpoint: rec,
@@ -390,6 +415,7 @@ impl Agent {
             .delete_endpoint(&req.network, &id)
             .await?
             .is_some();
+        self.sync_names().await;
         self.kick.notify_one();
         if removed {
             tracing::info!(network = %req.network, endpoint = %id, "detached");
@@ -397,18 +423,47 @@ impl Agent {
         Ok(DetachReply { removed })
     }
 
+    /// One names pass over the current view and local attachments.
+    pub async fn sync_names(&self) {
+        let _g = self.names_pass.lock().await;
+        let view = self.view();
+        let local = self.local.all();
+        let gw = self.gw.info().map(|i| i.address);
+        self.names.sync(&view, &local, gw).await;
+    }
+
+    /// `overlayctl dns lookup NAME --from CNAME`: answers as CNAME's resolver would.
+    pub async fn dns_lookup(&self, name: &str, from: &str) -> Result<crate::api::types::DnsLookup> {
+        let mut nets: BTreeSet<String> = self
+            .local
+            .all()
+            .iter()
+            .filter(|a| a.endpoint.name == from || a.endpoint.id == from)
+            .map(|a| a.endpoint.network.clone())
+            .collect();
+        if nets.is_empty() {
+            let v = self.view();
+            nets = v
+                .endpoints
+                .values()
+                .filter(|e| e.name == from)
+                .map(|e| e.network.clone())
+                .collect();
+        }
+        if nets.is_empty() {
+            return Err(AgentError::NotFound(format!("no container named {from}")));
+        }
+        let nets: Vec<String> = nets.into_iter().collect();
+        self.names.lookup(&nets, name, from).await
+    }
+
     /// `overlayctl peers`: desired vs. programmed, per network, with the plan between them.
     pub async fn peers(&self, only: Option<&str>) -> Result<Peers> {
         let view = self.view();
         let want = self.desired(&view);
-        let have = self
-            .dp
-            .observe()
-            .await
-            .map_err(|e| AgentError::Datapath(e.to_string()))?;
-        let ops = ovl_datapath::plan(&want, &have);
-        let mut names: BTreeSet<&String> = want.networks.keys().collect();
-        names.extend(have.networks.keys());
+        let mut reports = self.dp.report(&want).await?;
+        let mut names: BTreeSet<String> = want.networks.keys().cloned().collect();
+        names.extend(reports.keys().cloned());
         let mut out = Peers::default();
         for name in names {
             if only.is_some_and(|o| o != name) {
@@ -418,56 +473,25 @@ impl Agent {
                 network: name.clone(),
                 ..Default::default()
             };
-            if let Some(d) = want.networks.get(name) {
+            if let Some(d) = want.networks.get(&name) {
                 n.desired.push(format!(
                     "vxlan vni {} local {} mtu {}",
                     d.spec.vni, d.spec.local_vtep, d.spec.mtu
                 ));
-                for id in &d.local_endpoints {
-                    n.desired.push(format!("local {id}"));
-                }
-                for p in &d.peers {
-                    n.desired
-                        .push(format!("peer {} {} via {}", p.ip, p.mac, p.vtep));
-                }
-                for f in &d.flood {
-                    n.desired.push(format!("flood {f}"));
-                }
+                n.desired
+                    .extend(d.local_endpoints.iter().map(|id| format!("local {id}")));
+                n.desired.extend(
+                    d.peers
+                        .iter()
+                        .map(|p| format!("peer {} {} via {}", p.ip, p.mac, p.vtep)),
+                );
+                n.desired
+                    .extend(d.flood.iter().map(|f| format!("flood {f}")));
             }
-            if let Some(o) = have.networks.get(name) {
-                if let Some(vx) = &o.vxlan {
-                    n.actual.push(format!(
-                        "vxlan vni {} local {} mtu {}",
-                        vx.vni.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
-                        vx.local
-                            .map(|v| v.to_string())
-                            .unwrap_or_else(|| "?".into()),
-                        vx.mtu
-                    ));
-                }
-                for (id, ep) in &o.endpoints {
-                    n.actual.push(format!("local {id} ({})", ep.host_ifname));
-                }
-                for (mac, dst) in &o.fdb {
-                    n.actual.push(format!("fdb {mac} dst {dst}"));
-                }
-                for ng in &o.neigh {
-                    let mac = ng.mac.map(|m| m.to_string()).unwrap_or_else(|| "?".into());
-                    n.actual.push(format!(
-                        "neigh {} lladdr {mac}{}",
-                        ng.ip,
-                        if ng.permanent { "" } else { " (not permanent)" }
-                    ));
-                }
-                for f in &o.flood {
-                    n.actual.push(format!("flood {f}"));
-                }
+            if let Some(r) = reports.remove(&name) {
+                n.actual = r.actual;
+                n.diff = r.diff;
             }
-            n.diff = ops
-                .iter()
-                .filter(|op| op.network() == name)
-                .map(|op| op.to_string())
-                .collect();
             out.networks.push(n);
         }
         Ok(out)
@@ -540,14 +564,19 @@ impl Agent {
     fn gateway_details(&self) -> Vec<(String, String)> {
         let mut d = Vec::new();
         match self.gw.info() {
-            Some(i) => d.push(("gateway".into(), format!("{} {} ({})", i.bridge, i.subnet, i.address))),
+            Some(i) => d.push((
+                "gateway".into(),
+                format!("{} {} ({})", i.bridge, i.subnet, i.address),
+            )),
             None => d.push(("gateway".into(), "not created yet".into())),
         }
         let ports: Vec<String> = self
             .gw
             .published()
             .into_iter()
-            .map(|(ep, p)| format!("{}:{}/{:?}->{}", p.host_port, p.container_port, p.proto, ep).to_lowercase())
+            .map(|(ep, p)| {
+                format!("{}:{}/{:?}->{}", p.host_port, p.container_port, p.proto, ep).to_lowercase()
+            })
             .collect();
         if !ports.is_empty() {
             d.push(("published".into(), ports.join(" ")));
@@ -590,17 +619,28 @@ impl Agent {
         }
         for e in v.endpoints_on(&rec.name).filter(|e| !e.publish.is_empty()) {
             let ports: Vec<String> = e.publish.iter().map(|p| p.to_string()).collect();
-            details.push((format!("published {}", e.display_name()), format!("{} on {}", ports.join(","), e.host)));
+            details.push((
+                format!("published {}", e.display_name()),
+                format!("{} on {}", ports.join(","), e.host),
+            ));
         }
-        NetworkInfo { mtu_here: self.mtu_for(rec.mtu), record: rec, endpoints, details }
+        NetworkInfo {
+            mtu_here: self.mtu_for(rec.mtu),
+            record: rec,
+            endpoints,
+            details,
+        }
     }
 
     /// `overlayctl network create`.
     pub async fn create_network(&self, req: NetworkRequest) -> Result<NetworkInfo> {
         if let Some(s) = req.subnet {
             let v = self.view();
-            let mut gws: Vec<(String, ipnetwork::Ipv4Network)> =
-                v.hosts.values().filter_map(|h| h.gw_subnet.map(|g| (h.id.clone(), g))).collect();
+            let mut gws: Vec<(String, ipnetwork::Ipv4Network)> = v
+                .hosts
+                .values()
+                .filter_map(|h| h.gw_subnet.map(|g| (h.id.clone(), g)))
+                .collect();
             if let Some(i) = self.gw.info() {
                 gws.push((self.settings.host_id.clone(), i.subnet));
             }

@@ -68,6 +68,10 @@ pub struct Cli {
     /// Serve the Docker remote network + IPAM plugin at /run/docker/plugins/ovl.sock.
     #[arg(long, env = "OVERLAY_DOCKER_PLUGIN")]
     pub docker_plugin: bool,
+    /// With `--datapath ebpf`: run the kernel datapath if BPF cannot be used on this host
+    /// (the reason is logged and shown in status).
+    #[arg(long, env = "OVERLAY_DATAPATH_FALLBACK")]
+    pub datapath_fallback: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "OVERLAY_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
@@ -80,6 +84,10 @@ pub struct Cli {
     /// Pool automatic overlay subnets are carved from (default 10.10.0.0/16, /24 each).
     #[arg(long, env = "OVERLAY_SUBNET_POOL")]
     pub subnet_pool: Option<String>,
+    /// Upstream DNS servers for names outside the cluster, `IP[:PORT],...` (default: the
+    /// host's /etc/resolv.conf).
+    #[arg(long, env = "OVERLAY_DNS_UPSTREAM")]
+    pub dns_upstream: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -100,6 +108,8 @@ pub struct FileConfig {
     gw_subnet: Option<String>,
     #[serde(alias = "docker_plugin")]
     docker_plugin: Option<bool>,
+    #[serde(alias = "datapath_fallback")]
+    datapath_fallback: Option<bool>,
     #[serde(alias = "metrics_addr")]
     metrics_addr: Option<String>,
     #[serde(alias = "lease_ttl")]
@@ -108,6 +118,8 @@ pub struct FileConfig {
     resync_interval: Option<u64>,
     #[serde(alias = "subnet_pool")]
     subnet_pool: Option<String>,
+    #[serde(alias = "dns_upstream")]
+    dns_upstream: Option<String>,
 }
 
 /// Resolved, validated settings of the daemon.
@@ -129,6 +141,8 @@ pub struct Settings {
     pub gw_subnet: Option<Ipv4Network>,
     /// Serve the Docker plugin.
     pub docker_plugin: bool,
+    /// Fall back to the kernel datapath when eBPF cannot run.
+    pub datapath_fallback: bool,
     /// Metrics listen address.
     pub metrics_addr: Option<SocketAddr>,
     /// Liveness lease TTL.
@@ -137,6 +151,8 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// Pool for automatic subnets.
     pub subnet_pool: ovl_core::ipam::SubnetPool,
+    /// Upstream DNS servers (empty: the host's resolv.conf).
+    pub dns_upstream: Vec<SocketAddr>,
 }
 
 /// A settings error: one line, printed before exiting.
@@ -225,7 +241,25 @@ impl Settings {
             }
             None => ovl_core::ipam::SubnetPool::default(),
         };
+        let dns_upstream = match cli.dns_upstream.or(file.dns_upstream) {
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<SocketAddr>()
+                        .or_else(|_| s.parse::<Ipv4Addr>().map(|ip| SocketAddr::from((ip, 53))))
+                        .map_err(|_| {
+                            ConfigError(format!(
+                                "invalid --dns-upstream {s:?}: expected IP or IP:PORT"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
         Ok(Settings {
+            dns_upstream,
             host_id,
             advertise_addr,
             kv,
@@ -243,6 +277,7 @@ impl Settings {
                 .unwrap_or_else(|| "/var/lib/overlay-agent".into()),
             gw_subnet,
             docker_plugin: cli.docker_plugin || file.docker_plugin.unwrap_or(false),
+            datapath_fallback: cli.datapath_fallback || file.datapath_fallback.unwrap_or(false),
             metrics_addr,
             lease_ttl: Duration::from_secs(lease_ttl),
             resync_interval: Duration::from_secs(resync),

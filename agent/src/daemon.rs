@@ -36,22 +36,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = api::server::bind(&socket)
         .await
         .with_context(|| format!("binding the control socket {}", socket.display()))?;
-    let dp = ovl_datapath::KernelDatapath::new(settings.run_dir.join("dp"), None)
-        .context("opening the kernel datapath")?;
+    let dp = crate::datapath::open(&settings).await?;
     let mut gw_cfg = ovl_gateway::GatewayConfig::new(settings.state_dir.join("gateway"));
     gw_cfg.subnet = settings.gw_subnet;
     let gw = ovl_gateway::Gateway::new(gw_cfg).context("opening the gateway bridge state")?;
     if let Some(s) = settings.gw_subnet {
         check_gw_subnet(kv.as_ref(), s).await?;
     }
-    let local = LocalState::load(settings.state_dir.join("local.json")).context("loading local state")?;
-    let agent = Agent::new(settings, kv, mtu, std::sync::Arc::new(dp), std::sync::Arc::new(gw), local);
+    let local =
+        LocalState::load(settings.state_dir.join("local.json")).context("loading local state")?;
+    let names = crate::names::Names::new(settings.dns_upstream.clone())?;
+    let agent = Agent::new(settings, kv, mtu, dp, std::sync::Arc::new(gw), local, names);
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(registry::run(agent.clone()));
     tasks.spawn(sync::run(agent.clone()));
     tasks.spawn(sync::probe_health(agent.clone()));
     tasks.spawn(reconcile::run(agent.clone()));
+    tasks.spawn(crate::names::run(agent.clone()));
+    if agent.settings.docker_plugin {
+        tasks.spawn(crate::docker::run(agent.clone()));
+    }
 
     let app = api::server::router(agent.clone()).with_state(agent.clone());
     let mut term = signal(SignalKind::terminate())?;
@@ -67,6 +72,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("control API")?;
     tasks.abort_all();
+    agent.names.shutdown().await;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, "removing the control socket");
     }
@@ -77,14 +83,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 /// Refuses a `--gw-subnet` that overlaps an overlay network, when the KV can tell (a KV that
 /// is down postpones the check to the first attach, which the gateway checks again).
 async fn check_gw_subnet(kv: &dyn ovl_kv::Kv, gw: ipnetwork::Ipv4Network) -> anyhow::Result<()> {
-    let listing = match tokio::time::timeout(std::time::Duration::from_secs(3), kv.list(ovl_core::keys::NETWORKS)).await {
+    let listing = match tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        kv.list(ovl_core::keys::NETWORKS),
+    )
+    .await
+    {
         Ok(Ok(l)) => l,
         _ => return Ok(()),
     };
     for e in listing.entries {
         if let Ok(n) = serde_json::from_slice::<ovl_core::NetworkRecord>(&e.value) {
             if ovl_core::ipam::overlaps(n.subnet, gw) {
-                anyhow::bail!("--gw-subnet {gw} overlaps overlay network {} ({})", n.name, n.subnet);
+                anyhow::bail!(
+                    "--gw-subnet {gw} overlaps overlay network {} ({})",
+                    n.name,
+                    n.subnet
+                );
             }
         }
     }

@@ -7,15 +7,21 @@
 //! - [`local`]: what this host attached, persisted (works while the KV is down);
 //! - [`registry`]: this host's record and lease in the KV;
 //! - [`sync`]: the cluster view kept current from the KV (list + watch + relist);
+//! - [`datapath`]: the seam to the kernel and eBPF datapaths;
+//! - [`names`]: the zone, the embedded DNS listeners and the hosts files;
 //! - [`reconcile`]: desired datapath state (pure) and the level-triggered loop;
+//! - [`docker`]: the Docker remote network + IPAM plugin and the Engine API watcher;
 //! - [`daemon`]: start-up and shutdown wiring.
 
 pub mod agent;
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod datapath;
+pub mod docker;
 pub mod error;
 pub mod local;
+pub mod names;
 pub mod reconcile;
 pub mod registry;
 pub mod sync;

@@ -31,6 +31,14 @@ pub struct Attachment {
     /// Where its hosts file is, if the agent manages one.
     #[serde(default)]
     pub hosts_file: Option<PathBuf>,
+    /// Whether the agent serves DNS on 127.0.0.11:53 inside the namespace (not for Docker
+    /// containers: Docker's own resolver owns that address there).
+    #[serde(default = "yes")]
+    pub dns_listener: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The local attachments, persisted on every change.
@@ -56,12 +64,18 @@ impl LocalState {
     pub fn load(path: PathBuf) -> std::io::Result<Self> {
         let map = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e),
         };
-        Ok(LocalState { path, inner: Mutex::new(map) })
+        Ok(LocalState {
+            path,
+            inner: Mutex::new(map),
+        })
     }
 
     fn save(&self, map: &BTreeMap<String, Attachment>) {
@@ -95,16 +109,28 @@ impl LocalState {
 
     /// One attachment.
     pub fn get(&self, net: &str, id: &str) -> Option<Attachment> {
-        self.inner.lock().expect("local state lock").get(&key(net, id)).cloned()
+        self.inner
+            .lock()
+            .expect("local state lock")
+            .get(&key(net, id))
+            .cloned()
     }
 
     /// Every attachment.
     pub fn all(&self) -> Vec<Attachment> {
-        self.inner.lock().expect("local state lock").values().cloned().collect()
+        self.inner
+            .lock()
+            .expect("local state lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Attachments sharing a namespace.
     pub fn in_netns(&self, netns_key: &str) -> Vec<Attachment> {
-        self.all().into_iter().filter(|a| a.netns_key == netns_key).collect()
+        self.all()
+            .into_iter()
+            .filter(|a| a.netns_key == netns_key)
+            .collect()
     }
 }

@@ -24,7 +24,17 @@ fn echo_peer_server(ns: &str, port: u16) -> Child {
 /// Connects from namespace `ns` to `addr:port`; returns what the server said, if anything.
 fn fetch(ns: &str, addr: &str, port: u16) -> Option<String> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", "3", "socat", "-T2", "-", &format!("TCP:{addr}:{port},connect-timeout=2")])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "timeout",
+            "3",
+            "socat",
+            "-T2",
+            "-",
+            &format!("TCP:{addr}:{port},connect-timeout=2"),
+        ])
         .stdin(Stdio::null())
         .output()
         .ok()?;
@@ -54,7 +64,16 @@ fn gateway_nat_isolation_publish_and_recovery() {
     let outside = format!("{}-out", lab.state.name);
     let mut servers = Killed(vec![echo_peer_server(&outside, 9000)]);
     // A route to 172.18.0.0/16 on host 2 before its gateway bridge exists.
-    xtask::sh::ip(&["-n", &lab.host(1).ns, "route", "add", "172.18.0.0/16", "via", "198.18.0.1"]).unwrap();
+    xtask::sh::ip(&[
+        "-n",
+        &lab.host(1).ns,
+        "route",
+        "add",
+        "172.18.0.0/16",
+        "via",
+        "198.18.0.1",
+    ])
+    .unwrap();
 
     ctl(&lab, 0, &["network", "create", "net1"]);
     ctl(&lab, 0, &["network", "create", "intnet", "--internal"]);
@@ -74,7 +93,11 @@ fn gateway_nat_isolation_publish_and_recovery() {
     servers.0.push(echo_peer_server(&c2, 7000));
     std::thread::sleep(Duration::from_millis(300));
     assert!(!ping(&c1, &gw2), "ping across the gateway bridge must fail");
-    assert_eq!(fetch(&c1, &gw2, 7000), None, "TCP across the gateway bridge must fail");
+    assert_eq!(
+        fetch(&c1, &gw2, 7000),
+        None,
+        "TCP across the gateway bridge must fail"
+    );
 
     // Internal network: no gateway interface, no way out.
     let links = stdout(&nsexec(&c3, &["ip", "-o", "link"]));
@@ -85,36 +108,90 @@ fn gateway_nat_isolation_publish_and_recovery() {
     let (c4, _) = attach(&lab, 0, "net1", "c4", &["--publish", "8080:80"]);
     servers.0.push(echo_peer_server(&c4, 80));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(fetch(&lab.host(1).ns, "198.18.0.11", 8080).is_some(), "published port from host 2");
-    assert!(fetch(&outside, "198.18.0.11", 8080).is_some(), "published port from outside");
+    assert!(
+        fetch(&lab.host(1).ns, "198.18.0.11", 8080).is_some(),
+        "published port from host 2"
+    );
+    assert!(
+        fetch(&outside, "198.18.0.11", 8080).is_some(),
+        "published port from outside"
+    );
     let st = ctl(&lab, 0, &["status"]);
-    assert!(st["details"].to_string().contains("8080"), "status shows published ports: {st}");
+    assert!(
+        st["details"].to_string().contains("8080"),
+        "status shows published ports: {st}"
+    );
     let insp = ctl(&lab, 0, &["network", "inspect", "net1"]);
-    assert!(insp["details"].to_string().contains("8080:80/tcp"), "{insp}");
+    assert!(
+        insp["details"].to_string().contains("8080:80/tcp"),
+        "{insp}"
+    );
 
     // Publishing the same host port twice: refused, nothing half-created.
     let before = ctl(&lab, 0, &["endpoints"]);
     let ns5 = lab.add_container("c5").unwrap();
     let out = lab
-        .ctl(0, &["attach", "net1", "--name", "c5", "--netns", &format!("/run/netns/{ns5}"), "--publish", "8080:81"])
+        .ctl(
+            0,
+            &[
+                "attach",
+                "net1",
+                "--name",
+                "c5",
+                "--netns",
+                &format!("/run/netns/{ns5}"),
+                "--publish",
+                "8080:81",
+            ],
+        )
         .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("8080"), "{}", stderr(&out));
-    assert_eq!(ctl(&lab, 0, &["endpoints"]), before, "refused attach left an endpoint");
+    assert_eq!(
+        ctl(&lab, 0, &["endpoints"]),
+        before,
+        "refused attach left an endpoint"
+    );
     let links = stdout(&nsexec(&ns5, &["ip", "-o", "link"]));
-    assert_eq!(links.lines().count(), 1, "refused attach left interfaces: {links}");
+    assert_eq!(
+        links.lines().count(),
+        1,
+        "refused attach left interfaces: {links}"
+    );
 
     ctl(&lab, 0, &["detach", "net1", "--name", "c4"]);
-    assert_eq!(fetch(&lab.host(1).ns, "198.18.0.11", 8080), None, "port still answers after detach");
+    assert_eq!(
+        fetch(&lab.host(1).ns, "198.18.0.11", 8080),
+        None,
+        "port still answers after detach"
+    );
 
     // nft flush ruleset on host 1: the rules are back within the resync period (2 s).
-    assert!(xtask::sh::in_ns(&lab.host(0).ns, "nft").args(["flush", "ruleset"]).status().unwrap().success());
-    assert_eq!(fetch(&c1, xtask::lab::OUTSIDE_ADDR, 9000), None, "NAT gone after the flush");
+    assert!(
+        xtask::sh::in_ns(&lab.host(0).ns, "nft")
+            .args(["flush", "ruleset"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        fetch(&c1, xtask::lab::OUTSIDE_ADDR, 9000),
+        None,
+        "NAT gone after the flush"
+    );
     let start = std::time::Instant::now();
     while fetch(&c1, xtask::lab::OUTSIDE_ADDR, 9000).as_deref() != Some("198.18.0.11") {
         if start.elapsed() > Duration::from_secs(8) {
-            let rules = stdout(&xtask::sh::in_ns(&lab.host(0).ns, "nft").args(["list", "ruleset"]).output().unwrap());
-            panic!("NAT not back after nft flush:\n{rules}\n{}", xtask::lab::tail(&lab.host(0).log, 15));
+            let rules = stdout(
+                &xtask::sh::in_ns(&lab.host(0).ns, "nft")
+                    .args(["list", "ruleset"])
+                    .output()
+                    .unwrap(),
+            );
+            panic!(
+                "NAT not back after nft flush:\n{rules}\n{}",
+                xtask::lab::tail(&lab.host(0).log, 15)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -124,31 +201,78 @@ fn gateway_nat_isolation_publish_and_recovery() {
     // Host 2 picked a gateway subnet that avoids its 172.18.0.0/16 route.
     attach(&lab, 1, "net1", "d1", &[]);
     let st = ctl(&lab, 1, &["status"]);
-    let gw = st["details"].as_array().unwrap().iter().find(|d| d[0] == "gateway").unwrap()[1].to_string();
-    assert!(!gw.contains(" 172.18."), "gateway subnet overlaps the 172.18.0.0/16 route: {gw}");
+    let gw = st["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d[0] == "gateway")
+        .unwrap()[1]
+        .to_string();
+    assert!(
+        !gw.contains(" 172.18."),
+        "gateway subnet overlaps the 172.18.0.0/16 route: {gw}"
+    );
     // And an overlay subnet that overlaps a host's gateway subnet is refused.
     let sub: String = gw.split(' ').nth(1).unwrap().to_string();
-    within("h1 to know h2's gateway subnet", Duration::from_secs(3), || {
-        ctl(&lab, 0, &["hosts"]).to_string().contains(&format!("\"gw_subnet\":\"{sub}\""))
-    });
-    let out = lab.ctl(0, &["network", "create", "clash", "--subnet", &sub]).unwrap();
-    assert!(!out.status.success() && stderr(&out).contains("gateway bridge"), "{}", stderr(&out));
+    within(
+        "h1 to know h2's gateway subnet",
+        Duration::from_secs(3),
+        || {
+            ctl(&lab, 0, &["hosts"])
+                .to_string()
+                .contains(&format!("\"gw_subnet\":\"{sub}\""))
+        },
+    );
+    let out = lab
+        .ctl(0, &["network", "create", "clash", "--subnet", &sub])
+        .unwrap();
+    assert!(
+        !out.status.success() && stderr(&out).contains("gateway bridge"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn gw_subnet_overlapping_an_overlay_is_refused() {
     let lab = lab("t4bad", 1, KvKind::Embedded);
-    ctl(&lab, 0, &["network", "create", "net1", "--subnet", "10.40.0.0/24"]);
+    ctl(
+        &lab,
+        0,
+        &["network", "create", "net1", "--subnet", "10.40.0.0/24"],
+    );
     let dir = format!("{}/other", lab.state.dir.display());
-    let out = xtask::sh::in_ns(&lab.host(0).ns, lab.state.bin_dir.join("overlay-agent").to_str().unwrap())
-        .args(["--host-id", "hz", "--advertise-addr", "198.18.0.11", "--kv", &lab.state.kv_url])
-        .args(["--run-dir", &dir, "--state-dir", &dir, "--gw-subnet", "10.40.0.0/16"])
-        .output()
-        .unwrap();
+    let out = xtask::sh::in_ns(
+        &lab.host(0).ns,
+        lab.state.bin_dir.join("overlay-agent").to_str().unwrap(),
+    )
+    .args([
+        "--host-id",
+        "hz",
+        "--advertise-addr",
+        "198.18.0.11",
+        "--kv",
+        &lab.state.kv_url,
+    ])
+    .args([
+        "--run-dir",
+        &dir,
+        "--state-dir",
+        &dir,
+        "--gw-subnet",
+        "10.40.0.0/16",
+    ])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("overlaps overlay network net1"), "{err}");
     // Nothing half-created: no gateway bridge on the host.
-    let links = stdout(&xtask::sh::in_ns(&lab.host(0).ns, "ip").args(["-o", "link"]).output().unwrap());
+    let links = stdout(
+        &xtask::sh::in_ns(&lab.host(0).ns, "ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap(),
+    );
     assert!(!links.contains("ovl_gwbridge"), "{links}");
 }

@@ -84,12 +84,18 @@ impl LabConfig {
             kv: KvKind::Embedded,
             datapath: DatapathSel::Kernel,
             bin_dir: sh::bin_dir(),
-            agent_args: vec![
-                "--lease-ttl".into(),
-                "4".into(),
-                "--resync-interval".into(),
-                "2".into(),
-            ],
+            // Short lease and resync for quick tests; DNS forwarding only to the lab's outside
+            // namespace, never to the machine's resolvers.
+            agent_args: [
+                "--lease-ttl",
+                "4",
+                "--resync-interval",
+                "2",
+                "--dns-upstream",
+                OUTSIDE_ADDR,
+            ]
+            .map(String::from)
+            .to_vec(),
             start_agents: true,
         }
     }

@@ -2,7 +2,9 @@
 //! the `cargo xtask lab` command builds.
 //!
 //! - [`lab`]: N hosts as network namespaces on an underlay bridge, the KV, one agent per host;
+//! - [`bench`]: the benchmarks, side by side in one run;
 //! - [`sh`]: small helpers to run commands and enter namespaces.
 
+pub mod bench;
 pub mod lab;
 pub mod sh;

@@ -21,6 +21,9 @@ enum Cmd {
     /// The netns lab: hosts as network namespaces on one machine.
     #[command(subcommand)]
     Lab(LabCmd),
+    /// Benchmarks (competing paths side by side in one run; medians and ratios).
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// The multi-host demo: a lab, a network, containers on every host talking by name; then
     /// everything is removed.
     Demo {
@@ -30,6 +33,34 @@ enum Cmd {
         /// KV backend.
         #[arg(long, value_enum, default_value_t = KvKind::Embedded)]
         kv: KvKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Attach on host 2 until host 1 pings it: p50/p99 over many attaches.
+    Converge {
+        /// Attaches per KV backend.
+        #[arg(long, default_value_t = 25)]
+        attaches: usize,
+    },
+    /// iperf3 throughput and ping RTT: underlay vs kernel path vs eBPF path.
+    Datapath {
+        /// Runs per path (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// DNS queries per second and latency: the embedded DNS vs dnsmasq.
+    Dns {
+        /// Runs per server.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Docker + ovl vs Docker's classic overlay vs the underlay.
+    Docker {
+        /// Runs per path.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -161,6 +192,16 @@ fn run(cli: Cli) -> Result<i32> {
                 if let Ok(o) = lab.ctl(i, &["hosts"]) {
                     print!("{}", String::from_utf8_lossy(&o.stdout));
                 }
+            }
+            Ok(0)
+        }
+        Cmd::Bench(b) => {
+            build_agent()?;
+            match b {
+                BenchCmd::Converge { attaches } => xtask::bench::converge::run(attaches)?,
+                BenchCmd::Datapath { runs } => xtask::bench::datapath::run(runs)?,
+                BenchCmd::Dns { runs } => xtask::bench::dns::run(runs)?,
+                BenchCmd::Docker { runs } => xtask::bench::docker::run(runs)?,
             }
             Ok(0)
         }

@@ -42,6 +42,12 @@ struct NetFilter {
     network: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct LookupQuery {
+    name: String,
+    from: String,
+}
+
 type Shared = State<Arc<Agent>>;
 
 /// The router. Other parts (datapath, names, Docker) add their routes in [`crate::daemon`].
@@ -87,6 +93,18 @@ pub fn router(agent: Arc<Agent>) -> Router<Arc<Agent>> {
         .route(
             "/v1/detach",
             post(|State(a): Shared, b: Bytes| async move { a.detach(body(&b)?).await.map(Json) }),
+        )
+        .route(
+            "/v1/dns/lookup",
+            get(
+                |State(a): Shared, Query(q): Query<LookupQuery>| async move {
+                    a.dns_lookup(&q.name, &q.from).await.map(Json)
+                },
+            ),
+        )
+        .route(
+            "/v1/datapath",
+            get(|State(a): Shared| async move { Json(a.dp.details().await) }),
         )
         .route(
             "/v1/peers",

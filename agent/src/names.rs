@@ -1,0 +1,273 @@
+//! Names for containers: the zone (every named endpoint of the cluster), the embedded DNS
+//! listeners (127.0.0.11:53 inside each container namespace, and the gateway-bridge address),
+//! and the managed block of each container's hosts file.
+//!
+//! Everything here is level-triggered from the cluster view and the local attachments: a
+//! pass rebuilds the zone, opens or closes listeners and rewrites hosts files whose block
+//! differs, so it follows endpoints appearing and going anywhere, and repairs hosts files
+//! someone else edited.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hickory_proto::rr::RecordType;
+use ovl_core::ClusterView;
+use ovl_names::{
+    ArcSwap, NameRecord, Zone,
+    dns::{DnsConfig, DnsServer, ForwardConfig, Upstreams},
+    hosts,
+};
+
+use crate::{
+    agent::Agent,
+    api::types::DnsLookup,
+    error::{AgentError, Result},
+    local::Attachment,
+};
+
+/// The names service of one agent.
+pub struct Names {
+    zone: Arc<ArcSwap<Zone>>,
+    dns: DnsServer,
+    /// Listener keys (namespace keys) open now, with the networks they answer for.
+    listeners: tokio::sync::Mutex<BTreeMap<String, Vec<String>>>,
+    plain: Mutex<Option<SocketAddr>>,
+}
+
+/// Builds the zone from the view: every endpoint with a name.
+pub fn zone_of(view: &ClusterView) -> Zone {
+    let records = view
+        .endpoints
+        .values()
+        .filter(|e| !e.name.is_empty())
+        .map(|e| NameRecord {
+            network: e.network.clone(),
+            endpoint_id: e.id.clone(),
+            name: e.name.clone(),
+            aliases: e.aliases.clone(),
+            ip: e.ip,
+        })
+        .collect();
+    Zone::build(records).with_networks(view.networks.keys())
+}
+
+/// The hosts file of a named network namespace (`ip netns exec` bind-mounts it).
+pub fn netns_etc(netns: &Path) -> Option<PathBuf> {
+    let name = netns.strip_prefix("/run/netns").ok()?.to_str()?;
+    (!name.is_empty() && !name.contains('/')).then(|| PathBuf::from("/etc/netns").join(name))
+}
+
+impl Names {
+    /// A names service forwarding unknown names to `upstreams` (or the host's resolv.conf).
+    pub fn new(upstreams: Vec<SocketAddr>) -> Result<Self> {
+        let zone = Arc::new(ArcSwap::from_pointee(Zone::build(Vec::new())));
+        let mut cfg = DnsConfig::default();
+        cfg.forward = ForwardConfig {
+            upstreams: if upstreams.is_empty() {
+                Upstreams::System
+            } else {
+                Upstreams::Servers(upstreams)
+            },
+            ..ForwardConfig::default()
+        };
+        let dns = DnsServer::new(zone.clone(), cfg)
+            .map_err(|e| AgentError::Internal(format!("DNS server: {e}")))?;
+        Ok(Names {
+            zone,
+            dns,
+            listeners: Default::default(),
+            plain: Mutex::new(None),
+        })
+    }
+
+    /// Prepares a named namespace's `/etc/netns/NAME/{hosts,resolv.conf}` so
+    /// `ip netns exec NAME` sees the agent's names and DNS.
+    pub fn prepare_netns_etc(netns: &Path) -> std::io::Result<Option<PathBuf>> {
+        let Some(dir) = netns_etc(netns) else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&dir)?;
+        let hosts = dir.join("hosts");
+        if !hosts.exists() {
+            std::fs::write(&hosts, hosts::DEFAULT_LINES)?;
+        }
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            "# written by overlay-agent: the embedded DNS\nnameserver 127.0.0.11\noptions ndots:0\n",
+        )?;
+        Ok(Some(hosts))
+    }
+
+    /// One pass: zone, listeners, hosts files. Returns how many hosts files were rewritten.
+    pub async fn sync(
+        &self,
+        view: &ClusterView,
+        local: &[Attachment],
+        gw_addr: Option<Ipv4Addr>,
+    ) -> usize {
+        let zone = zone_of(view);
+        // Per container namespace: its endpoints and its networks.
+        let mut by_ns: BTreeMap<&str, Vec<&Attachment>> = BTreeMap::new();
+        for a in local {
+            by_ns.entry(a.netns_key.as_str()).or_default().push(a);
+        }
+        let mut rewritten = 0;
+        for atts in by_ns.values() {
+            let nets: BTreeSet<&str> = atts.iter().map(|a| a.endpoint.network.as_str()).collect();
+            let ids: BTreeSet<&str> = atts.iter().map(|a| a.endpoint.id.as_str()).collect();
+            let files: BTreeSet<&PathBuf> =
+                atts.iter().filter_map(|a| a.hosts_file.as_ref()).collect();
+            if files.is_empty() {
+                continue;
+            }
+            let on_nets: Vec<&NameRecord> = zone
+                .records()
+                .iter()
+                .filter(|r| nets.contains(r.network.as_str()))
+                .collect();
+            let own: Vec<NameRecord> = on_nets
+                .iter()
+                .filter(|r| ids.contains(r.endpoint_id.as_str()))
+                .map(|r| (*r).clone())
+                .collect();
+            let peers: Vec<NameRecord> = on_nets
+                .iter()
+                .filter(|r| !ids.contains(r.endpoint_id.as_str()))
+                .map(|r| (*r).clone())
+                .collect();
+            let block = hosts::render_block(&own, &peers);
+            for f in files {
+                match hosts::update_file(f, &block) {
+                    Ok(true) => rewritten += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(file = %f.display(), error = %e, "updating hosts file")
+                    }
+                }
+            }
+        }
+        self.zone.store(Arc::new(zone));
+
+        // DNS listeners inside container namespaces.
+        let mut want: BTreeMap<String, (PathBuf, Vec<String>)> = BTreeMap::new();
+        for (key, atts) in &by_ns {
+            if atts.iter().any(|a| a.dns_listener) {
+                let nets: BTreeSet<String> =
+                    atts.iter().map(|a| a.endpoint.network.clone()).collect();
+                want.insert(
+                    key.to_string(),
+                    (atts[0].netns.clone(), nets.into_iter().collect()),
+                );
+            }
+        }
+        let mut open = self.listeners.lock().await;
+        for key in open.keys().cloned().collect::<Vec<_>>() {
+            if !want.contains_key(&key) {
+                self.dns.remove_listener(&key).await;
+                open.remove(&key);
+            }
+        }
+        for (key, (netns, nets)) in want {
+            match open.get(&key) {
+                Some(n) if *n == nets => {}
+                Some(_) => {
+                    if let Err(e) = self.dns.set_networks(&key, nets.clone()) {
+                        tracing::warn!(error = %e, "updating DNS scope");
+                    }
+                    open.insert(key, nets);
+                }
+                None => match self.dns.add_listener(&key, &netns, nets.clone()).await {
+                    Ok(_) => {
+                        open.insert(key, nets);
+                    }
+                    Err(e) => {
+                        tracing::warn!(netns = %netns.display(), error = %e, "opening DNS listener")
+                    }
+                },
+            }
+        }
+        drop(open);
+
+        // The gateway-bridge address, for resolvers outside the container (Docker's, or
+        // containers started with --dns).
+        if let Some(ip) = gw_addr {
+            let addr = SocketAddr::from((ip, 53));
+            let have = *self.plain.lock().expect("plain lock");
+            if have != Some(addr) {
+                match self.dns.add_plain_listener(addr).await {
+                    Ok(_) => *self.plain.lock().expect("plain lock") = Some(addr),
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "opening DNS on the gateway bridge")
+                    }
+                }
+            }
+        }
+        rewritten
+    }
+
+    /// `overlayctl dns lookup NAME --from CNAME`.
+    pub async fn lookup(&self, networks: &[String], name: &str, from: &str) -> Result<DnsLookup> {
+        let rtype = if name.trim_end_matches('.').ends_with(".in-addr.arpa")
+            || name.parse::<Ipv4Addr>().is_ok()
+        {
+            RecordType::PTR
+        } else {
+            RecordType::A
+        };
+        let qname = match name.parse::<Ipv4Addr>() {
+            Ok(ip) => {
+                let o = ip.octets();
+                format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+            }
+            Err(_) => name.to_string(),
+        };
+        let ans = self
+            .dns
+            .lookup(networks, &qname, rtype)
+            .await
+            .map_err(|e| AgentError::Invalid(format!("lookup {name}: {e}")))?;
+        Ok(DnsLookup {
+            name: name.to_string(),
+            from: from.to_string(),
+            rcode: ans.rcode.clone(),
+            answers: ans
+                .answers
+                .iter()
+                .map(|r| format!("{} {} {} {}", r.name, r.ttl, r.rtype, r.data))
+                .collect(),
+            source: if ans.authoritative {
+                "local".into()
+            } else {
+                "upstream".into()
+            },
+        })
+    }
+
+    /// Closes every listener (shutdown).
+    pub async fn shutdown(&self) {
+        self.dns.shutdown().await;
+    }
+}
+
+/// Runs name passes on every view change and local change (debounced), and every resync
+/// period to repair hosts files.
+pub async fn run(agent: Arc<Agent>) {
+    let mut views = agent.subscribe();
+    let mut tick = tokio::time::interval(agent.settings.resync_interval);
+    loop {
+        tokio::select! {
+            r = views.changed() => if r.is_err() { return },
+            _ = agent.names_kick.notified() => {},
+            _ = tick.tick() => {},
+        }
+        // Coalesce bursts (many endpoints at once) into one pass.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        agent.sync_names().await;
+    }
+}

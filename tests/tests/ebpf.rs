@@ -1,0 +1,513 @@
+//! The eBPF datapath in the netns lab: the kernel-path scenarios of `overlay.rs` on the fast
+//! path, a mixed lab, anti-spoofing with counters, and `kill -9` with adoption of the pinned
+//! state. Needs root; never skips.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use nix::sys::signal::Signal;
+use ovl_tests::*;
+use serde_json::Value;
+
+fn ebpf_lab(name: &str, hosts: usize, datapath: DatapathSel) -> LabGuard {
+    let mut cfg = LabConfig::new(name, hosts);
+    cfg.datapath = datapath;
+    lab_with(cfg)
+}
+
+fn allow_broadcast_ping(ns: &str) {
+    assert!(
+        nsexec(
+            ns,
+            &["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"]
+        )
+        .status
+        .success()
+    );
+}
+
+/// `overlayctl --json datapath` on host `i`.
+fn datapath(lab: &Lab, i: usize) -> Value {
+    ctl(lab, i, &["datapath"])
+}
+
+fn counter(lab: &Lab, i: usize, program: &str, name: &str) -> u64 {
+    let d = datapath(lab, i);
+    d["counters"][program][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {program}.{name} in {d}"))
+}
+
+fn broadcast_replies(from: &str, bcast: &str) -> String {
+    stdout(&nsexec(
+        from,
+        &["ping", "-b", "-c", "3", "-i", "0.2", "-W", "1", bcast],
+    ))
+}
+
+fn multicast_reaches(sender: &str, sender_ip: &str, receivers: &[&str]) {
+    let rx: Vec<Child> = receivers
+        .iter()
+        .map(|ns| {
+            Command::new("ip")
+                .args(["netns", "exec", ns, "timeout", "5", "socat", "-u"])
+                .arg("UDP4-RECV:5000,ip-add-membership=239.1.1.1:eth0,reuseaddr")
+                .arg("STDOUT")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let mut s = Command::new("ip")
+            .args(["netns", "exec", sender, "socat", "-u", "STDIN"])
+            .arg(format!(
+                "UDP4-DATAGRAM:239.1.1.1:5000,ip-multicast-if={sender_ip}"
+            ))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        s.stdin
+            .take()
+            .unwrap()
+            .write_all(b"hello-multicast\n")
+            .unwrap();
+        s.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (r, who) in rx.into_iter().zip(receivers) {
+        let out = r.wait_with_output().unwrap();
+        assert!(
+            stdout(&out).contains("hello-multicast"),
+            "{who} got no multicast: {:?}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn ebpf_unicast_broadcast_multicast() {
+    let lab = ebpf_lab("t7ubm", 3, DatapathSel::Ebpf);
+    for i in 0..3 {
+        assert_eq!(
+            datapath(&lab, i)["mode"],
+            "ebpf",
+            "host {} not on the eBPF path",
+            i + 1
+        );
+    }
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, ip1) = attach(&lab, 0, "net1", "c1", &[]);
+    let (c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    let (c3, ip3) = attach(&lab, 2, "net1", "c3", &[]);
+    let link = nsexec(&c2, &["ip", "-o", "link", "show", "eth0"]);
+    assert!(stdout(&link).contains("mtu 1450"), "{}", stdout(&link));
+
+    within("c1 -> c2 and c2 -> c1", Duration::from_secs(5), || {
+        ping(&c1, &ip2) && ping(&c2, &ip1)
+    });
+    assert!(ping(&c1, &ip3) && ping(&c3, &ip1) && ping(&c2, &ip3) && ping(&c3, &ip2));
+    // The traffic went through the programs.
+    assert!(counter(&lab, 0, "lxc_egress", "encap") > 0);
+    assert!(counter(&lab, 1, "vxlan_ingress", "redirect") > 0);
+    let lines = programmed(&lab, 0, "net1");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("remote ") && l.contains(&ip2)),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "flood 198.18.0.12"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("local c1 ")),
+        "{lines:?}"
+    );
+
+    allow_broadcast_ping(&c2);
+    allow_broadcast_ping(&c3);
+    let text = broadcast_replies(&c1, "10.10.0.255");
+    assert!(
+        text.contains(&format!("from {ip2}")) && text.contains(&format!("from {ip3}")),
+        "{text}"
+    );
+    multicast_reaches(&c1, &ip1, &[&c2, &c3]);
+    // Converged: nothing left to do.
+    let p = ctl(&lab, 0, &["peers", "net1"]);
+    assert_eq!(p["networks"][0]["diff"], serde_json::json!([]), "{p}");
+}
+
+#[test]
+fn ebpf_networks_are_isolated() {
+    let lab = ebpf_lab("t7iso", 2, DatapathSel::Ebpf);
+    ctl(&lab, 0, &["network", "create", "neta"]);
+    ctl(&lab, 0, &["network", "create", "netb"]);
+    let (a1, _) = attach(&lab, 0, "neta", "a1", &[]);
+    let (a2, ipa2) = attach(&lab, 1, "neta", "a2", &[]);
+    let (b1, _) = attach(&lab, 0, "netb", "b1", &[]);
+    let (b2, ipb2) = attach(&lab, 1, "netb", "b2", &[]);
+    // The same container name on two networks of one host.
+    let (x1, _) = attach(&lab, 0, "neta", "x", &[]);
+    let (_, ipxb) = attach(&lab, 1, "netb", "x", &[]);
+    within("neta works", Duration::from_secs(5), || ping(&a1, &ipa2));
+    within("netb works", Duration::from_secs(5), || ping(&b1, &ipb2));
+    assert!(!ping(&x1, &ipxb), "neta reached an address of netb");
+    let watchers: Vec<_> = [&b1, &b2]
+        .iter()
+        .map(|ns| {
+            Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "timeout", "4", "tcpdump", "-n", "-l", "-i", "eth0",
+                ])
+                .args(["src", "net", "10.10.0.0/24", "or", "arp"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    nsexec(
+        &a1,
+        &[
+            "ping",
+            "-b",
+            "-c",
+            "4",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "10.10.0.255",
+        ],
+    );
+    nsexec(
+        &a1,
+        &["arping", "-c", "2", "-w", "1", "-I", "eth0", "10.10.0.99"],
+    );
+    nsexec(
+        &a1,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "eth0",
+            "239.2.2.2",
+        ],
+    );
+    for w in watchers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            stdout(&out).trim().is_empty(),
+            "a packet crossed VNIs: {}",
+            stdout(&out)
+        );
+        assert!(
+            stderr(&out).contains("0 packets captured"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    allow_broadcast_ping(&a2);
+    let text = broadcast_replies(&a1, "10.10.0.255");
+    assert!(text.contains(&format!("from {ipa2}")), "{text}");
+}
+
+#[test]
+fn ebpf_entries_follow_endpoints() {
+    let lab = ebpf_lab("t7det", 3, DatapathSel::Ebpf);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
+    let (_c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    let (_c3, _) = attach(&lab, 2, "net1", "c3", &[]);
+    within("c2 programmed on h1 and h3", Duration::from_secs(5), || {
+        [0, 2]
+            .iter()
+            .all(|&i| programmed(&lab, i, "net1").iter().any(|l| l.contains(&ip2)))
+    });
+    within("c1 reaches c2", Duration::from_secs(5), || ping(&c1, &ip2));
+    ctl(&lab, 1, &["detach", "net1", "--name", "c2"]);
+    let took = within(
+        "c2's entries gone on h1 and h3",
+        Duration::from_secs(1),
+        || {
+            [0, 2]
+                .iter()
+                .all(|&i| !programmed(&lab, i, "net1").iter().any(|l| l.contains(&ip2)))
+        },
+    );
+    eprintln!("t7det: entries removed {took:?} after detach");
+    // Host 2 keeps nothing for net1: no endpoint in its maps, no host end, no flood list.
+    within("h2 to forget net1", Duration::from_secs(3), || {
+        let d = datapath(&lab, 1);
+        d["maps"]["local_endpoints"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+            && d["maps"]["flood"].as_object().is_some_and(|o| o.is_empty())
+            && d["maps"]["remotes"]
+                .as_array()
+                .is_some_and(|a| a.is_empty())
+    });
+    let links = stdout(&lab.exec(1, "ip").args(["-o", "link"]).output().unwrap());
+    assert!(
+        !links.contains("ve-"),
+        "host end left behind on h2: {links}"
+    );
+    assert!(!ping(&c1, &ip2));
+    // h1's flood list no longer has h2.
+    let lines = programmed(&lab, 0, "net1");
+    assert!(!lines.iter().any(|l| l == "flood 198.18.0.12"), "{lines:?}");
+}
+
+#[test]
+fn ebpf_mixed_lab_interoperates() {
+    let lab = ebpf_lab("t7mix", 3, DatapathSel::Mixed);
+    assert_eq!(datapath(&lab, 0)["mode"], "ebpf");
+    assert_eq!(datapath(&lab, 2)["mode"], "kernel");
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, ip1) = attach(&lab, 0, "net1", "c1", &[]);
+    let (c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    let (c3, ip3) = attach(&lab, 2, "net1", "c3", &[]);
+    within("everyone reaches everyone", Duration::from_secs(5), || {
+        ping(&c1, &ip3) && ping(&c3, &ip1) && ping(&c2, &ip3) && ping(&c3, &ip2)
+    });
+    assert!(ping(&c1, &ip2) && ping(&c2, &ip1));
+    allow_broadcast_ping(&c1);
+    allow_broadcast_ping(&c2);
+    allow_broadcast_ping(&c3);
+    let text = broadcast_replies(&c3, "10.10.0.255");
+    assert!(
+        text.contains(&format!("from {ip1}")) && text.contains(&format!("from {ip2}")),
+        "kernel host's broadcast: {text}"
+    );
+    let text = broadcast_replies(&c1, "10.10.0.255");
+    assert!(
+        text.contains(&format!("from {ip2}")) && text.contains(&format!("from {ip3}")),
+        "eBPF host's broadcast: {text}"
+    );
+    multicast_reaches(&c1, &ip1, &[&c2, &c3]);
+}
+
+#[test]
+fn ebpf_spoofing_is_dropped_and_counted() {
+    let lab = ebpf_lab("t7spoof", 2, DatapathSel::Ebpf);
+    ctl(&lab, 0, &["network", "create", "net1", "--internal"]);
+    let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
+    let (_c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    within("c1 -> c2", Duration::from_secs(5), || ping(&c1, &ip2));
+
+    // Spoofed source IP: a second address in the container.
+    let before = counter(&lab, 0, "lxc_egress", "drop_spoofed_ip");
+    assert!(
+        nsexec(&c1, &["ip", "addr", "add", "10.10.0.200/24", "dev", "eth0"])
+            .status
+            .success()
+    );
+    let out = nsexec(
+        &c1,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "10.10.0.200",
+            &ip2,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "spoofed IP got through: {}",
+        stdout(&out)
+    );
+    let after = counter(&lab, 0, "lxc_egress", "drop_spoofed_ip");
+    assert!(after >= before + 3, "drop_spoofed_ip {before} -> {after}");
+    assert!(
+        nsexec(&c1, &["ip", "addr", "del", "10.10.0.200/24", "dev", "eth0"])
+            .status
+            .success()
+    );
+    assert!(ping(&c1, &ip2), "the real address still works");
+
+    // Spoofed source MAC.
+    let before = counter(&lab, 0, "lxc_egress", "drop_spoofed_mac");
+    let real_mac = stdout(&nsexec(&c1, &["cat", "/sys/class/net/eth0/address"]));
+    let real_mac = real_mac.trim().to_string();
+    assert!(
+        nsexec(
+            &c1,
+            &["ip", "link", "set", "eth0", "address", "02:42:0a:0a:00:ee"]
+        )
+        .status
+        .success()
+    );
+    let out = nsexec(&c1, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip2]);
+    assert!(
+        !out.status.success(),
+        "spoofed MAC got through: {}",
+        stdout(&out)
+    );
+    let after = counter(&lab, 0, "lxc_egress", "drop_spoofed_mac");
+    assert!(after >= before + 3, "drop_spoofed_mac {before} -> {after}");
+    let d = datapath(&lab, 0);
+    assert!(
+        d["counters"]["drops"]["egress_drop_spoofed_mac"]
+            .as_u64()
+            .unwrap()
+            >= 3,
+        "{d}"
+    );
+    assert!(
+        nsexec(&c1, &["ip", "link", "set", "eth0", "address", &real_mac])
+            .status
+            .success()
+    );
+    within("the real MAC works again", Duration::from_secs(5), || {
+        ping(&c1, &ip2)
+    });
+}
+
+#[test]
+fn ebpf_bad_input_leaves_nothing() {
+    let lab = ebpf_lab("t7bad", 1, DatapathSel::Ebpf);
+    // 1500 underlay: an overlay MTU of 1480 would need fragmentation the fast path cannot do.
+    ctl(
+        &lab,
+        0,
+        &["network", "create", "big", "--mtu", "1480", "--internal"],
+    );
+    let ns = lab.add_container("c1").unwrap();
+    let path = format!("/run/netns/{ns}");
+    let out = lab
+        .ctl(0, &["attach", "big", "--name", "c1", "--netns", &path])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("overlay MTU"), "{}", stderr(&out));
+    let links = stdout(&nsexec(&ns, &["ip", "-o", "link"]));
+    assert_eq!(links.lines().count(), 1, "container left with: {links}");
+    let host_links = stdout(&lab.exec(0, "ip").args(["-o", "link"]).output().unwrap());
+    assert!(!host_links.contains("ve-"), "{host_links}");
+    let d = datapath(&lab, 0);
+    assert_eq!(d["maps"]["local_endpoints"], serde_json::json!([]), "{d}");
+    // The same container attaches fine to a network that fits, twice (idempotent).
+    ctl(&lab, 0, &["network", "create", "ok", "--internal"]);
+    let a = ctl(&lab, 0, &["attach", "ok", "--name", "c1", "--netns", &path]);
+    let b = ctl(&lab, 0, &["attach", "ok", "--name", "c1", "--netns", &path]);
+    assert_eq!(a["ifname"], b["ifname"]);
+    assert_eq!(a["endpoint"], b["endpoint"]);
+    let links = stdout(&nsexec(&ns, &["ip", "-o", "link"]));
+    assert_eq!(links.lines().count(), 2, "{links}");
+}
+
+fn ifindex_in(lab: &Lab, i: usize, dev: &str) -> u64 {
+    let out = lab
+        .exec(i, "ip")
+        .args(["-j", "link", "show", dev])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["ifindex"].as_u64().unwrap()
+}
+
+fn bpf_mounts_under(prefix: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - bpf "))
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn ebpf_kill9_keeps_traffic_and_restart_adopts() {
+    let mut lab = ebpf_lab("t7kill", 2, DatapathSel::Ebpf);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
+    let (_c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    within("c1 -> c2", Duration::from_secs(5), || ping(&c1, &ip2));
+    let before: Vec<u64> = [0, 1]
+        .iter()
+        .flat_map(|&i| [ifindex_in(&lab, i, "ovl_vx0")])
+        .collect();
+    // The host end of c2, from `local c2 (<ifname>)`.
+    let port2_name = programmed(&lab, 1, "net1")
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("local c2 (")
+                .map(|r| r.trim_end_matches(')').to_string())
+        })
+        .expect("c2 programmed on h2");
+    let port2 = ifindex_in(&lab, 1, &port2_name);
+    let pinger = Command::new("ip")
+        .args([
+            "netns", "exec", &c1, "ping", "-c", "40", "-i", "0.1", "-W", "1", &ip2,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // Both ends' agents die; the datapath keeps running on its pins.
+    lab.signal_agent(0, Signal::SIGKILL).unwrap();
+    lab.signal_agent(1, Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.start_agent(1).unwrap();
+    lab.wait_agent(1).unwrap();
+    lab.start_agent(0).unwrap();
+    lab.wait_agent(0).unwrap();
+    let out = pinger.wait_with_output().unwrap();
+    let text = stdout(&out);
+    let received: u32 = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    assert!(
+        received >= 39,
+        "lost more than one reply across kill -9 + restart: {text}"
+    );
+    // Adopted, not re-created: same devices, same pins, no warnings.
+    let after: Vec<u64> = [0, 1]
+        .iter()
+        .flat_map(|&i| [ifindex_in(&lab, i, "ovl_vx0")])
+        .collect();
+    assert_eq!(before, after, "the vxlan devices were re-created");
+    assert_eq!(ifindex_in(&lab, 1, &port2_name), port2);
+    let d = datapath(&lab, 1);
+    assert_eq!(d["load_warnings"], serde_json::json!([]), "{d}");
+    assert!(
+        d["maps"]["attached_links"]
+            .as_array()
+            .unwrap()
+            .contains(&port2.into()),
+        "{d}"
+    );
+    let p = ctl(&lab, 1, &["peers", "net1"]);
+    assert_eq!(p["networks"][0]["diff"], serde_json::json!([]), "{p}");
+    assert!(ping(&c1, &ip2));
+
+    // Lab teardown removes the pinned objects: they live on a bpffs mounted in the run dir.
+    let prefix = format!("{}/", lab.state.dir.display());
+    assert_eq!(bpf_mounts_under(&prefix).len(), 2, "one bpffs per agent");
+    let guard_lab = lab.0.take().unwrap();
+    let errs = guard_lab.down();
+    assert!(errs.is_empty(), "teardown: {errs:?}");
+    assert_eq!(
+        bpf_mounts_under(&prefix),
+        Vec::<String>::new(),
+        "pins left after lab down"
+    );
+}
