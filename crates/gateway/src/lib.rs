@@ -1,1 +1,593 @@
-//! placeholder
+//! ovl-gateway: the gateway bridge of overlay-agent, the equivalent of Docker's
+//! `docker_gwbridge`.
+//!
+//! Every container on a non-internal overlay also gets an interface on a per-host bridge
+//! (default `ovl_gwbridge`), an address from the gateway subnet and its default route through the
+//! bridge. Traffic leaving the host from that subnet is masqueraded, containers cannot talk to
+//! each other across the bridge (isolated bridge ports plus an nftables drop), and published
+//! ports are DNATed from every host address to the container's gateway address.
+//!
+//! Layout: pure logic ([`subnet`], [`ruleset`], [`state`]) computes what should exist; thin
+//! layers (`sys`, `link`) apply it through netlink and one `nft -f -` transaction per change.
+//!
+//! Why `nft -f -` with rendered text (and not the `nftables` JSON crate or raw nf_tables
+//! netlink): the text is what operators read in `nft list table inet overlay_agent`, so the
+//! rendering is reviewable and unit-tested as plain strings; one `nft -f` run is a single
+//! kernel transaction, so the whole table is replaced atomically; and drift detection compares
+//! `nft list table` output with what the kernel printed right after our last apply, which is
+//! exact regardless of how nft normalises the syntax. The cost is one short `nft` process per
+//! change or reconcile check, which is negligible next to container start-up.
+//!
+//! Docker coexistence: see [`ruleset`] and [`ruleset::docker_user_exception`].
+//!
+//! Known limits (same as Docker without its userland proxy): published ports are reachable on
+//! the host's addresses from other hosts, from outside and from the host itself, but not via
+//! `127.0.0.1` and not from containers on the same gateway bridge (hairpin); IPv4 only.
+
+pub mod error;
+mod link;
+pub mod ruleset;
+pub mod state;
+pub mod subnet;
+mod sys;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+use tokio::sync::Mutex as AsyncMutex;
+
+pub use crate::error::{Error, Result};
+pub use crate::ruleset::{PortMap, Proto};
+use crate::state::{EndpointRecord, State};
+pub use crate::subnet::{choose_subnet, default_pool, validate_gw_subnet};
+use crate::sys::Netlink;
+
+/// Default bridge name.
+pub const DEFAULT_BRIDGE: &str = "ovl_gwbridge";
+
+/// Configuration of the gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Bridge name (default [`DEFAULT_BRIDGE`]).
+    pub bridge: String,
+    /// Explicit gateway subnet (`--gw-subnet`); `None` chooses one automatically and keeps it.
+    pub subnet: Option<Ipv4Network>,
+    /// Where `gateway.json` (subnet, allocations, published ports) lives.
+    pub state_dir: PathBuf,
+    /// The host network namespace (a path like `/run/netns/h1`); `None` = the agent's own.
+    pub host_netns: Option<PathBuf>,
+}
+
+impl GatewayConfig {
+    /// Defaults: bridge `ovl_gwbridge`, automatic subnet, the agent's own namespace.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        GatewayConfig {
+            bridge: DEFAULT_BRIDGE.to_string(),
+            subnet: None,
+            state_dir: state_dir.into(),
+            host_netns: None,
+        }
+    }
+}
+
+/// The gateway bridge as programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayInfo {
+    /// Bridge name.
+    pub bridge: String,
+    /// Gateway subnet.
+    pub subnet: Ipv4Network,
+    /// The bridge's address (first host address of the subnet), the containers' default gateway.
+    pub address: Ipv4Addr,
+}
+
+/// A container's interface on the gateway bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayEndpoint {
+    /// Interface name inside the container (`ethN`).
+    pub ifname: String,
+    /// Address with the gateway subnet's prefix length.
+    pub ip: Ipv4Network,
+    /// MAC address (`02:42:` + the IPv4 octets).
+    pub mac: String,
+}
+
+#[derive(Default)]
+struct Applied {
+    /// `nft list table` output right after our last successful apply.
+    listing: Option<String>,
+    /// Bridge, forwarding and ruleset have been set up by this process.
+    ensured: bool,
+}
+
+/// The gateway of one host. All mutating operations are serialised internally.
+pub struct Gateway {
+    cfg: GatewayConfig,
+    op: AsyncMutex<Applied>,
+    snapshot: std::sync::Mutex<State>,
+}
+
+impl Gateway {
+    /// Loads persisted state from `cfg.state_dir` (nothing is touched in the kernel yet).
+    /// Fails on an invalid bridge name or an unreadable state file.
+    pub fn new(cfg: GatewayConfig) -> Result<Gateway> {
+        if cfg.bridge.is_empty()
+            || cfg.bridge.len() > 15
+            || !cfg
+                .bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Err(Error::InvalidBridge(cfg.bridge.clone()));
+        }
+        let state = State::load(&cfg.state_dir)?;
+        Ok(Gateway {
+            cfg,
+            op: AsyncMutex::new(Applied::default()),
+            snapshot: std::sync::Mutex::new(state),
+        })
+    }
+
+    fn ns(&self) -> Option<&Path> {
+        self.cfg.host_netns.as_deref()
+    }
+
+    fn current(&self) -> State {
+        self.snapshot.lock().expect("state lock").clone()
+    }
+
+    fn commit(&self, st: State) -> Result<()> {
+        st.save(&self.cfg.state_dir)?;
+        *self.snapshot.lock().expect("state lock") = st;
+        Ok(())
+    }
+
+    /// The gateway as last set up, `None` before the first [`Gateway::ensure`] ever (the subnet
+    /// survives restarts through the state file).
+    pub fn info(&self) -> Option<GatewayInfo> {
+        let st = self.current();
+        st.subnet.map(|s| self.info_for(s))
+    }
+
+    fn info_for(&self, subnet: Ipv4Network) -> GatewayInfo {
+        GatewayInfo {
+            bridge: self.cfg.bridge.clone(),
+            subnet,
+            address: subnet::bridge_address(subnet),
+        }
+    }
+
+    /// Every published port with its endpoint id, sorted by endpoint then host port.
+    pub fn published(&self) -> Vec<(String, PortMap)> {
+        let mut v: Vec<(String, PortMap)> = self
+            .current()
+            .published()
+            .into_iter()
+            .map(|p| (p.endpoint, p.map))
+            .collect();
+        v.sort_by_key(|(e, m)| (e.clone(), m.proto, m.host_port));
+        v
+    }
+
+    /// Every attached endpoint.
+    pub fn endpoints(&self) -> Vec<(String, GatewayEndpoint)> {
+        let st = self.current();
+        let Some(subnet) = st.subnet else {
+            return Vec::new();
+        };
+        st.endpoints
+            .iter()
+            .map(|(id, r)| (id.clone(), endpoint_of(r, subnet)))
+            .collect()
+    }
+
+    /// The desired content of our nftables table (for `overlayctl inspect`), if set up.
+    pub fn desired_ruleset(&self) -> Option<String> {
+        self.current()
+            .spec(&self.cfg.bridge)
+            .map(|s| ruleset::render_table(&s))
+    }
+
+    /// The host's IPv4 routes and address networks (default routes and our own bridge left
+    /// out): the `in_use` argument of [`validate_gw_subnet`] / [`choose_subnet`].
+    pub async fn host_networks(&self) -> Result<Vec<Ipv4Network>> {
+        let nl = Netlink::open(self.ns()).await?;
+        let bridge = link::link_index(&nl.handle, &self.cfg.bridge).await?;
+        link::host_in_use(&nl.handle, bridge).await
+    }
+
+    /// [`Gateway::ensure_with`] without overlay subnets to avoid.
+    pub async fn ensure(&self) -> Result<GatewayInfo> {
+        self.ensure_with(&[]).await
+    }
+
+    /// Creates (or adopts) the bridge in the host namespace with the first host address of the
+    /// subnet, enables IPv4 forwarding and applies the ruleset. The subnet is the configured
+    /// one, else the persisted one, else the first free one of [`default_pool`] avoiding host
+    /// routes/addresses and `overlay_subnets`; it is persisted so later calls (and restarts)
+    /// return the same. Bad input (overlapping subnet, ...) fails before anything changes.
+    pub async fn ensure_with(&self, overlay_subnets: &[Ipv4Network]) -> Result<GatewayInfo> {
+        let mut applied = self.op.lock().await;
+        self.ensure_locked(&mut applied, overlay_subnets).await
+    }
+
+    async fn ensure_locked(
+        &self,
+        applied: &mut Applied,
+        overlays: &[Ipv4Network],
+    ) -> Result<GatewayInfo> {
+        let nl = Netlink::open(self.ns()).await?;
+        let h = &nl.handle;
+        let mut st = self.current();
+        let bridge_idx = link::link_index(h, &self.cfg.bridge).await?;
+        let in_use = link::host_in_use(h, bridge_idx).await?;
+        let subnet = match (self.cfg.subnet, st.subnet) {
+            (Some(want), persisted) => {
+                subnet::check_subnet(want, &in_use, overlays)?;
+                if let Some(p) = persisted
+                    && p != want
+                    && !st.endpoints.is_empty()
+                {
+                    return Err(Error::SubnetInUse {
+                        persisted: p,
+                        requested: want,
+                        endpoints: st.endpoints.len(),
+                    });
+                }
+                want
+            }
+            (None, Some(p)) => {
+                if let Some(o) = overlays.iter().find(|o| subnet::overlaps(p, **o)) {
+                    return Err(Error::OverlapsOverlay {
+                        subnet: p,
+                        overlay: *o,
+                    });
+                }
+                // Stability wins over re-choosing: renumbering would break live containers.
+                if let Err(e) = subnet::check_subnet(p, &in_use, &[]) {
+                    tracing::warn!(error = %e, "keeping persisted gateway subnet {p}");
+                }
+                p
+            }
+            (None, None) => {
+                choose_subnet(&default_pool(), &in_use, overlays).ok_or(Error::NoFreeSubnet)?
+            }
+        };
+        if st.subnet != Some(subnet) {
+            st.endpoints.clear();
+        }
+        st.subnet = Some(subnet);
+        st.version = 1;
+        let addr = Ipv4Network::new(subnet::bridge_address(subnet), subnet.prefix())
+            .expect("prefix of a valid subnet");
+        link::ensure_bridge(h, &self.cfg.bridge, addr).await?;
+        sys::write_sysctl(self.ns(), "net.ipv4.ip_forward", "1").await?;
+        self.apply(applied, &st).await?;
+        self.commit(st)?;
+        applied.ensured = true;
+        Ok(self.info_for(subnet))
+    }
+
+    /// Replaces our table with the ruleset for `st` in one transaction and remembers the
+    /// kernel's listing of it for drift detection.
+    async fn apply(&self, applied: &mut Applied, st: &State) -> Result<()> {
+        let Some(spec) = st.spec(&self.cfg.bridge) else {
+            return Ok(());
+        };
+        sys::nft(
+            self.ns(),
+            &["-f", "-"],
+            &ruleset::render_batch(&spec),
+            "applying ruleset",
+        )
+        .await?;
+        applied.listing = Some(self.listing().await?);
+        Ok(())
+    }
+
+    async fn listing(&self) -> Result<String> {
+        sys::nft(
+            self.ns(),
+            &["list", "table", "inet", ruleset::TABLE],
+            "",
+            "listing table",
+        )
+        .await
+    }
+
+    /// Connects the container in `container_netns` to the bridge: a veth pair whose container
+    /// end becomes the next free `ethN` with an address from the gateway subnet and the default
+    /// route via the bridge; the host end joins the bridge as an isolated port. Idempotent:
+    /// attaching an attached endpoint returns the same interface; if its veth vanished it is
+    /// recreated with the same address.
+    pub async fn attach(
+        &self,
+        endpoint_id: &str,
+        container_netns: &Path,
+    ) -> Result<GatewayEndpoint> {
+        state::validate_endpoint_id(endpoint_id)?;
+        let mut applied = self.op.lock().await;
+        if !applied.ensured {
+            self.ensure_locked(&mut applied, &[]).await?;
+        }
+        let mut st = self.current();
+        let subnet = st.subnet.expect("ensured above");
+        let gw = subnet::bridge_address(subnet);
+        let nl = Netlink::open(self.ns()).await?;
+        let h = &nl.handle;
+        let bridge_idx = link::link_index(h, &self.cfg.bridge)
+            .await?
+            .ok_or_else(|| Error::BridgeMissing {
+                bridge: self.cfg.bridge.clone(),
+                address: gw,
+            })?;
+        let host_if = state::host_ifname(endpoint_id);
+        let peer_tmp = state::peer_tmp_ifname(endpoint_id);
+
+        if let Some(rec) = st.endpoints.get(endpoint_id)
+            && let Some(idx) = link::link_index(h, &rec.host_ifname).await?
+            && link::controller_of(h, idx).await? == Some(bridge_idx)
+        {
+            return Ok(endpoint_of(rec, subnet));
+        }
+
+        // Leftovers of an interrupted attempt would make the veth creation fail.
+        link::delete_link(h, &host_if).await?;
+        link::delete_link(h, &peer_tmp).await?;
+
+        let ip = match st.endpoints.get(endpoint_id) {
+            Some(rec) => rec.ip,
+            None => st.allocate(subnet)?,
+        };
+        let mac = state::mac_for(ip);
+        let addr = Ipv4Network::new(ip, subnet.prefix()).expect("prefix of a valid subnet");
+
+        let res = self
+            .plumb(
+                h,
+                bridge_idx,
+                &host_if,
+                &peer_tmp,
+                container_netns,
+                mac,
+                addr,
+                gw,
+            )
+            .await;
+        let ifname = match res {
+            Ok(n) => n,
+            Err(e) => {
+                // Deleting the host end removes the peer wherever it is.
+                if let Err(ce) = link::delete_link(h, &host_if).await {
+                    tracing::warn!(error = %ce, "cleaning up {host_if} after failed attach");
+                }
+                return Err(e);
+            }
+        };
+        let ports = st
+            .endpoints
+            .get(endpoint_id)
+            .map(|r| r.ports.clone())
+            .unwrap_or_default();
+        let rec = EndpointRecord {
+            ip,
+            mac: state::mac_string(mac),
+            ifname,
+            host_ifname: host_if.clone(),
+            ports,
+        };
+        let out = endpoint_of(&rec, subnet);
+        st.endpoints.insert(endpoint_id.to_string(), rec);
+        if let Err(e) = self.commit(st) {
+            let _ = link::delete_link(h, &host_if).await;
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn plumb(
+        &self,
+        h: &rtnetlink::Handle,
+        bridge_idx: u32,
+        host_if: &str,
+        peer_tmp: &str,
+        container_netns: &Path,
+        mac: [u8; 6],
+        addr: Ipv4Network,
+        gw: Ipv4Addr,
+    ) -> Result<String> {
+        link::create_veth(h, host_if, peer_tmp).await?;
+        let host_idx = link::link_index(h, host_if)
+            .await?
+            .ok_or_else(|| Error::LinkVanished(host_if.to_string()))?;
+        let peer_idx = link::link_index(h, peer_tmp)
+            .await?
+            .ok_or_else(|| Error::LinkVanished(peer_tmp.to_string()))?;
+        link::enslave_isolated(h, host_idx, bridge_idx, host_if).await?;
+        link::move_to_netns(h, peer_idx, peer_tmp, container_netns).await?;
+        let cnl = Netlink::open(Some(container_netns)).await?;
+        let names = link::link_names(&cnl.handle).await?;
+        let ifname = state::next_ethn(&names)
+            .ok_or_else(|| Error::NoFreeIfname(container_netns.display().to_string()))?;
+        link::configure_container_if(&cnl.handle, peer_tmp, &ifname, mac, addr, gw).await?;
+        Ok(ifname)
+    }
+
+    /// Disconnects an endpoint: removes its published ports, its veth pair and releases its
+    /// address. Detaching an unknown endpoint is a no-op.
+    pub async fn detach(&self, endpoint_id: &str) -> Result<()> {
+        let mut applied = self.op.lock().await;
+        let mut st = self.current();
+        let Some(rec) = st.endpoints.remove(endpoint_id) else {
+            return Ok(());
+        };
+        // Link first: if it fails nothing else changed, and a retry finds the rest to do.
+        let nl = Netlink::open(self.ns()).await?;
+        link::delete_link(&nl.handle, &rec.host_ifname).await?;
+        if !rec.ports.is_empty() {
+            self.apply(&mut applied, &st).await?;
+        }
+        self.commit(st)
+    }
+
+    /// Publishes `ports` of an attached endpoint: each `host_port` on every host address is
+    /// DNATed to `container_port` on the endpoint's gateway address. All-or-nothing: a host
+    /// port already published (by any endpoint, unless it is this exact mapping of this
+    /// endpoint) or a malformed mapping refuses the whole request and changes nothing.
+    pub async fn publish(&self, endpoint_id: &str, ports: &[PortMap]) -> Result<()> {
+        let mut applied = self.op.lock().await;
+        let mut st = self.current();
+        if !st.endpoints.contains_key(endpoint_id) {
+            return Err(Error::NotAttached(endpoint_id.to_string()));
+        }
+        let fresh = ruleset::check_publish(endpoint_id, ports, &st.published())?;
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let old = st.clone();
+        st.endpoints
+            .get_mut(endpoint_id)
+            .expect("checked above")
+            .ports
+            .extend(fresh);
+        self.apply(&mut applied, &st).await?;
+        if let Err(e) = self.commit(st) {
+            // Keep kernel and state file in agreement.
+            if let Err(re) = self.apply(&mut applied, &old).await {
+                tracing::error!(error = %re, "restoring ruleset after failed state write");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes every published port of an endpoint (no-op when it has none or is unknown).
+    pub async fn unpublish(&self, endpoint_id: &str) -> Result<()> {
+        let mut applied = self.op.lock().await;
+        let mut st = self.current();
+        let Some(rec) = st.endpoints.get_mut(endpoint_id) else {
+            return Ok(());
+        };
+        if rec.ports.is_empty() {
+            return Ok(());
+        }
+        rec.ports.clear();
+        let old = self.current();
+        self.apply(&mut applied, &st).await?;
+        if let Err(e) = self.commit(st) {
+            if let Err(re) = self.apply(&mut applied, &old).await {
+                tracing::error!(error = %re, "restoring ruleset after failed state write");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Makes the kernel match the state again: recreates the bridge (and re-attaches known
+    /// endpoint ports) if it vanished, re-enables forwarding, and re-applies the ruleset when
+    /// our table is missing or differs from what we applied (e.g. after `nft flush ruleset`).
+    /// Cheap when nothing changed: a link lookup, an address dump, one sysctl read and one
+    /// `nft list table`. Returns true when something had to be repaired. Does nothing before
+    /// the first [`Gateway::ensure`].
+    pub async fn reconcile(&self) -> Result<bool> {
+        let mut applied = self.op.lock().await;
+        let st = self.current();
+        let Some(subnet) = st.subnet else {
+            return Ok(false);
+        };
+        let mut repaired = false;
+        let nl = Netlink::open(self.ns()).await?;
+        let h = &nl.handle;
+        let addr = Ipv4Network::new(subnet::bridge_address(subnet), subnet.prefix())
+            .expect("prefix of a valid subnet");
+        let bridge_ok = match link::link_index(h, &self.cfg.bridge).await? {
+            Some(i) => link::link_ipv4(h, i).await?.contains(&addr),
+            None => false,
+        };
+        if !bridge_ok {
+            repaired = true;
+        }
+        // Also sets it up if someone set it down; idempotent.
+        let bridge_idx = link::ensure_bridge(h, &self.cfg.bridge, addr).await?;
+        for rec in st.endpoints.values() {
+            if let Some(idx) = link::link_index(h, &rec.host_ifname).await?
+                && (link::controller_of(h, idx).await? != Some(bridge_idx)
+                    || !link::is_isolated(h, idx).await?)
+            {
+                link::enslave_isolated(h, idx, bridge_idx, &rec.host_ifname).await?;
+                repaired = true;
+            }
+        }
+        let fwd = sys::in_netns(self.ns(), || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .map_err(|e| Error::io("reading ip_forward", e))
+        })
+        .await?;
+        if fwd.trim() != "1" {
+            sys::write_sysctl(self.ns(), "net.ipv4.ip_forward", "1").await?;
+            repaired = true;
+        }
+        let current = self.listing().await.ok();
+        if current.is_none() || current != applied.listing {
+            tracing::info!("gateway ruleset drifted; re-applying");
+            self.apply(&mut applied, &st).await?;
+            repaired = true;
+        }
+        applied.ensured = true;
+        Ok(repaired)
+    }
+
+    /// Removes everything this gateway created: our nftables table, every endpoint veth, the
+    /// bridge and the state file. Keeps going after failures and returns every error (empty =
+    /// clean). IPv4 forwarding is left on, since other users of the host may rely on it.
+    pub async fn teardown(&self) -> Vec<Error> {
+        let mut applied = self.op.lock().await;
+        let mut errors = Vec::new();
+        let st = self.current();
+        if let Err(e) = sys::nft(
+            self.ns(),
+            &["-f", "-"],
+            &ruleset::render_delete(),
+            "deleting table",
+        )
+        .await
+        {
+            errors.push(e);
+        }
+        match Netlink::open(self.ns()).await {
+            Ok(nl) => {
+                for rec in st.endpoints.values() {
+                    if let Err(e) = link::delete_link(&nl.handle, &rec.host_ifname).await {
+                        errors.push(e);
+                    }
+                }
+                if let Err(e) = link::delete_link(&nl.handle, &self.cfg.bridge).await {
+                    errors.push(e);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        let path = self.cfg.state_dir.join(state::STATE_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(Error::io(format!("removing {}", path.display()), e)),
+        }
+        *self.snapshot.lock().expect("state lock") = State {
+            version: 1,
+            ..State::default()
+        };
+        *applied = Applied::default();
+        errors
+    }
+}
+
+fn endpoint_of(rec: &EndpointRecord, subnet: Ipv4Network) -> GatewayEndpoint {
+    GatewayEndpoint {
+        ifname: rec.ifname.clone(),
+        ip: Ipv4Network::new(rec.ip, subnet.prefix()).expect("prefix of a valid subnet"),
+        mac: rec.mac.clone(),
+    }
+}

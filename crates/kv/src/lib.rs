@@ -11,9 +11,19 @@
 //!
 //! This crate may touch the network (etcd) and the filesystem (SQLite) and nothing else.
 
-use std::{pin::Pin, time::Duration};
+#![warn(missing_docs)]
+
+use std::{
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::Stream;
+
+pub mod embedded;
+pub mod etcd;
 
 /// A store-wide revision. Every successful write increases it by at least one.
 pub type Revision = i64;
@@ -125,6 +135,9 @@ pub enum KvError {
         reason: String,
     },
     /// The store could not be reached (connection refused, timeout, all endpoints down).
+    ///
+    /// For a write this means the outcome is unknown: the request may have been applied
+    /// before the connection broke. Callers re-read before retrying a non-idempotent write.
     #[error("KV store {store} unreachable: {reason}")]
     Unreachable {
         /// Which store (URL or path).
@@ -186,8 +199,12 @@ pub trait Kv: Send + Sync + 'static {
 
     /// Creates a key only if it is absent. `Some(revision)` if this call created it,
     /// `None` if the key already existed (nothing was changed).
-    async fn create(&self, key: &str, value: &[u8], lease: Option<LeaseId>)
-    -> Result<Option<Revision>>;
+    async fn create(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<LeaseId>,
+    ) -> Result<Option<Revision>>;
 
     /// Replaces a key only if its `mod_revision` is still `expected` (`0`: only if absent).
     /// `Some(revision)` on success, `None` if the key had changed (nothing was changed).
@@ -210,6 +227,11 @@ pub trait Kv: Send + Sync + 'static {
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<Option<Revision>>;
 
     /// Watches every key under `prefix` for changes with revision `>= from_revision`.
+    ///
+    /// `from_revision <= 0` means "changes after this call". A start revision whose history
+    /// was compacted makes the stream yield [`KvError::Compacted`] and end. Returns
+    /// [`KvError::Unreachable`] if the watch cannot be set up at all; after that the stream
+    /// resumes by itself across disconnects.
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream>;
 
     /// Grants a lease with the given time to live.
@@ -223,4 +245,228 @@ pub trait Kv: Send + Sync + 'static {
 
     /// Checks that the store answers (a cheap round trip).
     async fn health(&self) -> Result<()>;
+}
+
+/// A parsed `--kv` URL: which backend to open and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvUrl {
+    /// `etcd://h1:2379,h2:2379`: an etcd v3 cluster reached through any of its endpoints.
+    Etcd {
+        /// `host:port` of each endpoint, in the order given.
+        endpoints: Vec<String>,
+    },
+    /// `embedded:///abs/path.db`: the SQLite store at an absolute path (one machine only).
+    Embedded {
+        /// The database file.
+        path: PathBuf,
+    },
+}
+
+fn invalid(url: &str, reason: impl Into<String>) -> KvError {
+    KvError::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks one `host:port` endpoint of an etcd URL; returns the reason it is refused.
+fn check_endpoint(ep: &str) -> std::result::Result<(), String> {
+    if ep.is_empty() {
+        return Err("empty endpoint (stray comma?)".into());
+    }
+    if ep.contains('/') || ep.contains('@') || ep.contains('?') || ep.contains('#') {
+        return Err(format!(
+            "endpoint {ep:?} must be host:port (no path, user or query)"
+        ));
+    }
+    if ep.chars().any(char::is_whitespace) {
+        return Err(format!("endpoint {ep:?} contains whitespace"));
+    }
+    // `[v6]:port` or `host:port`; the port is after the last colon.
+    let (host, port) = if let Some(rest) = ep.strip_prefix('[') {
+        let Some((h, p)) = rest.split_once("]:") else {
+            return Err(format!("endpoint {ep:?} must be [ipv6]:port"));
+        };
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("endpoint {ep:?}: {h:?} is not an IPv6 address"));
+        }
+        (h, p)
+    } else {
+        let Some((h, p)) = ep.rsplit_once(':') else {
+            return Err(format!("endpoint {ep:?} has no port (host:port required)"));
+        };
+        if h.contains(':') {
+            return Err(format!(
+                "endpoint {ep:?}: write IPv6 addresses in brackets, [addr]:port"
+            ));
+        }
+        (h, p)
+    };
+    if host.is_empty() {
+        return Err(format!("endpoint {ep:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!(
+            "endpoint {ep:?}: port {port:?} is not a number in 1-65535"
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Parses a `--kv` URL without touching the network or the filesystem.
+///
+/// Accepted forms: `etcd://HOST:PORT[,HOST:PORT...]` and `embedded:///ABSOLUTE/PATH`.
+/// Anything else is [`KvError::InvalidUrl`] with a one-line reason.
+pub fn parse_url(url: &str) -> Result<KvUrl> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| invalid(url, "expected etcd://HOST:PORT[,...] or embedded:///PATH"))?;
+    match scheme {
+        "etcd" => {
+            let rest = rest.strip_suffix('/').unwrap_or(rest);
+            if rest.is_empty() {
+                return Err(invalid(url, "no endpoint given (etcd://HOST:PORT[,...])"));
+            }
+            let mut endpoints = Vec::new();
+            for ep in rest.split(',') {
+                check_endpoint(ep).map_err(|r| invalid(url, r))?;
+                if !endpoints.iter().any(|e| e == ep) {
+                    endpoints.push(ep.to_string());
+                }
+            }
+            Ok(KvUrl::Etcd { endpoints })
+        }
+        "embedded" => {
+            if rest.is_empty() {
+                return Err(invalid(url, "no path given (embedded:///ABSOLUTE/PATH)"));
+            }
+            if !rest.starts_with('/') {
+                return Err(invalid(
+                    url,
+                    "path must be absolute: embedded:///ABSOLUTE/PATH (three slashes)",
+                ));
+            }
+            if rest.ends_with('/') {
+                return Err(invalid(url, "path names a directory, not a database file"));
+            }
+            if rest.contains('?') || rest.contains('#') {
+                return Err(invalid(
+                    url,
+                    "query strings and fragments are not supported",
+                ));
+            }
+            Ok(KvUrl::Embedded {
+                path: PathBuf::from(rest),
+            })
+        }
+        "" => Err(invalid(url, "missing scheme (etcd:// or embedded://)")),
+        other => Err(invalid(
+            url,
+            format!("unknown scheme {other:?} (expected etcd or embedded)"),
+        )),
+    }
+}
+
+/// Opens the store named by `url`, or the embedded store at `default_path` when `url` is
+/// `None`.
+///
+/// Opening etcd never contacts the cluster: it succeeds while etcd is down and each call then
+/// fails fast with [`KvError::Unreachable`] until the cluster answers. Opening the embedded
+/// store creates the file (and its parent directory) if needed.
+pub async fn open(url: Option<&str>, default_path: &Path) -> Result<Arc<dyn Kv>> {
+    let parsed = match url {
+        Some(u) => parse_url(u)?,
+        None => KvUrl::Embedded {
+            path: default_path.to_path_buf(),
+        },
+    };
+    match parsed {
+        KvUrl::Etcd { endpoints } => Ok(Arc::new(etcd::EtcdKv::connect(endpoints).await?)),
+        KvUrl::Embedded { path } => Ok(Arc::new(embedded::EmbeddedKv::open(&path).await?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(url: &str) -> String {
+        match parse_url(url) {
+            Err(KvError::InvalidUrl { reason, .. }) => reason,
+            other => panic!("{url:?} should be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_etcd_urls() {
+        assert_eq!(
+            parse_url("etcd://h1:2379,h2:2379").unwrap(),
+            KvUrl::Etcd {
+                endpoints: vec!["h1:2379".into(), "h2:2379".into()]
+            }
+        );
+        assert_eq!(
+            parse_url("etcd://127.0.0.1:2379/").unwrap(),
+            KvUrl::Etcd {
+                endpoints: vec!["127.0.0.1:2379".into()]
+            }
+        );
+        assert_eq!(
+            parse_url("etcd://[::1]:2379,[fd00::2]:2380").unwrap(),
+            KvUrl::Etcd {
+                endpoints: vec!["[::1]:2379".into(), "[fd00::2]:2380".into()]
+            }
+        );
+        // Duplicates collapse, order is kept.
+        assert_eq!(
+            parse_url("etcd://b:1,a:2,b:1").unwrap(),
+            KvUrl::Etcd {
+                endpoints: vec!["b:1".into(), "a:2".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn parses_embedded_urls() {
+        assert_eq!(
+            parse_url("embedded:///var/lib/ovl/kv.db").unwrap(),
+            KvUrl::Embedded {
+                path: PathBuf::from("/var/lib/ovl/kv.db")
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_urls() {
+        assert!(reason("").contains("expected"));
+        assert!(reason("localhost:2379").contains("expected"));
+        assert!(reason("http://h:2379").contains("unknown scheme"));
+        assert!(reason("://h:2379").contains("missing scheme"));
+        assert!(reason("etcd://").contains("no endpoint"));
+        assert!(reason("etcd://h1").contains("no port"));
+        assert!(reason("etcd://h1:").contains("not a number"));
+        assert!(reason("etcd://h1:0").contains("not a number"));
+        assert!(reason("etcd://h1:99999").contains("not a number"));
+        assert!(reason("etcd://h1:ab").contains("not a number"));
+        assert!(reason("etcd://:2379").contains("no host"));
+        assert!(reason("etcd://h1:2379,").contains("empty endpoint"));
+        assert!(reason("etcd://h1:2379,,h2:2379").contains("empty endpoint"));
+        assert!(reason("etcd://h1:2379/path").contains("host:port"));
+        assert!(reason("etcd://u@h1:2379").contains("host:port"));
+        assert!(reason("etcd://::1:2379").contains("brackets"));
+        assert!(reason("etcd://[zz]:2379").contains("not an IPv6"));
+        assert!(reason("etcd://h 1:2379").contains("whitespace"));
+        assert!(reason("embedded://").contains("no path"));
+        assert!(reason("embedded://rel/kv.db").contains("absolute"));
+        assert!(reason("embedded:///var/lib/").contains("directory"));
+        assert!(reason("embedded:///kv.db?mode=ro").contains("query"));
+    }
+
+    #[test]
+    fn invalid_url_error_is_one_line() {
+        let e = parse_url("etcd://h1").unwrap_err();
+        let msg = e.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("etcd://h1"), "{msg}");
+    }
 }

@@ -1,0 +1,692 @@
+//! A lab harness that runs a real `dockerd` (Debian `docker.io`, 20.10) as one simulated host
+//! inside a network namespace, for privileged end-to-end tests. Not for production use.
+//!
+//! What it does (measured-here.md, "Several Docker engines on one machine"):
+//!
+//! 1. `nsenter --net=/run/netns/HOST -- unshare -m -u --propagation private sh -c SCRIPT`: the
+//!    daemon lives in the host's netns and in new mount and UTS namespaces (hostname = HOST).
+//! 2. SCRIPT mounts a private tmpfs on `/run` (own `/run/docker/plugins`, containerd socket,
+//!    xtables lock), bind-mounts `WORKDIR/etc-docker` on `/etc/docker` (own key.json, own
+//!    `plugins/*.spec`), mounts a fresh sysfs (so `/sys/class/net` matches the netns) with the
+//!    cgroup hierarchies moved back under it, then `exec`s dockerd with per-host `--data-root`
+//!    (on disk under WORKDIR), `--exec-root` (in the private `/run`), `--pidfile`,
+//!    `-H unix://WORKDIR/docker.sock` (reachable from the test process),
+//!    `--config-file` (an empty `{}`), `--cgroup-parent`, `--bip`, `--default-address-pool`
+//!    and `--dns`.
+//! 3. Everything dockerd mounts lives in its private mount namespace, so it disappears with the
+//!    namespace's last process. [`Dockerd::stop`] removes containers, sends SIGTERM to dockerd,
+//!    then kills (by PID) every process still in that mount namespace (containerd, shims,
+//!    container processes: all started by us), and removes WORKDIR.
+//!
+//! The `--dns` default is the host's own bridge gateway, where nothing listens on port 53: a
+//! lookup Docker cannot answer fails at once with "port unreachable" inside our namespace
+//! instead of stalling on, or leaking to, the machine's real resolver.
+//!
+//! The plugin socket must be visible in dockerd's mount namespace. Two ways:
+//! [`Dockerd::spawn_in_host`] runs the agent inside that namespace (it then binds
+//! `/run/docker/plugins/ovl.sock`), or [`Dockerd::install_plugin_spec`] writes
+//! `/etc/docker/plugins/NAME.spec` pointing at a socket under WORKDIR that a process in the
+//! root mount namespace serves.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::DockerError;
+
+/// Debian's docker CLI, which matches the daemon's version; falls back to `docker` on `PATH`.
+pub const DOCKER_CLI: &str = "/usr/bin/docker";
+
+/// Options of one lab dockerd.
+#[derive(Debug, Clone)]
+pub struct DockerdOpts {
+    /// `--bip` (the default bridge's gateway and prefix).
+    pub bip: String,
+    /// `--default-address-pool` (`base=CIDR,size=N`), used for `docker_gwbridge` and bridge
+    /// networks created without `--subnet`.
+    pub default_address_pool: String,
+    /// `--dns`; `None` uses the bridge gateway from `bip` (nothing listens there: fast failure).
+    pub dns: Option<Ipv4Addr>,
+    /// Extra dockerd arguments (e.g. `--debug`).
+    pub extra_args: Vec<String>,
+    /// How long to wait for the API to answer.
+    pub start_timeout: Duration,
+}
+
+impl DockerdOpts {
+    /// Lab addresses for host number `index` (0..8): bridge `198.18.(200+index).1/24`, pools
+    /// from `198.18.(128+8*index).0/21` in /24s. They never touch the underlay
+    /// `198.18.0.0/24` or the "outside" `198.19.0.0/24`.
+    pub fn for_host(index: u8) -> Self {
+        let index = index % 8;
+        Self {
+            bip: format!("198.18.{}.1/24", 200 + u16::from(index)),
+            default_address_pool: format!(
+                "base=198.18.{}.0/21,size=24",
+                128 + 8 * u16::from(index)
+            ),
+            dns: None,
+            extra_args: Vec::new(),
+            start_timeout: Duration::from_secs(90),
+        }
+    }
+
+    fn dns_addr(&self) -> Result<Ipv4Addr, DockerError> {
+        if let Some(d) = self.dns {
+            return Ok(d);
+        }
+        self.bip
+            .split('/')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| DockerError::Harness(format!("bad --bip {:?}", self.bip)))
+    }
+}
+
+/// One running lab dockerd. Dropping it stops it and removes its files.
+#[derive(Debug)]
+pub struct Dockerd {
+    host: String,
+    workdir: PathBuf,
+    pid: Option<u32>,
+    mnt_ns: Option<String>,
+    child: Option<std::process::Child>,
+    script: String,
+    start_timeout: Duration,
+}
+
+fn run(cmd: &mut std::process::Command, what: &str) -> Result<Output, DockerError> {
+    cmd.stdin(Stdio::null())
+        .output()
+        .map_err(|e| DockerError::io(format!("running {what}"), e))
+}
+
+fn check(out: Output, what: &str) -> Result<Output, DockerError> {
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(DockerError::Harness(format!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+fn docker_cli() -> &'static str {
+    if Path::new(DOCKER_CLI).exists() {
+        DOCKER_CLI
+    } else {
+        "docker"
+    }
+}
+
+/// The mount namespace identity of a process (`mnt:[4026532...]`).
+fn mnt_ns_of(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Dockerd {
+    /// Starts dockerd for lab host `host_netns_name` (the namespace `/run/netns/NAME` must
+    /// exist) with its files under `workdir/NAME`, and waits until its API answers.
+    pub fn start(
+        host_netns_name: &str,
+        workdir: &Path,
+        opts: DockerdOpts,
+    ) -> Result<Self, DockerError> {
+        if !Path::new("/run/netns").join(host_netns_name).exists() {
+            return Err(DockerError::Harness(format!(
+                "network namespace {host_netns_name} does not exist"
+            )));
+        }
+        if host_netns_name.is_empty()
+            || host_netns_name.len() > 32
+            || !host_netns_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(DockerError::Harness(format!(
+                "host name {host_netns_name:?}: use 1..=32 of [a-zA-Z0-9_-]"
+            )));
+        }
+        let dns = opts.dns_addr()?;
+        let dir = workdir.join(host_netns_name);
+        if dir.exists() {
+            return Err(DockerError::Harness(format!(
+                "{} already exists (another dockerd for this host?)",
+                dir.display()
+            )));
+        }
+        for sub in ["data", "etc-docker/plugins", "cgroup-stage", "cli"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| DockerError::io(format!("creating {}", dir.join(sub).display()), e))?;
+        }
+        std::fs::write(dir.join("daemon.json"), "{}\n")
+            .map_err(|e| DockerError::io("writing daemon.json", e))?;
+        let q = |p: &Path| shell_quote(&p.to_string_lossy());
+        let mut args = vec![
+            format!("--data-root={}", q(&dir.join("data"))),
+            format!("--exec-root=/run/docker-{host_netns_name}"),
+            format!("--pidfile={}", q(&dir.join("dockerd.pid"))),
+            format!("-H=unix://{}", q(&dir.join("docker.sock"))),
+            format!("--config-file={}", q(&dir.join("daemon.json"))),
+            format!("--cgroup-parent=/dkt-{host_netns_name}"),
+            format!("--bip={}", shell_quote(&opts.bip)),
+            format!(
+                "--default-address-pool={}",
+                shell_quote(&opts.default_address_pool)
+            ),
+            format!("--dns={dns}"),
+            "--userland-proxy=false".to_string(),
+        ];
+        args.extend(opts.extra_args.iter().map(|a| shell_quote(a)));
+        // Mounts happen in the new, private mount namespace only.
+        let script = format!(
+            "set -e\n\
+             hostname {host}\n\
+             mount -t tmpfs -o mode=755 tmpfs /run\n\
+             mkdir -p /run/docker/plugins /run/lock\n\
+             mount --bind {etc} /etc/docker\n\
+             mount --rbind /sys/fs/cgroup {stage}\n\
+             mount -t sysfs sysfs /sys\n\
+             mount --move {stage} /sys/fs/cgroup\n\
+             exec dockerd {args}\n",
+            host = shell_quote(host_netns_name),
+            etc = q(&dir.join("etc-docker")),
+            stage = q(&dir.join("cgroup-stage")),
+            args = args.join(" "),
+        );
+        let mut d = Self {
+            host: host_netns_name.to_string(),
+            workdir: dir,
+            pid: None,
+            mnt_ns: None,
+            child: None,
+            script,
+            start_timeout: opts.start_timeout,
+        };
+        // From here on, Drop cleans up whatever happens.
+        d.launch()?;
+        Ok(d)
+    }
+
+    fn launch(&mut self) -> Result<(), DockerError> {
+        // A pidfile left by a killed daemon could name a reused PID.
+        let _ = std::fs::remove_file(self.workdir.join("dockerd.pid"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.workdir.join("dockerd.log"))
+            .map_err(|e| DockerError::io("opening dockerd.log", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| DockerError::io("cloning log handle", e))?;
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host))
+            .args([
+                "--",
+                "unshare",
+                "-m",
+                "-u",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+            ])
+            .arg(&self.script)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| DockerError::io("spawning nsenter/unshare/dockerd", e))?;
+        self.pid = Some(child.id());
+        self.child = Some(child);
+        self.mnt_ns = None;
+        self.wait_ready(self.start_timeout)
+    }
+
+    /// Stops dockerd and everything in its mount namespace (containers die, as on a host
+    /// reboot), keeps its data root, and starts it again. For reconnect tests.
+    pub fn restart(&mut self) -> Result<(), DockerError> {
+        let errors = self.stop_processes(false);
+        if !errors.is_empty() {
+            return Err(DockerError::Harness(errors.join("; ")));
+        }
+        self.launch()
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), DockerError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                self.pid = None;
+                return Err(DockerError::Harness(format!(
+                    "dockerd for {} exited early ({status}); log:\n{}",
+                    self.host,
+                    self.log_tail()
+                )));
+            }
+            if self.mnt_ns.is_none()
+                && let Some(pid) = self.pid
+                && let Some(ns) = mnt_ns_of(pid)
+                && Some(&ns) != mnt_ns_of(std::process::id()).as_ref()
+            {
+                self.mnt_ns = Some(ns);
+            }
+            if self.workdir.join("docker.sock").exists() {
+                let out = self.docker(["version", "--format", "{{.Server.Version}}"])?;
+                if out.status.success() && self.mnt_ns.is_some() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(DockerError::Harness(format!(
+                    "dockerd for {} did not answer within {timeout:?}; log:\n{}",
+                    self.host,
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The last lines of dockerd's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.workdir.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The lab host (network namespace) name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// This dockerd's directory (`workdir/HOST`).
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// dockerd's PID (`None` once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Path of the Engine API socket (reachable from the root mount namespace).
+    pub fn socket_path(&self) -> PathBuf {
+        self.workdir.join("docker.sock")
+    }
+
+    /// Runs the docker CLI against this daemon.
+    pub fn docker<I, S>(&self, args: I) -> Result<Output, DockerError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = std::process::Command::new(docker_cli());
+        cmd.arg("-H")
+            .arg(format!("unix://{}", self.socket_path().display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.workdir.join("cli"));
+        run(&mut cmd, "docker")
+    }
+
+    /// Like [`Dockerd::docker`], but a non-zero exit is an error carrying the output.
+    pub fn docker_ok<I, S>(&self, args: I) -> Result<String, DockerError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let args: Vec<std::ffi::OsString> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
+        let what = format!("docker {:?}", args);
+        let out = check(self.docker(&args)?, &what)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Builds the image `tag` from Debian's `busybox-static`: a tarball holding `/bin/busybox`
+    /// plus one symlink per applet, fed to `docker import`.
+    pub fn import_busybox(&self, tag: &str) -> Result<(), DockerError> {
+        let busybox = Path::new("/bin/busybox");
+        if !busybox.exists() {
+            return Err(DockerError::Harness(
+                "/bin/busybox missing: apt-get install busybox-static".into(),
+            ));
+        }
+        let root = self.workdir.join("busybox-rootfs");
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).map_err(|e| DockerError::io("creating rootfs", e))?;
+        for d in ["etc", "tmp", "proc", "sys", "dev", "root"] {
+            std::fs::create_dir_all(root.join(d))
+                .map_err(|e| DockerError::io("creating rootfs", e))?;
+        }
+        std::fs::copy(busybox, bin.join("busybox"))
+            .map_err(|e| DockerError::io("copying busybox", e))?;
+        let list = check(
+            run(
+                std::process::Command::new(busybox).arg("--list"),
+                "busybox --list",
+            )?,
+            "busybox --list",
+        )?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let applet = applet.trim();
+            if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+                continue;
+            }
+            let link = bin.join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", &link)
+                    .map_err(|e| DockerError::io(format!("linking {applet}"), e))?;
+            }
+        }
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .map_err(|e| DockerError::io("chmod /tmp", e))?;
+        let tarball = self.workdir.join("busybox.tar");
+        check(
+            run(
+                std::process::Command::new("tar")
+                    .arg("-C")
+                    .arg(&root)
+                    .arg("-cf")
+                    .arg(&tarball)
+                    .arg("."),
+                "tar",
+            )?,
+            "tar",
+        )?;
+        self.docker_ok([
+            "import".as_ref(),
+            "--change".as_ref(),
+            "CMD [\"/bin/sh\"]".as_ref(),
+            tarball.as_os_str(),
+            tag.as_ref(),
+        ])?;
+        let _ = std::fs::remove_file(&tarball);
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(())
+    }
+
+    /// A command that runs inside this host's network, mount and UTS namespaces (it sees
+    /// dockerd's private `/run`, e.g. container netns bind mounts and
+    /// `/run/docker/plugins`). Add arguments and spawn it; the caller owns the process.
+    pub fn host_command(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Result<std::process::Command, DockerError> {
+        let pid = self
+            .pid
+            .ok_or_else(|| DockerError::Harness("dockerd is not running".into()))?;
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(pid.to_string())
+            .args(["-m", "-n", "-u", "--"])
+            .arg(program);
+        Ok(cmd)
+    }
+
+    /// Runs `args` (program first) inside this host's namespaces and waits for it.
+    pub fn exec_in_mount_ns<I, S>(&self, args: I) -> Result<Output, DockerError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut it = args.into_iter();
+        let program = it
+            .next()
+            .ok_or_else(|| DockerError::Harness("exec_in_mount_ns: empty command".into()))?;
+        let mut cmd = self.host_command(program)?;
+        cmd.args(it);
+        run(&mut cmd, "nsenter")
+    }
+
+    /// Starts a long-running program (e.g. the agent) inside this host's namespaces. The
+    /// caller owns the child and must end it; [`Dockerd::stop`] also ends every process left in
+    /// the mount namespace.
+    pub fn spawn_in_host<I, S>(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: I,
+    ) -> Result<std::process::Child, DockerError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = self.host_command(program)?;
+        cmd.args(args).stdin(Stdio::null());
+        cmd.spawn()
+            .map_err(|e| DockerError::io("spawning a program in the host namespaces", e))
+    }
+
+    /// Writes `/etc/docker/plugins/NAME.spec` (as this dockerd sees it) pointing at
+    /// `socket`, a unix socket path that must be reachable from dockerd's mount namespace
+    /// (anything on disk, e.g. under [`Dockerd::workdir`]). Discovery is lazy, so this works
+    /// any time before the driver is first used.
+    pub fn install_plugin_spec(&self, name: &str, socket: &Path) -> Result<(), DockerError> {
+        let spec = self
+            .workdir
+            .join("etc-docker/plugins")
+            .join(format!("{name}.spec"));
+        std::fs::write(&spec, format!("unix://{}\n", socket.display()))
+            .map_err(|e| DockerError::io(format!("writing {}", spec.display()), e))
+    }
+
+    /// PIDs of every process in this dockerd's mount namespace.
+    fn processes_in_ns(&self) -> Vec<u32> {
+        let Some(ns) = &self.mnt_ns else {
+            return Vec::new();
+        };
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| mnt_ns_of(*pid).as_ref() == Some(ns))
+            .collect()
+    }
+
+    /// Removes all containers, stops dockerd, ends every process left in its mount namespace
+    /// and removes its directory. Idempotent; reports every failure, not only the first.
+    pub fn stop(&mut self) -> Result<(), DockerError> {
+        let mut errors = self.stop_processes(true);
+        if self.workdir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.workdir)
+        {
+            errors.push(format!("removing {}: {e}", self.workdir.display()));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(DockerError::Harness(errors.join("; ")))
+        }
+    }
+
+    /// Ends dockerd (after removing containers when `remove_containers`) and every process
+    /// left in its mount namespace. Returns every failure.
+    fn stop_processes(&mut self, remove_containers: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(pid) = self.pid {
+            if remove_containers
+                && self.socket_path().exists()
+                && let Ok(out) = self.docker(["ps", "-aq"])
+            {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm".to_string(), "-f".to_string()];
+                    args.extend(ids);
+                    if let Err(e) = self.docker(&args).and_then(|o| check(o, "docker rm -f")) {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            // SAFETY: kill(2) on a PID we spawned and have not reaped yet (the Child handle
+            // keeps it from being reused); no memory is involved.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut exited = false;
+            while Instant::now() < deadline {
+                if let Some(child) = self.child.as_mut() {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        exited = true;
+                        break;
+                    }
+                } else {
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !exited && let Some(child) = self.child.as_mut() {
+                errors.push(format!("dockerd {pid} ignored SIGTERM for 30s; killing it"));
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            self.child = None;
+            self.pid = None;
+        }
+        // containerd, shims and container processes stay in the mount namespace; they are all
+        // descendants of the dockerd we started.
+        for round in 0..50 {
+            let pids = self.processes_in_ns();
+            if pids.is_empty() {
+                break;
+            }
+            let sig = if round < 20 {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            };
+            for pid in &pids {
+                // SAFETY: kill(2) with a plain PID and signal; these processes live in the
+                // private mount namespace only our dockerd created.
+                unsafe {
+                    libc::kill(*pid as libc::pid_t, sig);
+                }
+            }
+            if round == 49 {
+                errors.push(format!(
+                    "processes left in {}'s mount namespace: {pids:?}",
+                    self.host
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.mnt_ns = None;
+        errors
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("dockerd harness cleanup for {}: {e}", self.host);
+        }
+    }
+}
+
+/// A named network namespace (`ip netns add NAME`) removed on drop. For lab tests.
+#[derive(Debug)]
+pub struct NetnsGuard {
+    name: String,
+}
+
+impl NetnsGuard {
+    /// Creates `/run/netns/NAME` with `lo` up. Fails if it already exists.
+    pub fn create(name: &str) -> Result<Self, DockerError> {
+        check(
+            run(
+                std::process::Command::new("ip").args(["netns", "add", name]),
+                "ip netns add",
+            )?,
+            "ip netns add",
+        )?;
+        let g = Self {
+            name: name.to_string(),
+        };
+        check(
+            run(
+                std::process::Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]),
+                "ip link set lo up",
+            )?,
+            "ip link set lo up",
+        )?;
+        Ok(g)
+    }
+
+    /// The namespace name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        if let Ok(o) = out
+            && !o.status.success()
+        {
+            eprintln!(
+                "ip netns del {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+}
+
+/// Panics unless running as root: privileged tests must not skip silently.
+pub fn require_root() {
+    // SAFETY: geteuid(2) has no preconditions and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "privileged test: run as root");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_hosts_are_refused_before_anything_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        for host in ["dkt-no-such-netns-x9", "a b", "", "../etc"] {
+            let e = Dockerd::start(host, dir.path(), DockerdOpts::for_host(0)).unwrap_err();
+            assert!(matches!(e, DockerError::Harness(_)), "{host:?}: {e}");
+        }
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        let mut bad = DockerdOpts::for_host(0);
+        bad.bip = "nonsense".into();
+        assert!(bad.dns_addr().is_err());
+    }
+
+    #[test]
+    fn lab_addresses_stay_in_lab_ranges() {
+        for i in 0..8 {
+            let o = DockerdOpts::for_host(i);
+            let gw: Ipv4Addr = o.dns_addr().unwrap();
+            assert_eq!(gw.octets()[..2], [198, 18]);
+            assert!(gw.octets()[2] >= 200);
+            assert!(o.default_address_pool.starts_with("base=198.18.1"));
+        }
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,456 @@
+//! Docker Engine API watcher: which containers sit on our networks, under which names.
+//!
+//! The plugin protocol carries no names, so the agent learns container names, `--network-alias`
+//! aliases, PIDs and sandboxes here. The watcher is level-triggered: after every (re)connect it
+//! lists all running containers and reports the difference to what it reported before, then
+//! follows `/events` (container `start`/`die`/`destroy`, network `connect`/`disconnect`) and
+//! re-inspects the affected container. A [`WatchEvent::Synced`] marks each completed full
+//! listing, so a consumer may drop entries it did not hear about since then.
+//!
+//! Aliases: for user-defined networks dockerd 20.10 lists the container's 12-character short ID
+//! among the endpoint's aliases. [`ContainerNames::aliases`] leaves it out (and the container
+//! name itself), keeping only the user's `--network-alias` values.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::EventMessageTypeEnum;
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::error::DockerError;
+
+/// Our network driver's name (`docker network create -d ovl`).
+pub const DRIVER_NAME: &str = "ovl";
+
+/// One container endpoint on a network of our driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerNames {
+    /// libnetwork endpoint ID (as in the plugin calls).
+    pub endpoint_id: String,
+    /// Docker's per-host network ID.
+    pub network_id: String,
+    /// The network name (the cluster identity).
+    pub network_name: String,
+    /// Full container ID.
+    pub container_id: String,
+    /// Container name, without Docker's leading `/`.
+    pub container_name: String,
+    /// `--network-alias` values (without the short-ID alias Docker adds).
+    pub aliases: Vec<String>,
+    /// PID of the container's init process, while running.
+    pub container_pid: Option<u32>,
+    /// Container netns path (valid in dockerd's mount namespace).
+    pub sandbox_key: Option<String>,
+    /// The endpoint's IPv4 address.
+    pub ip_address: Option<IpAddr>,
+    /// The container's `/etc/hosts` on the host (`HostsPath`), where names are written.
+    pub hosts_path: Option<PathBuf>,
+}
+
+/// What the watcher reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A new endpoint, or new data for a known `endpoint_id` (replaces it).
+    Added(ContainerNames),
+    /// The endpoint is gone (container stopped, removed or disconnected).
+    Removed(ContainerNames),
+    /// A full listing completed: every live endpoint has been reported.
+    Synced,
+    /// The connection to dockerd broke; the watcher retries with backoff.
+    Disconnected(String),
+}
+
+#[derive(Debug, Clone)]
+struct NetInfo {
+    name: String,
+    driver: String,
+}
+
+/// Network ID -> name resolution through the Engine API, cached. IDs are never reused, so the
+/// cache only needs invalidation when a network is removed.
+#[derive(Debug, Clone)]
+pub struct NetworkNames {
+    docker: Docker,
+    cache: Arc<Mutex<HashMap<String, NetInfo>>>,
+}
+
+impl NetworkNames {
+    fn new(docker: Docker) -> Self {
+        Self {
+            docker,
+            cache: Arc::default(),
+        }
+    }
+
+    async fn info(&self, network_id: &str) -> Result<Option<NetInfo>, DockerError> {
+        if let Some(i) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(network_id)
+        {
+            return Ok(Some(i.clone()));
+        }
+        match self.docker.inspect_network(network_id, None).await {
+            Ok(n) => {
+                let info = NetInfo {
+                    name: n.name.unwrap_or_default(),
+                    driver: n.driver.unwrap_or_default(),
+                };
+                // Cache by the full ID only, so a short-ID lookup cannot shadow another network.
+                if n.id.as_deref() == Some(network_id) {
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(network_id.to_string(), info.clone());
+                }
+                Ok(Some(info))
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(DockerError::engine(
+                format!("inspecting network {network_id}"),
+                e,
+            )),
+        }
+    }
+
+    /// The name of network `network_id`, `None` if dockerd does not know it (yet: during
+    /// `CreateNetwork` the network is not stored, see [`crate::identity`]).
+    pub async fn resolve(&self, network_id: &str) -> Result<Option<String>, DockerError> {
+        Ok(self.info(network_id).await?.map(|i| i.name))
+    }
+
+    /// Forgets a network (after it was removed).
+    pub fn forget(&self, network_id: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(network_id);
+    }
+}
+
+/// Follows one dockerd. See the module docs.
+#[derive(Debug, Clone)]
+pub struct DockerWatcher {
+    socket: PathBuf,
+    driver: String,
+    api: Docker,
+    events: Docker,
+    names: NetworkNames,
+}
+
+fn connect(socket: &Path, timeout_s: u64) -> Result<Docker, DockerError> {
+    Docker::connect_with_unix(
+        &socket.to_string_lossy(),
+        timeout_s,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(|e| DockerError::engine(format!("connecting to {}", socket.display()), e))
+}
+
+impl DockerWatcher {
+    /// A watcher of the dockerd at `socket` for networks of driver [`DRIVER_NAME`]. The API
+    /// version is negotiated (dockerd 20.10 serves 1.41 and refuses newer clients).
+    pub async fn connect(socket: &Path) -> Result<Self, DockerError> {
+        Self::connect_driver(socket, DRIVER_NAME).await
+    }
+
+    /// Like [`DockerWatcher::connect`] for another driver name.
+    pub async fn connect_driver(socket: &Path, driver: &str) -> Result<Self, DockerError> {
+        let api = connect(socket, 30)?
+            .negotiate_version()
+            .await
+            .map_err(|e| DockerError::engine("negotiating the API version", e))?;
+        // The event stream is one long request: no per-request timeout (reconnects handle a
+        // dead daemon).
+        let events = connect(socket, 10 * 365 * 86400)?
+            .negotiate_version()
+            .await
+            .map_err(|e| DockerError::engine("negotiating the API version", e))?;
+        Ok(Self {
+            socket: socket.to_path_buf(),
+            driver: driver.to_string(),
+            names: NetworkNames::new(api.clone()),
+            api,
+            events,
+        })
+    }
+
+    /// The network-name resolver sharing this watcher's connection and cache.
+    pub fn network_names(&self) -> NetworkNames {
+        self.names.clone()
+    }
+
+    /// Shortcut for [`NetworkNames::resolve`].
+    pub async fn network_name(&self, network_id: &str) -> Result<Option<String>, DockerError> {
+        self.names.resolve(network_id).await
+    }
+
+    /// Endpoints on our networks of one container (empty if it is not running or gone).
+    pub async fn inspect_container(&self, id: &str) -> Result<Vec<ContainerNames>, DockerError> {
+        let c = match self.api.inspect_container(id, None).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(Vec::new()),
+            Err(e) => return Err(DockerError::engine(format!("inspecting container {id}"), e)),
+        };
+        let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        if !running {
+            return Ok(Vec::new());
+        }
+        let container_id = c.id.clone().unwrap_or_default();
+        let container_name = c
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string();
+        let pid = c
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0);
+        let hosts_path = c
+            .hosts_path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        let settings = c.network_settings.unwrap_or_default();
+        let sandbox_key = settings.sandbox_key.filter(|s| !s.is_empty());
+        let mut out = Vec::new();
+        for (net_name, ep) in settings.networks.unwrap_or_default() {
+            let Some(network_id) = ep.network_id.clone().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let Some(info) = self.names.info(&network_id).await? else {
+                continue;
+            };
+            if info.driver != self.driver {
+                continue;
+            }
+            let Some(endpoint_id) = ep.endpoint_id.clone().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            out.push(ContainerNames {
+                endpoint_id,
+                network_id,
+                network_name: if info.name.is_empty() {
+                    net_name
+                } else {
+                    info.name
+                },
+                container_id: container_id.clone(),
+                aliases: user_aliases(
+                    ep.aliases.as_deref().unwrap_or_default(),
+                    &container_id,
+                    &container_name,
+                ),
+                container_name: container_name.clone(),
+                container_pid: pid,
+                sandbox_key: sandbox_key.clone(),
+                ip_address: ep.ip_address.as_deref().and_then(|a| a.parse().ok()),
+                hosts_path: hosts_path.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// All endpoints on our networks of all running containers.
+    pub async fn snapshot(&self) -> Result<Vec<ContainerNames>, DockerError> {
+        let list = self
+            .api
+            .list_containers(Some(ListContainersOptions::default()))
+            .await
+            .map_err(|e| DockerError::engine("listing containers", e))?;
+        let mut out = Vec::new();
+        for c in list {
+            if let Some(id) = c.id {
+                out.extend(self.inspect_container(&id).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs forever (until the receiver is dropped), reporting on `tx` and reconnecting with
+    /// exponential backoff (0.5 s .. 30 s) when dockerd goes away.
+    pub async fn run(self, tx: mpsc::Sender<WatchEvent>) {
+        let mut known: BTreeMap<String, ContainerNames> = BTreeMap::new();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let err = match self.session(&tx, &mut known, &mut backoff).await {
+                Ok(()) => return, // receiver gone
+                Err(e) => e,
+            };
+            tracing::warn!(socket = %self.socket.display(), error = %err, "docker watcher disconnected");
+            if tx
+                .send(WatchEvent::Disconnected(err.to_string()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Spawns [`DockerWatcher::run`] and returns the event receiver.
+    pub fn spawn(self) -> (mpsc::Receiver<WatchEvent>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(256);
+        (rx, tokio::spawn(self.run(tx)))
+    }
+
+    /// One connection: subscribe, resync, follow. `Ok(())` means the receiver is gone.
+    async fn session(
+        &self,
+        tx: &mpsc::Sender<WatchEvent>,
+        known: &mut BTreeMap<String, ContainerNames>,
+        backoff: &mut Duration,
+    ) -> Result<(), DockerError> {
+        // Events since just before the listing are replayed, so nothing between listing and
+        // following is lost (duplicates only cause a harmless re-inspect).
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(1))
+            .unwrap_or(0);
+        let mut filters = HashMap::new();
+        filters.insert(
+            "type".to_string(),
+            vec!["container".to_string(), "network".to_string()],
+        );
+        filters.insert(
+            "event".to_string(),
+            ["start", "die", "destroy", "connect", "disconnect"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
+        let mut stream = self.events.events(Some(EventsOptions {
+            since: Some(since.to_string()),
+            until: None,
+            filters: Some(filters),
+        }));
+
+        let snapshot = self.snapshot().await?;
+        let mut current: BTreeMap<String, ContainerNames> = snapshot
+            .into_iter()
+            .map(|c| (c.endpoint_id.clone(), c))
+            .collect();
+        for (id, old) in known.iter() {
+            if !current.contains_key(id) && tx.send(WatchEvent::Removed(old.clone())).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+        for (id, new) in &current {
+            if known.get(id) != Some(new) && tx.send(WatchEvent::Added(new.clone())).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+        std::mem::swap(known, &mut current);
+        if tx.send(WatchEvent::Synced).await.is_err() {
+            return Ok(());
+        }
+        *backoff = Duration::from_millis(500);
+
+        while let Some(ev) = stream.next().await {
+            let ev = ev.map_err(|e| DockerError::engine("reading /events", e))?;
+            let action = ev.action.unwrap_or_default();
+            let attrs = ev
+                .actor
+                .as_ref()
+                .and_then(|a| a.attributes.clone())
+                .unwrap_or_default();
+            let actor_id = ev.actor.and_then(|a| a.id).unwrap_or_default();
+            let is_network = ev.typ == Some(EventMessageTypeEnum::NETWORK);
+            let container = if is_network {
+                if action == "destroy" {
+                    self.names.forget(&actor_id);
+                    continue;
+                }
+                match attrs.get("container") {
+                    Some(c) => c.clone(),
+                    None => continue,
+                }
+            } else {
+                actor_id
+            };
+            if container.is_empty() {
+                continue;
+            }
+            let fresh: BTreeMap<String, ContainerNames> = self
+                .inspect_container(&container)
+                .await?
+                .into_iter()
+                .map(|c| (c.endpoint_id.clone(), c))
+                .collect();
+            let stale: Vec<String> = known
+                .iter()
+                .filter(|(id, c)| c.container_id == container && !fresh.contains_key(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in stale {
+                if let Some(old) = known.remove(&id)
+                    && tx.send(WatchEvent::Removed(old)).await.is_err()
+                {
+                    return Ok(());
+                }
+            }
+            for (id, new) in fresh {
+                if known.get(&id) != Some(&new) {
+                    known.insert(id, new.clone());
+                    if tx.send(WatchEvent::Added(new)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err(DockerError::Harness("event stream ended".into()))
+    }
+}
+
+/// The user's aliases: without the container's short-ID alias (any prefix of the ID of at
+/// least 12 characters) and without the container name.
+pub fn user_aliases(aliases: &[String], container_id: &str, container_name: &str) -> Vec<String> {
+    let mut out: Vec<String> = aliases
+        .iter()
+        .filter(|a| {
+            !(a.len() >= 12 && container_id.starts_with(a.as_str())) && a.as_str() != container_name
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_drop_short_id_and_name() {
+        let id = "c6475ebcb933ffca67ede02f758cb4f45ad1fda40a2c92d5c9b230fdd3d0f846";
+        let a = vec![
+            "c6475ebcb933".to_string(),
+            "web".to_string(),
+            "db".to_string(),
+            "p1".to_string(),
+            "web".to_string(),
+            "c6475e".to_string(),
+        ];
+        assert_eq!(user_aliases(&a, id, "p1"), vec!["c6475e", "db", "web"]);
+        assert!(user_aliases(&[], id, "p1").is_empty());
+    }
+}

@@ -1,0 +1,230 @@
+//! Privileged: two real dockerd 20.10 "hosts" in network namespaces `dkt-h1` and `dkt-h2`,
+//! each running a busybox container on its default bridge; everything is removed afterwards.
+//! Needs root, `docker.io` and `busybox-static`. Run: `cargo test -p ovl-docker --test dockerd_lab`.
+
+use ovl_docker::testing::{Dockerd, DockerdOpts, NetnsGuard, require_root};
+use ovl_docker::{DockerWatcher, WatchEvent};
+
+fn mounts_mentioning(s: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(s))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn two_dockerds_in_two_netns() {
+    require_root();
+    let work = tempfile::Builder::new()
+        .prefix("dkt-lab-")
+        .tempdir()
+        .unwrap();
+    let work_path = work.path().to_path_buf();
+    let chains_before = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap()
+        .stdout;
+    let pids;
+    {
+        let ns1 = NetnsGuard::create("dkt-h1").unwrap();
+        let ns2 = NetnsGuard::create("dkt-h2").unwrap();
+        let mut d1 = Dockerd::start(ns1.name(), work.path(), DockerdOpts::for_host(1)).unwrap();
+        let d2 = Dockerd::start(ns2.name(), work.path(), DockerdOpts::for_host(2)).unwrap();
+        pids = [d1.pid().unwrap(), d2.pid().unwrap()];
+
+        for (d, bip) in [(&d1, "198.18.201."), (&d2, "198.18.202.")] {
+            d.import_busybox("dkt/busybox:latest").unwrap();
+            d.docker_ok([
+                "run",
+                "-d",
+                "--name",
+                "c1",
+                "dkt/busybox:latest",
+                "sleep",
+                "3600",
+            ])
+            .unwrap();
+            let addrs = d
+                .docker_ok(["exec", "c1", "ip", "-o", "-4", "addr"])
+                .unwrap();
+            assert!(addrs.contains(bip), "{}: {addrs}", d.host());
+            // Hostname of the daemon is the host name (own UTS namespace).
+            let info = d.docker_ok(["info", "--format", "{{.Name}}"]).unwrap();
+            assert_eq!(info, d.host());
+            // The daemon's /run is private: the plugin dir exists there, not in the root ns.
+            let out = d
+                .exec_in_mount_ns(["ls", "-d", "/run/docker/plugins"])
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            // The daemon sees its own netns in /sys/class/net (fresh sysfs).
+            let out = d.exec_in_mount_ns(["ls", "/sys/class/net"]).unwrap();
+            let nets = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(nets.contains("docker0"), "{nets}");
+        }
+        // The two engines are independent: different IDs for their bridge networks.
+        let id1 = d1
+            .docker_ok(["network", "inspect", "-f", "{{.Id}}", "bridge"])
+            .unwrap();
+        let id2 = d2
+            .docker_ok(["network", "inspect", "-f", "{{.Id}}", "bridge"])
+            .unwrap();
+        assert_ne!(id1, id2);
+        d1.stop().unwrap();
+        assert!(d1.pid().is_none());
+        // d2 is stopped by Drop.
+    }
+    // Nothing left: processes, mounts, namespaces, files, root-ns iptables.
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "dockerd {pid} still alive"
+        );
+    }
+    assert!(mounts_mentioning(&work_path.to_string_lossy()).is_empty());
+    assert!(mounts_mentioning("dkt-h").is_empty());
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains("dkt-h"));
+    assert!(std::fs::read_dir(&work_path).unwrap().next().is_none());
+    let chains_after = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap()
+        .stdout;
+    let docker_chains = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .filter(|l| l.contains("DOCKER"))
+            .count()
+    };
+    assert_eq!(docker_chains(&chains_before), docker_chains(&chains_after));
+}
+
+fn event(rx: &mut tokio::sync::mpsc::Receiver<WatchEvent>) -> WatchEvent {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(90), rx.recv())
+                .await
+                .expect("watcher event within 90s")
+                .expect("watcher alive")
+        })
+    })
+}
+
+/// The watcher lists, follows events, and after dockerd restarts reconnects and reports
+/// what changed (containers without a restart policy are gone). Uses the `bridge` driver so
+/// no plugin is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_survives_dockerd_restart() {
+    require_root();
+    let work = tempfile::Builder::new()
+        .prefix("dkt-watch-")
+        .tempdir()
+        .unwrap();
+    let ns = NetnsGuard::create("dkt-w1").unwrap();
+    let mut d = tokio::task::block_in_place(|| {
+        let d = Dockerd::start(ns.name(), work.path(), DockerdOpts::for_host(4)).unwrap();
+        d.import_busybox("dkt/busybox:latest").unwrap();
+        d.docker_ok(["network", "create", "dktbr"]).unwrap();
+        d.docker_ok([
+            "run",
+            "-d",
+            "--name",
+            "c1",
+            "--network",
+            "dktbr",
+            "--network-alias",
+            "a1",
+            "--network-alias",
+            "a2",
+            "dkt/busybox:latest",
+            "sleep",
+            "3600",
+        ])
+        .unwrap();
+        d
+    });
+    let w = DockerWatcher::connect_driver(&d.socket_path(), "bridge")
+        .await
+        .unwrap();
+    let (mut rx, task) = w.clone().spawn();
+    let c1 = match event(&mut rx) {
+        WatchEvent::Added(c) => c,
+        other => panic!("expected Added(c1), got {other:?}"),
+    };
+    assert_eq!(c1.container_name, "c1");
+    assert_eq!(c1.network_name, "dktbr");
+    assert_eq!(c1.aliases, vec!["a1".to_string(), "a2".to_string()]);
+    assert!(c1.ip_address.is_some() && c1.container_pid.is_some());
+    assert_eq!(event(&mut rx), WatchEvent::Synced);
+
+    tokio::task::block_in_place(|| d.restart()).unwrap();
+    assert!(matches!(event(&mut rx), WatchEvent::Disconnected(_)));
+    // Possibly more Disconnected while dockerd comes back; then the resync.
+    let removed = loop {
+        match event(&mut rx) {
+            WatchEvent::Disconnected(_) => continue,
+            WatchEvent::Removed(c) => break c,
+            other => panic!("expected Removed(c1), got {other:?}"),
+        }
+    };
+    assert_eq!(removed, c1);
+    assert_eq!(event(&mut rx), WatchEvent::Synced);
+
+    tokio::task::block_in_place(|| {
+        d.docker_ok([
+            "run",
+            "-d",
+            "--name",
+            "c2",
+            "--network",
+            "dktbr",
+            "dkt/busybox:latest",
+            "sleep",
+            "3600",
+        ])
+    })
+    .unwrap();
+    let c2 = match event(&mut rx) {
+        WatchEvent::Added(c) => c,
+        other => panic!("expected Added(c2), got {other:?}"),
+    };
+    assert_eq!(c2.container_name, "c2");
+    assert!(c2.aliases.is_empty(), "{:?}", c2.aliases);
+    assert_eq!(
+        w.network_name(&c2.network_id).await.unwrap().as_deref(),
+        Some("dktbr")
+    );
+    // network connect / disconnect of a running container.
+    tokio::task::block_in_place(|| {
+        d.docker_ok(["network", "create", "dktbr2"]).unwrap();
+        d.docker_ok(["network", "connect", "--alias", "z", "dktbr2", "c2"])
+    })
+    .unwrap();
+    let c2b = match event(&mut rx) {
+        WatchEvent::Added(c) => c,
+        other => panic!("expected Added(c2 on dktbr2), got {other:?}"),
+    };
+    assert_eq!(
+        (c2b.container_name.as_str(), c2b.network_name.as_str()),
+        ("c2", "dktbr2")
+    );
+    assert_eq!(c2b.aliases, vec!["z".to_string()]);
+    tokio::task::block_in_place(|| d.docker_ok(["network", "disconnect", "dktbr2", "c2"])).unwrap();
+    match event(&mut rx) {
+        WatchEvent::Removed(c) => assert_eq!(c, c2b),
+        other => panic!("expected Removed(c2 on dktbr2), got {other:?}"),
+    }
+    assert_eq!(w.snapshot().await.unwrap(), vec![c2.clone()]);
+    assert_eq!(
+        w.network_name("0000000000000000000000000000000000000000000000000000000000000000")
+            .await
+            .unwrap(),
+        None
+    );
+    task.abort();
+    tokio::task::block_in_place(|| d.stop()).unwrap();
+}

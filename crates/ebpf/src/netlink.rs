@@ -1,0 +1,225 @@
+//! Thin synchronous rtnetlink layer: the few link verbs the fast path needs (find a link,
+//! create the collect-metadata vxlan device, set it up, read an MTU, delete a link).
+//!
+//! Synchronous on purpose: the loader is called from async and sync code alike and must not
+//! own a runtime. Every verb acts in the network namespace of the calling thread.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// What the fast path needs to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LinkSummary {
+    pub index: u32,
+    pub name: String,
+    pub mtu: Option<u32>,
+    pub kind: Option<InfoKind>,
+    /// For vxlan links: whether it is a collect-metadata (`external`) device.
+    pub vxlan_external: bool,
+    /// For vxlan links: the configured UDP destination port.
+    pub vxlan_port: Option<u16>,
+    /// For vxlan links: the configured IPv4 source address.
+    pub vxlan_local: Option<Ipv4Addr>,
+    pub up: bool,
+}
+
+impl LinkSummary {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut s = LinkSummary {
+            index: msg.header.index,
+            name: String::new(),
+            mtu: None,
+            kind: None,
+            vxlan_external: false,
+            vxlan_port: None,
+            vxlan_local: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => s.name = n.clone(),
+                LinkAttribute::Mtu(m) => s.mtu = Some(*m),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(k) => s.kind = Some(k.clone()),
+                            LinkInfo::Data(InfoData::Vxlan(v)) => {
+                                for a in v {
+                                    match a {
+                                        InfoVxlan::CollectMetadata(b) => s.vxlan_external = *b,
+                                        InfoVxlan::Port(p) => s.vxlan_port = Some(*p),
+                                        InfoVxlan::Local(a) => s.vxlan_local = Some(*a),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+struct Conn {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Conn {
+    fn new() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Conn { socket, seq: 0 })
+    }
+
+    /// Sends one request and collects the replies until the ACK (or DONE for dumps).
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<LinkMessage>> {
+        self.seq += 1;
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | flags;
+        hdr.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+
+        let mut out = Vec::new();
+        let mut rx = vec![0u8; 64 * 1024];
+        loop {
+            let n = self.socket.recv(&mut &mut rx[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "empty netlink message",
+                    ));
+                }
+                off += (len + 3) & !3;
+                if reply.header.sequence_number != self.seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Error(e) => {
+                        if e.code.is_none() {
+                            return Ok(out);
+                        }
+                        return Err(e.to_io());
+                    }
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                        out.push(l);
+                        if flags & NLM_F_ACK == 0 && reply.header.flags & 0x2 == 0 {
+                            // Not multipart and no ACK requested: this was the answer.
+                            return Ok(out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Looks a link up by name; `Ok(None)` when it does not exist.
+pub(crate) fn link_by_name(name: &str) -> io::Result<Option<LinkSummary>> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    absent_is_none(Conn::new()?.request(RouteNetlinkMessage::GetLink(msg), 0))
+}
+
+/// Looks a link up by index; `Ok(None)` when it does not exist.
+pub(crate) fn link_by_index(index: u32) -> io::Result<Option<LinkSummary>> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    absent_is_none(Conn::new()?.request(RouteNetlinkMessage::GetLink(msg), 0))
+}
+
+fn absent_is_none(r: io::Result<Vec<LinkMessage>>) -> io::Result<Option<LinkSummary>> {
+    match r {
+        Ok(v) => Ok(v.first().map(LinkSummary::from_message)),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates a collect-metadata (`external`) vxlan device: UDP `port`, learning off, source
+/// address `local`, the given MTU. Equivalent to
+/// `ip link add NAME mtu MTU type vxlan external dstport PORT local LOCAL nolearning`.
+pub(crate) fn create_vxlan_external(
+    name: &str,
+    local: Ipv4Addr,
+    port: u16,
+    mtu: u32,
+) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes.push(LinkAttribute::Mtu(mtu));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(vec![
+            InfoVxlan::CollectMetadata(true),
+            InfoVxlan::Port(port),
+            InfoVxlan::Learning(false),
+            InfoVxlan::Local(local),
+            InfoVxlan::Ttl(64),
+        ])),
+    ]));
+    Conn::new()?
+        .request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+        )
+        .map(drop)
+}
+
+/// Sets a link administratively up.
+pub(crate) fn set_up(index: u32) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    Conn::new()?
+        .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+        .map(drop)
+}
+
+/// Sets a link's MTU.
+pub(crate) fn set_mtu(index: u32, mtu: u32) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::Mtu(mtu));
+    Conn::new()?
+        .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+        .map(drop)
+}
+
+/// Deletes a link; an absent link is not an error (idempotent teardown).
+pub(crate) fn delete_link(index: u32) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    match Conn::new()?.request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

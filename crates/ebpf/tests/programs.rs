@@ -1,0 +1,441 @@
+//! Program-level tests: crafted frames through the loaded programs with BPF_PROG_TEST_RUN,
+//! checking verdicts, rewritten frames, recorded decisions and counters. Needs root.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use common::*;
+use ovl_ebpf::{
+    EbpfDatapath, EndpointInfo, LoadOptions, ProgramKind, TC_ACT_REDIRECT, TC_ACT_SHOT, action,
+};
+
+const VNI: u32 = 100;
+const A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const C: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
+const EVIL: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
+const BCAST: [u8; 6] = [0xff; 6];
+const IP_A: [u8; 4] = [10, 0, 0, 1];
+const IP_B: [u8; 4] = [10, 0, 0, 2];
+const IP_C: [u8; 4] = [10, 0, 0, 3];
+
+struct Setup {
+    ns: Netns,
+    _pins: PinDir,
+    dp: Option<EbpfDatapath>,
+    a: u32,
+    b: u32,
+    stranger: u32,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(dp) = self.dp.take() {
+            let r = self.ns.run(|| dp.teardown());
+            if let Err(e) = r {
+                eprintln!("teardown: {e}");
+            }
+        }
+    }
+}
+
+fn setup(tag: &str) -> Setup {
+    require_root();
+    let ns = Netns::new(&format!("ebt-p-{tag}"));
+    let pins = PinDir::new(&format!("ebt-p-{tag}"));
+    // No dummy driver here: the underlay is one end of a veth pair.
+    ns.sh("ip link add ebtul type veth peer name ebtulp");
+    ns.sh("ip addr add 198.18.0.11/24 dev ebtul");
+    ns.sh("ip link set ebtul up");
+    ns.sh("ip link set ebtulp up");
+    for (h, c) in [("ebta", "ebtap"), ("ebtb", "ebtbp"), ("ebtx", "ebtxp")] {
+        ns.sh(&format!(
+            "ip link add {h} mtu 1450 type veth peer name {c} mtu 1450"
+        ));
+        ns.sh(&format!("ip link set {h} up"));
+        ns.sh(&format!("ip link set {c} up"));
+    }
+    let (a, b, stranger) = (ns.ifindex("ebta"), ns.ifindex("ebtb"), ns.ifindex("ebtx"));
+    let pin_path = pins.0.clone();
+    let dp = ns.run(move || {
+        let mut dp = EbpfDatapath::load_with(
+            &pin_path,
+            "ovl_vx0",
+            Ipv4Addr::new(198, 18, 0, 11),
+            1450,
+            &LoadOptions { trace: true },
+        )
+        .expect("load");
+        let ep = |mac, ip: [u8; 4]| EndpointInfo {
+            vni: VNI,
+            mac,
+            ip: Ipv4Addr::from(ip),
+        };
+        dp.attach_endpoint(a, ep(A, IP_A)).expect("attach a");
+        dp.attach_endpoint(b, ep(B, IP_B)).expect("attach b");
+        dp.set_remote(VNI, C, Ipv4Addr::from(IP_C), Ipv4Addr::new(198, 18, 0, 12))
+            .expect("remote");
+        dp.set_flood(
+            VNI,
+            &[Ipv4Addr::new(198, 18, 0, 12), Ipv4Addr::new(198, 18, 0, 13)],
+        )
+        .expect("flood");
+        dp
+    });
+    Setup {
+        ns,
+        _pins: pins,
+        dp: Some(dp),
+        a,
+        b,
+        stranger,
+    }
+}
+
+impl Setup {
+    fn run(&self, kind: ProgramKind, ifindex: u32, frame: &[u8]) -> ovl_ebpf::TestRunOutput {
+        let dp = self.dp.as_ref().unwrap();
+        self.ns
+            .run(|| dp.test_run(kind, ifindex, frame))
+            .expect("test_run")
+    }
+    fn dp(&self) -> &EbpfDatapath {
+        self.dp.as_ref().unwrap()
+    }
+}
+
+#[test]
+fn encap_local_switching_and_counters() {
+    let s = setup("encap");
+    let before = s.dp().counters().unwrap();
+
+    let out = s.run(ProgramKind::LxcEgress, s.a, &ipv4_frame(C, A, IP_A, IP_C));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let t = out.trace.unwrap();
+    assert_eq!(t.action, action::ENCAP);
+    assert_eq!(t.ifindex, s.dp().vxlan_ifindex());
+    assert_eq!(t.tunnel_id, VNI);
+    assert_eq!(Ipv4Addr::from(t.remote_ipv4), Ipv4Addr::new(198, 18, 0, 12));
+
+    let out = s.run(ProgramKind::LxcEgress, s.a, &ipv4_frame(B, A, IP_A, IP_B));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let t = out.trace.unwrap();
+    assert_eq!(t.action, action::REDIRECT_LOCAL);
+    assert_eq!(t.ifindex, s.b);
+
+    // A frame to itself is a hairpin and dropped.
+    let out = s.run(ProgramKind::LxcEgress, s.a, &ipv4_frame(A, A, IP_A, IP_A));
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+
+    let d = s.dp().counters().unwrap().since(&before);
+    assert_eq!(d.egress_packets, 3);
+    assert_eq!(d.egress_encap, 1);
+    assert_eq!(d.egress_redirect_local, 1);
+    assert_eq!(d.egress_drop_hairpin, 1);
+}
+
+#[test]
+fn arp_request_for_known_ip_is_answered_in_bpf() {
+    let s = setup("arp");
+    let req = arp_frame(BCAST, 1, A, IP_A, [0; 6], IP_C);
+    let out = s.run(ProgramKind::LxcEgress, s.a, &req);
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.trace.unwrap().action, action::ARP_REPLY);
+    let f = &out.frame;
+    assert_eq!(&f[0..6], &A, "eth dst = requester");
+    assert_eq!(&f[6..12], &C, "eth src = owner");
+    assert_eq!(&f[12..14], &[0x08, 0x06]);
+    assert_eq!(&f[20..22], &[0, 2], "op = reply");
+    assert_eq!(&f[22..28], &C, "sha = owner");
+    assert_eq!(&f[28..32], &IP_C, "spa = asked ip");
+    assert_eq!(&f[32..38], &A, "tha = requester");
+    assert_eq!(&f[38..42], &IP_A, "tpa = requester ip");
+
+    // A local endpoint's IP is answered too.
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        s.a,
+        &arp_frame(BCAST, 1, A, IP_A, [0; 6], IP_B),
+    );
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out.frame[22..28], &B);
+    assert_eq!(s.dp().counters().unwrap().egress_arp_replied, 2);
+}
+
+#[test]
+fn bum_frames_are_replicated_to_locals_and_vteps() {
+    let mut s = setup("flood");
+    let before = s.dp().counters().unwrap();
+    // ARP for an unknown IP: broadcast, replicated to B (local) and two VTEPs.
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        s.a,
+        &arp_frame(BCAST, 1, A, IP_A, [0; 6], [10, 0, 0, 9]),
+    );
+    assert_eq!(
+        out.verdict, TC_ACT_SHOT,
+        "original dropped after the copies"
+    );
+    let t = out.trace.unwrap();
+    assert_eq!(t.action, action::FLOOD);
+    assert_eq!(t.copies, 3);
+    // Unknown unicast floods the same way.
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        s.a,
+        &ipv4_frame(EVIL, A, IP_A, [10, 0, 0, 9]),
+    );
+    assert_eq!(out.trace.unwrap().copies, 3);
+    let d = s.dp().counters().unwrap().since(&before);
+    assert_eq!(d.egress_flooded, 2);
+    assert_eq!(d.egress_flood_copies, 6);
+    assert_eq!(d.flood_copy_failed, 0);
+
+    // Fewer VTEPs, fewer copies; no VTEPs, local copies only.
+    s.dp.as_mut()
+        .unwrap()
+        .set_flood(VNI, &[Ipv4Addr::new(198, 18, 0, 12)])
+        .unwrap();
+    let frame = arp_frame(BCAST, 1, A, IP_A, [0; 6], [10, 0, 0, 9]);
+    assert_eq!(
+        s.run(ProgramKind::LxcEgress, s.a, &frame)
+            .trace
+            .unwrap()
+            .copies,
+        2
+    );
+    s.dp.as_mut().unwrap().set_flood(VNI, &[]).unwrap();
+    assert_eq!(
+        s.run(ProgramKind::LxcEgress, s.a, &frame)
+            .trace
+            .unwrap()
+            .copies,
+        1
+    );
+    assert!(!s.dp().dump().unwrap().flood.contains_key(&VNI));
+}
+
+#[test]
+fn spoofed_sources_are_dropped_and_counted() {
+    let s = setup("spoof");
+    let before = s.dp().counters().unwrap();
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        s.a,
+        &ipv4_frame(C, EVIL, IP_A, IP_C),
+    );
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        s.a,
+        &ipv4_frame(C, A, [10, 0, 0, 99], IP_C),
+    );
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    // B's address used by A.
+    let out = s.run(ProgramKind::LxcEgress, s.a, &ipv4_frame(C, A, IP_B, IP_C));
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    // ARP claiming another IP, and ARP with a foreign sender MAC.
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        s.a,
+        &arp_frame(BCAST, 1, A, IP_B, [0; 6], IP_C),
+    );
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let mut f = arp_frame(BCAST, 1, A, IP_A, [0; 6], IP_C);
+    f[22..28].copy_from_slice(&EVIL);
+    assert_eq!(s.run(ProgramKind::LxcEgress, s.a, &f).verdict, TC_ACT_SHOT);
+    // Frames from an interface that is no endpoint.
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        s.stranger,
+        &ipv4_frame(C, A, IP_A, IP_C),
+    );
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    // An ARP probe (sender 0.0.0.0) is not a spoof.
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        s.a,
+        &arp_frame(BCAST, 1, A, [0; 4], [0; 6], IP_A),
+    );
+    assert_eq!(out.trace.unwrap().action, action::FLOOD);
+
+    let d = s.dp().counters().unwrap().since(&before);
+    assert_eq!(d.egress_drop_spoofed_mac, 2);
+    assert_eq!(d.egress_drop_spoofed_ip, 3);
+    assert_eq!(d.egress_drop_unknown_source, 1);
+}
+
+#[test]
+fn decap_without_tunnel_metadata_is_dropped() {
+    let s = setup("decap");
+    let vx = s.dp().vxlan_ifindex();
+    let out = s.run(ProgramKind::VxlanIngress, vx, &ipv4_frame(A, C, IP_C, IP_A));
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    assert_eq!(s.dp().counters().unwrap().ingress_drop_no_tunnel_key, 1);
+}
+
+#[test]
+fn probe_reports_this_host_as_supported() {
+    require_root();
+    EbpfDatapath::probe().expect("the fast path works on this machine");
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let mut s = setup("bad");
+    let before = s.dp().dump().unwrap();
+    let ns = &s.ns;
+    ns.sh("ip link add ebtbig mtu 1500 type veth peer name ebtbigp mtu 1500");
+    let big = ns.ifindex("ebtbig");
+    let a = s.a;
+    let s_stranger = s.stranger;
+    let dp = s.dp.as_mut().unwrap();
+    let ep = |vni, mac, ip: [u8; 4]| EndpointInfo {
+        vni,
+        mac,
+        ip: Ipv4Addr::from(ip),
+    };
+    use ovl_ebpf::Error;
+    let r = ns.run(|| dp.attach_endpoint(big, ep(VNI, EVIL, [10, 0, 0, 5])));
+    assert!(
+        matches!(
+            r,
+            Err(Error::MtuTooLarge {
+                link_mtu: 1500,
+                overlay_mtu: 1450,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = ns.run(|| dp.attach_endpoint(999_999, ep(VNI, EVIL, [10, 0, 0, 5])));
+    assert!(matches!(r, Err(Error::NoSuchLink(999_999))), "{r:?}");
+    assert!(matches!(
+        dp.attach_endpoint(a, ep(0, A, IP_A)),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        dp.attach_endpoint(a, ep(1 << 24, A, IP_A)),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        dp.attach_endpoint(a, ep(VNI, BCAST, IP_A)),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        dp.attach_endpoint(a, ep(VNI, A, [0; 4])),
+        Err(Error::InvalidInput(_))
+    ));
+    // B's MAC is taken by another interface.
+    let r = ns.run(|| dp.attach_endpoint(a, ep(VNI, B, IP_A)));
+    assert!(matches!(r, Err(Error::Conflict(_))), "{r:?}");
+    // A remote MAC cannot become local without del_remote.
+    let x = s_stranger;
+    let r = ns.run(|| dp.attach_endpoint(x, ep(VNI, C, [10, 0, 0, 6])));
+    assert!(matches!(r, Err(Error::Conflict(_))), "{r:?}");
+    // A local MAC cannot become remote, nor a local IP.
+    let vtep = Ipv4Addr::new(198, 18, 0, 12);
+    assert!(matches!(
+        dp.set_remote(VNI, A, Ipv4Addr::new(10, 0, 0, 7), vtep),
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        dp.set_remote(VNI, EVIL, Ipv4Addr::from(IP_B), vtep),
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        dp.set_remote(VNI, EVIL, Ipv4Addr::new(10, 0, 0, 7), Ipv4Addr::UNSPECIFIED),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(dp.del_remote(VNI, A), Err(Error::Conflict(_))));
+    let many: Vec<Ipv4Addr> = (1..=65).map(|i| Ipv4Addr::new(198, 18, 1, i)).collect();
+    assert!(matches!(
+        dp.set_flood(VNI, &many),
+        Err(Error::TooMany { .. })
+    ));
+    assert_eq!(
+        s.dp().dump().unwrap(),
+        before,
+        "a refused request changed the maps"
+    );
+
+    // Loader arguments.
+    let ns = &s.ns;
+    let pins = s._pins.0.clone();
+    let r = ns.run(|| EbpfDatapath::load(&pins, "", Ipv4Addr::new(198, 18, 0, 11), 1450));
+    assert!(matches!(r, Err(Error::InvalidInput(_))));
+    let r = ns.run(|| EbpfDatapath::load(&pins, "ovl_vx0", Ipv4Addr::new(198, 18, 0, 11), 20));
+    assert!(matches!(r, Err(Error::InvalidInput(_))));
+    let r = ns.run(|| {
+        EbpfDatapath::load(
+            Path::new("/tmp/ebt-not-bpffs"),
+            "ovl_vx0",
+            Ipv4Addr::new(198, 18, 0, 11),
+            1450,
+        )
+    });
+    let _ = std::fs::remove_dir_all("/tmp/ebt-not-bpffs");
+    assert!(matches!(r, Err(Error::Bpffs { .. })), "{r:?}");
+    // A device of another kind holds the name.
+    let r = ns.run(|| EbpfDatapath::load(&pins, "ebtbig", Ipv4Addr::new(198, 18, 0, 11), 1450));
+    assert!(matches!(r, Err(Error::VxlanConflict { .. })), "{r:?}");
+}
+
+#[test]
+fn detach_and_remote_removal_clean_every_map() {
+    let mut s = setup("clean");
+    let b = s.b;
+    let dp = s.dp.as_mut().unwrap();
+    dp.del_remote(VNI, C).unwrap();
+    dp.del_remote(VNI, C).expect("idempotent");
+    dp.detach_endpoint(b).unwrap();
+    let st = s.dp().dump().unwrap();
+    assert!(st.remotes.is_empty());
+    assert_eq!(st.arp.len(), 1, "only A's ARP entry left: {st:?}");
+    assert_eq!(st.local_flood.get(&VNI), Some(&vec![s.a]));
+    assert_eq!(st.attached_links, vec![s.a]);
+    assert!(!st.endpoints.contains_key(&b));
+    // Moving a remote MAC to a new IP drops its old ARP entry.
+    let dp = s.dp.as_mut().unwrap();
+    let vtep = Ipv4Addr::new(198, 18, 0, 12);
+    dp.set_remote(VNI, C, Ipv4Addr::new(10, 0, 0, 30), vtep)
+        .unwrap();
+    dp.set_remote(VNI, C, Ipv4Addr::new(10, 0, 0, 31), vtep)
+        .unwrap();
+    let st = s.dp().dump().unwrap();
+    assert!(!st.arp.contains_key(&(VNI, Ipv4Addr::new(10, 0, 0, 30))));
+    assert_eq!(st.arp.get(&(VNI, Ipv4Addr::new(10, 0, 0, 31))), Some(&C));
+}
+
+#[test]
+fn adoption_drops_endpoints_whose_interface_vanished() {
+    let mut s = setup("vanish");
+    let (a, b) = (s.a, s.b);
+    drop(s.dp.take()); // agent exits; pins stay
+    s.ns.sh("ip link del ebtb");
+    let pins = s._pins.0.clone();
+    let dp =
+        s.ns.run(|| {
+            EbpfDatapath::load_with(
+                &pins,
+                "ovl_vx0",
+                Ipv4Addr::new(198, 18, 0, 11),
+                1450,
+                &LoadOptions { trace: true },
+            )
+        })
+        .expect("adopt");
+    assert!(dp.load_warnings().is_empty(), "{:?}", dp.load_warnings());
+    let st = dp.dump().unwrap();
+    assert_eq!(st.endpoints.keys().copied().collect::<Vec<_>>(), vec![a]);
+    assert_eq!(st.attached_links, vec![a]);
+    assert!(!st.local_by_mac.contains_key(&(VNI, B)));
+    assert_eq!(st.remotes.len(), 1, "remote entries survive adoption");
+    s.dp = Some(dp);
+    // The adopted programs run: A's traffic to C is still encapsulated.
+    let out = s.run(ProgramKind::LxcEgress, a, &ipv4_frame(C, A, IP_A, IP_C));
+    assert_eq!(out.trace.unwrap().action, action::ENCAP);
+    let _ = b;
+}

@@ -1,0 +1,650 @@
+//! The etcd v3 backend.
+//!
+//! One gRPC channel balanced over every endpoint of the URL: a member that is down is
+//! skipped while the others answer. Nothing is contacted at open time; every call has its own
+//! deadline ([`REQUEST_TIMEOUT`]) and reports [`KvError::Unreachable`] when it passes or the
+//! connection fails, so the caller can report the outage and retry with backoff.
+//!
+//! Watches run in a background task that re-creates the etcd watch after any stream error,
+//! from the revision after the last one delivered, so the consumer sees every event exactly
+//! once and in order across member restarts and failovers.
+
+use std::{future::Future, time::Duration};
+
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, Error as EtcdError, EventType,
+    GetOptions, KeyValue, PutOptions, Txn, TxnOp as EtcdTxnOp, WatchOptions,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{
+    Compare, Kv, KvEntry, KvError, LeaseId, Listing, Result, Revision, TxnOp, WatchEvent,
+    WatchStream,
+};
+
+/// Deadline of one request (including waiting for a usable connection).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of establishing one TCP connection to one endpoint.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The value size etcd refuses by default (`--max-request-bytes`, 1.5 MiB, includes the key).
+const DEFAULT_SERVER_LIMIT: usize = 1536 * 1024;
+/// How long a broken watch waits before it reconnects, at most.
+const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(2);
+/// Pause between attempts when an endpoint refuses connections.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+/// A key that is never written; reading it is the health probe.
+const HEALTH_KEY: &str = "/ovl-kv/health-probe";
+
+/// The etcd backend. Cloning the inner client is cheap; all methods are safe concurrently.
+#[derive(Clone)]
+pub struct EtcdKv {
+    client: Client,
+    endpoints: Vec<String>,
+    describe: String,
+}
+
+impl std::fmt::Debug for EtcdKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdKv")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an etcd client error means "no answer" rather than a definite refusal.
+fn is_unreachable(e: &EtcdError) -> bool {
+    match e {
+        EtcdError::TransportError(_) | EtcdError::IoError(_) => true,
+        EtcdError::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+                    | tonic::Code::Aborted
+            ) && !s.message().starts_with("etcdserver: request is too large")
+        }
+        _ => false,
+    }
+}
+
+/// Whether the request failed before reaching any etcd member (connection not established),
+/// which makes it safe to retry even if it is not idempotent.
+fn not_sent(e: &EtcdError) -> bool {
+    match e {
+        EtcdError::TransportError(_) => true,
+        EtcdError::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => {
+            if s.message().contains("connect") {
+                return true;
+            }
+            let mut src = std::error::Error::source(s);
+            while let Some(err) = src {
+                if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                    return io.kind() == std::io::ErrorKind::ConnectionRefused;
+                }
+                if err.to_string().contains("connect error") {
+                    return true;
+                }
+                src = err.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+fn grpc_message(e: &EtcdError) -> Option<&str> {
+    match e {
+        EtcdError::GRpcStatus(s) => Some(s.message()),
+        _ => None,
+    }
+}
+
+/// etcd leases have whole-second TTLs: round up so a key never dies early, at least 1 s.
+fn ttl_secs(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis().div_ceil(1000))
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+/// Key and value of an entry as etcd returns it; keys written through `&str` are UTF-8.
+fn entry(kv: &KeyValue) -> KvEntry {
+    KvEntry {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: (kv.lease() != 0).then_some(kv.lease()),
+    }
+}
+
+fn put_options(lease: Option<LeaseId>) -> Option<PutOptions> {
+    lease.map(|l| PutOptions::new().with_lease(l))
+}
+
+/// The compare for "`key`'s mod revision is `expected`" (`0`: absent).
+fn compare(key: &str, expected: Revision) -> EtcdCompare {
+    if expected == 0 {
+        // An absent key has create_revision 0 in etcd's compare semantics.
+        EtcdCompare::create_revision(key, CompareOp::Equal, 0)
+    } else {
+        EtcdCompare::mod_revision(key, CompareOp::Equal, expected)
+    }
+}
+
+impl EtcdKv {
+    /// Builds a client for `endpoints` (`host:port`). Does not contact the cluster.
+    pub async fn connect(endpoints: Vec<String>) -> Result<Self> {
+        let describe = format!("etcd://{}", endpoints.join(","));
+        let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            // Detect a dead member on idle connections (watches) within a few seconds.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the quorum refuses requests and ends watches instead of
+            // serving stale data, so the balancer and the watch resume move elsewhere.
+            .with_require_leader(true)
+            .with_tcp_keepalive(Duration::from_secs(10));
+        let client = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&urls, Some(opts)))
+            .await
+            .map_err(|_| KvError::Unreachable {
+                store: describe.clone(),
+                reason: "timed out setting up the client".into(),
+            })?
+            .map_err(|e| KvError::Backend(format!("{describe}: client setup: {e}")))?;
+        Ok(Self {
+            client,
+            endpoints,
+            describe,
+        })
+    }
+
+    fn unreachable(&self, what: &str, reason: impl std::fmt::Display) -> KvError {
+        KvError::Unreachable {
+            store: self.describe.clone(),
+            reason: format!("{what}: {reason}"),
+        }
+    }
+
+    fn map_err(&self, what: &str, key: Option<&str>, e: EtcdError) -> KvError {
+        if grpc_message(&e).is_some_and(|m| m.starts_with("etcdserver: request is too large")) {
+            return KvError::TooLarge {
+                key: key.unwrap_or_default().to_string(),
+                size: 0,
+                limit: DEFAULT_SERVER_LIMIT,
+            };
+        }
+        if is_unreachable(&e) {
+            self.unreachable(what, e)
+        } else {
+            KvError::Backend(format!("{}: {what}: {e}", self.describe))
+        }
+    }
+
+    /// Runs one request with the per-request deadline and maps its errors.
+    ///
+    /// A request that failed because no connection could be made to the endpoint the
+    /// balancer picked (a stopped member) never reached etcd, so it is retried, on whichever
+    /// endpoint the balancer picks next, until the deadline. Anything else is not retried:
+    /// a request that may have been applied must not be applied twice.
+    async fn call<T, F, Fut>(&self, what: &str, key: Option<&str>, mut f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, f(self.client.clone())).await {
+                Err(_) => {
+                    return Err(self.unreachable(
+                        what,
+                        format!("no answer within {} ms", REQUEST_TIMEOUT.as_millis()),
+                    ));
+                }
+                Ok(Err(e))
+                    if not_sent(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tracing::trace!(what, error = %e, "etcd endpoint refused; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(Err(e)) => return Err(self.map_err(what, key, e)),
+                Ok(Ok(v)) => return Ok(v),
+            }
+        }
+    }
+
+    /// Runs a transaction; `Some(revision)` if its compares held.
+    async fn run_txn(&self, what: &str, key: Option<&str>, txn: Txn) -> Result<Option<Revision>> {
+        let resp = self
+            .call(what, key, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(|e| self.lease_error(e, None))?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(resp.succeeded().then_some(rev))
+    }
+
+    /// Turns etcd's "lease not found" into [`KvError::LeaseNotFound`].
+    fn lease_error(&self, e: KvError, lease: Option<LeaseId>) -> KvError {
+        match &e {
+            KvError::Backend(msg) if msg.contains("requested lease not found") => {
+                KvError::LeaseNotFound(lease.unwrap_or_default())
+            }
+            _ => e,
+        }
+    }
+
+    fn check_size(key: &str, value: &[u8]) -> Result<()> {
+        // Checked here too so the error carries the real size; the server enforces its own.
+        if key.len() + value.len() > DEFAULT_SERVER_LIMIT {
+            return Err(KvError::TooLarge {
+                key: key.to_string(),
+                size: value.len(),
+                limit: DEFAULT_SERVER_LIMIT,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Kv for EtcdKv {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KvEntry>> {
+        let k = key.to_string();
+        let resp = self
+            .call("get", Some(key), |mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().map(entry))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        let p = prefix.to_string();
+        let resp = self
+            .call("list", Some(prefix), |mut c| {
+                let p = p.clone();
+                async move {
+                    let opts = if p.is_empty() {
+                        GetOptions::new().with_all_keys()
+                    } else {
+                        GetOptions::new().with_prefix()
+                    };
+                    c.get(p, Some(opts)).await
+                }
+            })
+            .await?;
+        Ok(Listing {
+            entries: resp.kvs().iter().map(entry).collect(),
+            revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
+        })
+    }
+
+    async fn put(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
+        Self::check_size(key, value)?;
+        let (k, v) = (key.to_string(), value.to_vec());
+        let resp = self
+            .call("put", Some(key), |mut c| {
+                let (k, v) = (k.clone(), v.clone());
+                async move { c.put(k, v, put_options(lease)).await }
+            })
+            .await
+            .map_err(|e| self.lease_error(e, lease))?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    async fn create(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<LeaseId>,
+    ) -> Result<Option<Revision>> {
+        self.cas(key, value, 0, lease).await
+    }
+
+    async fn cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: Revision,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<Revision>> {
+        Self::check_size(key, value)?;
+        let txn = Txn::new()
+            .when([compare(key, expected)])
+            .and_then([EtcdTxnOp::put(key, value.to_vec(), put_options(lease))]);
+        self.run_txn("cas", Some(key), txn)
+            .await
+            .map_err(|e| self.lease_error(e, lease))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let k = key.to_string();
+        let resp = self
+            .call("delete", Some(key), |mut c| {
+                let k = k.clone();
+                async move { c.delete(k, None).await }
+            })
+            .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn delete_cas(&self, key: &str, expected: Revision) -> Result<bool> {
+        if expected == 0 {
+            // "Delete if absent" never deletes anything.
+            return Ok(false);
+        }
+        let txn = Txn::new()
+            .when([compare(key, expected)])
+            .and_then([EtcdTxnOp::delete(key, None)]);
+        Ok(self.run_txn("delete_cas", Some(key), txn).await?.is_some())
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<Option<Revision>> {
+        let mut leases = Vec::new();
+        let mut etcd_ops = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value, lease } => {
+                    Self::check_size(&key, &value)?;
+                    leases.extend(lease);
+                    etcd_ops.push(EtcdTxnOp::put(key, value, put_options(lease)));
+                }
+                TxnOp::Delete { key } => etcd_ops.push(EtcdTxnOp::delete(key, None)),
+            }
+        }
+        let compares: Vec<EtcdCompare> = compares
+            .iter()
+            .map(|Compare::ModRevision(k, r)| compare(k, *r))
+            .collect();
+        let txn = Txn::new().when(compares).and_then(etcd_ops);
+        self.run_txn("txn", None, txn)
+            .await
+            .map_err(|e| self.lease_error(e, leases.first().copied()))
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream> {
+        let mut w = Watch {
+            kv: self.clone(),
+            prefix: prefix.to_string(),
+            next: (from_revision > 0).then_some(from_revision),
+        };
+        // The first watch is created here so an unreachable store is reported to the caller.
+        let (stream, pending) = w.establish().await?;
+        let (tx, rx) = mpsc::channel(1024);
+        let mut compacted = false;
+        for item in pending {
+            compacted |= matches!(item, Err(KvError::Compacted { .. }));
+            // The channel is fresh and larger than one response; this cannot block.
+            let _ = tx.try_send(item);
+        }
+        if !compacted {
+            tokio::spawn(w.run(stream, tx));
+        }
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        let secs = ttl_secs(ttl);
+        let resp = self
+            .call("grant lease", None, |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
+        Ok(resp.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        // `lease_keep_alive` sends one renewal and reads its answer; TTL 0 there means the
+        // lease is gone, which etcd-client reports as a keep-alive error.
+        let r = self
+            .call("keep alive", None, |mut c| async move {
+                c.lease_keep_alive(lease).await.map(|_| ())
+            })
+            .await;
+        match r {
+            Err(KvError::Backend(msg)) if msg.contains("lease not found") => {
+                Err(KvError::LeaseNotFound(lease))
+            }
+            other => other,
+        }
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<()> {
+        self.call("revoke lease", None, |mut c| async move {
+            c.lease_revoke(lease).await.map(|_| ())
+        })
+        .await
+        .map_err(|e| self.lease_error(e, Some(lease)))
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.call("health check", None, |mut c| async move {
+            c.get(HEALTH_KEY, Some(GetOptions::new().with_count_only()))
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+}
+
+/// A watch that survives disconnects.
+struct Watch {
+    kv: EtcdKv,
+    prefix: String,
+    /// The first revision not yet delivered; `None` until the first watch is created
+    /// "from now" and etcd tells us which revision that is.
+    next: Option<Revision>,
+}
+
+type Item = Result<WatchEvent, KvError>;
+
+impl Watch {
+    /// Creates the etcd watch from `next` and waits for its confirmation. Returns the stream
+    /// and anything to deliver before reading it (a compaction error, if any).
+    async fn establish(&mut self) -> Result<(etcd_client::WatchStream, Vec<Item>)> {
+        let mut opts = if self.prefix.is_empty() {
+            WatchOptions::new().with_all_keys()
+        } else {
+            WatchOptions::new().with_prefix()
+        };
+        if let Some(next) = self.next {
+            opts = opts.with_start_revision(next);
+        }
+        let prefix = self.prefix.clone();
+        let (stream, first) = self
+            .kv
+            .call("watch", Some(&prefix), |mut c| {
+                let (prefix, opts) = (prefix.clone(), opts.clone());
+                async move {
+                    let mut stream = c.watch(prefix, Some(opts)).await?;
+                    // etcd confirms creation first (and cancels at once when compacted).
+                    match stream.message().await? {
+                        Some(first) => Ok((stream, first)),
+                        None => Err(EtcdError::WatchError(
+                            "watch stream closed before creation".into(),
+                        )),
+                    }
+                }
+            })
+            .await?;
+        if let Some(item) = self.compaction(&first) {
+            return Ok((stream, vec![item]));
+        }
+        if !first.created() {
+            return Err(KvError::Backend(format!(
+                "{}: unexpected first watch response (canceled: {}, reason: {:?})",
+                self.kv.describe,
+                first.canceled(),
+                first.cancel_reason()
+            )));
+        }
+        if self.next.is_none() {
+            let rev = first.header().map(|h| h.revision()).unwrap_or_default();
+            self.next = Some(rev + 1);
+        }
+        let pending = self.events(&first);
+        Ok((stream, pending))
+    }
+
+    /// A compaction error if the response cancels the watch because of compaction.
+    fn compaction(&self, resp: &etcd_client::WatchResponse) -> Option<Item> {
+        (resp.compact_revision() > 0).then(|| {
+            Err(KvError::Compacted {
+                requested: self.next.unwrap_or_default(),
+                compacted: resp.compact_revision(),
+            })
+        })
+    }
+
+    /// The events of a response that were not delivered yet; advances `next`.
+    fn events(&mut self, resp: &etcd_client::WatchResponse) -> Vec<Item> {
+        let next = self.next.unwrap_or_default();
+        let mut out = Vec::new();
+        let mut last = None;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let rev = kv.mod_revision();
+            // Events of a revision arrive together, so skipping by revision never drops
+            // half a transaction; it only drops what a previous connection delivered.
+            if rev < next {
+                continue;
+            }
+            last = Some(rev);
+            out.push(Ok(match ev.event_type() {
+                EventType::Put => WatchEvent::Put(entry(kv)),
+                EventType::Delete => WatchEvent::Delete {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    mod_revision: rev,
+                },
+            }));
+        }
+        if let Some(last) = last {
+            self.next = Some(last + 1);
+        }
+        out
+    }
+
+    async fn run(mut self, mut stream: etcd_client::WatchStream, tx: mpsc::Sender<Item>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            // Read until the stream breaks.
+            loop {
+                let msg = tokio::select! {
+                    _ = tx.closed() => return,
+                    m = stream.message() => m,
+                };
+                match msg {
+                    Ok(Some(resp)) => {
+                        if let Some(item) = self.compaction(&resp) {
+                            let _ = tx.send(item).await;
+                            return;
+                        }
+                        for item in self.events(&resp) {
+                            if tx.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                        if resp.canceled() {
+                            tracing::debug!(
+                                reason = resp.cancel_reason(),
+                                "etcd canceled watch; re-creating"
+                            );
+                            break;
+                        }
+                        backoff = Duration::from_millis(50);
+                    }
+                    Ok(None) => {
+                        tracing::debug!(prefix = %self.prefix, "etcd watch stream ended; re-creating");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(prefix = %self.prefix, error = %e, "etcd watch stream failed; re-creating");
+                        break;
+                    }
+                }
+            }
+            // Re-create from the first undelivered revision, with backoff.
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_WATCH_BACKOFF);
+                match self.establish().await {
+                    Ok((s, pending)) => {
+                        let mut compacted = false;
+                        for item in pending {
+                            compacted |= matches!(item, Err(KvError::Compacted { .. }));
+                            if tx.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                        if compacted {
+                            return;
+                        }
+                        stream = s;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(prefix = %self.prefix, error = %e, "etcd watch re-create failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(s: tonic::Status) -> EtcdError {
+        EtcdError::GRpcStatus(s)
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let refused = status(tonic::Status::unavailable("tcp connect error"));
+        assert!(not_sent(&refused) && is_unreachable(&refused));
+        let no_leader = status(tonic::Status::unavailable("etcdserver: no leader"));
+        assert!(!not_sent(&no_leader) && is_unreachable(&no_leader));
+        let bad = status(tonic::Status::invalid_argument("etcdserver: bad"));
+        assert!(!not_sent(&bad) && !is_unreachable(&bad));
+        let lease = status(tonic::Status::not_found(
+            "etcdserver: requested lease not found",
+        ));
+        assert!(!is_unreachable(&lease));
+        let big = status(tonic::Status::unknown("etcdserver: request is too large"));
+        assert!(!is_unreachable(&big));
+    }
+
+    #[test]
+    fn ttl_rounds_up_to_seconds() {
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_secs(Duration::from_secs(2)), 2);
+    }
+
+    #[test]
+    fn absent_compare_uses_create_revision() {
+        let absent = compare("/k", 0);
+        let present = compare("/k", 7);
+        assert_ne!(format!("{absent:?}"), format!("{present:?}"));
+        assert!(
+            format!("{absent:?}").to_lowercase().contains("create"),
+            "{absent:?}"
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! Test fixtures: real etcd processes on loopback and child worker processes.
+//!
+//! Every process started here is killed by PID in `Drop`, and every directory is a
+//! `tempfile::TempDir` (prefix `kvt-`), so a failing test leaves nothing behind.
+
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use std::os::unix::process::CommandExt;
+
+use anyhow::{Context, Result, bail};
+use ovl_kv::Kv;
+use tempfile::TempDir;
+
+/// The etcd binary from Debian's etcd-server package.
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// `n` distinct free loopback ports (all bound at once, then released for etcd to take).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// A temp directory for one test.
+pub fn tempdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("kvt-")
+        .tempdir()
+        .expect("create temp dir")
+}
+
+/// One etcd member process.
+pub struct EtcdMember {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    initial_cluster: String,
+    token: String,
+    child: Option<Child>,
+}
+
+impl EtcdMember {
+    /// `host:port` of the client listener.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts (or restarts, on the same data dir and ports) the process.
+    pub fn start(&mut self) -> Result<()> {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .context("open etcd log")?;
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(ETCD_BIN);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it makes
+        // the kernel kill etcd if the test process dies without running its Drop guards.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {ETCD_BIN}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the process (SIGKILL, by PID) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The tail of the member's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for EtcdMember {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An etcd cluster of one or more members on loopback, in its own temp dir.
+pub struct EtcdCluster {
+    pub members: Vec<EtcdMember>,
+    // Dropped after the members (fields drop in order), so processes die before their files.
+    _dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster answers through every member.
+    pub async fn start(n: usize) -> Result<Self> {
+        Self::start_on(free_ports(2 * n)).await
+    }
+
+    /// Starts one member per pair of `ports` (client, peer).
+    pub async fn start_on(ports: Vec<u16>) -> Result<Self> {
+        let n = ports.len() / 2;
+        let dir = tempdir();
+        let token = format!(
+            "kvt-{}-{}",
+            std::process::id(),
+            dir.path().file_name().unwrap().to_string_lossy()
+        );
+        let initial_cluster = (0..n)
+            .map(|i| format!("kvt{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for i in 0..n {
+            members.push(EtcdMember {
+                name: format!("kvt{i}"),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
+                data_dir: dir.path().join(format!("kvt{i}.etcd")),
+                log: dir.path().join(format!("kvt{i}.log")),
+                initial_cluster: initial_cluster.clone(),
+                token: token.clone(),
+                child: None,
+            });
+        }
+        let mut cluster = Self { members, _dir: dir };
+        for m in &mut cluster.members {
+            m.start()?;
+        }
+        for i in 0..n {
+            cluster.wait_member_ready(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// `etcd://` URL listing every member.
+    pub fn url(&self) -> String {
+        let eps: Vec<String> = self.members.iter().map(|m| m.endpoint()).collect();
+        format!("etcd://{}", eps.join(","))
+    }
+
+    /// Waits (bounded) until member `i` serves linearizable requests.
+    pub async fn wait_member_ready(&self, i: usize) -> Result<()> {
+        let m = &self.members[i];
+        let kv = ovl_kv::open(Some(&format!("etcd://{}", m.endpoint())), Path::new("/")).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match kv.health().await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => bail!("etcd {} not ready: {e}\nlog:\n{}", m.name, m.log_tail()),
+            }
+        }
+    }
+
+    /// The index of the current leader, asked through member `via`.
+    pub async fn leader(&self, via: usize) -> Result<usize> {
+        let ep = format!("http://{}", self.members[via].endpoint());
+        let mut c = etcd_client::Client::connect([ep], None).await?;
+        let st = c.status().await?;
+        let leader = st.leader();
+        let list = c.member_list().await?;
+        let name = list
+            .members()
+            .iter()
+            .find(|m| m.id() == leader)
+            .map(|m| m.name().to_string())
+            .context("leader not in member list")?;
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .context("leader is not one of ours")
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Child worker processes (this test binary re-executed in worker mode), killed on drop.
+pub struct Workers {
+    children: Vec<Option<Child>>,
+}
+
+impl Workers {
+    /// Starts `n` workers running `mode` against `url`; they all begin at the same instant.
+    pub fn spawn(n: usize, mode: &str, url: &str, extra: &[(&str, String)]) -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let start_at = now_ms() + 1500;
+        let mut children = Vec::new();
+        for id in 0..n {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--exact", "kvt_worker", "--nocapture", "--test-threads=1"])
+                .env("KVT_WORKER", mode)
+                .env("KVT_URL", url)
+                .env("KVT_ID", id.to_string())
+                .env("KVT_START_AT", start_at.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            for (k, v) in extra {
+                cmd.env(k, v);
+            }
+            children.push(Some(cmd.spawn().context("spawn worker")?));
+        }
+        Ok(Self { children })
+    }
+
+    /// Waits for every worker; returns the `KVT-RESULT` lines of each, in worker order.
+    /// Fails if a worker fails.
+    pub fn wait(mut self) -> Result<Vec<Vec<String>>> {
+        let mut out = Vec::new();
+        for (id, slot) in self.children.iter_mut().enumerate() {
+            let child = slot.take().expect("worker waited twice");
+            let o = child.wait_with_output()?;
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            if !o.status.success() {
+                bail!(
+                    "worker {id} failed ({}):\n{stdout}\n{}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            out.push(
+                stdout
+                    .lines()
+                    .filter_map(|l| l.split_once("KVT-RESULT "))
+                    // libtest prints "test kvt_worker ... " on the same line first.
+                    .map(|(_, r)| r.trim().to_string())
+                    .collect(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What a test needs to know about the store under test.
+pub struct Fixture {
+    pub kv: Arc<dyn Kv>,
+    /// A URL other processes can open.
+    pub url: String,
+    pub cluster: Option<EtcdCluster>,
+    _dir: Option<TempDir>,
+}
+
+impl Fixture {
+    /// A fresh embedded store in a temp dir.
+    pub async fn embedded() -> Result<Self> {
+        let dir = tempdir();
+        let path = dir.path().join("kv.db");
+        let url = format!("embedded://{}", path.display());
+        let kv = ovl_kv::open(Some(&url), Path::new("/nonexistent")).await?;
+        Ok(Self {
+            kv,
+            url,
+            cluster: None,
+            _dir: Some(dir),
+        })
+    }
+
+    /// A fresh single-member etcd.
+    pub async fn etcd() -> Result<Self> {
+        let cluster = EtcdCluster::start(1).await?;
+        let url = cluster.url();
+        let kv = ovl_kv::open(Some(&url), Path::new("/nonexistent")).await?;
+        Ok(Self {
+            kv,
+            url,
+            cluster: Some(cluster),
+            _dir: None,
+        })
+    }
+}

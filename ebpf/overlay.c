@@ -1,0 +1,384 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * overlay-agent eBPF fast path: two tc programs around one collect-metadata
+ * vxlan device, putting standard VXLAN (UDP 4789, VNI per network) on the
+ * wire so these hosts interoperate with bridge+vxlan (kernel path) hosts.
+ *
+ *   lxc_egress     tc ingress of each container's HOST-side veth, i.e. the
+ *                  packets a container sends. Anti-spoofing, ARP proxy,
+ *                  local switching, encapsulation, head-end replication.
+ *   vxlan_ingress  tc ingress of the vxlan device: decapsulated frames with
+ *                  the tunnel key in their metadata; deliver to local
+ *                  endpoints of that VNI.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ovl_common.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by the loader (tests only): record the last decision in TRACE. */
+volatile const __u32 trace_enabled = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct ovl_endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LOCAL_EPS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ovl_mac_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LOCAL_BY_MAC SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ovl_ip_key);
+	__type(value, struct ovl_mac);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} IP_TO_MAC SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ovl_mac_key);
+	__type(value, struct ovl_remote);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} REMOTE SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct ovl_flood);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} FLOOD SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct ovl_local_flood);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LOCAL_FLOOD SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ovl_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} CONFIG SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} COUNTERS SEC(".maps");
+
+/* Not pinned: per loaded instance, only written when trace_enabled. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ovl_trace);
+} TRACE SEC(".maps");
+
+/* linux/if_arp.h drags in libc socket headers, which do not build for the
+ * bpf target: the few ARP definitions needed are spelled out here. */
+#define ARPHRD_ETHER 1
+#define ARPOP_REQUEST 1
+#define ARPOP_REPLY 2
+
+struct arphdr {
+	__be16 ar_hrd;
+	__be16 ar_pro;
+	__u8 ar_hln;
+	__u8 ar_pln;
+	__be16 ar_op;
+};
+
+/* Ethernet ARP body after struct arphdr. */
+struct arp_eth {
+	__u8 sha[ETH_ALEN];
+	__u8 sip[4];
+	__u8 tha[ETH_ALEN];
+	__u8 tip[4];
+} __attribute__((packed));
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&COUNTERS, &idx);
+	if (v)
+		*v += 1; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void count_n(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&COUNTERS, &idx);
+	if (v)
+		*v += n;
+}
+
+static __always_inline void trace(__u32 action, __u32 ifindex, __u32 tunnel_id,
+				  __u32 remote, __u32 copies)
+{
+	if (!trace_enabled)
+		return;
+	__u32 zero = 0;
+	struct ovl_trace *t = bpf_map_lookup_elem(&TRACE, &zero);
+	if (!t)
+		return;
+	t->action = action;
+	t->ifindex = ifindex;
+	t->tunnel_id = tunnel_id;
+	t->remote_ipv4 = remote;
+	t->copies = copies;
+}
+
+static __always_inline int drop(__u32 reason)
+{
+	count(reason);
+	trace(OVL_ACT_DROP, reason, 0, 0, 0);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) |
+		(a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+}
+
+static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, ETH_ALEN);
+}
+
+static __always_inline __u32 load_ip(const __u8 *p)
+{
+	__u32 v;
+	__builtin_memcpy(&v, p, 4);
+	return v;
+}
+
+static __always_inline void store_ip(__u8 *p, __u32 v)
+{
+	__builtin_memcpy(p, &v, 4);
+}
+
+static __always_inline int set_key(struct __sk_buff *skb, __u32 vni, __u32 vtep)
+{
+	struct bpf_tunnel_key key = {};
+	key.tunnel_id = vni;
+	key.remote_ipv4 = vtep;
+	key.tunnel_ttl = 64;
+	return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX);
+}
+
+/*
+ * Head-end replication of one frame: a copy to every other local endpoint
+ * of the VNI (egress of its host-side veth = into the container), then, if
+ * `to_remote`, a copy per VTEP of the VNI's flood list through the vxlan
+ * device. Returns the number of copies sent.
+ */
+static __always_inline __u32 flood(struct __sk_buff *skb, __u32 vni, __u32 self_ifindex,
+				   __u32 vxlan_ifindex, int to_remote)
+{
+	__u32 copies = 0;
+	struct ovl_local_flood *lf = bpf_map_lookup_elem(&LOCAL_FLOOD, &vni);
+	if (lf) {
+		__u32 n = lf->count;
+		for (__u32 i = 0; i < OVL_MAX_LOCAL; i++) {
+			if (i >= n)
+				break;
+			__u32 ifi = lf->ifindexes[i];
+			if (ifi == 0 || ifi == self_ifindex)
+				continue;
+			if (bpf_clone_redirect(skb, ifi, 0) == 0)
+				copies++;
+			else
+				count(C_FLOOD_COPY_FAILED);
+		}
+	}
+	if (!to_remote || vxlan_ifindex == 0)
+		return copies;
+	struct ovl_flood *fl = bpf_map_lookup_elem(&FLOOD, &vni);
+	if (fl) {
+		__u32 n = fl->count;
+		for (__u32 i = 0; i < OVL_MAX_VTEPS; i++) {
+			if (i >= n)
+				break;
+			if (set_key(skb, vni, fl->vteps[i]) < 0) {
+				count(C_FLOOD_COPY_FAILED);
+				continue;
+			}
+			if (bpf_clone_redirect(skb, vxlan_ifindex, 0) == 0)
+				copies++;
+			else
+				count(C_FLOOD_COPY_FAILED);
+		}
+	}
+	return copies;
+}
+
+SEC("classifier")
+int lxc_egress(struct __sk_buff *skb)
+{
+	__u32 self = skb->ifindex;
+	count(C_EG_PACKETS);
+
+	struct ovl_endpoint *ep = bpf_map_lookup_elem(&LOCAL_EPS, &self);
+	if (!ep)
+		return drop(C_EG_DROP_UNKNOWN_SOURCE);
+	__u32 vni = ep->vni;
+
+	__u32 zero = 0;
+	struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+	if (!cfg)
+		return drop(C_EG_DROP_NO_CONFIG);
+	__u32 vxlan_ifindex = cfg->vxlan_ifindex;
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(C_EG_DROP_MALFORMED);
+
+	/* Anti-spoofing: the frame must carry the endpoint's own MAC ... */
+	if (!mac_eq(eth->h_source, ep->mac))
+		return drop(C_EG_DROP_SPOOFED_MAC);
+
+	/* ... and its own IPv4 address. */
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = (void *)(eth + 1);
+		if ((void *)(iph + 1) > data_end)
+			return drop(C_EG_DROP_MALFORMED);
+		if (iph->saddr != ep->ip)
+			return drop(C_EG_DROP_SPOOFED_IP);
+	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		struct arphdr *arp = (void *)(eth + 1);
+		struct arp_eth *body = (void *)(arp + 1);
+		if ((void *)(body + 1) > data_end)
+			return drop(C_EG_DROP_MALFORMED);
+		if (arp->ar_hrd != bpf_htons(ARPHRD_ETHER) || arp->ar_pro != bpf_htons(ETH_P_IP) ||
+		    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4)
+			return drop(C_EG_DROP_MALFORMED);
+		if (!mac_eq(body->sha, ep->mac))
+			return drop(C_EG_DROP_SPOOFED_MAC);
+		__u32 sip = load_ip(body->sip);
+		/* 0.0.0.0 is an address probe (RFC 5227), not a claim. */
+		if (sip != 0 && sip != ep->ip)
+			return drop(C_EG_DROP_SPOOFED_IP);
+
+		__u32 tip = load_ip(body->tip);
+		if (arp->ar_op == bpf_htons(ARPOP_REQUEST) && tip != ep->ip && sip != 0) {
+			struct ovl_ip_key ik = { .vni = vni, .ip = tip };
+			struct ovl_mac *answer = bpf_map_lookup_elem(&IP_TO_MAC, &ik);
+			if (answer) {
+				/* Proxy ARP: turn the request into the reply the
+				 * owner would send, and hand it back. */
+				__u8 owner[ETH_ALEN];
+				mac_copy(owner, answer->mac);
+				mac_copy(eth->h_dest, ep->mac);
+				mac_copy(eth->h_source, owner);
+				arp->ar_op = bpf_htons(ARPOP_REPLY);
+				mac_copy(body->tha, ep->mac);
+				store_ip(body->tip, sip);
+				mac_copy(body->sha, owner);
+				store_ip(body->sip, tip);
+				count(C_EG_ARP_REPLIED);
+				trace(OVL_ACT_ARP_REPLY, self, vni, 0, 0);
+				return bpf_redirect(self, 0);
+			}
+		}
+	}
+
+	if (eth->h_dest[0] & 1)
+		goto bum;
+
+	struct ovl_mac_key mk = { .vni = vni };
+	mac_copy(mk.mac, eth->h_dest);
+
+	__u32 *local = bpf_map_lookup_elem(&LOCAL_BY_MAC, &mk);
+	if (local) {
+		__u32 target = *local;
+		if (target == self)
+			return drop(C_EG_DROP_HAIRPIN);
+		count(C_EG_REDIRECT_LOCAL);
+		trace(OVL_ACT_REDIRECT_LOCAL, target, vni, 0, 0);
+		/* Straight into the peer container's namespace. */
+		return bpf_redirect_peer(target, 0);
+	}
+
+	struct ovl_remote *rem = bpf_map_lookup_elem(&REMOTE, &mk);
+	if (rem && vxlan_ifindex) {
+		__u32 vtep = rem->vtep;
+		if (set_key(skb, vni, vtep) < 0)
+			return drop(C_EG_DROP_TUNNEL_KEY);
+		count(C_EG_ENCAP);
+		trace(OVL_ACT_ENCAP, vxlan_ifindex, vni, vtep, 0);
+		return bpf_redirect(vxlan_ifindex, 0);
+	}
+
+bum:;
+	/* Broadcast, multicast, unknown unicast: head-end replication. */
+	__u32 copies = flood(skb, vni, self, vxlan_ifindex, 1);
+	count(C_EG_FLOODED);
+	count_n(C_EG_FLOOD_COPIES, copies);
+	trace(OVL_ACT_FLOOD, 0, vni, 0, copies);
+	return TC_ACT_SHOT;
+}
+
+SEC("classifier")
+int vxlan_ingress(struct __sk_buff *skb)
+{
+	count(C_IN_PACKETS);
+
+	struct bpf_tunnel_key key = {};
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return drop(C_IN_DROP_NO_TUNNEL_KEY);
+	__u32 vni = key.tunnel_id;
+
+	/* A VNI we serve is one with local endpoints. */
+	struct ovl_local_flood *lf = bpf_map_lookup_elem(&LOCAL_FLOOD, &vni);
+	if (!lf || lf->count == 0)
+		return drop(C_IN_DROP_UNKNOWN_VNI);
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(C_IN_DROP_MALFORMED);
+
+	if (eth->h_dest[0] & 1) {
+		/* Remote copies are the sender's job (head-end replication). */
+		__u32 copies = flood(skb, vni, 0, 0, 0);
+		count(C_IN_FLOODED);
+		count_n(C_IN_FLOOD_COPIES, copies);
+		trace(OVL_ACT_FLOOD, 0, vni, key.remote_ipv4, copies);
+		return TC_ACT_SHOT;
+	}
+
+	struct ovl_mac_key mk = { .vni = vni };
+	mac_copy(mk.mac, eth->h_dest);
+	__u32 *local = bpf_map_lookup_elem(&LOCAL_BY_MAC, &mk);
+	if (!local)
+		return drop(C_IN_DROP_NO_LOCAL_ENDPOINT);
+	__u32 target = *local;
+	count(C_IN_REDIRECT);
+	trace(OVL_ACT_REDIRECT_LOCAL, target, vni, key.remote_ipv4, 0);
+	return bpf_redirect_peer(target, 0);
+}

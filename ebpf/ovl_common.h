@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Shared definitions of the overlay-agent eBPF fast path. The Rust loader
+ * (crates/ebpf/src/maps.rs) mirrors every struct and constant here: keep the
+ * two in step, and bump OVL_ABI_VERSION when a map layout changes, because
+ * maps are pinned and adopted across agent restarts.
+ *
+ * Only UAPI headers are used (no vmlinux.h), so the object builds on any
+ * machine with linux-libc-dev + libbpf-dev and does not depend on the build
+ * host's kernel BTF.
+ */
+#ifndef OVL_COMMON_H
+#define OVL_COMMON_H
+
+#include <linux/types.h>
+
+#define OVL_ABI_VERSION 1
+
+/* Head-end replication fan-out limits (per VNI). */
+#define OVL_MAX_VTEPS 64
+#define OVL_MAX_LOCAL 64
+
+/* Value of LOCAL_EPS, keyed by the host-side veth ifindex. */
+struct ovl_endpoint {
+	__u32 vni;
+	__u32 ip;       /* IPv4, network byte order (as on the wire) */
+	__u8 mac[6];
+	__u16 _pad;
+};
+
+/* Key of LOCAL_BY_MAC and REMOTE. */
+struct ovl_mac_key {
+	__u32 vni;
+	__u8 mac[6];
+	__u16 _pad;     /* always zero: keys are compared bytewise */
+};
+
+/* Key of IP_TO_MAC. */
+struct ovl_ip_key {
+	__u32 vni;
+	__u32 ip;       /* network byte order */
+};
+
+/* Value of IP_TO_MAC. */
+struct ovl_mac {
+	__u8 mac[6];
+	__u16 _pad;
+};
+
+/* Value of REMOTE. */
+struct ovl_remote {
+	__u32 vtep;     /* IPv4, host byte order (what bpf_tunnel_key wants) */
+	__u32 ip;       /* the remote's IPv4, network byte order; loader bookkeeping */
+};
+
+/* Value of FLOOD, keyed by VNI. */
+struct ovl_flood {
+	__u32 count;
+	__u32 vteps[OVL_MAX_VTEPS]; /* host byte order */
+};
+
+/* Value of LOCAL_FLOOD, keyed by VNI. */
+struct ovl_local_flood {
+	__u32 count;
+	__u32 ifindexes[OVL_MAX_LOCAL];
+};
+
+/* Value of CONFIG[0]. */
+struct ovl_config {
+	__u32 vxlan_ifindex;
+	__u32 abi_version;
+};
+
+/* Value of TRACE[0]: last decision, written only when the `trace_enabled`
+ * load-time constant is set (tests). */
+struct ovl_trace {
+	__u32 action;
+	__u32 ifindex;
+	__u32 tunnel_id;
+	__u32 remote_ipv4;
+	__u32 copies;
+	__u32 _pad;
+};
+
+enum ovl_action {
+	OVL_ACT_NONE = 0,
+	OVL_ACT_DROP = 1,
+	OVL_ACT_REDIRECT_LOCAL = 2,
+	OVL_ACT_ENCAP = 3,
+	OVL_ACT_FLOOD = 4,
+	OVL_ACT_ARP_REPLY = 5,
+	OVL_ACT_PASS = 6,
+};
+
+/* Indexes of COUNTERS (a PerCpuArray of u64). */
+enum ovl_counter {
+	C_EG_PACKETS = 0,
+	C_EG_REDIRECT_LOCAL,
+	C_EG_ENCAP,
+	C_EG_FLOODED,
+	C_EG_FLOOD_COPIES,
+	C_EG_ARP_REPLIED,
+	C_EG_DROP_SPOOFED_MAC,
+	C_EG_DROP_SPOOFED_IP,
+	C_EG_DROP_UNKNOWN_SOURCE,
+	C_EG_DROP_MALFORMED,
+	C_EG_DROP_HAIRPIN,
+	C_EG_DROP_TUNNEL_KEY,
+	C_EG_DROP_NO_CONFIG,
+	C_IN_PACKETS,
+	C_IN_REDIRECT,
+	C_IN_FLOODED,
+	C_IN_FLOOD_COPIES,
+	C_IN_DROP_NO_TUNNEL_KEY,
+	C_IN_DROP_UNKNOWN_VNI,
+	C_IN_DROP_NO_LOCAL_ENDPOINT,
+	C_IN_DROP_MALFORMED,
+	C_FLOOD_COPY_FAILED,
+	C_MAX,
+};
+
+#endif
