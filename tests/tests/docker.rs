@@ -1,0 +1,358 @@
+//! The Docker remote network + IPAM plugin against real dockerd 20.10 (Debian `docker.io`) on
+//! two lab hosts, busybox imported from `busybox-static`, etcd as the KV. Needs root; never
+//! skips. Each host's agent runs with `--docker-plugin` inside that host's dockerd mount
+//! namespace, so `/run/docker/plugins/ovl.sock` is the one that dockerd discovers.
+//! Run: `cargo build -p overlay-agent && cargo test -p ovl-tests --test docker -- --test-threads 1`.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use ovl_docker::testing::{Dockerd, DockerdOpts, require_root};
+use ovl_tests::*;
+use serde_json::Value;
+
+const IMAGE: &str = "t6/busybox:latest";
+
+struct Host {
+    d: Option<Dockerd>,
+    agent: Option<Child>,
+    run: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+/// Two lab hosts with a dockerd and an agent each; everything goes away on drop.
+struct DockerLab {
+    lab: Option<LabGuard>,
+    hosts: Vec<Host>,
+    work: PathBuf,
+}
+
+impl Drop for DockerLab {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            stop_agent(h);
+        }
+        for h in &mut self.hosts {
+            if let Some(mut d) = h.d.take() {
+                if let Err(e) = d.stop() {
+                    eprintln!("stopping dockerd: {e}");
+                }
+            }
+        }
+        self.lab.take();
+        let _ = fs::remove_dir_all(&self.work);
+    }
+}
+
+fn stop_agent(h: &mut Host) {
+    if let Some(mut c) = h.agent.take() {
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl DockerLab {
+    fn up(name: &str) -> DockerLab {
+        require_root();
+        let mut cfg = LabConfig::new(name, 2);
+        cfg.kv = KvKind::Etcd;
+        cfg.start_agents = false;
+        let lab = lab_with(cfg);
+        let work = PathBuf::from(format!("/tmp/{name}-docker"));
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work).unwrap();
+        let mut me = DockerLab { lab: Some(lab), hosts: Vec::new(), work: work.clone() };
+        for i in 0..2 {
+            let ns = me.lab().host(i).ns.clone();
+            let d = Dockerd::start(&ns, &work, DockerdOpts::for_host(i as u8 + 1))
+                .unwrap_or_else(|e| panic!("dockerd {ns}: {e}"));
+            d.import_busybox(IMAGE).unwrap();
+            let dir = work.join(format!("agent-h{}", i + 1));
+            me.hosts.push(Host {
+                d: Some(d),
+                agent: None,
+                run: dir.join("run"),
+                state: dir.join("state"),
+                log: dir.join("agent.log"),
+            });
+            fs::create_dir_all(&dir).unwrap();
+            me.start_agent(i);
+        }
+        me
+    }
+
+    fn lab(&self) -> &Lab {
+        self.lab.as_ref().and_then(|g| g.0.as_ref()).expect("lab up")
+    }
+
+    fn d(&self, i: usize) -> &Dockerd {
+        self.hosts[i].d.as_ref().expect("dockerd running")
+    }
+
+    fn plugin_socket(&self, i: usize) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root/run/docker/plugins/ovl.sock", self.d(i).pid().unwrap()))
+    }
+
+    /// Starts host `i`'s agent inside its dockerd's namespaces, as `Lab::start_agent` does
+    /// plus `--docker-plugin`.
+    fn start_agent(&mut self, i: usize) {
+        let hs = self.lab().host(i).clone();
+        let kv = self.lab().state.kv_url.clone();
+        let bin = self.lab().state.bin_dir.join("overlay-agent");
+        let h = &self.hosts[i];
+        fs::create_dir_all(&h.run).unwrap();
+        fs::create_dir_all(&h.state).unwrap();
+        let log = fs::OpenOptions::new().create(true).append(true).open(&h.log).unwrap();
+        let d = h.d.as_ref().unwrap();
+        let mut cmd = d.host_command(&bin).unwrap();
+        cmd.args(["--host-id", &hs.id, "--advertise-addr", &hs.addr, "--kv", &kv, "--datapath", "kernel"])
+            .arg("--run-dir")
+            .arg(&h.run)
+            .arg("--state-dir")
+            .arg(&h.state)
+            .args(["--lease-ttl", "4", "--resync-interval", "2", "--docker-plugin"])
+            .env("DOCKER_HOST", format!("unix://{}", d.socket_path().display()))
+            .env("OVERLAY_LOG", std::env::var("OVERLAY_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().unwrap();
+        self.hosts[i].agent = Some(child);
+        let sock = self.plugin_socket(i);
+        let this = &*self;
+        within(&format!("agent h{} up", i + 1), Duration::from_secs(30), || {
+            sock.exists() && this.ctl(i, &["status"]).status.success()
+        });
+    }
+
+    fn ctl(&self, i: usize, args: &[&str]) -> Output {
+        let bin = self.lab().state.bin_dir.join("overlayctl");
+        Command::new(bin)
+            .args(args)
+            .env("OVERLAY_SOCKET", self.hosts[i].run.join("overlay.sock"))
+            .output()
+            .unwrap()
+    }
+
+    fn ctl_json(&self, i: usize, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = self.ctl(i, &a);
+        assert!(o.status.success(), "overlayctl {args:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn docker(&self, i: usize, args: &[&str]) -> String {
+        self.d(i)
+            .docker_ok(args)
+            .unwrap_or_else(|e| panic!("h{}: docker {args:?}: {e}\nagent log:\n{}", i + 1, self.log_tail(i)))
+    }
+
+    fn docker_try(&self, i: usize, args: &[&str]) -> Output {
+        self.d(i).docker(args).unwrap()
+    }
+
+    fn log_tail(&self, i: usize) -> String {
+        xtask::lab::tail(&self.hosts[i].log, 30)
+    }
+
+    /// Every key under `prefix` in etcd.
+    fn etcd_keys(&self, prefix: &str) -> Vec<String> {
+        let ul = format!("{}-ul", self.lab().state.name);
+        let o = nsexec(
+            &ul,
+            &["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", "198.18.0.1:2379", "get", "--prefix", "--keys-only", prefix],
+        );
+        assert!(o.status.success(), "etcdctl: {}", stderr(&o));
+        stdout(&o).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+    }
+
+    fn endpoints(&self, i: usize, net: &str) -> Vec<Value> {
+        self.ctl_json(i, &["endpoints", net]).as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// One raw HTTP POST to the plugin socket: (status, body).
+fn plugin_post(sock: &Path, path: &str, body: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn ip_of(lab: &DockerLab, i: usize, c: &str, net: &str) -> String {
+    lab.docker(i, &["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"), c])
+}
+
+fn can_ping(lab: &DockerLab, i: usize, c: &str, target: &str) -> bool {
+    lab.docker_try(i, &["exec", c, "ping", "-c1", "-W2", target]).status.success()
+}
+
+#[test]
+fn docker_two_hosts() {
+    let lab = DockerLab::up("t6dock");
+    let mut lab = lab;
+
+    // Plain form on both hosts: one overlay.
+    for i in 0..2 {
+        lab.docker(i, &["network", "create", "-d", "ovl", "--ipam-driver", "ovl", "appnet"]);
+    }
+    within("pending pools bound", Duration::from_secs(20), || {
+        let nets = lab.ctl_json(0, &["network", "ls"]);
+        let names: Vec<String> = nets
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        names == ["appnet"]
+    });
+    // Explicit form on both hosts: also one overlay.
+    for i in 0..2 {
+        lab.docker(i, &["network", "create", "-d", "ovl", "--ipam-driver", "ovl", "--ipam-opt", "ovl.network=named", "-o", "com.docker.network.driver.mtu=1400", "named"]);
+    }
+    let s1 = lab.docker(0, &["network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "named"]);
+    let s2 = lab.docker(1, &["network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "named"]);
+    assert_eq!(s1, s2, "the named form gives the same subnet on both hosts");
+
+    lab.docker(0, &[
+        "run", "-d", "--name", "web", "--network", "appnet", "--network-alias", "webalias", "-p", "8080:80", IMAGE,
+        "sh", "-c", "echo hello-from-web > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+    ]);
+    lab.docker(1, &["run", "-d", "--name", "client", "--network", "appnet", IMAGE, "sleep", "100000"]);
+    let web_ip = ip_of(&lab, 0, "web", "appnet");
+    let client_ip = ip_of(&lab, 1, "client", "appnet");
+    assert_ne!(web_ip, client_ip);
+
+    // Names reach the KV (from the Engine API watcher), visible from both hosts.
+    within("names in the KV", Duration::from_secs(20), || {
+        let eps = lab.endpoints(1, "appnet");
+        eps.iter().any(|e| e["name"] == "web" && e["aliases"] == serde_json::json!(["webalias"]) && e["ip"] == web_ip.as_str())
+            && eps.iter().any(|e| e["name"] == "client" && e["ip"] == client_ip.as_str())
+    });
+    // Cross-host traffic by address, both directions.
+    within("client pings web by IP", Duration::from_secs(20), || can_ping(&lab, 1, "client", &web_ip));
+    assert!(can_ping(&lab, 0, "web", &client_ip));
+    // By name: /etc/hosts of the client lists web, web.appnet and the alias.
+    within("client's /etc/hosts names web", Duration::from_secs(20), || {
+        let hosts = lab.docker(1, &["exec", "client", "cat", "/etc/hosts"]);
+        hosts.lines().any(|l| l.starts_with(&web_ip) && l.split_whitespace().any(|w| w == "web"))
+            && hosts.contains("web.appnet")
+            && hosts.contains("webalias")
+    });
+    for name in ["web", "web.appnet", "webalias"] {
+        assert!(can_ping(&lab, 1, "client", name), "client -> {name}\n{}", lab.docker(1, &["exec", "client", "cat", "/etc/hosts"]));
+    }
+    // The outside world through docker_gwbridge (NAT by Docker).
+    assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
+    // -p 8080:80 on host 1 answers from host 2's namespace.
+    let h1_addr = lab.lab().host(0).addr.clone();
+    let h2_ns = lab.lab().host(1).ns.clone();
+    within("published port answers from host 2", Duration::from_secs(20), || {
+        let o = nsexec(&h2_ns, &["timeout", "5", "busybox", "wget", "-q", "-O", "-", &format!("http://{h1_addr}:8080/")]);
+        stdout(&o).contains("hello-from-web")
+    });
+
+    // Restart host 1's agent mid-test: running containers keep connectivity.
+    stop_agent(&mut lab.hosts[0]);
+    assert!(can_ping(&lab, 1, "client", &web_ip), "traffic with host 1's agent down");
+    lab.start_agent(0);
+    assert!(can_ping(&lab, 1, "client", &web_ip), "traffic after the restart");
+    lab.docker(0, &["run", "-d", "--name", "web2", "--network", "appnet", IMAGE, "sleep", "100000"]);
+    let web2_ip = ip_of(&lab, 0, "web2", "appnet");
+    within("client pings web2 (started after the restart)", Duration::from_secs(20), || {
+        can_ping(&lab, 1, "client", &web2_ip)
+    });
+    within("web2 by name", Duration::from_secs(20), || can_ping(&lab, 1, "client", "web2"));
+
+    // Malformed requests: a clear error and no change.
+    let before = (lab.etcd_keys("/ovl/v1/endpoints/"), lab.etcd_keys("/ovl/v1/networks/"), lab.etcd_keys("/ovl/v1/docker/"), lab.etcd_keys("/ovl/v1/addrs/"));
+    let sock = lab.plugin_socket(0);
+    let appnet_id = lab.docker(0, &["network", "inspect", "-f", "{{.Id}}", "appnet"]);
+    let unknown = "ab".repeat(32);
+    let cases = [
+        ("/NetworkDriver.CreateEndpoint", "{not json".to_string()),
+        ("/NetworkDriver.CreateEndpoint", format!(r#"{{"NetworkID":"{unknown}","EndpointID":"{unknown}","Interface":{{"Address":"10.1.1.1/24"}}}}"#)),
+        ("/NetworkDriver.CreateEndpoint", format!(r#"{{"NetworkID":"{appnet_id}","EndpointID":"{unknown}","Interface":{{"Address":42}}}}"#)),
+        ("/NetworkDriver.CreateEndpoint", format!(r#"{{"NetworkID":"{appnet_id}","EndpointID":"{unknown}","Interface":{{"Address":"203.0.113.9/24"}}}}"#)),
+        ("/NetworkDriver.Join", format!(r#"{{"NetworkID":"{appnet_id}","EndpointID":"{unknown}","SandboxKey":"/nonexistent"}}"#)),
+        ("/NetworkDriver.Join", format!(r#"{{"NetworkID":"{unknown}","EndpointID":"{unknown}","SandboxKey":"/nonexistent"}}"#)),
+        ("/IpamDriver.RequestAddress", r#"{"PoolID":42,"Address":""}"#.to_string()),
+        ("/IpamDriver.RequestAddress", r#"{"PoolID":"ovl/net/nosuchnet/v4","Address":""}"#.to_string()),
+        ("/IpamDriver.RequestPool", r#"{"AddressSpace":"OvlLocal","Pool":"not-a-cidr"}"#.to_string()),
+        ("/IpamDriver.RequestPool", r#"{"AddressSpace":"OvlLocal","Options":{"ovl.network":"bad name!"}}"#.to_string()),
+    ];
+    for (path, body) in &cases {
+        let (status, resp) = plugin_post(&sock, path, body);
+        let v: Value = serde_json::from_str(&resp).unwrap_or(Value::Null);
+        let msg = v["Err"].as_str().or(v["Error"].as_str()).unwrap_or("");
+        assert!(!msg.is_empty(), "{path} {body}: expected an error, got {status} {resp}");
+    }
+    let after = (lab.etcd_keys("/ovl/v1/endpoints/"), lab.etcd_keys("/ovl/v1/networks/"), lab.etcd_keys("/ovl/v1/docker/"), lab.etcd_keys("/ovl/v1/addrs/"));
+    assert_eq!(before, after, "malformed requests changed the KV");
+
+    // docker rm -f web: gone from host 2 within a second.
+    lab.docker(0, &["rm", "-f", "web"]);
+    let t = within("web gone from host 2", Duration::from_secs(10), || {
+        let eps = lab.endpoints(1, "appnet");
+        let hosts = lab.docker(1, &["exec", "client", "cat", "/etc/hosts"]);
+        !eps.iter().any(|e| e["name"] == "web") && !hosts.lines().any(|l| l.split_whitespace().any(|w| w == "web" || w == "web.appnet"))
+    });
+    eprintln!("web gone from host 2 after {t:?}");
+    assert!(t <= Duration::from_secs(1), "web took {t:?} to disappear from host 2");
+
+    // Teardown through Docker: nothing left behind.
+    lab.docker(0, &["rm", "-f", "web2"]);
+    lab.docker(1, &["rm", "-f", "client"]);
+    for i in 0..2 {
+        lab.docker(i, &["network", "rm", "appnet", "named"]);
+    }
+    within("KV clean", Duration::from_secs(10), || {
+        lab.etcd_keys("/ovl/v1/endpoints/").is_empty()
+            && lab.etcd_keys("/ovl/v1/networks/").is_empty()
+            && lab.etcd_keys("/ovl/v1/addrs/").is_empty()
+            && lab.etcd_keys("/ovl/v1/docker/").is_empty()
+            && lab.etcd_keys("/ovl/v1/vnis/").is_empty()
+    });
+    for i in 0..2 {
+        let dp = lab.hosts[i].run.join("dp/netns");
+        within(&format!("h{} sandboxes gone", i + 1), Duration::from_secs(15), || {
+            let o = lab.d(i).exec_in_mount_ns(["ls", "-A", dp.to_str().unwrap()]).unwrap();
+            stdout(&o).trim().is_empty()
+        });
+        // No endpoint interfaces left in the host namespace.
+        let links = stdout(&nsexec(&lab.lab().host(i).ns, &["ip", "-o", "link"]));
+        assert!(!links.contains("ovd"), "h{}: leftover links:\n{links}", i + 1);
+        // No rules of ours: external connectivity is Docker's.
+        let rules = stdout(&nsexec(&lab.lab().host(i).ns, &["nft", "list", "tables"]));
+        assert!(!rules.contains("ovl"), "h{}: leftover nftables tables:\n{rules}", i + 1);
+    }
+}
