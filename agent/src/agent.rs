@@ -67,6 +67,8 @@ pub struct Agent {
     pub names: crate::names::Names,
     /// Wakes the names loop.
     pub names_kick: Notify,
+    /// Counters for `/metrics`.
+    pub counters: crate::metrics::Counters,
     names_pass: tokio::sync::Mutex<()>,
 }
 
@@ -98,6 +100,7 @@ impl Agent {
             local,
             names,
             names_kick: Notify::new(),
+            counters: Default::default(),
             names_pass: tokio::sync::Mutex::new(()),
         })
     }
@@ -154,6 +157,10 @@ impl Agent {
         let view = self.view();
         let want = self.desired(&view);
         let done = self.dp.converge(&want).await?;
+        let c = &self.counters;
+        crate::metrics::Counters::add(&c.reconcile_passes, 1);
+        crate::metrics::Counters::add(&c.ops_applied, done.applied as u64);
+        crate::metrics::Counters::add(&c.ops_failed, done.failed.len() as u64);
         for f in &done.failed {
             tracing::warn!(failure = %f, "datapath operation failed; retrying on the next pass");
         }
@@ -237,6 +244,7 @@ impl Agent {
 
     /// `overlayctl attach`: claims an address, records the endpoint, plumbs the container.
     pub async fn attach(&self, req: AttachRequest) -> Result<AttachReply> {
+        let t0 = Instant::now();
         model::validate_endpoint_name(&req.name).map_err(AgentError::Invalid)?;
         for a in &req.aliases {
             model::validate_endpoint_name(a)
@@ -281,7 +289,9 @@ impl Agent {
                         )));
                     }
                 }
+                tracing::debug!(took = ?t0.elapsed(), "attach: network and endpoint read");
                 let ip = self.store.allocate_addr(&net, req.ip, &id).await?;
+                tracing::debug!(took = ?t0.elapsed(), "attach: address allocated");
                 let rec = EndpointRecord {
                     id: id.clone(),
                     network: net.name.clone(),
@@ -315,7 +325,9 @@ impl Agent {
         };
         let attached = {
             let _g = self.dp_lock.lock().await;
+            tracing::debug!(took = ?t0.elapsed(), "attach: endpoint recorded");
             let r = self.dp.attach(&spec, &ep).await;
+            tracing::debug!(took = ?t0.elapsed(), "attach: datapath plumbed");
             match r {
                 Ok(a) => a,
                 Err(e) => {
@@ -372,8 +384,10 @@ impl Agent {
         });
         self.kick.notify_one();
         // Names before returning: `ip netns exec X ping peer.net` works right after attach.
+        tracing::debug!(took = ?t0.elapsed(), "attach: gateway and local state");
         self.sync_names().await;
-        tracing::info!(network = %net.name, endpoint = %id, ip = %rec.ip, ifname = %attached.ifname, "attached");
+        tracing::info!(network = %net.name, endpoint = %id, ip = %rec.ip, ifname = %attached.ifname, took = ?t0.elapsed(), "attached");
+        crate::metrics::Counters::add(&self.counters.attaches, 1);
         Ok(AttachReply {
             endpoint: rec,
             ifname: attached.ifname,
@@ -419,6 +433,7 @@ impl Agent {
         self.kick.notify_one();
         if removed {
             tracing::info!(network = %req.network, endpoint = %id, "detached");
+            crate::metrics::Counters::add(&self.counters.detaches, 1);
         }
         Ok(DetachReply { removed })
     }

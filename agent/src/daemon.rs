@@ -54,6 +54,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tasks.spawn(sync::probe_health(agent.clone()));
     tasks.spawn(reconcile::run(agent.clone()));
     tasks.spawn(crate::names::run(agent.clone()));
+    if let Some(addr) = agent.settings.metrics_addr {
+        tasks.spawn(crate::metrics::serve(agent.clone(), addr));
+    }
     if agent.settings.docker_plugin {
         tasks.spawn(crate::docker::run(agent.clone()));
     }

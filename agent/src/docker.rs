@@ -1211,7 +1211,7 @@ mod tests {
         let b = temp_ifname(&"b2".repeat(32));
         assert!(a.len() <= 15 && b.len() <= 15);
         assert_ne!(a, b);
-        assert!(ovl_datapath::validate_ifname(&a).is_ok());
+        assert!(ovl_datapath::types::validate_ifname(&a).is_ok());
     }
 
     #[test]

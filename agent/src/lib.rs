@@ -8,6 +8,7 @@
 //! - [`registry`]: this host's record and lease in the KV;
 //! - [`sync`]: the cluster view kept current from the KV (list + watch + relist);
 //! - [`datapath`]: the seam to the kernel and eBPF datapaths;
+//! - [`metrics`]: Prometheus text on `--metrics-addr`;
 //! - [`names`]: the zone, the embedded DNS listeners and the hosts files;
 //! - [`reconcile`]: desired datapath state (pure) and the level-triggered loop;
 //! - [`docker`]: the Docker remote network + IPAM plugin and the Engine API watcher;
@@ -21,6 +22,7 @@ pub mod datapath;
 pub mod docker;
 pub mod error;
 pub mod local;
+pub mod metrics;
 pub mod names;
 pub mod reconcile;
 pub mod registry;

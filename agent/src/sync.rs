@@ -71,14 +71,18 @@ pub async fn probe_health(agent: Arc<Agent>) {
     let kv = agent.store.kv().clone();
     loop {
         let outcome = tokio::time::timeout(Duration::from_secs(3), kv.health()).await;
-        agent.note_kv(match outcome {
+        let outcome = match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!(
                 "KV store {} did not answer within 3s",
                 kv.describe()
             )),
-        });
+        };
+        if outcome.is_err() {
+            crate::metrics::Counters::add(&agent.counters.kv_probe_failures, 1);
+        }
+        agent.note_kv(outcome);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

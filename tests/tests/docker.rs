@@ -42,6 +42,16 @@ impl Drop for DockerLab {
     fn drop(&mut self) {
         for h in &mut self.hosts {
             stop_agent(h);
+            if let Ok(keep) = std::env::var("OVL_KEEP_LOGS") {
+                let _ = fs::create_dir_all(&keep);
+                let name = h
+                    .log
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default();
+                let _ = fs::copy(&h.log, Path::new(&keep).join(name).with_extension("log"));
+            }
         }
         for h in &mut self.hosts {
             if let Some(mut d) = h.d.take() {
@@ -80,7 +90,11 @@ impl DockerLab {
         let work = PathBuf::from(format!("/tmp/{name}-docker"));
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work).unwrap();
-        let mut me = DockerLab { lab: Some(lab), hosts: Vec::new(), work: work.clone() };
+        let mut me = DockerLab {
+            lab: Some(lab),
+            hosts: Vec::new(),
+            work: work.clone(),
+        };
         for i in 0..2 {
             let ns = me.lab().host(i).ns.clone();
             let d = Dockerd::start(&ns, &work, DockerdOpts::for_host(i as u8 + 1))
@@ -101,7 +115,10 @@ impl DockerLab {
     }
 
     fn lab(&self) -> &Lab {
-        self.lab.as_ref().and_then(|g| g.0.as_ref()).expect("lab up")
+        self.lab
+            .as_ref()
+            .and_then(|g| g.0.as_ref())
+            .expect("lab up")
     }
 
     fn d(&self, i: usize) -> &Dockerd {
@@ -109,7 +126,10 @@ impl DockerLab {
     }
 
     fn plugin_socket(&self, i: usize) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root/run/docker/plugins/ovl.sock", self.d(i).pid().unwrap()))
+        PathBuf::from(format!(
+            "/proc/{}/root/run/docker/plugins/ovl.sock",
+            self.d(i).pid().unwrap()
+        ))
     }
 
     /// Starts host `i`'s agent inside its dockerd's namespaces, as `Lab::start_agent` does
@@ -121,27 +141,54 @@ impl DockerLab {
         let h = &self.hosts[i];
         fs::create_dir_all(&h.run).unwrap();
         fs::create_dir_all(&h.state).unwrap();
-        let log = fs::OpenOptions::new().create(true).append(true).open(&h.log).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&h.log)
+            .unwrap();
         let d = h.d.as_ref().unwrap();
         let mut cmd = d.host_command(&bin).unwrap();
-        cmd.args(["--host-id", &hs.id, "--advertise-addr", &hs.addr, "--kv", &kv, "--datapath", "kernel"])
-            .arg("--run-dir")
-            .arg(&h.run)
-            .arg("--state-dir")
-            .arg(&h.state)
-            .args(["--lease-ttl", "4", "--resync-interval", "2", "--docker-plugin"])
-            .env("DOCKER_HOST", format!("unix://{}", d.socket_path().display()))
-            .env("OVERLAY_LOG", std::env::var("OVERLAY_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        cmd.args([
+            "--host-id",
+            &hs.id,
+            "--advertise-addr",
+            &hs.addr,
+            "--kv",
+            &kv,
+            "--datapath",
+            "kernel",
+        ])
+        .arg("--run-dir")
+        .arg(&h.run)
+        .arg("--state-dir")
+        .arg(&h.state)
+        .args([
+            "--lease-ttl",
+            "4",
+            "--resync-interval",
+            "2",
+            "--docker-plugin",
+        ])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", d.socket_path().display()),
+        )
+        .env(
+            "OVERLAY_LOG",
+            std::env::var("OVERLAY_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
         let child = cmd.spawn().unwrap();
         self.hosts[i].agent = Some(child);
         let sock = self.plugin_socket(i);
         let this = &*self;
-        within(&format!("agent h{} up", i + 1), Duration::from_secs(30), || {
-            sock.exists() && this.ctl(i, &["status"]).status.success()
-        });
+        within(
+            &format!("agent h{} up", i + 1),
+            Duration::from_secs(30),
+            || sock.exists() && this.ctl(i, &["status"]).status.success(),
+        );
     }
 
     fn ctl(&self, i: usize, args: &[&str]) -> Output {
@@ -162,9 +209,13 @@ impl DockerLab {
     }
 
     fn docker(&self, i: usize, args: &[&str]) -> String {
-        self.d(i)
-            .docker_ok(args)
-            .unwrap_or_else(|e| panic!("h{}: docker {args:?}: {e}\nagent log:\n{}", i + 1, self.log_tail(i)))
+        self.d(i).docker_ok(args).unwrap_or_else(|e| {
+            panic!(
+                "h{}: docker {args:?}: {e}\nagent log:\n{}",
+                i + 1,
+                self.log_tail(i)
+            )
+        })
     }
 
     fn docker_try(&self, i: usize, args: &[&str]) -> Output {
@@ -180,14 +231,31 @@ impl DockerLab {
         let ul = format!("{}-ul", self.lab().state.name);
         let o = nsexec(
             &ul,
-            &["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", "198.18.0.1:2379", "get", "--prefix", "--keys-only", prefix],
+            &[
+                "env",
+                "ETCDCTL_API=3",
+                "etcdctl",
+                "--endpoints",
+                "198.18.0.1:2379",
+                "get",
+                "--prefix",
+                "--keys-only",
+                prefix,
+            ],
         );
         assert!(o.status.success(), "etcdctl: {}", stderr(&o));
-        stdout(&o).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+        stdout(&o)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     fn endpoints(&self, i: usize, net: &str) -> Vec<Value> {
-        self.ctl_json(i, &["endpoints", net]).as_array().cloned().unwrap_or_default()
+        self.ctl_json(i, &["endpoints", net])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -203,17 +271,31 @@ fn plugin_post(sock: &Path, path: &str, body: &str) -> (u16, String) {
     .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
 }
 
 fn ip_of(lab: &DockerLab, i: usize, c: &str, net: &str) -> String {
-    lab.docker(i, &["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"), c])
+    lab.docker(
+        i,
+        &[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            c,
+        ],
+    )
 }
 
 fn can_ping(lab: &DockerLab, i: usize, c: &str, target: &str) -> bool {
-    lab.docker_try(i, &["exec", c, "ping", "-c1", "-W2", target]).status.success()
+    lab.docker_try(i, &["exec", c, "ping", "-c1", "-W2", target])
+        .status
+        .success()
 }
 
 #[test]
@@ -223,7 +305,18 @@ fn docker_two_hosts() {
 
     // Plain form on both hosts: one overlay.
     for i in 0..2 {
-        lab.docker(i, &["network", "create", "-d", "ovl", "--ipam-driver", "ovl", "appnet"]);
+        lab.docker(
+            i,
+            &[
+                "network",
+                "create",
+                "-d",
+                "ovl",
+                "--ipam-driver",
+                "ovl",
+                "appnet",
+            ],
+        );
     }
     within("pending pools bound", Duration::from_secs(20), || {
         let nets = lab.ctl_json(0, &["network", "ls"]);
@@ -237,17 +330,78 @@ fn docker_two_hosts() {
     });
     // Explicit form on both hosts: also one overlay.
     for i in 0..2 {
-        lab.docker(i, &["network", "create", "-d", "ovl", "--ipam-driver", "ovl", "--ipam-opt", "ovl.network=named", "-o", "com.docker.network.driver.mtu=1400", "named"]);
+        lab.docker(
+            i,
+            &[
+                "network",
+                "create",
+                "-d",
+                "ovl",
+                "--ipam-driver",
+                "ovl",
+                "--ipam-opt",
+                "ovl.network=named",
+                "-o",
+                "com.docker.network.driver.mtu=1400",
+                "named",
+            ],
+        );
     }
-    let s1 = lab.docker(0, &["network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "named"]);
-    let s2 = lab.docker(1, &["network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "named"]);
+    let s1 = lab.docker(
+        0,
+        &[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Subnet}}",
+            "named",
+        ],
+    );
+    let s2 = lab.docker(
+        1,
+        &[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Subnet}}",
+            "named",
+        ],
+    );
     assert_eq!(s1, s2, "the named form gives the same subnet on both hosts");
 
-    lab.docker(0, &[
-        "run", "-d", "--name", "web", "--network", "appnet", "--network-alias", "webalias", "-p", "8080:80", IMAGE,
-        "sh", "-c", "echo hello-from-web > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
-    ]);
-    lab.docker(1, &["run", "-d", "--name", "client", "--network", "appnet", IMAGE, "sleep", "100000"]);
+    lab.docker(
+        0,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "appnet",
+            "--network-alias",
+            "webalias",
+            "-p",
+            "8080:80",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo hello-from-web > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+        ],
+    );
+    lab.docker(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "client",
+            "--network",
+            "appnet",
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
     let web_ip = ip_of(&lab, 0, "web", "appnet");
     let client_ip = ip_of(&lab, 1, "client", "appnet");
     assert_ne!(web_ip, client_ip);
@@ -255,68 +409,174 @@ fn docker_two_hosts() {
     // Names reach the KV (from the Engine API watcher), visible from both hosts.
     within("names in the KV", Duration::from_secs(20), || {
         let eps = lab.endpoints(1, "appnet");
-        eps.iter().any(|e| e["name"] == "web" && e["aliases"] == serde_json::json!(["webalias"]) && e["ip"] == web_ip.as_str())
-            && eps.iter().any(|e| e["name"] == "client" && e["ip"] == client_ip.as_str())
+        eps.iter().any(|e| {
+            e["name"] == "web"
+                && e["aliases"] == serde_json::json!(["webalias"])
+                && e["ip"] == web_ip.as_str()
+        }) && eps
+            .iter()
+            .any(|e| e["name"] == "client" && e["ip"] == client_ip.as_str())
     });
     // Cross-host traffic by address, both directions.
-    within("client pings web by IP", Duration::from_secs(20), || can_ping(&lab, 1, "client", &web_ip));
+    within("client pings web by IP", Duration::from_secs(20), || {
+        can_ping(&lab, 1, "client", &web_ip)
+    });
     assert!(can_ping(&lab, 0, "web", &client_ip));
     // By name: /etc/hosts of the client lists web, web.appnet and the alias.
-    within("client's /etc/hosts names web", Duration::from_secs(20), || {
-        let hosts = lab.docker(1, &["exec", "client", "cat", "/etc/hosts"]);
-        hosts.lines().any(|l| l.starts_with(&web_ip) && l.split_whitespace().any(|w| w == "web"))
-            && hosts.contains("web.appnet")
-            && hosts.contains("webalias")
-    });
+    within(
+        "client's /etc/hosts names web",
+        Duration::from_secs(20),
+        || {
+            let hosts = lab.docker(1, &["exec", "client", "cat", "/etc/hosts"]);
+            hosts
+                .lines()
+                .any(|l| l.starts_with(&web_ip) && l.split_whitespace().any(|w| w == "web"))
+                && hosts.contains("web.appnet")
+                && hosts.contains("webalias")
+        },
+    );
     for name in ["web", "web.appnet", "webalias"] {
-        assert!(can_ping(&lab, 1, "client", name), "client -> {name}\n{}", lab.docker(1, &["exec", "client", "cat", "/etc/hosts"]));
+        assert!(
+            can_ping(&lab, 1, "client", name),
+            "client -> {name}\n{}",
+            lab.docker(1, &["exec", "client", "cat", "/etc/hosts"])
+        );
     }
     // The outside world through docker_gwbridge (NAT by Docker).
     assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
     // -p 8080:80 on host 1 answers from host 2's namespace.
     let h1_addr = lab.lab().host(0).addr.clone();
     let h2_ns = lab.lab().host(1).ns.clone();
-    within("published port answers from host 2", Duration::from_secs(20), || {
-        let o = nsexec(&h2_ns, &["timeout", "5", "busybox", "wget", "-q", "-O", "-", &format!("http://{h1_addr}:8080/")]);
-        stdout(&o).contains("hello-from-web")
-    });
+    within(
+        "published port answers from host 2",
+        Duration::from_secs(20),
+        || {
+            let o = nsexec(
+                &h2_ns,
+                &[
+                    "timeout",
+                    "5",
+                    "busybox",
+                    "wget",
+                    "-q",
+                    "-O",
+                    "-",
+                    &format!("http://{h1_addr}:8080/"),
+                ],
+            );
+            stdout(&o).contains("hello-from-web")
+        },
+    );
 
     // Restart host 1's agent mid-test: running containers keep connectivity.
     stop_agent(&mut lab.hosts[0]);
-    assert!(can_ping(&lab, 1, "client", &web_ip), "traffic with host 1's agent down");
+    assert!(
+        can_ping(&lab, 1, "client", &web_ip),
+        "traffic with host 1's agent down"
+    );
     lab.start_agent(0);
-    assert!(can_ping(&lab, 1, "client", &web_ip), "traffic after the restart");
-    lab.docker(0, &["run", "-d", "--name", "web2", "--network", "appnet", IMAGE, "sleep", "100000"]);
+    assert!(
+        can_ping(&lab, 1, "client", &web_ip),
+        "traffic after the restart"
+    );
+    lab.docker(
+        0,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web2",
+            "--network",
+            "appnet",
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
     let web2_ip = ip_of(&lab, 0, "web2", "appnet");
-    within("client pings web2 (started after the restart)", Duration::from_secs(20), || {
-        can_ping(&lab, 1, "client", &web2_ip)
+    within(
+        "client pings web2 (started after the restart)",
+        Duration::from_secs(20),
+        || can_ping(&lab, 1, "client", &web2_ip),
+    );
+    within("web2 by name", Duration::from_secs(20), || {
+        can_ping(&lab, 1, "client", "web2")
     });
-    within("web2 by name", Duration::from_secs(20), || can_ping(&lab, 1, "client", "web2"));
 
     // Malformed requests: a clear error and no change.
-    let before = (lab.etcd_keys("/ovl/v1/endpoints/"), lab.etcd_keys("/ovl/v1/networks/"), lab.etcd_keys("/ovl/v1/docker/"), lab.etcd_keys("/ovl/v1/addrs/"));
+    let before = (
+        lab.etcd_keys("/ovl/v1/endpoints/"),
+        lab.etcd_keys("/ovl/v1/networks/"),
+        lab.etcd_keys("/ovl/v1/docker/"),
+        lab.etcd_keys("/ovl/v1/addrs/"),
+    );
     let sock = lab.plugin_socket(0);
     let appnet_id = lab.docker(0, &["network", "inspect", "-f", "{{.Id}}", "appnet"]);
     let unknown = "ab".repeat(32);
     let cases = [
         ("/NetworkDriver.CreateEndpoint", "{not json".to_string()),
-        ("/NetworkDriver.CreateEndpoint", format!(r#"{{"NetworkID":"{unknown}","EndpointID":"{unknown}","Interface":{{"Address":"10.1.1.1/24"}}}}"#)),
-        ("/NetworkDriver.CreateEndpoint", format!(r#"{{"NetworkID":"{appnet_id}","EndpointID":"{unknown}","Interface":{{"Address":42}}}}"#)),
-        ("/NetworkDriver.CreateEndpoint", format!(r#"{{"NetworkID":"{appnet_id}","EndpointID":"{unknown}","Interface":{{"Address":"203.0.113.9/24"}}}}"#)),
-        ("/NetworkDriver.Join", format!(r#"{{"NetworkID":"{appnet_id}","EndpointID":"{unknown}","SandboxKey":"/nonexistent"}}"#)),
-        ("/NetworkDriver.Join", format!(r#"{{"NetworkID":"{unknown}","EndpointID":"{unknown}","SandboxKey":"/nonexistent"}}"#)),
-        ("/IpamDriver.RequestAddress", r#"{"PoolID":42,"Address":""}"#.to_string()),
-        ("/IpamDriver.RequestAddress", r#"{"PoolID":"ovl/net/nosuchnet/v4","Address":""}"#.to_string()),
-        ("/IpamDriver.RequestPool", r#"{"AddressSpace":"OvlLocal","Pool":"not-a-cidr"}"#.to_string()),
-        ("/IpamDriver.RequestPool", r#"{"AddressSpace":"OvlLocal","Options":{"ovl.network":"bad name!"}}"#.to_string()),
+        (
+            "/NetworkDriver.CreateEndpoint",
+            format!(
+                r#"{{"NetworkID":"{unknown}","EndpointID":"{unknown}","Interface":{{"Address":"10.1.1.1/24"}}}}"#
+            ),
+        ),
+        (
+            "/NetworkDriver.CreateEndpoint",
+            format!(
+                r#"{{"NetworkID":"{appnet_id}","EndpointID":"{unknown}","Interface":{{"Address":42}}}}"#
+            ),
+        ),
+        (
+            "/NetworkDriver.CreateEndpoint",
+            format!(
+                r#"{{"NetworkID":"{appnet_id}","EndpointID":"{unknown}","Interface":{{"Address":"203.0.113.9/24"}}}}"#
+            ),
+        ),
+        (
+            "/NetworkDriver.Join",
+            format!(
+                r#"{{"NetworkID":"{appnet_id}","EndpointID":"{unknown}","SandboxKey":"/nonexistent"}}"#
+            ),
+        ),
+        (
+            "/NetworkDriver.Join",
+            format!(
+                r#"{{"NetworkID":"{unknown}","EndpointID":"{unknown}","SandboxKey":"/nonexistent"}}"#
+            ),
+        ),
+        (
+            "/IpamDriver.RequestAddress",
+            r#"{"PoolID":42,"Address":""}"#.to_string(),
+        ),
+        (
+            "/IpamDriver.RequestAddress",
+            r#"{"PoolID":"ovl/net/nosuchnet/v4","Address":""}"#.to_string(),
+        ),
+        (
+            "/IpamDriver.RequestPool",
+            r#"{"AddressSpace":"OvlLocal","Pool":"not-a-cidr"}"#.to_string(),
+        ),
+        (
+            "/IpamDriver.RequestPool",
+            r#"{"AddressSpace":"OvlLocal","Options":{"ovl.network":"bad name!"}}"#.to_string(),
+        ),
     ];
     for (path, body) in &cases {
         let (status, resp) = plugin_post(&sock, path, body);
         let v: Value = serde_json::from_str(&resp).unwrap_or(Value::Null);
         let msg = v["Err"].as_str().or(v["Error"].as_str()).unwrap_or("");
-        assert!(!msg.is_empty(), "{path} {body}: expected an error, got {status} {resp}");
+        assert!(
+            !msg.is_empty(),
+            "{path} {body}: expected an error, got {status} {resp}"
+        );
     }
-    let after = (lab.etcd_keys("/ovl/v1/endpoints/"), lab.etcd_keys("/ovl/v1/networks/"), lab.etcd_keys("/ovl/v1/docker/"), lab.etcd_keys("/ovl/v1/addrs/"));
+    let after = (
+        lab.etcd_keys("/ovl/v1/endpoints/"),
+        lab.etcd_keys("/ovl/v1/networks/"),
+        lab.etcd_keys("/ovl/v1/docker/"),
+        lab.etcd_keys("/ovl/v1/addrs/"),
+    );
     assert_eq!(before, after, "malformed requests changed the KV");
 
     // docker rm -f web: gone from host 2 within a second.
@@ -324,10 +584,17 @@ fn docker_two_hosts() {
     let t = within("web gone from host 2", Duration::from_secs(10), || {
         let eps = lab.endpoints(1, "appnet");
         let hosts = lab.docker(1, &["exec", "client", "cat", "/etc/hosts"]);
-        !eps.iter().any(|e| e["name"] == "web") && !hosts.lines().any(|l| l.split_whitespace().any(|w| w == "web" || w == "web.appnet"))
+        !eps.iter().any(|e| e["name"] == "web")
+            && !hosts.lines().any(|l| {
+                l.split_whitespace()
+                    .any(|w| w == "web" || w == "web.appnet")
+            })
     });
     eprintln!("web gone from host 2 after {t:?}");
-    assert!(t <= Duration::from_secs(1), "web took {t:?} to disappear from host 2");
+    assert!(
+        t <= Duration::from_secs(1),
+        "web took {t:?} to disappear from host 2"
+    );
 
     // Teardown through Docker: nothing left behind.
     lab.docker(0, &["rm", "-f", "web2"]);
@@ -344,15 +611,30 @@ fn docker_two_hosts() {
     });
     for i in 0..2 {
         let dp = lab.hosts[i].run.join("dp/netns");
-        within(&format!("h{} sandboxes gone", i + 1), Duration::from_secs(15), || {
-            let o = lab.d(i).exec_in_mount_ns(["ls", "-A", dp.to_str().unwrap()]).unwrap();
-            stdout(&o).trim().is_empty()
-        });
+        within(
+            &format!("h{} sandboxes gone", i + 1),
+            Duration::from_secs(15),
+            || {
+                let o = lab
+                    .d(i)
+                    .exec_in_mount_ns(["ls", "-A", dp.to_str().unwrap()])
+                    .unwrap();
+                stdout(&o).trim().is_empty()
+            },
+        );
         // No endpoint interfaces left in the host namespace.
         let links = stdout(&nsexec(&lab.lab().host(i).ns, &["ip", "-o", "link"]));
-        assert!(!links.contains("ovd"), "h{}: leftover links:\n{links}", i + 1);
+        assert!(
+            !links.contains("ovd"),
+            "h{}: leftover links:\n{links}",
+            i + 1
+        );
         // No rules of ours: external connectivity is Docker's.
         let rules = stdout(&nsexec(&lab.lab().host(i).ns, &["nft", "list", "tables"]));
-        assert!(!rules.contains("ovl"), "h{}: leftover nftables tables:\n{rules}", i + 1);
+        assert!(
+            !rules.contains("ovl"),
+            "h{}: leftover nftables tables:\n{rules}",
+            i + 1
+        );
     }
 }

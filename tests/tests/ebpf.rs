@@ -274,6 +274,68 @@ fn ebpf_entries_follow_endpoints() {
     assert!(!lines.iter().any(|l| l == "flood 198.18.0.12"), "{lines:?}");
 }
 
+/// Hex bytes of the first key of a pinned map, as `bpftool map delete ... key hex` takes them.
+fn first_key_hex(map: &std::path::Path) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(map)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["key"]
+        .as_array()
+        .unwrap_or_else(|| panic!("empty map {}: {v}", map.display()))
+        .iter()
+        .map(|b| b.as_str().unwrap().trim_start_matches("0x").to_string())
+        .collect()
+}
+
+#[test]
+fn ebpf_hand_edits_and_a_deleted_vxlan_device_are_repaired() {
+    let lab = ebpf_lab("t7fix", 2, DatapathSel::Ebpf);
+    ctl(&lab, 0, &["network", "create", "net1", "--internal"]);
+    let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
+    let (_c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    within("c1 -> c2", Duration::from_secs(5), || ping(&c1, &ip2));
+    let before = programmed(&lab, 0, "net1");
+
+    // A remote entry deleted behind the agent's back comes back.
+    let remote = lab.host(0).run_dir.join("bpf/REMOTE");
+    let key = first_key_hex(&remote);
+    let mut args = vec![
+        "map",
+        "delete",
+        "pinned",
+        remote.to_str().unwrap(),
+        "key",
+        "hex",
+    ];
+    args.extend(key.iter().map(String::as_str));
+    let out = Command::new("bpftool").args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(programmed(&lab, 0, "net1"), before);
+    let took = within("remote entry restored", Duration::from_secs(8), || {
+        programmed(&lab, 0, "net1") == before
+    });
+    eprintln!("t7fix: map entry restored after {took:?}");
+
+    // The vxlan device deleted by hand: the fast path is reloaded and traffic flows again.
+    let out = lab
+        .exec(0, "ip")
+        .args(["link", "del", "ovl_vx0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let took = within(
+        "traffic after ovl_vx0 was deleted",
+        Duration::from_secs(8),
+        || ping(&c1, &ip2),
+    );
+    eprintln!("t7fix: traffic back {took:?} after deleting ovl_vx0");
+    let p = ctl(&lab, 0, &["peers", "net1"]);
+    assert_eq!(p["networks"][0]["diff"], serde_json::json!([]), "{p}");
+}
+
 #[test]
 fn ebpf_mixed_lab_interoperates() {
     let lab = ebpf_lab("t7mix", 3, DatapathSel::Mixed);

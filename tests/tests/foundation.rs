@@ -14,7 +14,11 @@ fn all_alive(lab: &Lab, n: usize) -> bool {
 }
 
 fn hosts_see_each_other(name: &str, kv: KvKind) {
-    let lab = lab(name, 3, kv);
+    let mut cfg = LabConfig::new(name, 3);
+    cfg.kv = kv;
+    cfg.agent_args
+        .extend(["--metrics-addr".to_string(), "127.0.0.1:9464".to_string()]);
+    let lab = lab_with(cfg);
     // Agents are up (the lab waited for their sockets); registration must follow quickly.
     let took = within(
         "every host to see the other two",
@@ -35,6 +39,23 @@ fn hosts_see_each_other(name: &str, kv: KvKind) {
     assert_eq!(st["host_id"], "h3");
     assert_eq!(st["kv"]["reachable"], true);
     assert_eq!(st["counts"]["hosts_alive"], 3);
+    // Prometheus metrics on --metrics-addr.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.host(0).ns, "bash", "-c"])
+        .arg(concat!(
+            "exec 3<>/dev/tcp/127.0.0.1/9464; ",
+            "printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3; ",
+            "timeout 3 cat <&3"
+        ))
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("overlay_hosts_alive 3"), "{text}");
+    assert!(text.contains("overlay_kv_reachable 1"), "{text}");
+    assert!(
+        text.contains("# TYPE overlay_reconcile_passes_total counter"),
+        "{text}"
+    );
 }
 
 #[test]

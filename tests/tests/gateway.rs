@@ -168,9 +168,19 @@ fn gateway_nat_isolation_publish_and_recovery() {
 
     // nft flush ruleset on host 1: the rules are back within the resync period (2 s), and
     // the agent says it repaired them.
-    let repairs = || xtask::lab::tail(&lab.host(0).log, 10_000).matches("firewall rules repaired").count();
+    let repairs = || {
+        xtask::lab::tail(&lab.host(0).log, 10_000)
+            .matches("firewall rules repaired")
+            .count()
+    };
     let repaired_before = repairs();
-    assert!(xtask::sh::in_ns(&lab.host(0).ns, "nft").args(["flush", "ruleset"]).status().unwrap().success());
+    assert!(
+        xtask::sh::in_ns(&lab.host(0).ns, "nft")
+            .args(["flush", "ruleset"])
+            .status()
+            .unwrap()
+            .success()
+    );
     let start = std::time::Instant::now();
     while fetch(&c1, xtask::lab::OUTSIDE_ADDR, 9000).as_deref() != Some("198.18.0.11") {
         if start.elapsed() > Duration::from_secs(8) {
@@ -188,7 +198,11 @@ fn gateway_nat_isolation_publish_and_recovery() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let took = start.elapsed();
-    within("the agent to report the repair", Duration::from_secs(5), || repairs() > repaired_before);
+    within(
+        "the agent to report the repair",
+        Duration::from_secs(5),
+        || repairs() > repaired_before,
+    );
     eprintln!("t4gw: rules restored {took:?} after nft flush ruleset");
 
     // Host 2 picked a gateway subnet that avoids its 172.18.0.0/16 route.

@@ -495,7 +495,12 @@ fn bad_input_changes_nothing() {
     // overlay interface and the gateway-bridge interface of the successful attach.
     let out = nsexec(&ns2, &["ip", "-j", "link"]);
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut names: Vec<&str> = links.as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, ["eth0", "eth1", "lo"]);
 }

@@ -39,6 +39,9 @@ pub const VXLAN_DEVICE: &str = "ovl_vx0";
 
 /// Prefix of the ifalias marking the host ends of our endpoints.
 const ALIAS_PREFIX: &str = "ovl-ebpf:";
+/// Prefix of the ifalias of the container ends (distinct: a Docker endpoint's container end
+/// waits in the host namespace next to its host end until Docker moves it).
+const CT_ALIAS_PREFIX: &str = "ovl-ebpf-ct:";
 
 fn dp_err(e: ovl_datapath::Error) -> AgentError {
     match e {
@@ -107,6 +110,19 @@ impl PortAlias {
         })
     }
 
+    /// The container end's alias: same fields, [`CT_ALIAS_PREFIX`].
+    pub fn render_container(&self) -> String {
+        format!("{CT_ALIAS_PREFIX}{}", &self.render()[ALIAS_PREFIX.len()..])
+    }
+
+    /// Parses [`PortAlias::render_container`]'s output.
+    pub fn parse_container(s: &str) -> Option<PortAlias> {
+        PortAlias::parse(&format!(
+            "{ALIAS_PREFIX}{}",
+            s.strip_prefix(CT_ALIAS_PREFIX)?
+        ))
+    }
+
     fn info(&self) -> EndpointInfo {
         EndpointInfo {
             vni: self.vni,
@@ -127,13 +143,31 @@ pub struct HostPort {
     pub alias: PortAlias,
 }
 
-/// Everything observed: the maps and the host ends.
+/// Everything observed: the maps, the host ends and the vxlan device.
 #[derive(Clone, Debug, Default)]
 pub struct ObservedEbpf {
     /// Map contents.
     pub state: EbpfState,
     /// Host ends of endpoints (by alias).
     pub ports: Vec<HostPort>,
+    /// The vxlan device, if present: (ifindex, up, mtu).
+    pub vxlan: Option<(u32, bool, u32)>,
+}
+
+/// Why the fast path must be reloaded (which recreates or repairs the vxlan device and
+/// re-points every pinned link), or `None`. The programs encapsulate to the ifindex in
+/// `CONFIG`: a deleted or replaced device silently blackholes everything.
+pub fn vxlan_drift(have: &ObservedEbpf, mtu: u32) -> Option<String> {
+    match have.vxlan {
+        None => Some(format!("{VXLAN_DEVICE} missing")),
+        Some((index, _, _)) if index != have.state.vxlan_ifindex => Some(format!(
+            "{VXLAN_DEVICE} is ifindex {index}, the programs use {}",
+            have.state.vxlan_ifindex
+        )),
+        Some((_, false, _)) => Some(format!("{VXLAN_DEVICE} down")),
+        Some((_, _, m)) if m != mtu => Some(format!("{VXLAN_DEVICE} mtu {m} != {mtu}")),
+        Some(_) => None,
+    }
 }
 
 /// The host-side interface name of an endpoint: VNI-qualified, since every network's host
@@ -508,8 +542,28 @@ impl EbpfBackend {
     async fn observe(&self, dp: &EbpfDatapath) -> Result<ObservedEbpf> {
         let state = dp.dump().map_err(bpf_err)?;
         let host = Netlink::open(None).await.map_err(dp_err)?;
-        let ports = host_ports(&host.links().await.map_err(dp_err)?);
-        Ok(ObservedEbpf { state, ports })
+        let links = host.links().await.map_err(dp_err)?;
+        let vxlan = links
+            .iter()
+            .find(|l| l.name == VXLAN_DEVICE)
+            .map(|l| (l.index, l.up, l.mtu));
+        Ok(ObservedEbpf {
+            state,
+            ports: host_ports(&links),
+            vxlan,
+        })
+    }
+
+    /// Loads the fast path again over the same pin dir (adopting maps and links), which
+    /// recreates or repairs the vxlan device.
+    fn reload(&self, dp: &mut EbpfDatapath) -> Result<()> {
+        let fresh = EbpfDatapath::load(&self.pin_dir, VXLAN_DEVICE, self.vtep, self.mtu)
+            .map_err(bpf_err)?;
+        for w in fresh.load_warnings() {
+            tracing::warn!(warning = %w, "reloading the eBPF datapath");
+        }
+        *dp = fresh;
+        Ok(())
     }
 
     async fn apply_one(&self, dp: &mut EbpfDatapath, host: &Netlink, op: &EbpfOp) -> Result<()> {
@@ -629,13 +683,21 @@ impl Datapath for EbpfBackend {
 
     async fn converge(&self, desired: &Desired) -> Result<Converged> {
         let mut dp = self.dp.lock().await;
-        let have = self.observe(&dp).await?;
+        let mut out = Converged::default();
+        let mut have = self.observe(&dp).await?;
+        if let Some(reason) = vxlan_drift(&have, self.mtu) {
+            tracing::warn!(%reason, "repairing the eBPF datapath");
+            match self.reload(&mut dp) {
+                Ok(()) => out.applied += 1,
+                Err(e) => out.failed.push(format!("reload datapath ({reason}): {e}")),
+            }
+            have = self.observe(&dp).await?;
+        }
         let ops = plan(desired, &have, self.vtep);
         if ops.is_empty() {
-            return Ok(Converged::default());
+            return Ok(out);
         }
         let host = Netlink::open(None).await.map_err(dp_err)?;
-        let mut out = Converged::default();
         for op in &ops {
             tracing::debug!(%op, "applying");
             match self.apply_one(&mut dp, &host, op).await {
@@ -653,6 +715,14 @@ impl Datapath for EbpfBackend {
         let mut out: BTreeMap<String, NetReport> = BTreeMap::new();
         for (name, lines) in actual_lines(desired, &have) {
             out.entry(name).or_default().actual = lines;
+        }
+        if let Some(reason) = vxlan_drift(&have, self.mtu) {
+            for n in desired.networks.keys() {
+                out.entry(n.clone())
+                    .or_default()
+                    .diff
+                    .push(format!("{n}: reload datapath ({reason})"));
+            }
         }
         for op in plan(desired, &have, self.vtep) {
             out.entry(op.network().to_string())
@@ -691,6 +761,7 @@ impl Datapath for EbpfBackend {
             mac: ep.mac,
         };
         let alias_s = alias.render();
+        let ct_alias = alias.render_container();
         let info = alias.info();
         let host_ifname = host_port_name(spec.vni, &ep.endpoint_id);
 
@@ -734,7 +805,7 @@ impl Datapath for EbpfBackend {
         let ct_mine = ct_links.iter().find(|l| {
             l.alias
                 .as_deref()
-                .and_then(PortAlias::parse)
+                .and_then(PortAlias::parse_container)
                 .is_some_and(|a| a.network == spec.name && a.id == ep.endpoint_id)
         });
 
@@ -754,7 +825,7 @@ impl Datapath for EbpfBackend {
                 .map_err(dp_err)?
                 .ok_or_else(|| AgentError::Datapath(format!("{} vanished", port.name)))?;
             configure_host_end(&host, &p, ep.mtu, &alias_s).await?;
-            configure_container_end(&ct, c, ep, &alias_s).await?;
+            configure_container_end(&ct, c, ep, &ct_alias).await?;
             if have.remotes_has(spec.vni, ep.mac) {
                 dp.del_remote(spec.vni, ep.mac.0).map_err(bpf_err)?;
             }
@@ -831,7 +902,7 @@ impl Datapath for EbpfBackend {
                 .await
                 .map_err(dp_err)?
                 .ok_or_else(|| AgentError::Datapath(format!("{ifname} vanished after rename")))?;
-            configure_container_end(&ct, &c, ep, &alias_s).await?;
+            configure_container_end(&ct, &c, ep, &ct_alias).await?;
             dp.attach_endpoint(p.index, info).map_err(bpf_err)?;
             Ok(p.index)
         }
@@ -859,6 +930,135 @@ impl Datapath for EbpfBackend {
                 Err(e)
             }
         }
+    }
+
+    /// For Docker: the veth pair with both ends in the agent's namespace, the container end
+    /// named `ep.ifname` (temporary; Docker moves and renames it) with the endpoint's MAC and
+    /// MTU, down and without address; the host end programmed like any endpoint. Idempotent:
+    /// a host end whose container end already left (moved by Docker) is kept.
+    async fn attach_unplugged(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
+        self.check_spec(spec, ep)?;
+        let tmp = ep.ifname.clone().ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "endpoint {}: a temporary interface name is required",
+                ep.endpoint_id
+            ))
+        })?;
+        let host_file = open_netns(&current_netns_path()).map_err(dp_err)?;
+        let alias = PortAlias {
+            network: spec.name.clone(),
+            id: ep.endpoint_id.clone(),
+            vni: spec.vni,
+            ip: ep.ip,
+            prefix_len: ep.prefix_len,
+            mac: ep.mac,
+        };
+        let alias_s = alias.render();
+        let ct_alias = alias.render_container();
+        let info = alias.info();
+        let host_ifname = host_port_name(spec.vni, &ep.endpoint_id);
+        let mut dp = self.dp.lock().await;
+        let have = self.observe(&dp).await?;
+        let host = Netlink::open(None).await.map_err(dp_err)?;
+        let mine: Vec<&HostPort> = have
+            .ports
+            .iter()
+            .filter(|p| p.alias.network == spec.name && p.alias.id == ep.endpoint_id)
+            .collect();
+        for p in &have.ports {
+            if p.alias.vni == spec.vni
+                && !mine.iter().any(|m| m.index == p.index)
+                && (p.alias.ip == ep.ip || p.alias.mac == ep.mac)
+            {
+                return Err(AgentError::Conflict(format!(
+                    "address {} or MAC {} is already used by endpoint {} on network {}",
+                    ep.ip, ep.mac, p.alias.id, spec.name
+                )));
+            }
+        }
+        let peer = host.link_by_name(&tmp).await.map_err(dp_err)?;
+        if let Some(l) = &peer
+            && l.alias.as_deref() != Some(ct_alias.as_str())
+        {
+            return Err(AgentError::Conflict(format!(
+                "endpoint {}: interface {tmp} already exists in the host namespace",
+                ep.endpoint_id
+            )));
+        }
+        if let Some(l) = host.link_by_name(&host_ifname).await.map_err(dp_err)?
+            && !mine.iter().any(|m| m.index == l.index)
+        {
+            return Err(AgentError::Conflict(format!(
+                "interface {host_ifname} exists in the host namespace and is not endpoint {}'s",
+                ep.endpoint_id
+            )));
+        }
+        if let Some(port) = mine.first() {
+            // Prepared before: converge it (its container end may have moved already).
+            let p = host
+                .link_by_name(&port.name)
+                .await
+                .map_err(dp_err)?
+                .ok_or_else(|| AgentError::Datapath(format!("{} vanished", port.name)))?;
+            configure_host_end(&host, &p, ep.mtu, &alias_s).await?;
+            dp.attach_endpoint(p.index, info).map_err(bpf_err)?;
+            return Ok(Attached {
+                ifname: tmp,
+                host_ifname: port.name.clone(),
+                mac: ep.mac,
+            });
+        }
+        if let Some(l) = peer {
+            host.del_link(l.index).await.map_err(dp_err)?;
+        }
+        if have.remotes_has(spec.vni, ep.mac) {
+            dp.del_remote(spec.vni, ep.mac.0).map_err(bpf_err)?;
+        }
+        host.create_veth(
+            &host_ifname,
+            ep.mtu,
+            &VethPeer {
+                name: &tmp,
+                netns: Some(host_file.as_fd()),
+                mac: Some(ep.mac),
+                mtu: Some(ep.mtu),
+            },
+        )
+        .await
+        .map_err(dp_err)?;
+        let result: Result<()> = async {
+            let p = host
+                .link_by_name(&host_ifname)
+                .await
+                .map_err(dp_err)?
+                .ok_or_else(|| AgentError::Datapath(format!("{host_ifname} vanished")))?;
+            configure_host_end(&host, &p, ep.mtu, &alias_s).await?;
+            let c = host
+                .link_by_name(&tmp)
+                .await
+                .map_err(dp_err)?
+                .ok_or_else(|| AgentError::Datapath(format!("{tmp} vanished")))?;
+            host.set_alias(c.index, &ct_alias).await.map_err(dp_err)?;
+            dp.attach_endpoint(p.index, info).map_err(bpf_err)
+        }
+        .await;
+        if let Err(e) = result {
+            if let Ok(Some(p)) = host.link_by_name(&host_ifname).await {
+                let _ = dp.detach_endpoint(p.index);
+                let _ = host.del_link(p.index).await;
+            }
+            return Err(e);
+        }
+        tracing::info!(
+            "prepared endpoint {} on {} as {tmp} (host end {host_ifname}) for Docker",
+            ep.endpoint_id,
+            spec.name
+        );
+        Ok(Attached {
+            ifname: tmp,
+            host_ifname,
+            mac: ep.mac,
+        })
     }
 
     async fn detach(&self, network: &str, endpoint_id: &str) -> Result<()> {
@@ -1042,6 +1242,7 @@ mod tests {
         let mut have = ObservedEbpf {
             state: EbpfState::default(),
             ports,
+            vxlan: None,
         };
         for op in plan(want, &have, ME) {
             match op {
@@ -1072,7 +1273,14 @@ mod tests {
             a.render(),
             "ovl-ebpf:net-1.x c1 4097 10.1.0.7/24 02:42:0a:01:00:07"
         );
-        assert_eq!(PortAlias::parse(&a.render()), Some(a));
+        assert_eq!(PortAlias::parse(&a.render()), Some(a.clone()));
+        assert_eq!(
+            PortAlias::parse_container(&a.render_container()),
+            Some(a.clone())
+        );
+        // The container end's alias is never taken for a host end, and vice versa.
+        assert_eq!(PortAlias::parse(&a.render_container()), None);
+        assert_eq!(PortAlias::parse_container(&a.render()), None);
         for bad in [
             "",
             "ovl-ep:c1 10.1.0.7/24",
@@ -1118,6 +1326,7 @@ mod tests {
         let have = ObservedEbpf {
             state: EbpfState::default(),
             ports: ports.clone(),
+            vxlan: None,
         };
         let ops = plan(&want, &have, ME);
         let text: Vec<String> = ops.iter().map(ToString::to_string).collect();
@@ -1230,6 +1439,21 @@ mod tests {
                 format!("other: remove endpoint c1 ({})", host_port_name(300, "c1")),
             ]
         );
+    }
+
+    #[test]
+    fn vxlan_drift_is_detected() {
+        let mut have = ObservedEbpf::default();
+        have.state.vxlan_ifindex = 7;
+        assert_eq!(vxlan_drift(&have, 1450).unwrap(), "ovl_vx0 missing");
+        have.vxlan = Some((8, true, 1450));
+        assert!(vxlan_drift(&have, 1450).unwrap().contains("ifindex 8"));
+        have.vxlan = Some((7, false, 1450));
+        assert_eq!(vxlan_drift(&have, 1450).unwrap(), "ovl_vx0 down");
+        have.vxlan = Some((7, true, 1400));
+        assert!(vxlan_drift(&have, 1450).unwrap().contains("mtu 1400"));
+        have.vxlan = Some((7, true, 1450));
+        assert_eq!(vxlan_drift(&have, 1450), None);
     }
 
     #[test]

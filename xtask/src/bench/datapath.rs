@@ -1,7 +1,276 @@
-//! `cargo xtask bench datapath` (being written).
+//! `cargo xtask bench datapath --runs N`: container-to-container throughput and latency across
+//! two lab hosts on the kernel path and the eBPF path, side by side with the underlay (host
+//! namespace to host namespace, no encapsulation: the limit on this machine).
+//!
+//! Two 2-host labs run at the same time (`bdpk` on the kernel path, `bdpe` on the eBPF path),
+//! each with one container per host on an internal network. Each run measures every path once
+//! (iperf3, one TCP stream, 5 s), in a rotating order so drift does not favour one path; the
+//! table reports medians over the runs, ratios to the underlay and eBPF / kernel, and the
+//! average RTT of `ping -c 50 -i 0.01`.
 
-/// Runs the benchmark.
-pub fn run(runs: usize) -> anyhow::Result<()> {
-    let _ = runs;
-    anyhow::bail!("bench datapath is not written yet")
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::median;
+use crate::lab::{DatapathSel, Lab, LabConfig, LabGuard};
+use crate::sh::wait_for;
+
+/// Seconds per iperf3 measurement.
+const SECONDS: u32 = 5;
+
+/// One measured path: where the server runs, where the client runs, the server's address.
+struct Path {
+    label: &'static str,
+    client_ns: String,
+    server_ns: String,
+    server_ip: String,
+}
+
+/// An iperf3 server we started; killed by PID when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn in_netns(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args);
+    c
+}
+
+/// Starts `iperf3 -s` on `ip` inside `ns` and waits until it accepts connections.
+fn start_server(p: &Path) -> Result<Server> {
+    let child = in_netns(&p.server_ns, &["iperf3", "-s", "-B", &p.server_ip])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s (is iperf3 installed?)")?;
+    let server = Server(child);
+    wait_for(
+        &format!("iperf3 server of {}", p.label),
+        Duration::from_secs(10),
+        || {
+            let out = in_netns(&p.server_ns, &["ss", "-Hltn", "sport = :5201"])
+                .output()
+                .ok()?;
+            (out.status.success() && !out.stdout.is_empty()).then_some(())
+        },
+    )?;
+    Ok(server)
+}
+
+/// One iperf3 TCP single-stream run; Gbit/s received.
+fn iperf(p: &Path) -> Result<f64> {
+    let out = in_netns(
+        &p.client_ns,
+        &[
+            "iperf3",
+            "-c",
+            &p.server_ip,
+            "-t",
+            &SECONDS.to_string(),
+            "-J",
+        ],
+    )
+    .output()?;
+    if !out.status.success() {
+        bail!(
+            "iperf3 on {} failed: {}{}",
+            p.label,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no end.sum_received in iperf3 output of {}", p.label))?;
+    Ok(bps / 1e9)
+}
+
+/// Average RTT in ms of `ping -c 50 -i 0.01`.
+fn rtt(p: &Path) -> Result<f64> {
+    let out = in_netns(
+        &p.client_ns,
+        &[
+            "ping",
+            "-q",
+            "-c",
+            "50",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            &p.server_ip,
+        ],
+    )
+    .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_rtt_avg(&text).with_context(|| format!("no RTT summary from ping on {}: {text}", p.label))
+}
+
+/// The avg field of `rtt min/avg/max/mdev = 0.030/0.045/0.090/0.010 ms`.
+fn parse_rtt_avg(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.contains("min/avg/max"))?;
+    line.split('=')
+        .nth(1)?
+        .trim()
+        .split('/')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A 2-host lab on `datapath` with one container per host on an internal network; returns
+/// the lab and the two containers' (namespace, address).
+fn lab(name: &str, datapath: DatapathSel) -> Result<(LabGuard, [(String, String); 2])> {
+    let mut cfg = LabConfig::new(name, 2);
+    cfg.datapath = datapath;
+    let lab = LabGuard(Some(Lab::up(cfg)?));
+    lab.ctl_json::<serde_json::Value>(0, &["network", "create", "bench", "--internal"])?;
+    let mut eps = Vec::new();
+    for (i, c) in ["c1", "c2"].iter().enumerate() {
+        let ns = lab.add_container(c)?;
+        let reply: serde_json::Value = lab.ctl_json(
+            i,
+            &[
+                "attach",
+                "bench",
+                "--name",
+                c,
+                "--netns",
+                &format!("/run/netns/{ns}"),
+            ],
+        )?;
+        let ip = reply["endpoint"]["ip"]
+            .as_str()
+            .context("attach reply without an address")?
+            .to_string();
+        eps.push((ns, ip));
+    }
+    let mode: serde_json::Value = lab.ctl_json(0, &["datapath"])?;
+    let want = match datapath {
+        DatapathSel::Ebpf => "ebpf",
+        _ => "kernel",
+    };
+    if mode["mode"] != want {
+        bail!(
+            "lab {name}: host 1 runs the {} datapath, not {want}",
+            mode["mode"]
+        );
+    }
+    let eps: [(String, String); 2] = eps.try_into().expect("two endpoints");
+    let (c1, ip2) = (eps[0].0.clone(), eps[1].1.clone());
+    wait_for(
+        &format!("{name}: c1 to reach c2"),
+        Duration::from_secs(10),
+        || {
+            in_netns(&c1, &["ping", "-c1", "-W1", "-q", &ip2])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| ())
+        },
+    )?;
+    Ok((lab, eps))
+}
+
+/// Runs the benchmark: `runs` interleaved rounds of underlay, kernel and eBPF.
+pub fn run(runs: usize) -> Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    println!(
+        "bench datapath: iperf3 TCP single stream {SECONDS} s, {runs} runs per path, interleaved; \
+         ping -c 50 -i 0.01"
+    );
+    let (klab, keps) = lab("bdpk", DatapathSel::Kernel)?;
+    let (elab, eeps) = lab("bdpe", DatapathSel::Ebpf)?;
+    let paths = [
+        Path {
+            label: "underlay (host ns to host ns, no encapsulation)",
+            client_ns: klab.host(0).ns.clone(),
+            server_ns: klab.host(1).ns.clone(),
+            server_ip: klab.host(1).addr.clone(),
+        },
+        Path {
+            label: "kernel path (bridge + vxlan, static FDB)",
+            client_ns: keps[0].0.clone(),
+            server_ns: keps[1].0.clone(),
+            server_ip: keps[1].1.clone(),
+        },
+        Path {
+            label: "eBPF path (tc programs + collect-metadata vxlan)",
+            client_ns: eeps[0].0.clone(),
+            server_ns: eeps[1].0.clone(),
+            server_ip: eeps[1].1.clone(),
+        },
+    ];
+    let _servers: Vec<Server> = paths.iter().map(start_server).collect::<Result<_>>()?;
+
+    let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for r in 0..runs {
+        for k in 0..paths.len() {
+            let i = (r + k) % paths.len();
+            let g = iperf(&paths[i])?;
+            println!("  run {:>2} {:<50} {g:6.2} Gbit/s", r + 1, paths[i].label);
+            gbps[i].push(g);
+        }
+    }
+    let rtts: Vec<f64> = paths.iter().map(rtt).collect::<Result<_>>()?;
+    let meds: Vec<f64> = gbps.iter_mut().map(|v| median(v)).collect();
+    let ranges: Vec<(f64, f64)> = gbps
+        .iter()
+        .map(|v| {
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (min, max)
+        })
+        .collect();
+
+    println!();
+    println!("| path | median Gbit/s | min-max | ratio to underlay | RTT avg ms |");
+    println!("|---|---|---|---|---|");
+    for (i, p) in paths.iter().enumerate() {
+        println!(
+            "| {} | {:.2} | {:.2}-{:.2} | {:.2} | {:.3} |",
+            p.label,
+            meds[i],
+            ranges[i].0,
+            ranges[i].1,
+            meds[i] / meds[0],
+            rtts[i]
+        );
+    }
+    println!(
+        "\neBPF / kernel: {:.2} (throughput, medians), {:.2} (RTT)",
+        meds[2] / meds[1],
+        rtts[2] / rtts[1]
+    );
+    drop(_servers);
+    drop(elab);
+    drop(klab);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtt_summary() {
+        let t = "--- 10.0.0.2 ping statistics ---\n50 packets transmitted, 50 received, 0% packet \
+                 loss, time 520ms\nrtt min/avg/max/mdev = 0.031/0.112/0.402/0.050 ms\n";
+        assert_eq!(parse_rtt_avg(t), Some(0.112));
+        assert_eq!(parse_rtt_avg("100% packet loss"), None);
+    }
 }
