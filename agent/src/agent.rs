@@ -281,13 +281,13 @@ impl Agent {
                 )));
             }
             None => {
-                if let Some(m) = req.mac {
-                    if self.view().endpoints_on(&net.name).any(|e| e.mac == m) {
-                        return Err(AgentError::Conflict(format!(
-                            "MAC {m} is already used on network {}",
-                            net.name
-                        )));
-                    }
+                if let Some(m) = req.mac
+                    && self.view().endpoints_on(&net.name).any(|e| e.mac == m)
+                {
+                    return Err(AgentError::Conflict(format!(
+                        "MAC {m} is already used on network {}",
+                        net.name
+                    )));
                 }
                 tracing::debug!(took = ?t0.elapsed(), "attach: network and endpoint read");
                 let ip = self.store.allocate_addr(&net, req.ip, &id).await?;
@@ -401,13 +401,13 @@ impl Agent {
     pub async fn detach(&self, req: DetachRequest) -> Result<DetachReply> {
         let id = req.name.clone();
         let rec = self.store.endpoint(&req.network, &id).await?;
-        if let Some(r) = &rec {
-            if r.host != self.settings.host_id {
-                return Err(AgentError::Conflict(format!(
-                    "{} on network {} lives on host {}: detach it there",
-                    id, req.network, r.host
-                )));
-            }
+        if let Some(r) = &rec
+            && r.host != self.settings.host_id
+        {
+            return Err(AgentError::Conflict(format!(
+                "{} on network {} lives on host {}: detach it there",
+                id, req.network, r.host
+            )));
         }
         {
             let _g = self.dp_lock.lock().await;
@@ -418,10 +418,10 @@ impl Agent {
             self.dp.detach(&req.network, &id).await.map_err(|e| {
                 AgentError::Datapath(format!("detaching {id} from {}: {e}", req.network))
             })?;
-            if let Some(a) = self.local.remove(&req.network, &id) {
-                if !a.network.internal {
-                    self.detach_gateway(&a.netns_key).await?;
-                }
+            if let Some(a) = self.local.remove(&req.network, &id)
+                && !a.network.internal
+            {
+                self.detach_gateway(&a.netns_key).await?;
             }
         }
         let removed = self
@@ -627,10 +627,10 @@ impl Agent {
     fn network_info(&self, v: &ClusterView, rec: ovl_core::NetworkRecord) -> NetworkInfo {
         let endpoints = v.endpoints_on(&rec.name).count();
         let mut details = Vec::new();
-        if !rec.internal {
-            if let Some(i) = self.gw.info() {
-                details.push(("gateway here".into(), format!("{} {}", i.bridge, i.subnet)));
-            }
+        if !rec.internal
+            && let Some(i) = self.gw.info()
+        {
+            details.push(("gateway here".into(), format!("{} {}", i.bridge, i.subnet)));
         }
         for e in v.endpoints_on(&rec.name).filter(|e| !e.publish.is_empty()) {
             let ports: Vec<String> = e.publish.iter().map(|p| p.to_string()).collect();

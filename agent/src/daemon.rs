@@ -96,14 +96,14 @@ async fn check_gw_subnet(kv: &dyn ovl_kv::Kv, gw: ipnetwork::Ipv4Network) -> any
         _ => return Ok(()),
     };
     for e in listing.entries {
-        if let Ok(n) = serde_json::from_slice::<ovl_core::NetworkRecord>(&e.value) {
-            if ovl_core::ipam::overlaps(n.subnet, gw) {
-                anyhow::bail!(
-                    "--gw-subnet {gw} overlaps overlay network {} ({})",
-                    n.name,
-                    n.subnet
-                );
-            }
+        if let Ok(n) = serde_json::from_slice::<ovl_core::NetworkRecord>(&e.value)
+            && ovl_core::ipam::overlaps(n.subnet, gw)
+        {
+            anyhow::bail!(
+                "--gw-subnet {gw} overlaps overlay network {} ({})",
+                n.name,
+                n.subnet
+            );
         }
     }
     Ok(())

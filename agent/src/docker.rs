@@ -442,14 +442,14 @@ impl DockerPlugin {
         };
         pool.bound = Some(net.name.clone());
         self.put_pool(&pool).await?;
-        if let Some(nid) = &pool.network_id {
-            if pool.host == self.host() {
-                self.register_user(&net.name, nid).await?;
-                if let Some(mut d) = self.cache.get(nid) {
-                    d.name = Some(net.name.clone());
-                    d.record = Some(net.clone());
-                    self.cache.put(d);
-                }
+        if let Some(nid) = &pool.network_id
+            && pool.host == self.host()
+        {
+            self.register_user(&net.name, nid).await?;
+            if let Some(mut d) = self.cache.get(nid) {
+                d.name = Some(net.name.clone());
+                d.record = Some(net.clone());
+                self.cache.put(d);
             }
         }
         tracing::info!(network = %net.name, subnet = %net.subnet, token, "Docker network bound");
@@ -511,23 +511,22 @@ impl DockerPlugin {
         if let Some(d) = self.cache.get(nid) {
             return Ok(d);
         }
-        if let Some(names) = self.names() {
-            if let Ok(Some(name)) = names.resolve(nid).await {
-                if let Ok(net) = self.network(&name).await {
-                    let d = DockerNet {
-                        network_id: nid.to_string(),
-                        pool_id: PoolId::Network {
-                            name: name.clone(),
-                            v6: false,
-                        }
-                        .to_string(),
-                        name: Some(name),
-                        record: Some(net),
-                    };
-                    self.cache.put(d.clone());
-                    return Ok(d);
+        if let Some(names) = self.names()
+            && let Ok(Some(name)) = names.resolve(nid).await
+            && let Ok(net) = self.network(&name).await
+        {
+            let d = DockerNet {
+                network_id: nid.to_string(),
+                pool_id: PoolId::Network {
+                    name: name.clone(),
+                    v6: false,
                 }
-            }
+                .to_string(),
+                name: Some(name),
+                record: Some(net),
+            };
+            self.cache.put(d.clone());
+            return Ok(d);
         }
         Err(PluginError::NotFound(format!(
             "network {nid} is not an ovl network on this host"
@@ -589,17 +588,16 @@ impl DockerPlugin {
         let Some(net) = self.cache.get(&c.network_id).and_then(|d| d.name) else {
             return true; // not ours (or already gone)
         };
-        if let Some(mut a) = self.agent.local.get(&net, &c.endpoint_id) {
-            if a.hosts_file != c.hosts_path
+        if let Some(mut a) = self.agent.local.get(&net, &c.endpoint_id)
+            && (a.hosts_file != c.hosts_path
                 || a.endpoint.name != c.container_name
-                || a.endpoint.aliases != c.aliases
-            {
-                a.hosts_file = c.hosts_path.clone();
-                a.endpoint.name = c.container_name.clone();
-                a.endpoint.aliases = c.aliases.clone();
-                self.agent.local.insert(a);
-                self.agent.kick.notify_one();
-            }
+                || a.endpoint.aliases != c.aliases)
+        {
+            a.hosts_file = c.hosts_path.clone();
+            a.endpoint.name = c.container_name.clone();
+            a.endpoint.aliases = c.aliases.clone();
+            self.agent.local.insert(a);
+            self.agent.kick.notify_one();
         }
         match self.agent.store.endpoint(&net, &c.endpoint_id).await {
             Ok(Some(mut rec)) => {
@@ -697,13 +695,13 @@ impl PluginBackend for DockerPlugin {
                 let subnet = subnet.map(|s| v4_net(s, "subnet")).transpose()?;
                 match self.agent.store.network(&name).await.map_err(store_err)? {
                     Some(net) => {
-                        if let Some(s) = subnet {
-                            if s != net.subnet {
-                                return Err(PluginError::Conflict(format!(
-                                    "network {name} exists with subnet {}, not {s}",
-                                    net.subnet
-                                )));
-                            }
+                        if let Some(s) = subnet
+                            && s != net.subnet
+                        {
+                            return Err(PluginError::Conflict(format!(
+                                "network {name} exists with subnet {}, not {s}",
+                                net.subnet
+                            )));
                         }
                         Ok(found(net))
                     }
@@ -785,13 +783,13 @@ impl PluginBackend for DockerPlugin {
                 }
             }
             let net = self.network_for_pool(&pid).await?;
-            if let Some(w) = want {
-                if w != net.gateway {
-                    return Err(PluginError::Conflict(format!(
-                        "network {} has gateway {}, not {w}",
-                        net.name, net.gateway
-                    )));
-                }
+            if let Some(w) = want
+                && w != net.gateway
+            {
+                return Err(PluginError::Conflict(format!(
+                    "network {} has gateway {}, not {w}",
+                    net.name, net.gateway
+                )));
             }
             return Ok(AddressAllocated {
                 address: with_prefix(net.gateway, net.subnet),
@@ -838,14 +836,13 @@ impl PluginBackend for DockerPlugin {
             .addr_owner(&net.name, ip)
             .await
             .map_err(store_err)?
+            && owner.starts_with(&mine)
         {
-            if owner.starts_with(&mine) {
-                self.agent
-                    .store
-                    .release_addr(&net.name, ip, &owner)
-                    .await
-                    .map_err(store_err)?;
-            }
+            self.agent
+                .store
+                .release_addr(&net.name, ip, &owner)
+                .await
+                .map_err(store_err)?;
         }
         Ok(())
     }
@@ -916,11 +913,11 @@ impl PluginBackend for DockerPlugin {
             let PoolId::Pending { token, .. } = d.pool_id.parse::<PoolId>()? else {
                 unreachable!()
             };
-            if let Some((p, _)) = self.get_pool(&token).await? {
-                if let Some(n) = p.name {
-                    self.bind(&token, &n).await?;
-                    return Ok(());
-                }
+            if let Some((p, _)) = self.get_pool(&token).await?
+                && let Some(n) = p.name
+            {
+                self.bind(&token, &n).await?;
+                return Ok(());
             }
             // Unnamed: `bind_loop` binds it as soon as dockerd stored the network.
         }
@@ -932,21 +929,21 @@ impl PluginBackend for DockerPlugin {
             tracing::info!(%network_id, "DeleteNetwork for an unknown network: nothing to do");
             return Ok(());
         };
-        if let Ok(PoolId::Pending { token, .. }) = d.pool_id.parse::<PoolId>() {
-            if let Some((p, _)) = self.get_pool(&token).await? {
-                if p.bound.is_none() {
-                    match self.agent.store.delete_network(&p.placeholder()).await {
-                        Ok(_) | Err(StoreError::NotFound(_)) => {}
-                        Err(e) => return Err(store_err(e)),
-                    }
+        if let Ok(PoolId::Pending { token, .. }) = d.pool_id.parse::<PoolId>()
+            && let Some((p, _)) = self.get_pool(&token).await?
+        {
+            if p.bound.is_none() {
+                match self.agent.store.delete_network(&p.placeholder()).await {
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(store_err(e)),
                 }
-                self.agent
-                    .store
-                    .kv()
-                    .delete(&pool_key(&token))
-                    .await
-                    .map_err(|e| store_err(e.into()))?;
             }
+            self.agent
+                .store
+                .kv()
+                .delete(&pool_key(&token))
+                .await
+                .map_err(|e| store_err(e.into()))?;
         }
         if let Some(name) = &d.name {
             let kv = self.agent.store.kv();

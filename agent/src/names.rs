@@ -66,14 +66,16 @@ impl Names {
     /// A names service forwarding unknown names to `upstreams` (or the host's resolv.conf).
     pub fn new(upstreams: Vec<SocketAddr>) -> Result<Self> {
         let zone = Arc::new(ArcSwap::from_pointee(Zone::build(Vec::new())));
-        let mut cfg = DnsConfig::default();
-        cfg.forward = ForwardConfig {
-            upstreams: if upstreams.is_empty() {
-                Upstreams::System
-            } else {
-                Upstreams::Servers(upstreams)
+        let cfg = DnsConfig {
+            forward: ForwardConfig {
+                upstreams: if upstreams.is_empty() {
+                    Upstreams::System
+                } else {
+                    Upstreams::Servers(upstreams)
+                },
+                ..ForwardConfig::default()
             },
-            ..ForwardConfig::default()
+            ..DnsConfig::default()
         };
         let dns = DnsServer::new(zone.clone(), cfg)
             .map_err(|e| AgentError::Internal(format!("DNS server: {e}")))?;

@@ -54,10 +54,10 @@ impl Drop for DockerLab {
             }
         }
         for h in &mut self.hosts {
-            if let Some(mut d) = h.d.take() {
-                if let Err(e) = d.stop() {
-                    eprintln!("stopping dockerd: {e}");
-                }
+            if let Some(mut d) = h.d.take()
+                && let Err(e) = d.stop()
+            {
+                eprintln!("stopping dockerd: {e}");
             }
         }
         self.lab.take();

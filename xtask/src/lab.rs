@@ -601,17 +601,17 @@ impl Lab {
 pub fn teardown_by_name(name: &str) -> Vec<anyhow::Error> {
     let mut errs = Vec::new();
     let dir = Lab::dir_of(name);
-    if let Ok(text) = fs::read(dir.join("lab.json")) {
-        if let Ok(state) = serde_json::from_slice::<LabState>(&text) {
-            let pids = state
-                .hosts
-                .iter()
-                .filter_map(|h| h.pid)
-                .chain(state.etcd_pid);
-            for pid in pids {
-                if Path::new(&format!("/proc/{pid}")).exists() && cmdline_is_ours(pid) {
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                }
+    if let Ok(text) = fs::read(dir.join("lab.json"))
+        && let Ok(state) = serde_json::from_slice::<LabState>(&text)
+    {
+        let pids = state
+            .hosts
+            .iter()
+            .filter_map(|h| h.pid)
+            .chain(state.etcd_pid);
+        for pid in pids {
+            if Path::new(&format!("/proc/{pid}")).exists() && cmdline_is_ours(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
     }
@@ -642,10 +642,10 @@ pub fn teardown_by_name(name: &str) -> Vec<anyhow::Error> {
             }
         }
     }
-    if dir.exists() {
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            errs.push(anyhow::anyhow!("removing {}: {e}", dir.display()));
-        }
+    if dir.exists()
+        && let Err(e) = fs::remove_dir_all(&dir)
+    {
+        errs.push(anyhow::anyhow!("removing {}: {e}", dir.display()));
     }
     errs
 }

@@ -192,12 +192,12 @@ impl ClusterStore {
             }
             _ => {}
         }
-        if let Some(m) = req.mtu {
-            if !(576..=9216).contains(&m) {
-                return Err(StoreError::Invalid(format!(
-                    "MTU {m} out of range (576-9216)"
-                )));
-            }
+        if let Some(m) = req.mtu
+            && !(576..=9216).contains(&m)
+        {
+            return Err(StoreError::Invalid(format!(
+                "MTU {m} out of range (576-9216)"
+            )));
         }
         Ok(())
     }
@@ -343,12 +343,12 @@ impl ClusterStore {
                 },
             ];
             // Only drop the VNI claim if it is still ours.
-            if let Some(e) = self.kv.get(&keys::vni(rec.vni)).await? {
-                if e.value == name.as_bytes() {
-                    ops.push(TxnOp::Delete {
-                        key: keys::vni(rec.vni),
-                    });
-                }
+            if let Some(e) = self.kv.get(&keys::vni(rec.vni)).await?
+                && e.value == name.as_bytes()
+            {
+                ops.push(TxnOp::Delete {
+                    key: keys::vni(rec.vni),
+                });
             }
             for e in self.kv.list(&keys::addrs_of(name)).await?.entries {
                 ops.push(TxnOp::Delete { key: e.key });
@@ -468,10 +468,10 @@ impl ClusterStore {
     /// Releases an address if `owner` still holds it.
     pub async fn release_addr(&self, net: &str, ip: Ipv4Addr, owner: &str) -> Result<()> {
         let key = keys::addr(net, ip);
-        if let Some(e) = self.kv.get(&key).await? {
-            if e.value == owner.as_bytes() {
-                self.kv.delete_cas(&key, e.mod_revision).await?;
-            }
+        if let Some(e) = self.kv.get(&key).await?
+            && e.value == owner.as_bytes()
+        {
+            self.kv.delete_cas(&key, e.mod_revision).await?;
         }
         Ok(())
     }
@@ -526,11 +526,11 @@ impl ClusterStore {
             let mut compares = vec![Compare::ModRevision(key.clone(), rev)];
             let mut ops = vec![TxnOp::Delete { key }];
             let akey = keys::addr(net, ep.ip);
-            if let Some(a) = self.kv.get(&akey).await? {
-                if a.value == id.as_bytes() {
-                    compares.push(Compare::ModRevision(akey.clone(), a.mod_revision));
-                    ops.push(TxnOp::Delete { key: akey });
-                }
+            if let Some(a) = self.kv.get(&akey).await?
+                && a.value == id.as_bytes()
+            {
+                compares.push(Compare::ModRevision(akey.clone(), a.mod_revision));
+                ops.push(TxnOp::Delete { key: akey });
             }
             if self.kv.txn(compares, ops).await?.is_some() {
                 return Ok(Some(ep));
