@@ -69,6 +69,8 @@ pub struct Agent {
     pub names_kick: Notify,
     /// Counters for `/metrics`.
     pub counters: crate::metrics::Counters,
+    /// Peers already announced by gratuitous ARP: (network, address, MAC).
+    announced: Mutex<BTreeSet<(String, std::net::Ipv4Addr, [u8; 6])>>,
     names_pass: tokio::sync::Mutex<()>,
 }
 
@@ -101,6 +103,7 @@ impl Agent {
             names,
             names_kick: Notify::new(),
             counters: Default::default(),
+            announced: Mutex::new(BTreeSet::new()),
             names_pass: tokio::sync::Mutex::new(()),
         })
     }
@@ -161,10 +164,35 @@ impl Agent {
         crate::metrics::Counters::add(&c.reconcile_passes, 1);
         crate::metrics::Counters::add(&c.ops_applied, done.applied as u64);
         crate::metrics::Counters::add(&c.ops_failed, done.failed.len() as u64);
+        self.announce_new_peers(&want).await;
         for f in &done.failed {
             tracing::warn!(failure = %f, "datapath operation failed; retrying on the next pass");
         }
         Ok(done.applied)
+    }
+
+    /// Sends one gratuitous ARP per peer that is newly in the desired state (once per peer).
+    async fn announce_new_peers(&self, want: &ovl_datapath::Desired) {
+        let now: BTreeSet<(String, std::net::Ipv4Addr, [u8; 6])> = want
+            .networks
+            .iter()
+            .flat_map(|(n, d)| d.peers.iter().map(move |p| (n.clone(), p.ip, p.mac.0)))
+            .collect();
+        let fresh: Vec<_> = {
+            let mut seen = self.announced.lock().expect("announced lock");
+            let fresh = now.difference(&seen).cloned().collect();
+            *seen = now;
+            fresh
+        };
+        let mut by_net: std::collections::BTreeMap<&str, Vec<(std::net::Ipv4Addr, MacAddr)>> = Default::default();
+        for (n, ip, mac) in &fresh {
+            by_net.entry(n).or_default().push((*ip, MacAddr(*mac)));
+        }
+        for (net, peers) in by_net {
+            if let Err(e) = self.dp.announce(net, &peers).await {
+                tracing::debug!(network = net, error = %e, "gratuitous ARP");
+            }
+        }
     }
 
     /// Repairs the gateway bridge and its firewall rules if something changed them.
@@ -341,6 +369,7 @@ impl Agent {
                 }
             }
         };
+        tune_arp(&netns, &attached.ifname);
         let nskey = local::netns_key(&netns)
             .map_err(|e| AgentError::Internal(format!("{}: {e}", netns.display())))?;
         let gateway_ifname = if net.internal {
@@ -530,7 +559,7 @@ impl Agent {
             id: self.settings.host_id.clone(),
             vtep: self.settings.advertise_addr,
             underlay_mtu: self.underlay_mtu,
-            datapath: self.settings.datapath.to_string(),
+            datapath: self.dp.mode().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             gw_subnet: self.gw.info().map(|i| i.subnet),
         }
@@ -561,7 +590,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_string(),
             advertise_addr: self.settings.advertise_addr,
             underlay_mtu: self.underlay_mtu,
-            datapath: self.settings.datapath.to_string(),
+            datapath: self.dp.mode().to_string(),
             registered: self.registered.load(Ordering::Relaxed),
             kv,
             counts: Counts {
@@ -729,5 +758,24 @@ fn to_gw_port(p: &ovl_core::PortMap) -> ovl_gateway::PortMap {
             ovl_core::Proto::Tcp => ovl_gateway::Proto::Tcp,
             ovl_core::Proto::Udp => ovl_gateway::Proto::Udp,
         },
+    }
+}
+
+/// ARP retransmit time on overlay interfaces. Neighbours on the overlay are answered locally
+/// (proxy ARP from programmed entries, or in BPF), so a request sent a moment before the
+/// peer's entry arrived is dropped; the kernel's default retry after 1 s is what made
+/// Docker's overlay take over a second to converge. Retrying after 100 ms costs nothing.
+const ARP_RETRANS_MS: &str = "100";
+
+/// Sets [`ARP_RETRANS_MS`] on `ifname` inside `netns` (best effort: a failure only slows
+/// the first contact).
+fn tune_arp(netns: &std::path::Path, ifname: &str) {
+    let knob = format!("/proc/sys/net/ipv4/neigh/{ifname}/retrans_time_ms");
+    let r = ovl_datapath::netns::run_in_netns(Some(netns), move || {
+        std::fs::write(&knob, ARP_RETRANS_MS)
+            .map_err(|e| ovl_datapath::Error::InvalidInput(format!("{knob}: {e}")))
+    });
+    if let Err(e) = r {
+        tracing::debug!(netns = %netns.display(), error = %e, "tuning ARP retransmits");
     }
 }

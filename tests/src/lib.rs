@@ -129,3 +129,135 @@ pub fn programmed(lab: &Lab, i: usize, net: &str) -> Vec<String> {
 pub fn sandbox(lab: &Lab, i: usize, net: &str) -> String {
     format!("{}/dp/netns/{net}", lab.host(i).run_dir.display())
 }
+
+/// Lets a container answer broadcast pings.
+pub fn allow_broadcast_ping(ns: &str) {
+    assert!(
+        nsexec(
+            ns,
+            &["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"]
+        )
+        .status
+        .success()
+    );
+}
+
+/// Three broadcast pings from `from` to `bcast`; the output (one line per reply).
+pub fn broadcast_replies(from: &str, bcast: &str) -> String {
+    stdout(&nsexec(
+        from,
+        &["ping", "-b", "-c", "3", "-i", "0.2", "-W", "1", bcast],
+    ))
+}
+
+/// Sends UDP multicast to 239.1.1.1 from `sender` and asserts every receiver namespace (a
+/// `socat` subscriber on eth0) got it.
+pub fn multicast_reaches(sender: &str, sender_ip: &str, receivers: &[&str]) {
+    use std::process::{Command, Stdio};
+    let rx: Vec<_> = receivers
+        .iter()
+        .map(|ns| {
+            Command::new("ip")
+                .args(["netns", "exec", ns, "timeout", "5", "socat", "-u"])
+                .arg("UDP4-RECV:5000,ip-add-membership=239.1.1.1:eth0,reuseaddr")
+                .arg("STDOUT")
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("socat receiver")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let mut s = Command::new("ip")
+            .args(["netns", "exec", sender, "socat", "-u", "STDIN"])
+            .arg(format!(
+                "UDP4-DATAGRAM:239.1.1.1:5000,ip-multicast-if={sender_ip}"
+            ))
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("socat sender");
+        use std::io::Write;
+        s.stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"hello-multicast\n")
+            .expect("write");
+        s.wait().expect("socat");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (r, who) in rx.into_iter().zip(receivers) {
+        let out = r.wait_with_output().expect("socat receiver");
+        assert!(
+            stdout(&out).contains("hello-multicast"),
+            "{who} got no multicast: {:?}",
+            stdout(&out)
+        );
+    }
+}
+
+/// Floods broadcast, ARP and multicast from `from` (on a network with subnet `subnet`) and
+/// asserts that none of it is seen in the `watch` namespaces (containers of other networks).
+pub fn assert_nothing_crosses(from: &str, subnet: &str, watch: &[&str]) {
+    use std::process::{Command, Stdio};
+    let watchers: Vec<_> = watch
+        .iter()
+        .map(|ns| {
+            Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "timeout", "4", "tcpdump", "-n", "-l", "-i", "eth0",
+                ])
+                .args(["src", "net", subnet, "or", "arp"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("tcpdump")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let bcast = subnet.replace(".0/24", ".255");
+    nsexec(
+        from,
+        &["ping", "-b", "-c", "4", "-i", "0.2", "-W", "1", &bcast],
+    );
+    nsexec(
+        from,
+        &[
+            "arping",
+            "-c",
+            "2",
+            "-w",
+            "1",
+            "-I",
+            "eth0",
+            &subnet.replace(".0/24", ".99"),
+        ],
+    );
+    nsexec(
+        from,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "eth0",
+            "239.2.2.2",
+        ],
+    );
+    for w in watchers {
+        let out = w.wait_with_output().expect("tcpdump");
+        assert!(
+            stdout(&out).trim().is_empty(),
+            "a packet crossed VNIs: {}",
+            stdout(&out)
+        );
+        assert!(
+            stderr(&out).contains("0 packets captured"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

@@ -121,6 +121,13 @@ impl DockerLab {
             .expect("lab up")
     }
 
+    fn lab_mut(&mut self) -> &mut Lab {
+        self.lab
+            .as_mut()
+            .and_then(|g| g.0.as_mut())
+            .expect("lab up")
+    }
+
     fn d(&self, i: usize) -> &Dockerd {
         self.hosts[i].d.as_ref().expect("dockerd running")
     }
@@ -368,6 +375,120 @@ fn docker_two_hosts() {
         ],
     );
     assert_eq!(s1, s2, "the named form gives the same subnet on both hosts");
+    // -o com.docker.network.driver.mtu reaches the cluster record and the container.
+    let named = lab.ctl_json(0, &["network", "inspect", "named"]);
+    assert_eq!(named["mtu"], 1400, "{named}");
+    let mtu = lab.docker(
+        1,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "named",
+            IMAGE,
+            "cat",
+            "/sys/class/net/eth0/mtu",
+        ],
+    );
+    assert_eq!(mtu, "1400");
+    // --subnet, --gateway, --internal; the second host's --subnet binds to it at once.
+    lab.docker(
+        0,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ovl",
+            "--ipam-driver",
+            "ovl",
+            "--subnet",
+            "10.77.0.0/24",
+            "--gateway",
+            "10.77.0.254",
+            "--internal",
+            "intnet",
+        ],
+    );
+    lab.docker(
+        1,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ovl",
+            "--ipam-driver",
+            "ovl",
+            "--subnet",
+            "10.77.0.0/24",
+            "--internal",
+            "intnet",
+        ],
+    );
+    within(
+        "intnet bound with its options",
+        Duration::from_secs(20),
+        || {
+            let o = lab.ctl(1, &["--json", "network", "inspect", "intnet"]);
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+            v["subnet"] == "10.77.0.0/24" && v["gateway"] == "10.77.0.254" && v["internal"] == true
+        },
+    );
+    assert_eq!(
+        lab.docker(
+            1,
+            &[
+                "network",
+                "inspect",
+                "-f",
+                "{{(index .IPAM.Config 0).Subnet}}",
+                "intnet"
+            ]
+        ),
+        "10.77.0.0/24"
+    );
+    lab.docker(
+        0,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "isolated",
+            "--network",
+            "intnet",
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
+    lab.docker(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "isolated2",
+            "--network",
+            "intnet",
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
+    let iso2 = ip_of(&lab, 1, "isolated2", "intnet");
+    assert!(iso2.starts_with("10.77.0."), "{iso2}");
+    within(
+        "internal network carries traffic across hosts",
+        Duration::from_secs(20),
+        || can_ping(&lab, 0, "isolated", &iso2),
+    );
+    let routes = lab.docker(0, &["exec", "isolated", "ip", "route"]);
+    assert!(
+        !routes.contains("default"),
+        "an internal network has no way out:\n{routes}"
+    );
+    assert!(!can_ping(&lab, 0, "isolated", xtask::lab::OUTSIDE_ADDR));
+    lab.docker(0, &["rm", "-f", "isolated"]);
+    lab.docker(1, &["rm", "-f", "isolated2"]);
 
     lab.docker(
         0,
@@ -503,6 +624,66 @@ fn docker_two_hosts() {
         can_ping(&lab, 1, "client", "web2")
     });
 
+    // KV outage: running containers keep talking, a new container fails with a clear message,
+    // removing one works and reaches the KV once it is back.
+    let web2_ep = lab.docker(
+        0,
+        &[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.appnet.EndpointID}}",
+            "web2",
+        ],
+    );
+    lab.lab_mut().stop_etcd().unwrap();
+    assert!(
+        can_ping(&lab, 1, "client", &web_ip),
+        "traffic during the KV outage"
+    );
+    let o = lab.docker_try(
+        0,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "nokv",
+            "--network",
+            "appnet",
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains("unreachable"),
+        "docker run without the KV: {err}"
+    );
+    lab.docker_try(0, &["rm", "-f", "nokv"]);
+    lab.docker(0, &["rm", "-f", "web2"]);
+    assert!(
+        can_ping(&lab, 1, "client", &web_ip),
+        "traffic during the KV outage, after a removal"
+    );
+    lab.lab_mut().start_etcd().unwrap();
+    within(
+        "deferred removal of web2 applied",
+        Duration::from_secs(30),
+        || {
+            !lab.etcd_keys("/ovl/v1/endpoints/")
+                .iter()
+                .any(|k| k.ends_with(&web2_ep))
+        },
+    );
+    within(
+        "web2 gone from the client's hosts file",
+        Duration::from_secs(20),
+        || {
+            !lab.docker(1, &["exec", "client", "cat", "/etc/hosts"])
+                .contains("web2")
+        },
+    );
+
     // Malformed requests: a clear error and no change.
     let before = (
         lab.etcd_keys("/ovl/v1/endpoints/"),
@@ -597,10 +778,9 @@ fn docker_two_hosts() {
     );
 
     // Teardown through Docker: nothing left behind.
-    lab.docker(0, &["rm", "-f", "web2"]);
     lab.docker(1, &["rm", "-f", "client"]);
     for i in 0..2 {
-        lab.docker(i, &["network", "rm", "appnet", "named"]);
+        lab.docker(i, &["network", "rm", "appnet", "named", "intnet"]);
     }
     within("KV clean", Duration::from_secs(10), || {
         lab.etcd_keys("/ovl/v1/endpoints/").is_empty()

@@ -61,6 +61,13 @@ pub trait Datapath: Send + Sync {
         )))
     }
 
+    /// Announces newly programmed remote peers to the local containers of `network`
+    /// (gratuitous ARP), so an ARP request that raced their entries resolves at once.
+    async fn announce(&self, network: &str, peers: &[(std::net::Ipv4Addr, ovl_datapath::MacAddr)]) -> Result<()> {
+        let _ = (network, peers);
+        Ok(())
+    }
+
     /// Details and counters for `overlayctl datapath`.
     async fn details(&self) -> serde_json::Value;
 }

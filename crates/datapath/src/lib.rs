@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod garp;
 pub mod kernel;
 pub mod netlink;
 pub mod netns;
