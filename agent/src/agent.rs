@@ -184,7 +184,8 @@ impl Agent {
             *seen = now;
             fresh
         };
-        let mut by_net: std::collections::BTreeMap<&str, Vec<(std::net::Ipv4Addr, MacAddr)>> = Default::default();
+        let mut by_net: std::collections::BTreeMap<&str, Vec<(std::net::Ipv4Addr, MacAddr)>> =
+            Default::default();
         for (n, ip, mac) in &fresh {
             by_net.entry(n).or_default().push((*ip, MacAddr(*mac)));
         }

@@ -38,7 +38,9 @@
 //! and in `local.json`, so a restarted agent serves `Leave`/`DeleteEndpoint` for running
 //! containers and their traffic never stops. With the KV down, calls that must allocate
 //! (pools, addresses, endpoint records) fail with a clear "unavailable" error; the rest are
-//! served from the cache.
+//! served from the cache. Removals (`DeleteEndpoint`, `ReleaseAddress`) succeed at once for
+//! Docker and their KV half is queued in `<state-dir>/docker-deferred.json`, applied as soon
+//! as the KV answers again.
 
 use std::{
     collections::BTreeMap,
@@ -198,6 +200,80 @@ impl NetCache {
     }
 }
 
+/// A KV change Docker asked for while the KV was unreachable, applied once it answers
+/// (Docker removes containers even then, and must not be failed for it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Deferred {
+    /// Delete an endpoint record (and the address it owns).
+    DeleteEndpoint {
+        /// Cluster network name.
+        network: String,
+        /// Endpoint id.
+        endpoint_id: String,
+    },
+    /// Release an address claimed through a pool.
+    ReleaseAddress {
+        /// PoolID as Docker holds it.
+        pool_id: String,
+        /// The address.
+        address: Ipv4Addr,
+    },
+}
+
+/// Deferred KV changes, persisted in `<state-dir>/docker-deferred.json`.
+#[derive(Debug)]
+struct DeferredOps {
+    path: PathBuf,
+    ops: Mutex<std::collections::BTreeSet<Deferred>>,
+}
+
+impl DeferredOps {
+    fn load(path: PathBuf) -> Self {
+        let ops = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        DeferredOps {
+            path,
+            ops: Mutex::new(ops),
+        }
+    }
+
+    fn save(&self, ops: &std::collections::BTreeSet<Deferred>) {
+        let tmp = self.path.with_extension("json.tmp");
+        let res = serde_json::to_vec_pretty(ops)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = res {
+            tracing::error!(path = %self.path.display(), error = %e, "saving deferred Docker operations");
+        }
+    }
+
+    fn add(&self, op: Deferred) {
+        let mut m = self.ops.lock().expect("deferred lock");
+        if m.insert(op) {
+            self.save(&m);
+        }
+    }
+
+    fn remove(&self, op: &Deferred) {
+        let mut m = self.ops.lock().expect("deferred lock");
+        if m.remove(op) {
+            self.save(&m);
+        }
+    }
+
+    fn all(&self) -> Vec<Deferred> {
+        self.ops
+            .lock()
+            .expect("deferred lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
 /// Host-side name of the interface Docker moves into the container (≤ 15 bytes).
 pub fn temp_ifname(endpoint_id: &str) -> String {
     let short: String = endpoint_id
@@ -260,18 +336,22 @@ pub struct DockerPlugin {
     bind_lock: tokio::sync::Mutex<()>,
     /// Names the watcher reported, by endpoint id, until they are in the KV.
     wanted: Mutex<BTreeMap<String, ContainerNames>>,
+    /// KV changes waiting for the KV.
+    deferred: DeferredOps,
 }
 
 impl DockerPlugin {
     /// A backend for `agent`, with its NetworkID cache in the agent's state dir.
     pub fn new(agent: Arc<Agent>) -> Arc<Self> {
         let cache = NetCache::load(agent.settings.state_dir.join("docker-networks.json"));
+        let deferred = DeferredOps::load(agent.settings.state_dir.join("docker-deferred.json"));
         Arc::new(DockerPlugin {
             agent,
             cache,
             names: Mutex::new(None),
             bind_lock: tokio::sync::Mutex::new(()),
             wanted: Mutex::new(BTreeMap::new()),
+            deferred,
         })
     }
 
@@ -710,13 +790,24 @@ impl PluginBackend for DockerPlugin {
             }
             IdentityHint::Subnet(s) => {
                 let s = v4_net(s, "subnet")?;
-                let nets = self.agent.store.networks().await.map_err(store_err)?;
-                match nets
-                    .into_iter()
-                    .find(|n| n.subnet == s && !n.name.starts_with(PLACEHOLDER_PREFIX))
-                {
-                    Some(net) => Ok(found(net)),
-                    None => self.reserve_pending(Some(s), None).await,
+                // Another host may have reserved this subnet a moment ago and be binding it
+                // to its name: wait for that (bounded) instead of failing on the overlap.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    let nets = self.agent.store.networks().await.map_err(store_err)?;
+                    if let Some(net) = nets
+                        .iter()
+                        .find(|n| n.subnet == s && !n.name.starts_with(PLACEHOLDER_PREFIX))
+                    {
+                        return Ok(found(net.clone()));
+                    }
+                    let held = nets
+                        .iter()
+                        .any(|n| n.subnet == s && n.name.starts_with(PLACEHOLDER_PREFIX));
+                    if !held || tokio::time::Instant::now() >= deadline {
+                        return self.reserve_pending(Some(s), None).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
             IdentityHint::Unknown => self.reserve_pending(None, None).await,
@@ -811,40 +902,22 @@ impl PluginBackend for DockerPlugin {
     }
 
     async fn release_address(&self, req: AddressRelease) -> PluginResult<()> {
-        let pid: PoolId = req.pool_id.parse()?;
-        let IpAddr::V4(ip) = req.address else {
-            return Ok(());
-        };
-        if let PoolId::Pending { token, .. } = &pid {
-            match self.get_pool(token).await? {
-                Some((p, _)) if p.bound.is_some() => {}
-                _ => return Ok(()), // gateway or aux address of an unbound pool: nothing claimed
+        let _: PoolId = req.pool_id.parse()?;
+        match self.release_address_now(&req).await {
+            Err(PluginError::Unavailable(m)) => {
+                // Docker is removing the container now: do not fail it; the address is
+                // released in the KV as soon as the KV answers again.
+                tracing::warn!(pool = %req.pool_id, address = %req.address, reason = %m, "KV unreachable: address release deferred");
+                if let IpAddr::V4(address) = req.address {
+                    self.deferred.add(Deferred::ReleaseAddress {
+                        pool_id: req.pool_id.clone(),
+                        address,
+                    });
+                }
+                Ok(())
             }
+            other => other,
         }
-        let net = match self.network_for_pool(&pid).await {
-            Ok(n) => n,
-            Err(PluginError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if ip == net.gateway {
-            return Ok(());
-        }
-        let mine = format!("docker/{}/", self.host());
-        if let Some(owner) = self
-            .agent
-            .store
-            .addr_owner(&net.name, ip)
-            .await
-            .map_err(store_err)?
-            && owner.starts_with(&mine)
-        {
-            self.agent
-                .store
-                .release_addr(&net.name, ip, &owner)
-                .await
-                .map_err(store_err)?;
-        }
-        Ok(())
     }
 
     async fn create_network(&self, req: CreateNetwork) -> PluginResult<()> {
@@ -1057,11 +1130,23 @@ impl PluginBackend for DockerPlugin {
             .lock()
             .expect("wanted lock")
             .remove(&req.endpoint_id);
-        self.agent
+        match self
+            .agent
             .store
             .delete_endpoint(&net, &req.endpoint_id)
             .await
-            .map_err(store_err)?;
+            .map_err(store_err)
+        {
+            Ok(_) => {}
+            Err(PluginError::Unavailable(m)) => {
+                tracing::warn!(network = %net, endpoint = %req.endpoint_id, reason = %m, "KV unreachable: endpoint record removal deferred");
+                self.deferred.add(Deferred::DeleteEndpoint {
+                    network: net.clone(),
+                    endpoint_id: req.endpoint_id.clone(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
         self.agent.kick.notify_one();
         Ok(())
     }
@@ -1174,6 +1259,45 @@ pub async fn run(agent: Arc<Agent>) {
 }
 
 impl DockerPlugin {
+    /// `ReleaseAddress` against the KV.
+    async fn release_address_now(&self, req: &AddressRelease) -> PluginResult<()> {
+        let pid: PoolId = req.pool_id.parse()?;
+
+        let IpAddr::V4(ip) = req.address else {
+            return Ok(());
+        };
+        if let PoolId::Pending { token, .. } = &pid {
+            match self.get_pool(token).await? {
+                Some((p, _)) if p.bound.is_some() => {}
+                _ => return Ok(()), // gateway or aux address of an unbound pool: nothing claimed
+            }
+        }
+        let net = match self.network_for_pool(&pid).await {
+            Ok(n) => n,
+            Err(PluginError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if ip == net.gateway {
+            return Ok(());
+        }
+        let mine = format!("docker/{}/", self.host());
+        if let Some(owner) = self
+            .agent
+            .store
+            .addr_owner(&net.name, ip)
+            .await
+            .map_err(store_err)?
+            && owner.starts_with(&mine)
+        {
+            self.agent
+                .store
+                .release_addr(&net.name, ip, &owner)
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
     /// Binds pending pools of this host whose network dockerd already stored (right after
     /// `CreateNetwork` returns), so names and subnets agree before the first container.
     async fn bind_loop(self: Arc<Self>) {
@@ -1192,6 +1316,39 @@ impl DockerPlugin {
             for d in unbound {
                 if let Err(e) = self.net_of(&d).await {
                     tracing::debug!(network_id = %d.network_id, error = %e, "pending Docker network not bound yet");
+                }
+            }
+            for op in self.deferred.all() {
+                let r = match &op {
+                    Deferred::DeleteEndpoint {
+                        network,
+                        endpoint_id,
+                    } => self
+                        .agent
+                        .store
+                        .delete_endpoint(network, endpoint_id)
+                        .await
+                        .map(|_| ())
+                        .map_err(store_err),
+                    Deferred::ReleaseAddress { pool_id, address } => {
+                        self.release_address_now(&AddressRelease {
+                            pool_id: pool_id.clone(),
+                            address: IpAddr::V4(*address),
+                        })
+                        .await
+                    }
+                };
+                match r {
+                    Ok(()) => {
+                        tracing::info!(?op, "deferred Docker operation applied");
+                        self.deferred.remove(&op);
+                        self.agent.kick.notify_one();
+                    }
+                    Err(PluginError::Unavailable(_)) => break, // still down: next tick
+                    Err(e) => {
+                        tracing::warn!(?op, error = %e, "dropping a deferred Docker operation");
+                        self.deferred.remove(&op);
+                    }
                 }
             }
         }
@@ -1222,6 +1379,30 @@ mod tests {
             docker_socket(Some("tcp://1.2.3.4:2375")),
             PathBuf::from("/var/run/docker.sock")
         );
+    }
+
+    #[test]
+    fn deferred_ops_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.json");
+        let a = Deferred::DeleteEndpoint {
+            network: "n".into(),
+            endpoint_id: "e".into(),
+        };
+        let b = Deferred::ReleaseAddress {
+            pool_id: "ovl/net/n/v4".into(),
+            address: "10.0.0.5".parse().unwrap(),
+        };
+        let ops = DeferredOps::load(path.clone());
+        ops.add(a.clone());
+        ops.add(b.clone());
+        ops.add(a.clone());
+        assert_eq!(
+            DeferredOps::load(path.clone()).all(),
+            vec![a.clone(), b.clone()]
+        );
+        ops.remove(&a);
+        assert_eq!(DeferredOps::load(path).all(), vec![b]);
     }
 
     #[test]

@@ -122,6 +122,19 @@ impl Datapath for KernelBackend {
         self.dp.detach(network, endpoint_id).await.map_err(dp_err)
     }
 
+    async fn announce(
+        &self,
+        network: &str,
+        peers: &[(std::net::Ipv4Addr, ovl_datapath::MacAddr)],
+    ) -> Result<()> {
+        let sandbox = self.dp.sandbox_path(network);
+        let peers = peers.to_vec();
+        tokio::task::spawn_blocking(move || ovl_datapath::garp::announce(&sandbox, "br0", &peers))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+            .map_err(dp_err)
+    }
+
     async fn details(&self) -> serde_json::Value {
         match self.dp.observe().await {
             Ok(o) => serde_json::json!({ "mode": "kernel", "observed": o }),

@@ -63,7 +63,11 @@ pub trait Datapath: Send + Sync {
 
     /// Announces newly programmed remote peers to the local containers of `network`
     /// (gratuitous ARP), so an ARP request that raced their entries resolves at once.
-    async fn announce(&self, network: &str, peers: &[(std::net::Ipv4Addr, ovl_datapath::MacAddr)]) -> Result<()> {
+    async fn announce(
+        &self,
+        network: &str,
+        peers: &[(std::net::Ipv4Addr, ovl_datapath::MacAddr)],
+    ) -> Result<()> {
         let _ = (network, peers);
         Ok(())
     }

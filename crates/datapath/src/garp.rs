@@ -31,17 +31,23 @@ pub fn announce(netns: &Path, ifname: &str, peers: &[(Ipv4Addr, MacAddr)]) -> Re
         return Ok(());
     }
     let frames: Vec<[u8; 42]> = peers.iter().map(|(ip, mac)| frame(*ip, *mac)).collect();
-    let ifname = std::ffi::CString::new(ifname).map_err(|_| Error::InvalidInput(format!("bad interface name {ifname:?}")))?;
+    let ifname = std::ffi::CString::new(ifname)
+        .map_err(|_| Error::InvalidInput(format!("bad interface name {ifname:?}")))?;
     run_in_netns(Some(netns), move || {
         // SAFETY: if_nametoindex reads a valid NUL-terminated string.
         let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
         if ifindex == 0 {
-            return Err(Error::InvalidInput(format!("no interface {ifname:?} in the sandbox")));
+            return Err(Error::InvalidInput(format!(
+                "no interface {ifname:?} in the sandbox"
+            )));
         }
         // SAFETY: plain socket(2) call; the fd is closed below on every path.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
-            return Err(Error::InvalidInput(format!("packet socket: {}", std::io::Error::last_os_error())));
+            return Err(Error::InvalidInput(format!(
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         // SAFETY: sockaddr_ll is plain old data; zeroed is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -64,7 +70,10 @@ pub fn announce(netns: &Path, ifname: &str, peers: &[(Ipv4Addr, MacAddr)]) -> Re
                 )
             };
             if n < 0 {
-                result = Err(Error::InvalidInput(format!("sending gratuitous ARP: {}", std::io::Error::last_os_error())));
+                result = Err(Error::InvalidInput(format!(
+                    "sending gratuitous ARP: {}",
+                    std::io::Error::last_os_error()
+                )));
                 break;
             }
         }

@@ -751,9 +751,15 @@ impl KernelDatapath {
     /// path dockerd gives may not exist yet in our view); it is only recorded by the caller.
     ///
     /// Idempotent: if the port and the temporary interface both exist for this endpoint, they
-    /// are converged and reused; a port whose container end already left (moved by Docker) is
-    /// kept as it is. Bad input fails before any change.
-    pub async fn attach_unplugged(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
+    /// are converged and reused; otherwise a leftover half (a port whose other end is gone, or a
+    /// temporary interface of this endpoint) is replaced by a new pair. Bad input (invalid
+    /// fields, no temporary name, an address or MAC used by another local endpoint, a foreign
+    /// interface holding the temporary name) fails before any change.
+    pub async fn attach_unplugged(
+        &self,
+        spec: &NetworkSpec,
+        ep: &EndpointSpec,
+    ) -> Result<Attached> {
         spec.validate()?;
         ep.validate(spec)?;
         let tmp = ep.ifname.clone().ok_or_else(|| {

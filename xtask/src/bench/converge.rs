@@ -81,13 +81,17 @@ fn measure(kv: KvKind, attaches: usize) -> Result<Vec<f64>> {
         let start = SystemTime::now();
         let attach = lab
             .exec(1, "overlayctl")
-            .args(["attach", "net1", "--name", &name, "--netns", &path, "--ip", &ip])
+            .args([
+                "attach", "net1", "--name", &name, "--netns", &path, "--ip", &ip,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
         // Probe from host 1 at once, every 5 ms: the first reply is convergence.
         let mut ping = Command::new("ip")
-            .args(["netns", "exec", &probe, "ping", "-D", "-n", "-i", "0.005", "-w", "10", &ip])
+            .args([
+                "netns", "exec", &probe, "ping", "-D", "-n", "-i", "0.005", "-w", "10", &ip,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -99,9 +103,14 @@ fn measure(kv: KvKind, attaches: usize) -> Result<Vec<f64>> {
         let _ = ping.wait();
         let out = attach.wait_with_output()?;
         if !out.status.success() {
-            bail!("attach {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "attach {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let Some(line) = first else { bail!("{name} ({ip}) never answered") };
+        let Some(line) = first else {
+            bail!("{name} ({ip}) never answered")
+        };
         let stamp: f64 = line
             .trim_start_matches('[')
             .split(']')
