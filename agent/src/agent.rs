@@ -207,6 +207,15 @@ impl Agent {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "gateway reconcile failed"),
         }
+        if let Some(info) = self.gw.info() {
+            match ovl_gateway::docker::ensure_docker_user_exception(&info.bridge).await {
+                Ok(true) => tracing::info!(
+                    "added the gateway bridge exception to Docker's DOCKER-USER chain"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "Docker coexistence"),
+            }
+        }
     }
 
     fn overlay_subnets(&self) -> Vec<ipnetwork::Ipv4Network> {

@@ -283,3 +283,46 @@ fn gw_subnet_overlapping_an_overlay_is_refused() {
     );
     assert!(!links.contains("ovl_gwbridge"), "{links}");
 }
+
+#[test]
+fn coexists_with_dockers_forward_policy() {
+    let lab = lab("t4dock", 1, KvKind::Embedded);
+    let h1 = lab.host(0).ns.clone();
+    let ipt = |args: &[&str]| {
+        let out = xtask::sh::in_ns(&h1, "iptables")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "iptables {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    // What dockerd does to a host: FORWARD policy DROP, jumping to DOCKER-USER first.
+    ipt(&["-P", "FORWARD", "DROP"]);
+    ipt(&["-N", "DOCKER-USER"]);
+    ipt(&["-A", "DOCKER-USER", "-j", "RETURN"]);
+    ipt(&["-I", "FORWARD", "-j", "DOCKER-USER"]);
+    let outside = format!("{}-out", lab.state.name);
+    let _server = Killed(vec![echo_peer_server(&outside, 9000)]);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
+    // The agent adds its exception (within the resync period) and traffic flows.
+    let took = within(
+        "NAT out through Docker's FORWARD policy",
+        Duration::from_secs(8),
+        || fetch(&c1, xtask::lab::OUTSIDE_ADDR, 9000).as_deref() == Some("198.18.0.11"),
+    );
+    eprintln!("t4dock: traffic allowed through Docker's FORWARD policy after {took:?}");
+    let rules = ipt(&["-S", "DOCKER-USER"]);
+    assert!(
+        rules.contains("-i ovl_gwbridge ! -o ovl_gwbridge -j ACCEPT"),
+        "{rules}"
+    );
+    assert_eq!(
+        rules.matches("ovl_gwbridge").count(),
+        3,
+        "rules added once: {rules}"
+    );
+    // Docker's own rules are untouched.
+    assert!(rules.contains("-A DOCKER-USER -j RETURN"), "{rules}");
+    assert!(ipt(&["-S", "FORWARD"]).contains("-P FORWARD DROP"));
+}

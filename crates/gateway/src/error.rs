@@ -116,6 +116,14 @@ pub enum Error {
         /// nft's stderr (or the exit status when empty).
         stderr: String,
     },
+    /// `iptables` (Docker's chains) refused a rule or could not run.
+    #[error("iptables {context} failed: {stderr}")]
+    Iptables {
+        /// What we were doing.
+        context: String,
+        /// iptables' stderr.
+        stderr: String,
+    },
     /// The state file is unreadable.
     #[error("gateway state file {path}: {reason}")]
     State {

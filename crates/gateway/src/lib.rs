@@ -18,12 +18,13 @@
 //! exact regardless of how nft normalises the syntax. The cost is one short `nft` process per
 //! change or reconcile check, which is negligible next to container start-up.
 //!
-//! Docker coexistence: see [`ruleset`] and [`ruleset::docker_user_exception`].
+//! Docker coexistence: see [`docker`] (the agent keeps Docker's `DOCKER-USER` exception).
 //!
 //! Known limits (same as Docker without its userland proxy): published ports are reachable on
 //! the host's addresses from other hosts, from outside and from the host itself, but not via
 //! `127.0.0.1` and not from containers on the same gateway bridge (hairpin); IPv4 only.
 
+pub mod docker;
 pub mod error;
 mod link;
 pub mod ruleset;

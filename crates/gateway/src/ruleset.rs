@@ -254,17 +254,13 @@ pub fn render_delete() -> String {
     format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
 }
 
-/// The iptables commands an operator runs when dockerd shares the network namespace with the
-/// gateway: Docker's `FORWARD` policy DROP would otherwise drop our forwarded traffic, and we
-/// never edit Docker's tables ourselves.
+/// The iptables commands that let our forwarded traffic through Docker's `FORWARD` policy
+/// DROP (the agent keeps them in place itself, see [`crate::docker`]).
 pub fn docker_user_exception(bridge: &str) -> Vec<String> {
-    vec![
-        format!("iptables -I DOCKER-USER -i {bridge} ! -o {bridge} -j ACCEPT"),
-        format!(
-            "iptables -I DOCKER-USER -o {bridge} -m conntrack --ctstate \
-             RELATED,ESTABLISHED,DNAT -j ACCEPT"
-        ),
-    ]
+    crate::docker::exception_rules(bridge)
+        .into_iter()
+        .map(|args| format!("iptables -I DOCKER-USER {}", args.join(" ")))
+        .collect()
 }
 
 #[cfg(test)]
