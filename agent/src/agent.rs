@@ -208,12 +208,14 @@ impl Agent {
             Err(e) => tracing::warn!(error = %e, "gateway reconcile failed"),
         }
         if let Some(info) = self.gw.info() {
-            match ovl_gateway::docker::ensure_docker_user_exception(&info.bridge).await {
-                Ok(true) => tracing::info!(
+            let check = ovl_gateway::docker::ensure_docker_user_exception(&info.bridge);
+            match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+                Ok(Ok(true)) => tracing::info!(
                     "added the gateway bridge exception to Docker's DOCKER-USER chain"
                 ),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "Docker coexistence"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "Docker coexistence"),
+                Err(_) => tracing::warn!("Docker coexistence: iptables did not answer within 3 s"),
             }
         }
     }

@@ -261,3 +261,20 @@ pub fn assert_nothing_crosses(from: &str, subnet: &str, watch: &[&str]) {
         );
     }
 }
+
+/// The common opening of the multi-host scenarios: network `net1`, a container on each of
+/// hosts 1-3, MTU = underlay - 50 on eth0, and ping between every pair. Returns each
+/// container's namespace and address.
+pub fn three_containers_ping(lab: &Lab) -> [(String, String); 3] {
+    ctl(lab, 0, &["network", "create", "net1"]);
+    let c = [0, 1, 2].map(|i| attach(lab, i, "net1", &format!("c{}", i + 1), &[]));
+    let link = nsexec(&c[1].0, &["ip", "-o", "link", "show", "eth0"]);
+    assert!(stdout(&link).contains("mtu 1450"), "{}", stdout(&link));
+    within("c1 -> c2 and c2 -> c1", Duration::from_secs(5), || {
+        ping(&c[0].0, &c[1].1) && ping(&c[1].0, &c[0].1)
+    });
+    for (a, b) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
+        assert!(ping(&c[a].0, &c[b].1), "c{} -> c{}", a + 1, b + 1);
+    }
+    c
+}

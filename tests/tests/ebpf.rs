@@ -40,17 +40,7 @@ fn ebpf_unicast_broadcast_multicast() {
             i + 1
         );
     }
-    ctl(&lab, 0, &["network", "create", "net1"]);
-    let (c1, ip1) = attach(&lab, 0, "net1", "c1", &[]);
-    let (c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
-    let (c3, ip3) = attach(&lab, 2, "net1", "c3", &[]);
-    let link = nsexec(&c2, &["ip", "-o", "link", "show", "eth0"]);
-    assert!(stdout(&link).contains("mtu 1450"), "{}", stdout(&link));
-
-    within("c1 -> c2 and c2 -> c1", Duration::from_secs(5), || {
-        ping(&c1, &ip2) && ping(&c2, &ip1)
-    });
-    assert!(ping(&c1, &ip3) && ping(&c3, &ip1) && ping(&c2, &ip3) && ping(&c3, &ip2));
+    let [(c1, ip1), (c2, ip2), (c3, ip3)] = three_containers_ping(&lab);
     // The traffic went through the programs.
     assert!(counter(&lab, 0, "lxc_egress", "encap") > 0);
     assert!(counter(&lab, 1, "vxlan_ingress", "redirect") > 0);

@@ -31,9 +31,12 @@ pub fn exception_rules(bridge: &str) -> Vec<Vec<String>> {
 }
 
 async fn iptables(args: &[&str]) -> Result<Output> {
+    // Bounded wait for the xtables lock (shared by every namespace on the machine): a busy
+    // lock must never stall the reconcile loop.
     tokio::process::Command::new("iptables")
-        .arg("-w")
+        .args(["-w", "1"])
         .args(args)
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| Error::Iptables {
