@@ -354,7 +354,21 @@ impl Dockerd {
             .map(|a| a.as_ref().to_os_string())
             .collect();
         let what = format!("docker {:?}", args);
-        let out = check(self.docker(&args)?, &what)?;
+        let out = self.docker(&args)?;
+        // runc occasionally fails to start a container's init on a loaded machine ("OCI runtime
+        // create failed ... broken pipe"): that is the runtime, not the network. Remove the
+        // half-created container and start it once more.
+        let transient = !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("OCI runtime create failed")
+            && args.first().is_some_and(|a| a == "run");
+        let out = match (transient, run_name(&args)) {
+            (true, Some(name)) => {
+                let _ = self.docker(["rm", "-f", name.as_str()]);
+                self.docker(&args)?
+            }
+            _ => out,
+        };
+        let out = check(out, &what)?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
@@ -659,6 +673,12 @@ pub fn require_root() {
     // SAFETY: geteuid(2) has no preconditions and touches no memory.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "privileged test: run as root");
+}
+
+/// The `--name` of a `docker run` command line, if any.
+fn run_name(args: &[std::ffi::OsString]) -> Option<String> {
+    let pos = args.iter().position(|a| a == "--name")?;
+    args.get(pos + 1).map(|n| n.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
