@@ -35,21 +35,34 @@ fn hosts_see_each_other(name: &str, kv: KvKind) {
         .unwrap();
     assert_eq!(h3["vtep"], "198.18.0.13");
     assert_eq!(h3["underlay_mtu"], 1500);
+    // Status counts come from each agent's watched view, which follows the KV a moment later.
+    within(
+        "h3's view to count 3 alive hosts",
+        Duration::from_secs(2),
+        || ctl(&lab, 2, &["status"])["counts"]["hosts_alive"] == 3,
+    );
     let st = ctl(&lab, 2, &["status"]);
     assert_eq!(st["host_id"], "h3");
     assert_eq!(st["kv"]["reachable"], true);
-    assert_eq!(st["counts"]["hosts_alive"], 3);
-    // Prometheus metrics on --metrics-addr.
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.host(0).ns, "bash", "-c"])
-        .arg(concat!(
-            "exec 3<>/dev/tcp/127.0.0.1/9464; ",
-            "printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3; ",
-            "timeout 3 cat <&3"
-        ))
-        .output()
-        .unwrap();
-    let text = stdout(&out);
+    // Prometheus metrics on --metrics-addr (h1's counts also follow its watched view).
+    let metrics = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.host(0).ns, "bash", "-c"])
+            .arg(concat!(
+                "exec 3<>/dev/tcp/127.0.0.1/9464; ",
+                "printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3; ",
+                "timeout 3 cat <&3"
+            ))
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    within(
+        "metrics to count 3 alive hosts",
+        Duration::from_secs(3),
+        || metrics().contains("overlay_hosts_alive 3"),
+    );
+    let text = metrics();
     assert!(text.contains("overlay_hosts_alive 3"), "{text}");
     assert!(text.contains("overlay_kv_reachable 1"), "{text}");
     assert!(
