@@ -805,7 +805,18 @@ impl PluginBackend for DockerPlugin {
                         .iter()
                         .any(|n| n.subnet == s && n.name.starts_with(PLACEHOLDER_PREFIX));
                     if !held || tokio::time::Instant::now() >= deadline {
-                        return self.reserve_pending(Some(s), None).await;
+                        match self.reserve_pending(Some(s), None).await {
+                            // The other host bound the subnet between our read and the
+                            // reservation (its placeholder is swapped for the real network):
+                            // look again.
+                            Err(PluginError::Conflict(_))
+                                if tokio::time::Instant::now() < deadline =>
+                            {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                            other => return other,
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
