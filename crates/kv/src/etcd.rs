@@ -35,6 +35,17 @@ const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(2);
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 /// A key that is never written; reading it is the health probe.
 const HEALTH_KEY: &str = "/ovl-kv/health-probe";
+/// How often a write whose answer was lost is checked and sent again.
+const SETTLE_ATTEMPTS: usize = 3;
+
+/// Whether a request may be sent again after its answer was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Reads and writes that change nothing more when applied twice.
+    Always,
+    /// Writes: only when the request provably never reached a member (connection refused).
+    IfNotSent,
+}
 
 /// The etcd backend. Cloning the inner client is cheap; all methods are safe concurrently.
 #[derive(Clone)]
@@ -92,6 +103,35 @@ fn not_sent(e: &EtcdError) -> bool {
             false
         }
         _ => false,
+    }
+}
+
+/// What became of a write whose answer was lost.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// The key holds the written value and lease, at this revision.
+    Applied(Revision),
+    /// The key is as the write expected it: the write did not happen.
+    NotApplied,
+    /// Someone else changed the key: a compare-and-swap lost.
+    Moved,
+}
+
+/// Decides [`Settled`] from the key's entry `now`. An identical value written by someone
+/// else counts as applied: the key holds what the caller wanted either way.
+fn settled(
+    now: Option<&KvEntry>,
+    value: &[u8],
+    lease: Option<LeaseId>,
+    expected: Revision,
+) -> Settled {
+    match now {
+        Some(e) if e.value == value && e.lease == lease && e.mod_revision != expected => {
+            Settled::Applied(e.mod_revision)
+        }
+        Some(e) if e.mod_revision == expected => Settled::NotApplied,
+        None if expected == 0 => Settled::NotApplied,
+        _ => Settled::Moved,
     }
 }
 
@@ -188,9 +228,17 @@ impl EtcdKv {
     ///
     /// A request that failed because no connection could be made to the endpoint the
     /// balancer picked (a stopped member) never reached etcd, so it is retried, on whichever
-    /// endpoint the balancer picks next, until the deadline. Anything else is not retried:
-    /// a request that may have been applied must not be applied twice.
-    async fn call<T, F, Fut>(&self, what: &str, key: Option<&str>, mut f: F) -> Result<T>
+    /// endpoint the balancer picks next, until the deadline. Other failures without an
+    /// answer (a connection that broke under the request) are retried only for
+    /// [`Resend::Always`] requests: a write that may have been applied must not be applied
+    /// twice; [`EtcdKv::settle`] decides for those.
+    async fn call<T, F, Fut>(
+        &self,
+        what: &str,
+        key: Option<&str>,
+        resend: Resend,
+        mut f: F,
+    ) -> Result<T>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, EtcdError>>,
@@ -205,7 +253,8 @@ impl EtcdKv {
                     ));
                 }
                 Ok(Err(e))
-                    if not_sent(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                    if (not_sent(&e) || (resend == Resend::Always && is_unreachable(&e)))
+                        && tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
                 {
                     tracing::trace!(what, error = %e, "etcd endpoint refused; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -219,7 +268,7 @@ impl EtcdKv {
     /// Runs a transaction; `Some(revision)` if its compares held.
     async fn run_txn(&self, what: &str, key: Option<&str>, txn: Txn) -> Result<Option<Revision>> {
         let resp = self
-            .call(what, key, |mut c| {
+            .call(what, key, Resend::IfNotSent, |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -237,6 +286,61 @@ impl EtcdKv {
             }
             _ => e,
         }
+    }
+
+    async fn put_once(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
+        let (k, v) = (key.to_string(), value.to_vec());
+        let resp = self
+            .call("put", Some(key), Resend::IfNotSent, |mut c| {
+                let (k, v) = (k.clone(), v.clone());
+                async move { c.put(k, v, put_options(lease)).await }
+            })
+            .await
+            .map_err(|e| self.lease_error(e, lease))?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    async fn cas_once(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: Revision,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<Revision>> {
+        let txn = Txn::new()
+            .when([compare(key, expected)])
+            .and_then([EtcdTxnOp::put(key, value.to_vec(), put_options(lease))]);
+        self.run_txn("cas", Some(key), txn)
+            .await
+            .map_err(|e| self.lease_error(e, lease))
+    }
+
+    /// Whether `e` is a write's answer lost to a broken connection (not a store that stays
+    /// silent until the deadline, where checking would only double the wait), and one more
+    /// attempt is allowed.
+    fn lost_answer(&self, e: &KvError, started: tokio::time::Instant, attempt: &mut usize) -> bool {
+        let lost = matches!(e, KvError::Unreachable { .. })
+            && started.elapsed() < REQUEST_TIMEOUT
+            && *attempt < SETTLE_ATTEMPTS;
+        if lost {
+            *attempt += 1;
+            tracing::debug!(error = %e, "etcd write lost its answer; checking whether it applied");
+        }
+        lost
+    }
+
+    /// After a write of `value` to `key` (expecting mod revision `expected`, 0 for "absent"
+    /// or "anything" for a plain put) lost its answer: reads the key from a member that
+    /// answers and tells whether the write took effect.
+    async fn settle(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<LeaseId>,
+        expected: Revision,
+    ) -> Result<Settled> {
+        let now = self.get(key).await?;
+        Ok(settled(now.as_ref(), value, lease, expected))
     }
 
     fn check_size(key: &str, value: &[u8]) -> Result<()> {
@@ -261,7 +365,7 @@ impl Kv for EtcdKv {
     async fn get(&self, key: &str) -> Result<Option<KvEntry>> {
         let k = key.to_string();
         let resp = self
-            .call("get", Some(key), |mut c| {
+            .call("get", Some(key), Resend::Always, |mut c| {
                 let k = k.clone();
                 async move { c.get(k, None).await }
             })
@@ -272,7 +376,7 @@ impl Kv for EtcdKv {
     async fn list(&self, prefix: &str) -> Result<Listing> {
         let p = prefix.to_string();
         let resp = self
-            .call("list", Some(prefix), |mut c| {
+            .call("list", Some(prefix), Resend::Always, |mut c| {
                 let p = p.clone();
                 async move {
                     let opts = if p.is_empty() {
@@ -292,15 +396,20 @@ impl Kv for EtcdKv {
 
     async fn put(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
         Self::check_size(key, value)?;
-        let (k, v) = (key.to_string(), value.to_vec());
-        let resp = self
-            .call("put", Some(key), |mut c| {
-                let (k, v) = (k.clone(), v.clone());
-                async move { c.put(k, v, put_options(lease)).await }
-            })
-            .await
-            .map_err(|e| self.lease_error(e, lease))?;
-        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+        let mut attempt = 0;
+        loop {
+            let started = tokio::time::Instant::now();
+            match self.put_once(key, value, lease).await {
+                Err(e) if self.lost_answer(&e, started, &mut attempt) => {
+                    match self.settle(key, value, lease, 0).await? {
+                        Settled::Applied(rev) => return Ok(rev),
+                        // A plain put does not care who wrote in between: send it again.
+                        Settled::NotApplied | Settled::Moved => {}
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn create(
@@ -320,18 +429,26 @@ impl Kv for EtcdKv {
         lease: Option<LeaseId>,
     ) -> Result<Option<Revision>> {
         Self::check_size(key, value)?;
-        let txn = Txn::new()
-            .when([compare(key, expected)])
-            .and_then([EtcdTxnOp::put(key, value.to_vec(), put_options(lease))]);
-        self.run_txn("cas", Some(key), txn)
-            .await
-            .map_err(|e| self.lease_error(e, lease))
+        let mut attempt = 0;
+        loop {
+            let started = tokio::time::Instant::now();
+            match self.cas_once(key, value, expected, lease).await {
+                Err(e) if self.lost_answer(&e, started, &mut attempt) => {
+                    match self.settle(key, value, lease, expected).await? {
+                        Settled::Applied(rev) => return Ok(Some(rev)),
+                        Settled::NotApplied => {}
+                        Settled::Moved => return Ok(None),
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let k = key.to_string();
         let resp = self
-            .call("delete", Some(key), |mut c| {
+            .call("delete", Some(key), Resend::Always, |mut c| {
                 let k = k.clone();
                 async move { c.delete(k, None).await }
             })
@@ -397,7 +514,8 @@ impl Kv for EtcdKv {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         let secs = ttl_secs(ttl);
         let resp = self
-            .call("grant lease", None, |mut c| async move {
+            // A lease granted twice costs nothing: the spare one expires unused.
+            .call("grant lease", None, Resend::Always, |mut c| async move {
                 c.lease_grant(secs, None).await
             })
             .await?;
@@ -408,7 +526,7 @@ impl Kv for EtcdKv {
         // `lease_keep_alive` sends one renewal and reads its answer; TTL 0 there means the
         // lease is gone, which etcd-client reports as a keep-alive error.
         let r = self
-            .call("keep alive", None, |mut c| async move {
+            .call("keep alive", None, Resend::Always, |mut c| async move {
                 c.lease_keep_alive(lease).await.map(|_| ())
             })
             .await;
@@ -421,15 +539,18 @@ impl Kv for EtcdKv {
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<()> {
-        self.call("revoke lease", None, |mut c| async move {
-            c.lease_revoke(lease).await.map(|_| ())
-        })
+        self.call(
+            "revoke lease",
+            None,
+            Resend::IfNotSent,
+            |mut c| async move { c.lease_revoke(lease).await.map(|_| ()) },
+        )
         .await
         .map_err(|e| self.lease_error(e, Some(lease)))
     }
 
     async fn health(&self) -> Result<()> {
-        self.call("health check", None, |mut c| async move {
+        self.call("health check", None, Resend::Always, |mut c| async move {
             c.get(HEALTH_KEY, Some(GetOptions::new().with_count_only()))
                 .await
                 .map(|_| ())
@@ -464,7 +585,7 @@ impl Watch {
         let prefix = self.prefix.clone();
         let (stream, first) = self
             .kv
-            .call("watch", Some(&prefix), |mut c| {
+            .call("watch", Some(&prefix), Resend::Always, |mut c| {
                 let (prefix, opts) = (prefix.clone(), opts.clone());
                 async move {
                     let mut stream = c.watch(prefix, Some(opts)).await?;
@@ -627,6 +748,40 @@ mod tests {
         assert!(!is_unreachable(&lease));
         let big = status(tonic::Status::unknown("etcdserver: request is too large"));
         assert!(!is_unreachable(&big));
+    }
+
+    #[test]
+    fn lost_writes_settle_from_what_the_key_holds() {
+        let at = |value: &[u8], rev: Revision| KvEntry {
+            key: "/k".into(),
+            value: value.to_vec(),
+            create_revision: 2,
+            mod_revision: rev,
+            lease: None,
+        };
+        // create-if-absent
+        assert_eq!(settled(None, b"v", None, 0), Settled::NotApplied);
+        assert_eq!(
+            settled(Some(&at(b"v", 9)), b"v", None, 0),
+            Settled::Applied(9)
+        );
+        assert_eq!(settled(Some(&at(b"x", 9)), b"v", None, 0), Settled::Moved);
+        // same value but another lease: not ours
+        assert_eq!(
+            settled(Some(&at(b"v", 9)), b"v", Some(5), 0),
+            Settled::Moved
+        );
+        // compare-and-swap on revision 4
+        assert_eq!(
+            settled(Some(&at(b"old", 4)), b"v", None, 4),
+            Settled::NotApplied
+        );
+        assert_eq!(
+            settled(Some(&at(b"v", 7)), b"v", None, 4),
+            Settled::Applied(7)
+        );
+        assert_eq!(settled(Some(&at(b"x", 7)), b"v", None, 4), Settled::Moved);
+        assert_eq!(settled(None, b"v", None, 4), Settled::Moved);
     }
 
     #[test]

@@ -797,6 +797,50 @@ async fn etcd_failover() -> Result<()> {
     Ok(())
 }
 
+/// A write whose answer is lost (the connection breaks after etcd received it) is settled
+/// by reading the key back: the caller gets the revision it made, and the write is applied
+/// exactly once whether or not etcd had applied it when the connection broke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_lost_answers() -> Result<()> {
+    let cluster = EtcdCluster::start(1).await?;
+    let cutter = support::AnswerCutter::start(cluster.members[0].endpoint()).await?;
+    let url = format!("etcd://127.0.0.1:{}", cutter.port);
+    let kv: Arc<dyn Kv> = ovl_kv::open(Some(&url), Path::new("/x")).await?;
+    let mut w = kv.watch("/l/", 0).await?;
+    let mut revs = vec![kv.put("/l/warm", b"x", None).await?];
+
+    cutter.arm();
+    let put = kv.put("/l/p", b"1", None).await.context("put")?;
+    ensure!(cutter.cuts() == 1, "the put's answer was lost");
+    revs.push(put);
+
+    cutter.arm();
+    let created = kv.create("/l/c", b"1", None).await.context("create")?;
+    ensure!(cutter.cuts() == 2, "the create's answer was lost");
+    revs.push(created.context("create must win: nobody else wrote /l/c")?);
+
+    cutter.arm();
+    let swapped = kv.cas("/l/c", b"2", revs[2], None).await.context("cas")?;
+    ensure!(cutter.cuts() == 3, "the cas's answer was lost");
+    revs.push(swapped.context("cas must win: nobody else wrote /l/c")?);
+
+    ensure!(kv.get("/l/p").await?.context("p")?.mod_revision == put);
+    let c = kv.get("/l/c").await?.context("c")?;
+    ensure!(c.value == b"2" && c.mod_revision == revs[3]);
+    // A losing compare-and-swap stays lost after its answer is lost too.
+    cutter.arm();
+    ensure!(kv.cas("/l/c", b"3", revs[2], None).await?.is_none());
+    let events = next_events(&mut w, revs.len()).await?;
+    let got: Vec<i64> = events.iter().map(|e| e.revision()).collect();
+    ensure!(
+        got == revs,
+        "each write applied once: got {got:?}, want {revs:?}"
+    );
+    let extra = tokio::time::timeout(Duration::from_millis(500), w.next()).await;
+    ensure!(extra.is_err(), "no further events: {extra:?}");
+    Ok(())
+}
+
 /// Losing the leader: callers retrying on `Unreachable` (as the agent does) get through once
 /// a new leader is elected, and a watch carries on without gaps or repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -332,3 +332,90 @@ impl Fixture {
         })
     }
 }
+
+/// A TCP relay in front of one etcd member that can lose one answer on purpose: once armed,
+/// the first bytes the member sends back after the client spoke again are dropped and both
+/// connections closed, the way a member dying under a request looks to the client.
+pub struct AnswerCutter {
+    pub port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    cuts: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnswerCutter {
+    /// Listens on a free loopback port and relays every connection to `upstream`.
+    pub async fn start(upstream: String) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cuts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, c) = (armed.clone(), cuts.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, server, a.clone(), c.clone()));
+            }
+        });
+        Ok(Self {
+            port,
+            armed,
+            cuts,
+            task,
+        })
+    }
+
+    /// Loses the next answer.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many answers were lost so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for AnswerCutter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    mut server: tokio::net::TcpStream,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    cuts: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            n = cr.read(&mut up) => {
+                let Ok(n @ 1..) = n else { return };
+                asked |= armed.load(SeqCst);
+                if sw.write_all(&up[..n]).await.is_err() {
+                    return;
+                }
+            }
+            n = sr.read(&mut down) => {
+                let Ok(n @ 1..) = n else { return };
+                if asked && armed.swap(false, SeqCst) {
+                    cuts.fetch_add(1, SeqCst);
+                    // Dropping both streams closes them with the answer unsent.
+                    return;
+                }
+                if cw.write_all(&down[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
