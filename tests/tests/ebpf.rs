@@ -462,3 +462,76 @@ fn ebpf_kill9_keeps_traffic_and_restart_adopts() {
         "pins left after lab down"
     );
 }
+
+/// A host where BPF cannot be used (here: its pin directory is taken by a plain file, so no
+/// bpffs can be mounted there). The agent says exactly why; with `--datapath-fallback` it runs
+/// the kernel path and interoperates with an eBPF host, without it refuses to start.
+#[test]
+fn ebpf_unavailable_falls_back_to_kernel_or_refuses() {
+    let mut cfg = LabConfig::new("t7fall", 2);
+    cfg.datapath = DatapathSel::Ebpf;
+    cfg.start_agents = false;
+    cfg.agent_args.push("--datapath-fallback".into());
+    let mut lab = lab_with(cfg);
+    let h1 = lab.host(0).clone();
+    std::fs::create_dir_all(&h1.run_dir).unwrap();
+    let blocker = h1.run_dir.join("bpf");
+    std::fs::write(&blocker, "not a bpffs\n").unwrap();
+    for i in 0..2 {
+        lab.start_agent(i).unwrap();
+        lab.wait_agent(i).unwrap();
+    }
+    assert_eq!(datapath(&lab, 0)["mode"], "kernel", "host 1 fell back");
+    assert_eq!(
+        datapath(&lab, 1)["mode"],
+        "ebpf",
+        "host 2 kept the fast path"
+    );
+    let log = std::fs::read_to_string(&h1.log).unwrap();
+    let reason = log
+        .lines()
+        .find(|l| l.contains("eBPF datapath unavailable; falling back"))
+        .unwrap_or_else(|| panic!("no fallback line in the log:\n{log}"));
+    assert!(
+        reason.contains(&blocker.display().to_string()),
+        "the reason names the pin directory: {reason}"
+    );
+    assert_eq!(
+        ctl(&lab, 0, &["status"])["datapath"],
+        "kernel",
+        "status reports the path in use"
+    );
+
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, ip1) = attach(&lab, 0, "net1", "c1", &[]);
+    let (c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    within("c1 -> c2", Duration::from_secs(5), || ping(&c1, &ip2));
+    assert!(ping(&c2, &ip1), "c2 -> c1");
+
+    // Without --datapath-fallback the same host refuses to start, with the same reason.
+    // Its own run and state dir (and so its own embedded KV) under the lab's dir.
+    let scratch = lab.state.dir.join("refuser");
+    let run_dir = scratch.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::write(run_dir.join("bpf"), "not a bpffs\n").unwrap();
+    let agent = lab.state.bin_dir.join("overlay-agent");
+    let out = lab
+        .exec(0, agent.to_str().unwrap())
+        .args(["--host-id", "refuser", "--advertise-addr", &h1.addr])
+        .args(["--datapath", "ebpf", "--dns-upstream", "198.19.0.2"])
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .arg("--state-dir")
+        .arg(scratch.join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must refuse: {stderr}");
+    assert!(
+        stderr.contains("eBPF datapath unavailable")
+            && stderr.contains("--datapath-fallback")
+            && stderr.contains(&run_dir.join("bpf").display().to_string()),
+        "{stderr}"
+    );
+}

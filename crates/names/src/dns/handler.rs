@@ -14,6 +14,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::fast;
 use super::forward::{Forwarded, Forwarder};
 use crate::records::{Answer, Zone};
 
@@ -203,6 +204,64 @@ impl Handler {
         networks: &[String],
         transport: Transport,
     ) -> Prepared {
+        if let Some(bytes) = self.fast_answer(zone, request, networks, transport) {
+            return Prepared::Reply(bytes);
+        }
+        self.general(zone, request, networks, transport)
+    }
+
+    /// The common case answered in place ([`fast`]); `None` for anything else.
+    pub(crate) fn fast_answer(
+        &self,
+        zone: &Zone,
+        request: &[u8],
+        networks: &[String],
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let q = fast::parse(request)?;
+        let limit = match transport {
+            Transport::Udp => q.udp_limit,
+            Transport::Tcp => usize::from(u16::MAX),
+        };
+        let respond = |rcode, ips: &[std::net::Ipv4Addr]| {
+            fast::respond(
+                request,
+                &q,
+                rcode,
+                ips.iter().copied(),
+                self.local_ttl,
+                limit,
+            )
+        };
+        match zone.resolve(networks, &q.key) {
+            Answer::Addresses(ips) if q.qtype == fast::TYPE_A => {
+                let start = self.rotate(ips.len());
+                let rotated: Vec<_> = ips[start..].iter().chain(&ips[..start]).copied().collect();
+                respond(fast::NOERROR, &rotated)
+            }
+            Answer::Addresses(_) | Answer::NoData => respond(fast::NOERROR, &[]),
+            Answer::NxDomain => respond(fast::NXDOMAIN, &[]),
+            Answer::Ptr(_) | Answer::Forward => None,
+        }
+    }
+
+    /// Where a list of `len` addresses starts this time: a counter that advances per answer
+    /// rotates it (round robin).
+    fn rotate(&self, len: usize) -> usize {
+        self.rotation
+            .fetch_add(1, Ordering::Relaxed)
+            .checked_rem(len)
+            .unwrap_or(0)
+    }
+
+    /// Any request, through hickory's full message codec.
+    pub(crate) fn general(
+        &self,
+        zone: &Zone,
+        request: &[u8],
+        networks: &[String],
+        transport: Transport,
+    ) -> Prepared {
         let Ok(header) = Header::read(&mut BinDecoder::new(request)) else {
             return Prepared::Drop;
         };
@@ -250,11 +309,7 @@ impl Handler {
                 resp.metadata.authoritative = true;
                 if matches!(qtype, RecordType::A | RecordType::ANY) {
                     // Round robin: rotate the list by a counter that advances per answer.
-                    let start = self
-                        .rotation
-                        .fetch_add(1, Ordering::Relaxed)
-                        .checked_rem(ips.len())
-                        .unwrap_or(0);
+                    let start = self.rotate(ips.len());
                     for ip in ips[start..].iter().chain(&ips[..start]) {
                         resp.add_answer(Record::from_rdata(
                             query.name().clone(),

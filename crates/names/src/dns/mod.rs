@@ -15,6 +15,7 @@
 //! spreads load if clients come back to ask. Everything that is not a cluster name is forwarded
 //! upstream ([`forward`]).
 
+mod fast;
 pub mod forward;
 mod handler;
 mod netns;
