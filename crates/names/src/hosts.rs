@@ -10,19 +10,26 @@
 //! Docker bind-mounts the hosts file into the container, and `ip netns exec` bind-mounts
 //! `/etc/netns/X/hosts`, so the file must keep its inode: write-to-temp-then-rename would leave
 //! the container looking at the old file forever. [`write_in_place`] therefore overwrites the
-//! file, and arranges the writes so a concurrent reader never sees a mixture of two versions
-//! *because of the size change* (see [`plan_write`]): the file never shrinks in a separate step
-//! (the new content is padded with trailing whitespace to the old length and written with one
-//! `pwrite` at offset 0), and when it grows the old content is first extended with whitespace.
-//! What remains is the kernel itself: buffered reads and writes of a regular file are not
-//! atomic with respect to each other on ext4/tmpfs (a reader can copy a page while the writer is
-//! copying into it) and a reader that needs several `read` calls (files above its buffer size,
-//! 4 KiB for glibc's stdio) can straddle a write. `tests/hosts_torn.rs` measures how often that
-//! happens.
+//! file, and arranges the writes so a concurrent reader never sees a mixture of two versions:
+//!
+//! * the size never changes under the content ([`plan_write`]): the file never shrinks in a
+//!   separate step (the new content is padded with trailing whitespace to the old length and
+//!   written with one `pwrite`), and when it grows the old content is first extended with
+//!   whitespace;
+//! * the writes happen under a write lease (`F_SETLEASE`): buffered reads and writes of a
+//!   regular file are not atomic with respect to each other (a reader can copy a page while the
+//!   writer is copying into it, or straddle a write with several `read` calls), but while the
+//!   lease is held anyone else's `open` of the file waits, and the lease is only granted while
+//!   nobody has the file open. Readers that open, read and close (glibc, musl, Go and Docker's
+//!   resolvers all do) therefore see the old or the new file, never a mixture. A reader that
+//!   keeps the file open for longer than the lease wait makes the write go ahead without it.
+//!
+//! `tests/hosts_torn.rs` measures torn reads for this and for the naive strategies.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -243,16 +250,74 @@ fn read_all(mut file: &File, path: &Path) -> Result<Vec<u8>, NamesError> {
     Ok(buf)
 }
 
+/// `fcntl` command setting the lease-break signal (`<fcntl.h>`, Linux; the libc crate lacks it).
+const F_SETSIG: libc::c_int = 10;
+/// How often taking the write lease is tried before writing without it.
+const LEASE_ATTEMPTS: u32 = 200;
+/// Pause between lease attempts (a reader holding the file open closes it within microseconds).
+const LEASE_RETRY: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// A write lease (`F_SETLEASE`, `F_WRLCK`) held on the file while it is rewritten: an `open` of
+/// the file by anyone else waits until the lease is released, so a reader that opens, reads and
+/// closes (every resolver does) sees the file before or after the update, never during it.
+/// The kernel grants the lease only while nobody else has the file open, so taking it also
+/// waits for readers already in the middle of a read.
+struct WriteLease<'a>(&'a File);
+
+impl<'a> WriteLease<'a> {
+    /// Takes the lease, retrying for a bounded time; `None` if the file stays open elsewhere
+    /// or the file system has no leases (the write then goes ahead without it).
+    fn take(file: &'a File, path: &Path) -> Option<WriteLease<'a>> {
+        let fd = file.as_raw_fd();
+        // The kernel tells the lease holder of an open by others with a signal (SIGIO by
+        // default, which would end the agent). SIGURG is ignored by default: the open still
+        // waits for our release, which follows the write at once.
+        // SAFETY: plain fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGURG) } != 0 {
+            return None;
+        }
+        for _ in 0..LEASE_ATTEMPTS {
+            // SAFETY: plain fcntl on a descriptor we own.
+            if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) } == 0 {
+                return Some(WriteLease(file));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EAGAIN) {
+                tracing::debug!(file = %path.display(), error = %err, "no write lease; writing without");
+                return None;
+            }
+            std::thread::sleep(LEASE_RETRY);
+        }
+        tracing::debug!(file = %path.display(), "file kept open by a reader; writing without a lease");
+        None
+    }
+}
+
+impl Drop for WriteLease<'_> {
+    fn drop(&mut self) {
+        // SAFETY: plain fcntl on a descriptor we own; closing the file would release it too.
+        unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+}
+
 fn apply(file: &File, path: &Path, old: &[u8], new: &[u8]) -> Result<(), NamesError> {
     let plan = plan_write(old, new);
-    if let Some((offset, pad)) = &plan.extend {
-        file.write_all_at(pad, *offset)
-            .map_err(file_err("extend", path))?;
+    if plan.extend.is_none() && plan.patch.is_none() && plan.truncate_to.is_none() {
+        return Ok(());
     }
-    if let Some((offset, bytes)) = &plan.patch {
-        file.write_all_at(bytes, *offset)
-            .map_err(file_err("write", path))?;
+    {
+        let _lease = WriteLease::take(file, path);
+        if let Some((offset, pad)) = &plan.extend {
+            file.write_all_at(pad, *offset)
+                .map_err(file_err("extend", path))?;
+        }
+        if let Some((offset, bytes)) = &plan.patch {
+            file.write_all_at(bytes, *offset)
+                .map_err(file_err("write", path))?;
+        }
     }
+    // Outside the lease (a truncation by the holder may wait on its own lease): it only cuts
+    // padding, so a reader racing it still sees the complete new content.
     if let Some(len) = plan.truncate_to {
         file.set_len(len).map_err(file_err("truncate", path))?;
     }
