@@ -33,6 +33,8 @@ struct Host {
 
 /// Two lab hosts with a dockerd and an agent each; everything goes away on drop.
 struct DockerLab {
+    /// `--datapath` of the agents.
+    datapath: &'static str,
     lab: Option<LabGuard>,
     hosts: Vec<Host>,
     work: PathBuf,
@@ -81,7 +83,7 @@ fn stop_agent(h: &mut Host) {
 }
 
 impl DockerLab {
-    fn up(name: &str) -> DockerLab {
+    fn up(name: &str, datapath: &'static str) -> DockerLab {
         require_root();
         let mut cfg = LabConfig::new(name, 2);
         cfg.kv = KvKind::Etcd;
@@ -91,6 +93,7 @@ impl DockerLab {
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work).unwrap();
         let mut me = DockerLab {
+            datapath,
             lab: Some(lab),
             hosts: Vec::new(),
             work: work.clone(),
@@ -163,7 +166,7 @@ impl DockerLab {
             "--kv",
             &kv,
             "--datapath",
-            "kernel",
+            self.datapath,
         ])
         .arg("--run-dir")
         .arg(&h.run)
@@ -305,9 +308,13 @@ fn can_ping(lab: &DockerLab, i: usize, c: &str, target: &str) -> bool {
         .success()
 }
 
+/// The Docker tests run one at a time: each brings up two dockerd.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn docker_two_hosts() {
-    let lab = DockerLab::up("t6dock");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = DockerLab::up("t6dock", "kernel");
     let mut lab = lab;
 
     // Plain form on both hosts: one overlay.
@@ -814,6 +821,173 @@ fn docker_two_hosts() {
         assert!(
             !rules.contains("ovl"),
             "h{}: leftover nftables tables:\n{rules}",
+            i + 1
+        );
+    }
+}
+
+/// The same user scenario on the eBPF fast path: cross-host traffic by address and by name,
+/// the outside world, a published port, an agent restart, a removal seen on the other host
+/// within a second, and nothing left in the BPF maps after `docker network rm`.
+#[test]
+fn docker_two_hosts_ebpf() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = DockerLab::up("t6ebpf", "ebpf");
+    for i in 0..2 {
+        assert_eq!(
+            lab.ctl_json(i, &["datapath"])["mode"],
+            "ebpf",
+            "h{} on the fast path",
+            i + 1
+        );
+        lab.docker(
+            i,
+            &[
+                "network",
+                "create",
+                "-d",
+                "ovl",
+                "--ipam-driver",
+                "ovl",
+                "fastnet",
+            ],
+        );
+    }
+    lab.docker(
+        0,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "fastnet",
+            "--network-alias",
+            "webalias",
+            "-p",
+            "8080:80",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo hello-from-web > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+        ],
+    );
+    lab.docker(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "client",
+            "--network",
+            "fastnet",
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
+    let web_ip = ip_of(&lab, 0, "web", "fastnet");
+    let client_ip = ip_of(&lab, 1, "client", "fastnet");
+    within("client pings web by IP", Duration::from_secs(20), || {
+        can_ping(&lab, 1, "client", &web_ip)
+    });
+    assert!(can_ping(&lab, 0, "web", &client_ip));
+    within(
+        "names resolve across hosts",
+        Duration::from_secs(20),
+        || {
+            ["web", "web.fastnet", "webalias"]
+                .iter()
+                .all(|n| can_ping(&lab, 1, "client", n))
+        },
+    );
+    assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
+    let h1_addr = lab.lab().host(0).addr.clone();
+    let h2_ns = lab.lab().host(1).ns.clone();
+    within(
+        "published port answers from host 2",
+        Duration::from_secs(20),
+        || {
+            let url = format!("http://{h1_addr}:8080/");
+            let o = nsexec(
+                &h2_ns,
+                &["timeout", "5", "busybox", "wget", "-q", "-O", "-", &url],
+            );
+            stdout(&o).contains("hello-from-web")
+        },
+    );
+    // The packets went through the programs.
+    let dp = lab.ctl_json(1, &["datapath"]);
+    let eps = dp["maps"]["local_endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        eps.iter().any(|e| e["ip"] == client_ip.as_str()),
+        "client in h2's endpoint map: {dp}"
+    );
+
+    // An agent restart keeps the traffic; containers started after it work.
+    stop_agent(&mut lab.hosts[0]);
+    assert!(
+        can_ping(&lab, 1, "client", &web_ip),
+        "traffic with host 1's agent down"
+    );
+    lab.start_agent(0);
+    lab.docker(
+        0,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web2",
+            "--network",
+            "fastnet",
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
+    within("client pings web2 by name", Duration::from_secs(20), || {
+        can_ping(&lab, 1, "client", "web2")
+    });
+
+    lab.docker(0, &["rm", "-f", "web", "web2"]);
+    let t = within("web gone from host 2", Duration::from_secs(10), || {
+        let hosts = lab.docker(1, &["exec", "client", "cat", "/etc/hosts"]);
+        !hosts.lines().any(|l| {
+            l.split_whitespace()
+                .any(|w| w == "web" || w == "web.fastnet")
+        })
+    });
+    assert!(
+        t <= Duration::from_secs(1),
+        "web took {t:?} to disappear from host 2"
+    );
+    lab.docker(1, &["rm", "-f", "client"]);
+    for i in 0..2 {
+        lab.docker(i, &["network", "rm", "fastnet"]);
+    }
+    within("KV clean", Duration::from_secs(10), || {
+        lab.etcd_keys("/ovl/v1/endpoints/").is_empty()
+            && lab.etcd_keys("/ovl/v1/networks/").is_empty()
+            && lab.etcd_keys("/ovl/v1/docker/").is_empty()
+    });
+    for i in 0..2 {
+        within(
+            &format!("h{} BPF maps empty", i + 1),
+            Duration::from_secs(15),
+            || {
+                let maps = &lab.ctl_json(i, &["datapath"])["maps"];
+                ["local_endpoints", "remotes"]
+                    .iter()
+                    .all(|m| maps[m].as_array().is_some_and(|a| a.is_empty()))
+            },
+        );
+        let links = stdout(&nsexec(&lab.lab().host(i).ns, &["ip", "-o", "link"]));
+        assert!(
+            !links.contains("ve-"),
+            "h{}: leftover endpoint links:\n{links}",
             i + 1
         );
     }

@@ -61,6 +61,9 @@ enum BenchCmd {
         /// Runs per path.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Datapath of the ovl agents: kernel or ebpf.
+        #[arg(long, default_value = "kernel", value_parser = ["kernel", "ebpf"])]
+        datapath: String,
     },
 }
 
@@ -221,7 +224,7 @@ fn run(cli: Cli) -> Result<i32> {
                 BenchCmd::Converge { attaches } => xtask::bench::converge::run(attaches)?,
                 BenchCmd::Datapath { runs } => xtask::bench::datapath::run(runs)?,
                 BenchCmd::Dns { runs } => xtask::bench::dns::run(runs)?,
-                BenchCmd::Docker { runs } => xtask::bench::docker::run(runs)?,
+                BenchCmd::Docker { runs, datapath } => xtask::bench::docker::run(runs, &datapath)?,
             }
             Ok(0)
         }

@@ -44,6 +44,8 @@ impl Drop for Proc {
 
 /// Everything the bench brings up; dropped in reverse order of need.
 struct Env {
+    /// `--datapath` of the agents.
+    datapath: String,
     agents: Vec<Proc>,
     dockerds: Vec<Dockerd>,
     etcd2: Option<Proc>,
@@ -75,7 +77,7 @@ impl Env {
             .expect("lab up")
     }
 
-    fn up() -> Result<Env> {
+    fn up(datapath: &str) -> Result<Env> {
         let mut cfg = LabConfig::new(LAB, 2);
         cfg.kv = KvKind::Etcd;
         cfg.start_agents = false;
@@ -84,6 +86,7 @@ impl Env {
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work)?;
         let mut env = Env {
+            datapath: datapath.to_string(),
             agents: Vec::new(),
             dockerds: Vec::new(),
             etcd2: None,
@@ -191,7 +194,7 @@ impl Env {
             "--kv",
             &kv,
             "--datapath",
-            "kernel",
+            &self.datapath,
         ])
         .arg("--run-dir")
         .arg(dir.join("run"))
@@ -480,12 +483,12 @@ fn classic_up(env: &Env) -> Result<(String, String, String)> {
 }
 
 /// Runs the benchmark.
-pub fn run(runs: usize) -> Result<()> {
+pub fn run(runs: usize, datapath: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bench docker needs root (network namespaces, dockerd)");
     }
     let runs = runs.max(1);
-    let env = Env::up()?;
+    let env = Env::up(datapath)?;
     for i in 0..2 {
         env.docker(
             i,
@@ -569,7 +572,7 @@ pub fn run(runs: usize) -> Result<()> {
         Err(e) => samples[2].error = Some(format!("{e:#}")),
     }
     println!(
-        "bench docker: {runs} runs, iperf3 TCP 1 stream {SECONDS} s, ping -c 50 -i 0.01, convergence = docker run on h2 until a container on h1 pings it by name"
+        "bench docker: ovl on the {datapath} datapath, {runs} runs, iperf3 TCP 1 stream {SECONDS} s, ping -c 50 -i 0.01, convergence = docker run on h2 until a container on h1 pings it by name"
     );
     for run in 0..runs {
         for k in 0..paths.len() {
