@@ -350,45 +350,6 @@ fn restarted_agent_adopts_the_pinned_datapath_without_interruption() {
     assert_ping(&c1, c2.ip);
 }
 
-/// Single-stream iperf3 throughput in Gbit/s from `client_ns` to `server_ip`.
-fn iperf3(client: &Netns, server: &Netns, server_ip: Ipv4Addr, secs: u32) -> f64 {
-    let srv = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &server.0, "iperf3", "-s", "-1", "-p", "5299",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    let _srv = Child(srv);
-    // Bounded wait until the server listens (the machine may be busy).
-    for _ in 0..100 {
-        let (_, l) = server.try_sh("ss -Hltn sport = :5299");
-        if !l.trim().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = client.sh(&format!("iperf3 -c {server_ip} -p 5299 -t {secs} -J"));
-    // "sum_received": { ... "bits_per_second": X ... }
-    let at = out
-        .find("\"sum_received\"")
-        .expect("sum_received in iperf3 -J output");
-    let rest = &out[at..];
-    let b = rest.find("\"bits_per_second\"").expect("bits_per_second");
-    let num: String = rest[b + "\"bits_per_second\"".len()..]
-        .trim_start_matches([':', ' ', '\t'])
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
-        .collect();
-    num.parse::<f64>().expect("number") / 1e9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 /// Sets `host` up as a kernel-path host (bridge + vxlan, learning off, static FDB) with
 /// container `c` on it; `peers` are `(container, vtep)` on other hosts.
 fn kernel_host(host: &Host, c: &Container, peers: &[(&Container, Ipv4Addr)]) {
@@ -411,51 +372,4 @@ fn kernel_host(host: &Host, c: &Container, peers: &[(&Container, Ipv4Addr)]) {
             mac_str(&pc.mac)
         ));
     }
-}
-
-/// Measurement, not a test: container-to-container across two hosts on the eBPF path and on
-/// the kernel path (bridge + vxlan) vs the underlay (host namespace to host namespace),
-/// interleaved in one run, 3 runs each, medians.
-/// Run with: cargo test -p ovl-ebpf --test lab -- --ignored --nocapture bench
-#[test]
-#[ignore = "measurement; run explicitly"]
-fn bench_iperf3_ebpf_vs_underlay() {
-    let lab = Lab::new("bench");
-    let mut h1 = lab.host(1, true);
-    let mut h2 = lab.host(2, true);
-    let h3 = lab.host(3, false);
-    let h4 = lab.host(4, false);
-    let c1 = lab.container(&h1, "c1", 1);
-    let c2 = lab.container(&h2, "c2", 2);
-    let c3 = lab.container(&h3, "c3", 3);
-    let c4 = lab.container(&h4, "c4", 4);
-    h1.attach(&c1);
-    h2.attach(&c2);
-    let v = |n| Ipv4Addr::new(198, 18, 0, n);
-    program_remotes(&mut h1, &[(&c2, v(12))]);
-    program_remotes(&mut h2, &[(&c1, v(11))]);
-    kernel_host(&h3, &c3, &[(&c4, v(14))]);
-    kernel_host(&h4, &c4, &[(&c3, v(13))]);
-    assert_ping(&c1, c2.ip);
-    assert_ping(&c3, c4.ip);
-    let (mut under, mut ebpf, mut kernel) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..3 {
-        under.push(iperf3(&h1.ns, &h2.ns, v(12), 5));
-        ebpf.push(iperf3(&c1.ns, &c2.ns, c2.ip, 5));
-        kernel.push(iperf3(&c3.ns, &c4.ns, c4.ip, 5));
-    }
-    let (mu, me, mk) = (
-        median(under.clone()),
-        median(ebpf.clone()),
-        median(kernel.clone()),
-    );
-    println!("underlay    Gbit/s: {under:.2?} median {mu:.2}");
-    println!(
-        "ebpf        Gbit/s: {ebpf:.2?} median {me:.2} ratio {:.2}",
-        me / mu
-    );
-    println!(
-        "kernel path Gbit/s: {kernel:.2?} median {mk:.2} ratio {:.2}",
-        mk / mu
-    );
 }
