@@ -146,6 +146,7 @@ impl Agent {
             host: &self.settings.host_id,
             vtep: self.settings.advertise_addr,
             underlay_mtu: self.underlay_mtu,
+            vxlan_port: self.settings.vxlan_port,
         }
     }
 

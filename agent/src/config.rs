@@ -72,6 +72,11 @@ pub struct Cli {
     /// (the reason is logged and shown in status).
     #[arg(long, env = "OVERLAY_DATAPATH_FALLBACK")]
     pub datapath_fallback: bool,
+    /// UDP port of VXLAN on the wire (default 4789). Every host of the cluster must use the
+    /// same; change it to share a host with another VXLAN user of 4789, such as Docker's
+    /// classic overlay (whose vxlan devices would otherwise refuse to come up).
+    #[arg(long, env = "OVERLAY_VXLAN_PORT")]
+    pub vxlan_port: Option<u16>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "OVERLAY_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
@@ -110,6 +115,8 @@ pub struct FileConfig {
     docker_plugin: Option<bool>,
     #[serde(alias = "datapath_fallback")]
     datapath_fallback: Option<bool>,
+    #[serde(alias = "vxlan_port")]
+    vxlan_port: Option<u16>,
     #[serde(alias = "metrics_addr")]
     metrics_addr: Option<String>,
     #[serde(alias = "lease_ttl")]
@@ -143,6 +150,8 @@ pub struct Settings {
     pub docker_plugin: bool,
     /// Fall back to the kernel datapath when eBPF cannot run.
     pub datapath_fallback: bool,
+    /// UDP port of VXLAN.
+    pub vxlan_port: u16,
     /// Metrics listen address.
     pub metrics_addr: Option<SocketAddr>,
     /// Liveness lease TTL.
@@ -223,6 +232,15 @@ impl Settings {
                 "invalid --lease-ttl {lease_ttl}: must be 2-300 seconds"
             )));
         }
+        let vxlan_port = cli
+            .vxlan_port
+            .or(file.vxlan_port)
+            .unwrap_or(ovl_datapath::VXLAN_PORT);
+        if vxlan_port == 0 {
+            return Err(ConfigError(
+                "invalid --vxlan-port 0: must be a UDP port 1-65535".into(),
+            ));
+        }
         let resync = cli.resync_interval.or(file.resync_interval).unwrap_or(5);
         if !(1..=3600).contains(&resync) {
             return Err(ConfigError(format!(
@@ -278,6 +296,7 @@ impl Settings {
             gw_subnet,
             docker_plugin: cli.docker_plugin || file.docker_plugin.unwrap_or(false),
             datapath_fallback: cli.datapath_fallback || file.datapath_fallback.unwrap_or(false),
+            vxlan_port,
             metrics_addr,
             lease_ttl: Duration::from_secs(lease_ttl),
             resync_interval: Duration::from_secs(resync),
@@ -324,6 +343,7 @@ mod tests {
             PathBuf::from("/run/overlay-agent/overlay.sock")
         );
         assert_eq!(s.lease_ttl, Duration::from_secs(10));
+        assert_eq!(s.vxlan_port, 4789);
         assert!(
             Settings::resolve(cli(&["--advertise-addr", "198.18.0.11"]))
                 .unwrap_err()
@@ -351,6 +371,7 @@ mod tests {
         assert!(bad(&["--gw-subnet", "172.30.0.1/24"]).contains("host bits"));
         assert!(bad(&["--metrics-addr", "nope"]).contains("--metrics-addr"));
         assert!(bad(&["--lease-ttl", "1"]).contains("--lease-ttl"));
+        assert!(bad(&["--vxlan-port", "0"]).contains("--vxlan-port"));
         let e = Settings::resolve(cli(&[
             "--host-id",
             "h 1",

@@ -659,6 +659,7 @@ impl DockerPlugin {
             host: &self.agent.settings.host_id,
             vtep: self.agent.settings.advertise_addr,
             underlay_mtu: self.agent.underlay_mtu,
+            vxlan_port: self.agent.settings.vxlan_port,
         }
     }
 

@@ -535,3 +535,60 @@ fn ebpf_unavailable_falls_back_to_kernel_or_refuses() {
         "{stderr}"
     );
 }
+
+/// `--vxlan-port` on every host (one eBPF, one kernel): the network carries traffic on that
+/// port, and VXLAN's standard port stays free for another user on the same host (Docker's
+/// classic overlay binds it for its own vxlan devices).
+#[test]
+fn vxlan_port_is_configurable_on_both_datapaths() {
+    let mut cfg = LabConfig::new("t7port", 2);
+    cfg.datapath = DatapathSel::Mixed;
+    cfg.agent_args
+        .extend(["--vxlan-port".into(), "8472".into()]);
+    let lab = lab_with(cfg);
+    assert_eq!(datapath(&lab, 0)["mode"], "ebpf");
+    assert_eq!(datapath(&lab, 1)["mode"], "kernel");
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, ip1) = attach(&lab, 0, "net1", "c1", &[]);
+    let (c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    within("c1 <-> c2 on port 8472", Duration::from_secs(5), || {
+        ping(&c1, &ip2) && ping(&c2, &ip1)
+    });
+    // Both ends' devices use the port.
+    let h1 = stdout(&nsexec(
+        &lab.host(0).ns,
+        &["ip", "-d", "link", "show", "ovl_vx0"],
+    ));
+    assert!(h1.contains("dstport 8472"), "{h1}");
+    let sandbox = sandbox(&lab, 1, "net1");
+    let h2 = Command::new("nsenter")
+        .arg(format!("--net={sandbox}"))
+        .args(["ip", "-d", "link", "show", "vxlan0"])
+        .output()
+        .unwrap();
+    let h2 = stdout(&h2);
+    assert!(h2.contains("dstport 8472"), "{h2}");
+    // Port 4789 is free on both hosts: another collect-metadata vxlan device comes up there.
+    for i in 0..2 {
+        let ns = &lab.host(i).ns;
+        let add = nsexec(
+            ns,
+            &[
+                "ip", "link", "add", "t7other", "type", "vxlan", "external", "dstport", "4789",
+            ],
+        );
+        assert!(add.status.success(), "{}", stderr(&add));
+        let up = nsexec(ns, &["ip", "link", "set", "t7other", "up"]);
+        let _ = nsexec(ns, &["ip", "link", "del", "t7other"]);
+        assert!(
+            up.status.success(),
+            "h{}: 4789 taken: {}",
+            i + 1,
+            stderr(&up)
+        );
+    }
+    assert!(
+        ping(&c1, &ip2),
+        "traffic after the other device came and went"
+    );
+}

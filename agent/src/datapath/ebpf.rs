@@ -512,6 +512,7 @@ pub struct EbpfBackend {
     vtep: Ipv4Addr,
     mtu: u32,
     pin_dir: PathBuf,
+    load_opts: ovl_ebpf::LoadOptions,
 }
 
 impl EbpfBackend {
@@ -525,8 +526,18 @@ impl EbpfBackend {
         ovl_ebpf::ensure_bpffs_at(&pin_dir).map_err(|e| e.to_string())?;
         // Loading resolves interface indexes in the calling thread's namespace: this runtime
         // thread, like every thread of the agent, is in the host namespace.
-        let dp = EbpfDatapath::load(&pin_dir, VXLAN_DEVICE, settings.advertise_addr, mtu)
-            .map_err(|e| e.to_string())?;
+        let load_opts = ovl_ebpf::LoadOptions {
+            vxlan_port: settings.vxlan_port,
+            ..ovl_ebpf::LoadOptions::default()
+        };
+        let dp = EbpfDatapath::load_with(
+            &pin_dir,
+            VXLAN_DEVICE,
+            settings.advertise_addr,
+            mtu,
+            &load_opts,
+        )
+        .map_err(|e| e.to_string())?;
         for w in dp.load_warnings() {
             tracing::warn!(warning = %w, "adopting the pinned eBPF datapath");
         }
@@ -536,6 +547,7 @@ impl EbpfBackend {
             vtep: settings.advertise_addr,
             mtu,
             pin_dir,
+            load_opts,
         })
     }
 
@@ -557,8 +569,14 @@ impl EbpfBackend {
     /// Loads the fast path again over the same pin dir (adopting maps and links), which
     /// recreates or repairs the vxlan device.
     fn reload(&self, dp: &mut EbpfDatapath) -> Result<()> {
-        let fresh = EbpfDatapath::load(&self.pin_dir, VXLAN_DEVICE, self.vtep, self.mtu)
-            .map_err(bpf_err)?;
+        let fresh = EbpfDatapath::load_with(
+            &self.pin_dir,
+            VXLAN_DEVICE,
+            self.vtep,
+            self.mtu,
+            &self.load_opts,
+        )
+        .map_err(bpf_err)?;
         for w in fresh.load_warnings() {
             tracing::warn!(warning = %w, "reloading the eBPF datapath");
         }
@@ -1205,6 +1223,7 @@ mod tests {
             subnet: "10.1.0.0/24".parse().unwrap(),
             mtu: 1450,
             local_vtep: ME,
+            vxlan_port: ovl_datapath::VXLAN_PORT,
         }
     }
 

@@ -14,6 +14,8 @@ pub struct Me<'a> {
     pub vtep: Ipv4Addr,
     /// Its underlay MTU.
     pub underlay_mtu: u32,
+    /// UDP port of VXLAN.
+    pub vxlan_port: u16,
 }
 
 /// The datapath spec of a network on this host.
@@ -24,6 +26,7 @@ pub fn spec(net: &NetworkRecord, me: &Me<'_>) -> NetworkSpec {
         subnet: net.subnet,
         mtu: net.mtu.unwrap_or(me.underlay_mtu.saturating_sub(50)),
         local_vtep: me.vtep,
+        vxlan_port: me.vxlan_port,
     }
 }
 
@@ -160,6 +163,7 @@ mod tests {
         host: "h1",
         vtep: Ipv4Addr::new(198, 18, 0, 11),
         underlay_mtu: 1400,
+        vxlan_port: ovl_datapath::VXLAN_PORT,
     };
 
     #[test]

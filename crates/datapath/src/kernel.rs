@@ -22,7 +22,6 @@ use crate::netns::{
 };
 use crate::plan::{
     Observed, ObservedBridge, ObservedEndpoint, ObservedNeigh, ObservedNetwork, ObservedVxlan, Op,
-    VXLAN_PORT,
 };
 use crate::types::{
     ALIAS_PREFIX, Attached, EndpointSpec, MacAddr, NetworkSpec, free_ifname, port_name,
@@ -475,7 +474,7 @@ impl KernelDatapath {
                 let cfg = VxlanConfig {
                     vni: spec.vni,
                     local: spec.local_vtep,
-                    port: VXLAN_PORT,
+                    port: spec.vxlan_port,
                     mtu: spec.mtu,
                 };
                 if let Err(e) = host.create_vxlan(&tmp, &cfg).await {
@@ -897,7 +896,7 @@ fn vxlan_matches(l: &Link, spec: &NetworkSpec) -> bool {
     l.kind.as_deref() == Some("vxlan")
         && v.vni == Some(spec.vni)
         && v.local == Some(spec.local_vtep)
-        && v.port == Some(VXLAN_PORT)
+        && v.port == Some(spec.vxlan_port)
         && v.learning == Some(false)
         && v.proxy == Some(true)
 }

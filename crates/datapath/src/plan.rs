@@ -289,8 +289,8 @@ pub fn network_drift(spec: &NetworkSpec, obs: &ObservedNetwork) -> Option<(Strin
                 reasons.push(format!("vxlan0 local {:?} != {}", v.local, spec.local_vtep));
                 recreate = true;
             }
-            if v.port != Some(VXLAN_PORT) {
-                reasons.push(format!("vxlan0 port {:?} != {VXLAN_PORT}", v.port));
+            if v.port != Some(spec.vxlan_port) {
+                reasons.push(format!("vxlan0 port {:?} != {}", v.port, spec.vxlan_port));
                 recreate = true;
             }
             if v.learning != Some(false) || v.proxy != Some(true) {
@@ -513,6 +513,7 @@ mod tests {
             subnet: "10.1.0.0/24".parse().unwrap(),
             mtu: 1450,
             local_vtep: LOCAL,
+            vxlan_port: VXLAN_PORT,
         }
     }
 

@@ -104,6 +104,9 @@ pub struct NetworkSpec {
     pub mtu: u32,
     /// This host's VTEP (advertise) address: the vxlan device's `local`.
     pub local_vtep: Ipv4Addr,
+    /// UDP port of VXLAN on the wire ([`crate::VXLAN_PORT`], 4789, unless every host of the
+    /// cluster is configured otherwise, e.g. to share a host with Docker's classic overlay).
+    pub vxlan_port: u16,
 }
 
 /// Largest VNI (24 bits).
@@ -127,6 +130,12 @@ impl NetworkSpec {
             return Err(Error::InvalidInput(format!(
                 "network {}: local VTEP {} is not a unicast address",
                 self.name, self.local_vtep
+            )));
+        }
+        if self.vxlan_port == 0 {
+            return Err(Error::InvalidInput(format!(
+                "network {}: VXLAN UDP port 0",
+                self.name
             )));
         }
         if self.subnet.prefix() > 30 {
@@ -342,6 +351,7 @@ mod tests {
             subnet: "10.10.0.0/24".parse().unwrap(),
             mtu: 1450,
             local_vtep: Ipv4Addr::new(198, 18, 0, 11),
+            vxlan_port: crate::VXLAN_PORT,
         }
     }
 

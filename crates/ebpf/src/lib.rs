@@ -316,11 +316,22 @@ pub mod action {
 }
 
 /// Load-time options.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Record each program's last decision in the (unpinned) `TRACE` map; for tests and
     /// debugging, costs one map write per packet.
     pub trace: bool,
+    /// UDP port of the vxlan device ([`VXLAN_PORT`] unless the whole cluster uses another).
+    pub vxlan_port: u16,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            trace: false,
+            vxlan_port: VXLAN_PORT,
+        }
+    }
 }
 
 /// The loaded fast path of one host.
@@ -458,7 +469,8 @@ impl EbpfDatapath {
     /// * `pin_dir`: a directory on bpffs (e.g. `/sys/fs/bpf/overlay-agent`); bpffs is mounted
     ///   at /sys/fs/bpf if absent. Maps are pinned here and links under `links/`.
     /// * `vxlan_name`: the collect-metadata vxlan device, created if absent (`external`,
-    ///   dstport 4789, learning off, source `local_vtep`), adopted if present.
+    ///   dstport [`LoadOptions::vxlan_port`], learning off, source `local_vtep`), adopted if
+    ///   present.
     /// * `mtu`: the overlay MTU (underlay MTU - 50): the vxlan device's MTU and the largest MTU
     ///   an endpoint may have ([`Error::MtuTooLarge`]).
     ///
@@ -511,7 +523,10 @@ impl EbpfDatapath {
             }
         }
 
-        let vxlan_ifindex = ensure_vxlan(vxlan_name, local_vtep, mtu)?;
+        if opts.vxlan_port == 0 {
+            return Err(Error::InvalidInput("VXLAN UDP port 0".into()));
+        }
+        let vxlan_ifindex = ensure_vxlan(vxlan_name, local_vtep, opts.vxlan_port, mtu)?;
 
         let trace: u32 = u32::from(opts.trace);
         let mut bpf = EbpfLoader::new()
@@ -1233,12 +1248,12 @@ fn parse_link_pin(name: &str) -> Option<(LinkKind, u32)> {
 }
 
 /// Finds or creates the collect-metadata vxlan device; returns its ifindex.
-fn ensure_vxlan(name: &str, local: Ipv4Addr, mtu: u32) -> Result<u32> {
+fn ensure_vxlan(name: &str, local: Ipv4Addr, port: u16, mtu: u32) -> Result<u32> {
     let nl = |context: String| move |source| Error::Netlink { context, source };
     let link = match netlink::link_by_name(name).map_err(nl(format!("looking up {name}")))? {
         Some(l) => l,
         None => {
-            netlink::create_vxlan_external(name, local, VXLAN_PORT, mtu)
+            netlink::create_vxlan_external(name, local, port, mtu)
                 .map_err(nl(format!("creating vxlan device {name}")))?;
             netlink::link_by_name(name)
                 .map_err(nl(format!("looking up {name}")))?
@@ -1248,7 +1263,7 @@ fn ensure_vxlan(name: &str, local: Ipv4Addr, mtu: u32) -> Result<u32> {
                 })?
         }
     };
-    check_vxlan(&link, local)?;
+    check_vxlan(&link, local, port)?;
     if link.mtu != Some(mtu) {
         netlink::set_mtu(link.index, mtu).map_err(nl(format!("setting MTU {mtu} on {name}")))?;
     }
@@ -1259,7 +1274,7 @@ fn ensure_vxlan(name: &str, local: Ipv4Addr, mtu: u32) -> Result<u32> {
 }
 
 /// An existing device is adopted only if it is what we would have created.
-fn check_vxlan(link: &netlink::LinkSummary, local: Ipv4Addr) -> Result<()> {
+fn check_vxlan(link: &netlink::LinkSummary, local: Ipv4Addr, port: u16) -> Result<()> {
     let conflict = |detail: String| {
         Err(Error::VxlanConflict {
             name: link.name.clone(),
@@ -1272,8 +1287,8 @@ fn check_vxlan(link: &netlink::LinkSummary, local: Ipv4Addr) -> Result<()> {
     if !link.vxlan_external {
         return conflict("not a collect-metadata (external) device".into());
     }
-    if link.vxlan_port.is_some_and(|p| p != VXLAN_PORT) {
-        return conflict(format!("UDP port {:?}, not {VXLAN_PORT}", link.vxlan_port));
+    if link.vxlan_port.is_some_and(|p| p != port) {
+        return conflict(format!("UDP port {:?}, not {port}", link.vxlan_port));
     }
     if link.vxlan_local.is_some_and(|l| l != local) {
         return conflict(format!(
@@ -1311,18 +1326,20 @@ mod tests {
             up: true,
         };
         let me = Ipv4Addr::new(198, 18, 0, 11);
-        assert!(check_vxlan(&l, me).is_ok());
-        assert!(check_vxlan(&l, Ipv4Addr::new(198, 18, 0, 12)).is_err());
+        assert!(check_vxlan(&l, me, VXLAN_PORT).is_ok());
+        assert!(check_vxlan(&l, Ipv4Addr::new(198, 18, 0, 12), VXLAN_PORT).is_err());
         l.vxlan_port = Some(8472);
         assert!(matches!(
-            check_vxlan(&l, me),
+            check_vxlan(&l, me, VXLAN_PORT),
             Err(Error::VxlanConflict { .. })
         ));
+        // A cluster configured for 8472 adopts it.
+        assert!(check_vxlan(&l, me, 8472).is_ok());
         l.vxlan_port = Some(4789);
         l.vxlan_external = false;
-        assert!(check_vxlan(&l, me).is_err());
+        assert!(check_vxlan(&l, me, VXLAN_PORT).is_err());
         l.kind = Some(InfoKind::Dummy);
-        assert!(check_vxlan(&l, me).is_err());
+        assert!(check_vxlan(&l, me, VXLAN_PORT).is_err());
     }
 
     #[test]

@@ -65,7 +65,10 @@ fn setup(tag: &str) -> Setup {
             "ovl_vx0",
             Ipv4Addr::new(198, 18, 0, 11),
             1450,
-            &LoadOptions { trace: true },
+            &LoadOptions {
+                trace: true,
+                ..LoadOptions::default()
+            },
         )
         .expect("load");
         let ep = |mac, ip: [u8; 4]| EndpointInfo {
@@ -423,7 +426,10 @@ fn adoption_drops_endpoints_whose_interface_vanished() {
                 "ovl_vx0",
                 Ipv4Addr::new(198, 18, 0, 11),
                 1450,
-                &LoadOptions { trace: true },
+                &LoadOptions {
+                    trace: true,
+                    ..LoadOptions::default()
+                },
             )
         })
         .expect("adopt");

@@ -206,6 +206,11 @@ impl Env {
             "--resync-interval",
             "2",
             "--docker-plugin",
+            // Docker's classic overlay runs on the same hosts and binds VXLAN's port 4789
+            // for its own devices; the eBPF path's collect-metadata device would take it
+            // for every VNI.
+            "--vxlan-port",
+            "8472",
         ])
         .env(
             "DOCKER_HOST",

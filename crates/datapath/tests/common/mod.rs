@@ -141,6 +141,7 @@ pub fn spec(name: &str, vni: u32, subnet: &str, vtep: Ipv4Addr) -> NetworkSpec {
         subnet: subnet.parse().unwrap(),
         mtu: 1450,
         local_vtep: vtep,
+        vxlan_port: ovl_datapath::VXLAN_PORT,
     }
 }
 
