@@ -585,6 +585,7 @@ pub fn run(runs: usize, datapath: &str) -> Result<()> {
             let p = &paths[idx];
             match iperf(p).and_then(|g| Ok((g, rtt(p)?))) {
                 Ok((g, r)) => {
+                    eprintln!("run {run} {}: {g:.2} Gbit/s, RTT {r:.3} ms", p.label);
                     samples[idx].gbps.push(g);
                     samples[idx].rtt_ms.push(r);
                 }
