@@ -261,6 +261,80 @@ impl DockerLab {
             .collect()
     }
 
+    /// `docker network create -d ovl --ipam-driver ovl NAME` on host `i`.
+    fn create_network(&self, i: usize, name: &str) {
+        self.docker(
+            i,
+            &[
+                "network",
+                "create",
+                "-d",
+                "ovl",
+                "--ipam-driver",
+                "ovl",
+                name,
+            ],
+        );
+    }
+
+    /// A container that only sleeps, on `net`, on host `i`.
+    fn run_sleeper(&self, i: usize, name: &str, net: &str) {
+        self.docker(
+            i,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                net,
+                IMAGE,
+                "sleep",
+                "100000",
+            ],
+        );
+    }
+
+    /// "web" on host 1: alias "webalias", an HTTP server on port 80 published as 8080.
+    fn run_web(&self, net: &str) {
+        self.docker(
+            0,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "web",
+                "--network",
+                net,
+                "--network-alias",
+                "webalias",
+                "-p",
+                "8080:80",
+                IMAGE,
+                "sh",
+                "-c",
+                "echo hello-from-web > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+            ],
+        );
+    }
+
+    /// Host 1's published port 8080 answers with web's page from host 2's namespace.
+    fn published_port_answers(&self) {
+        let url = format!("http://{}:8080/", self.lab().host(0).addr);
+        let h2_ns = self.lab().host(1).ns.clone();
+        within(
+            "published port answers from host 2",
+            Duration::from_secs(20),
+            || {
+                let o = nsexec(
+                    &h2_ns,
+                    &["timeout", "5", "busybox", "wget", "-q", "-O", "-", &url],
+                );
+                stdout(&o).contains("hello-from-web")
+            },
+        );
+    }
+
     fn endpoints(&self, i: usize, net: &str) -> Vec<Value> {
         self.ctl_json(i, &["endpoints", net])
             .as_array()
@@ -319,18 +393,7 @@ fn docker_two_hosts() {
 
     // Plain form on both hosts: one overlay.
     for i in 0..2 {
-        lab.docker(
-            i,
-            &[
-                "network",
-                "create",
-                "-d",
-                "ovl",
-                "--ipam-driver",
-                "ovl",
-                "appnet",
-            ],
-        );
+        lab.create_network(i, "appnet");
     }
     within("pending pools bound", Duration::from_secs(20), || {
         let nets = lab.ctl_json(0, &["network", "ls"]);
@@ -453,34 +516,8 @@ fn docker_two_hosts() {
         ),
         "10.77.0.0/24"
     );
-    lab.docker(
-        0,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "isolated",
-            "--network",
-            "intnet",
-            IMAGE,
-            "sleep",
-            "100000",
-        ],
-    );
-    lab.docker(
-        1,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "isolated2",
-            "--network",
-            "intnet",
-            IMAGE,
-            "sleep",
-            "100000",
-        ],
-    );
+    lab.run_sleeper(0, "isolated", "intnet");
+    lab.run_sleeper(1, "isolated2", "intnet");
     let iso2 = ip_of(&lab, 1, "isolated2", "intnet");
     assert!(iso2.starts_with("10.77.0."), "{iso2}");
     within(
@@ -497,39 +534,8 @@ fn docker_two_hosts() {
     lab.docker(0, &["rm", "-f", "isolated"]);
     lab.docker(1, &["rm", "-f", "isolated2"]);
 
-    lab.docker(
-        0,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "web",
-            "--network",
-            "appnet",
-            "--network-alias",
-            "webalias",
-            "-p",
-            "8080:80",
-            IMAGE,
-            "sh",
-            "-c",
-            "echo hello-from-web > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
-        ],
-    );
-    lab.docker(
-        1,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "client",
-            "--network",
-            "appnet",
-            IMAGE,
-            "sleep",
-            "100000",
-        ],
-    );
+    lab.run_web("appnet");
+    lab.run_sleeper(1, "client", "appnet");
     let web_ip = ip_of(&lab, 0, "web", "appnet");
     let client_ip = ip_of(&lab, 1, "client", "appnet");
     assert_ne!(web_ip, client_ip);
@@ -573,28 +579,7 @@ fn docker_two_hosts() {
     // The outside world through docker_gwbridge (NAT by Docker).
     assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
     // -p 8080:80 on host 1 answers from host 2's namespace.
-    let h1_addr = lab.lab().host(0).addr.clone();
-    let h2_ns = lab.lab().host(1).ns.clone();
-    within(
-        "published port answers from host 2",
-        Duration::from_secs(20),
-        || {
-            let o = nsexec(
-                &h2_ns,
-                &[
-                    "timeout",
-                    "5",
-                    "busybox",
-                    "wget",
-                    "-q",
-                    "-O",
-                    "-",
-                    &format!("http://{h1_addr}:8080/"),
-                ],
-            );
-            stdout(&o).contains("hello-from-web")
-        },
-    );
+    lab.published_port_answers();
 
     // Restart host 1's agent mid-test: running containers keep connectivity.
     stop_agent(&mut lab.hosts[0]);
@@ -607,20 +592,7 @@ fn docker_two_hosts() {
         can_ping(&lab, 1, "client", &web_ip),
         "traffic after the restart"
     );
-    lab.docker(
-        0,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "web2",
-            "--network",
-            "appnet",
-            IMAGE,
-            "sleep",
-            "100000",
-        ],
-    );
+    lab.run_sleeper(0, "web2", "appnet");
     let web2_ip = ip_of(&lab, 0, "web2", "appnet");
     within(
         "client pings web2 (started after the restart)",
@@ -840,52 +812,10 @@ fn docker_two_hosts_ebpf() {
             "h{} on the fast path",
             i + 1
         );
-        lab.docker(
-            i,
-            &[
-                "network",
-                "create",
-                "-d",
-                "ovl",
-                "--ipam-driver",
-                "ovl",
-                "fastnet",
-            ],
-        );
+        lab.create_network(i, "fastnet");
     }
-    lab.docker(
-        0,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "web",
-            "--network",
-            "fastnet",
-            "--network-alias",
-            "webalias",
-            "-p",
-            "8080:80",
-            IMAGE,
-            "sh",
-            "-c",
-            "echo hello-from-web > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
-        ],
-    );
-    lab.docker(
-        1,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "client",
-            "--network",
-            "fastnet",
-            IMAGE,
-            "sleep",
-            "100000",
-        ],
-    );
+    lab.run_web("fastnet");
+    lab.run_sleeper(1, "client", "fastnet");
     let web_ip = ip_of(&lab, 0, "web", "fastnet");
     let client_ip = ip_of(&lab, 1, "client", "fastnet");
     within("client pings web by IP", Duration::from_secs(20), || {
@@ -902,20 +832,7 @@ fn docker_two_hosts_ebpf() {
         },
     );
     assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
-    let h1_addr = lab.lab().host(0).addr.clone();
-    let h2_ns = lab.lab().host(1).ns.clone();
-    within(
-        "published port answers from host 2",
-        Duration::from_secs(20),
-        || {
-            let url = format!("http://{h1_addr}:8080/");
-            let o = nsexec(
-                &h2_ns,
-                &["timeout", "5", "busybox", "wget", "-q", "-O", "-", &url],
-            );
-            stdout(&o).contains("hello-from-web")
-        },
-    );
+    lab.published_port_answers();
     // The packets went through the programs.
     let dp = lab.ctl_json(1, &["datapath"]);
     let eps = dp["maps"]["local_endpoints"]
@@ -934,20 +851,7 @@ fn docker_two_hosts_ebpf() {
         "traffic with host 1's agent down"
     );
     lab.start_agent(0);
-    lab.docker(
-        0,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "web2",
-            "--network",
-            "fastnet",
-            IMAGE,
-            "sleep",
-            "100000",
-        ],
-    );
+    lab.run_sleeper(0, "web2", "fastnet");
     within("client pings web2 by name", Duration::from_secs(20), || {
         can_ping(&lab, 1, "client", "web2")
     });

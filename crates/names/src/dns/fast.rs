@@ -11,7 +11,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::handler::{EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD};
+use super::handler::{EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD, key_char};
 
 const HEADER_LEN: usize = 12;
 /// Type codes the fast path answers.
@@ -80,13 +80,7 @@ pub(crate) fn parse(req: &[u8]) -> Option<Question> {
         if !key.is_empty() {
             key.push('.');
         }
-        key.extend(label.iter().map(|&b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                char::from(b)
-            } else {
-                '?'
-            }
-        }));
+        key.extend(label.iter().copied().map(key_char));
         at += len;
         if at - HEADER_LEN > 255 {
             return None;

@@ -81,15 +81,18 @@ fn name_key(name: &Name) -> String {
         if i > 0 {
             key.push('.');
         }
-        key.extend(label.iter().map(|&b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                char::from(b)
-            } else {
-                '?'
-            }
-        }));
+        key.extend(label.iter().copied().map(key_char));
     }
     key
+}
+
+/// One byte of a wire label as it appears in a zone lookup key (see [`name_key`]).
+pub(crate) fn key_char(b: u8) -> char {
+    if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+        char::from(b)
+    } else {
+        '?'
+    }
 }
 
 /// The skeleton of a response to `req`: same id, opcode, RD and question; RA set; an OPT record
