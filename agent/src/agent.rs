@@ -451,21 +451,7 @@ impl Agent {
                 id, req.network, r.host
             )));
         }
-        {
-            let _g = self.dp_lock.lock().await;
-            self.pending
-                .lock()
-                .expect("pending lock")
-                .remove(&(req.network.clone(), id.clone()));
-            self.dp.detach(&req.network, &id).await.map_err(|e| {
-                AgentError::Datapath(format!("detaching {id} from {}: {e}", req.network))
-            })?;
-            if let Some(a) = self.local.remove(&req.network, &id)
-                && !a.network.internal
-            {
-                self.detach_gateway(&a.netns_key).await?;
-            }
-        }
+        self.unplumb(&req.network, &id, true).await?;
         let removed = self
             .store
             .delete_endpoint(&req.network, &id)
@@ -478,6 +464,35 @@ impl Agent {
             crate::metrics::Counters::add(&self.counters.detaches, 1);
         }
         Ok(DetachReply { removed })
+    }
+
+    /// Takes endpoint `id` of `network` out of this host's datapath and local state (not the
+    /// KV): it stops being pending, its port goes, and with `gateway` (standalone attach; under
+    /// Docker the gateway is Docker's) its gateway-bridge interface goes too when it was the
+    /// namespace's last one. Idempotent. Returns the local attachment it removed.
+    pub async fn unplumb(
+        &self,
+        network: &str,
+        id: &str,
+        gateway: bool,
+    ) -> Result<Option<Attachment>> {
+        let _g = self.dp_lock.lock().await;
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .remove(&(network.to_string(), id.to_string()));
+        self.dp
+            .detach(network, id)
+            .await
+            .map_err(|e| AgentError::Datapath(format!("detaching {id} from {network}: {e}")))?;
+        let removed = self.local.remove(network, id);
+        if gateway
+            && let Some(a) = &removed
+            && !a.network.internal
+        {
+            self.detach_gateway(&a.netns_key).await?;
+        }
+        Ok(removed)
     }
 
     /// One names pass over the current view and local attachments.

@@ -1124,20 +1124,10 @@ impl PluginBackend for DockerPlugin {
         let Some(net) = self.endpoint_network(&req) else {
             return Ok(());
         };
-        {
-            let _g = self.agent.dp_lock.lock().await;
-            self.agent
-                .pending
-                .lock()
-                .expect("pending lock")
-                .remove(&(net.clone(), req.endpoint_id.clone()));
-            self.agent
-                .dp
-                .detach(&net, &req.endpoint_id)
-                .await
-                .map_err(agent_err)?;
-            self.agent.local.remove(&net, &req.endpoint_id);
-        }
+        self.agent
+            .unplumb(&net, &req.endpoint_id, false)
+            .await
+            .map_err(agent_err)?;
         self.wanted
             .lock()
             .expect("wanted lock")
@@ -1235,18 +1225,10 @@ impl PluginBackend for DockerPlugin {
         let Some(net) = self.endpoint_network(&req) else {
             return Ok(());
         };
-        let _g = self.agent.dp_lock.lock().await;
         self.agent
-            .pending
-            .lock()
-            .expect("pending lock")
-            .remove(&(net.clone(), req.endpoint_id.clone()));
-        self.agent
-            .dp
-            .detach(&net, &req.endpoint_id)
+            .unplumb(&net, &req.endpoint_id, false)
             .await
             .map_err(agent_err)?;
-        self.agent.local.remove(&net, &req.endpoint_id);
         self.agent.kick.notify_one();
         Ok(())
     }
