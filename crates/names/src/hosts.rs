@@ -252,8 +252,9 @@ fn read_all(mut file: &File, path: &Path) -> Result<Vec<u8>, NamesError> {
 
 /// `fcntl` command setting the lease-break signal (`<fcntl.h>`, Linux; the libc crate lacks it).
 const F_SETSIG: libc::c_int = 10;
-/// How often taking the write lease is tried before writing without it.
-const LEASE_ATTEMPTS: u32 = 200;
+/// How long taking the write lease is tried before writing without it: a reader holds the
+/// file open for microseconds, unless it is descheduled on a busy machine.
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// Pause between lease attempts (a reader holding the file open closes it within microseconds).
 const LEASE_RETRY: std::time::Duration = std::time::Duration::from_micros(100);
 
@@ -276,7 +277,8 @@ impl<'a> WriteLease<'a> {
         if unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGURG) } != 0 {
             return None;
         }
-        for _ in 0..LEASE_ATTEMPTS {
+        let deadline = std::time::Instant::now() + LEASE_WAIT;
+        while std::time::Instant::now() < deadline {
             // SAFETY: plain fcntl on a descriptor we own.
             if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) } == 0 {
                 return Some(WriteLease(file));
