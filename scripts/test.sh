@@ -16,3 +16,5 @@ cargo build --workspace --bins --quiet
 # Test binaries run one after another; inside each, a few tests (each with its own lab or
 # namespaces) run side by side.
 cargo test --workspace --no-fail-fast -- --test-threads=3
+# The Vagrant lab on real (emulated) VMs, end to end; a 2-node cycle (see the script).
+scripts/vagrant-ci.sh

@@ -3,8 +3,10 @@
 //!
 //! - [`lab`]: N hosts as network namespaces on an underlay bridge, the KV, one agent per host;
 //! - [`bench`]: the benchmarks, side by side in one run;
-//! - [`sh`]: small helpers to run commands and enter namespaces.
+//! - [`sh`]: small helpers to run commands and enter namespaces;
+//! - [`vagrant`]: the lab on real VMs (`vagrant/`): box, up, end-to-end test, down.
 
 pub mod bench;
 pub mod lab;
 pub mod sh;
+pub mod vagrant;

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use xtask::{
     lab::{self, DatapathSel, KvKind, Lab, LabConfig, LabGuard},
-    sh,
+    sh, vagrant,
 };
 
 #[derive(Parser)]
@@ -24,6 +24,9 @@ enum Cmd {
     /// Benchmarks (competing paths side by side in one run; medians and ratios).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// The Vagrant lab: real VMs (libvirt) running the agent, Docker and etcd.
+    #[command(subcommand)]
+    Vagrant(vagrant::VagrantCmd),
     /// The multi-host demo: a lab, a network, containers on every host talking by name; then
     /// everything is removed.
     Demo {
@@ -228,6 +231,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Vagrant(c) => vagrant::run(c),
         Cmd::Demo { hosts, kv } => {
             build_agent()?;
             demo(hosts, kv)?;
