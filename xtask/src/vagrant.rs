@@ -501,6 +501,15 @@ fn vagrant(paths: &Paths, nodes: usize, settings: Option<&Settings>) -> Command 
     c
 }
 
+/// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the workspace) if set,
+/// else `<workspace>/target`.
+fn target_dir(workspace: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => workspace.join(d),
+        None => workspace.join("target"),
+    }
+}
+
 /// Builds the release binaries and stages stripped copies for upload (smaller uploads into
 /// emulated guests).
 fn build_and_stage(paths: &Paths) -> Result<()> {
@@ -516,7 +525,7 @@ fn build_and_stage(paths: &Paths) -> Result<()> {
     let bin = paths.state.join("bin");
     fs::create_dir_all(&bin)?;
     for b in ["overlay-agent", "overlayctl"] {
-        let src = paths.workspace.join("target/release").join(b);
+        let src = target_dir(&paths.workspace).join("release").join(b);
         let dst = bin.join(b);
         fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
         if command_exists("strip") {
