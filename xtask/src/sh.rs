@@ -39,7 +39,17 @@ pub fn in_ns(ns: &str, program: &str) -> Command {
 }
 
 /// Polls `f` until it returns `Some`, for at most `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> Result<T> {
+    poll_every(what, timeout, Duration::from_millis(20), f)
+}
+
+/// Polls `f` every `interval` until it returns `Some`, for at most `timeout`.
+pub fn poll_every<T>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -48,7 +58,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if start.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(interval);
     }
 }
 

@@ -839,18 +839,10 @@ fn close_ssh_masters(config: &Path, control_dir: &Path, count: usize) {
     }
 }
 
-/// Polls `f` every 2 s until it returns `Some`, for at most `timeout`.
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+/// Polls `f` every 2 s (each poll is an SSH round trip to an emulated guest) until it
+/// returns `Some`, for at most `timeout`.
+fn wait_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> Result<T> {
+    crate::sh::poll_every(what, timeout, Duration::from_secs(2), f)
 }
 
 /// The broadcast address of `cidr` ("10.10.0.0/24" -> 10.10.0.255).

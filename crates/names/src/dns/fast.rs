@@ -127,16 +127,18 @@ pub(crate) fn parse(req: &[u8]) -> Option<Question> {
 }
 
 /// The authoritative response to `q` (read from `req`) with `rcode` and one A record per
-/// address of `ips`; `None` if it would not fit `limit` bytes (the general path truncates).
+/// address of `ips`, starting at index `start` and wrapping around (round robin); `None` if
+/// it would not fit `limit` bytes (the general path truncates).
 pub(crate) fn respond(
     req: &[u8],
     q: &Question,
     rcode: u8,
-    ips: impl ExactSizeIterator<Item = Ipv4Addr>,
+    (ips, start): (&[Ipv4Addr], usize),
     ttl: u32,
     limit: usize,
 ) -> Option<Vec<u8>> {
     let count = ips.len();
+    let start = if count == 0 { 0 } else { start % count };
     let len = q.question_end + 16 * count + if q.edns { 11 } else { 0 };
     if len > limit {
         return None;
@@ -153,7 +155,7 @@ pub(crate) fn respond(
     out.extend_from_slice(&0u16.to_be_bytes());
     out.extend_from_slice(&u16::from(q.edns).to_be_bytes());
     out.extend_from_slice(&req[HEADER_LEN..q.question_end]);
-    for ip in ips {
+    for ip in ips[start..].iter().chain(&ips[..start]) {
         out.extend_from_slice(&QNAME_POINTER);
         out.extend_from_slice(&TYPE_A.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());

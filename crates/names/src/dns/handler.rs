@@ -226,24 +226,16 @@ impl Handler {
             Transport::Udp => q.udp_limit,
             Transport::Tcp => usize::from(u16::MAX),
         };
-        let respond = |rcode, ips: &[std::net::Ipv4Addr]| {
-            fast::respond(
-                request,
-                &q,
-                rcode,
-                ips.iter().copied(),
-                self.local_ttl,
-                limit,
-            )
+        let respond = |rcode, records: (&[std::net::Ipv4Addr], usize)| {
+            fast::respond(request, &q, rcode, records, self.local_ttl, limit)
         };
         match zone.resolve(networks, &q.key) {
             Answer::Addresses(ips) if q.qtype == fast::TYPE_A => {
                 let start = self.rotate(ips.len());
-                let rotated: Vec<_> = ips[start..].iter().chain(&ips[..start]).copied().collect();
-                respond(fast::NOERROR, &rotated)
+                respond(fast::NOERROR, (&ips, start))
             }
-            Answer::Addresses(_) | Answer::NoData => respond(fast::NOERROR, &[]),
-            Answer::NxDomain => respond(fast::NXDOMAIN, &[]),
+            Answer::Addresses(_) | Answer::NoData => respond(fast::NOERROR, (&[], 0)),
+            Answer::NxDomain => respond(fast::NXDOMAIN, (&[], 0)),
             Answer::Ptr(_) | Answer::Forward => None,
         }
     }
