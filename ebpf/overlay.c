@@ -10,10 +10,19 @@
  *   vxlan_ingress  tc ingress of the vxlan device: decapsulated frames with
  *                  the tunnel key in their metadata; deliver to local
  *                  endpoints of that VNI.
+ *   vtep_ingress   tc ingress of the underlay interface holding the local
+ *                  VTEP address: VXLAN frames for a known local endpoint are
+ *                  decapsulated here and handed straight into the container,
+ *                  skipping the UDP socket, vxlan_rcv and the vxlan device's
+ *                  GRO cell. Everything else goes on unchanged (BUM, unknown
+ *                  MACs, non-IPv4 inner frames, checksums to verify: the vxlan
+ *                  device and vxlan_ingress handle them as before).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/udp.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -100,6 +109,7 @@ struct {
 /* linux/if_arp.h drags in libc socket headers, which do not build for the
  * bpf target: the few ARP definitions needed are spelled out here. */
 #define ARPHRD_ETHER 1
+#define AF_INET 2
 #define ARPOP_REQUEST 1
 #define ARPOP_REPLY 2
 
@@ -234,6 +244,101 @@ static __always_inline __u32 flood(struct __sk_buff *skb, __u32 vni, __u32 self_
 	return copies;
 }
 
+/* VXLAN header (RFC 7348): flags word with the I bit, then VNI << 8. */
+struct vxlan_hdr {
+	__be32 flags;
+	__be32 vni;
+};
+
+#define VXLAN_FLAG_I 0x08000000
+/* Outer IPv4 (no options) + UDP + VXLAN + inner Ethernet, all removed on decap;
+ * the outer Ethernet header stays and takes the inner one's addresses. */
+#define DECAP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlan_hdr) + \
+		   sizeof(struct ethhdr))
+
+/* Not ours: let the next tcx program, or the stack, have it. */
+#define TCX_NEXT -1
+
+/* Outer Ethernet + IPv4 + UDP + VXLAN + inner Ethernet, written in one store. */
+struct encap_hdr {
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+	struct vxlan_hdr vx;
+	struct ethhdr inner;
+} __attribute__((packed));
+
+static __always_inline __u16 ip_csum(const struct iphdr *iph)
+{
+	const __u16 *w = (const __u16 *)iph;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*iph) / 2); i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/*
+ * Encapsulates the frame in place and hands it to the underlay interface,
+ * the neighbour subsystem filling in the outer MACs: the vxlan device's
+ * transmit path (route lookup, UDP/IP output) is skipped. Returns -1 when
+ * the frame must take the vxlan device instead (no underlay interface, a
+ * full-size frame that is not GSO: the in-place path checks the size
+ * against the veth's MTU), else a tc verdict.
+ */
+static __always_inline int encap_direct(struct __sk_buff *skb, const struct ovl_config *cfg,
+					__u32 vni, __u32 vtep)
+{
+	if (cfg->underlay_ifindex == 0 || cfg->local_vtep == 0)
+		return -1;
+	if (skb->gso_size == 0 && skb->len + DECAP_LEN > cfg->endpoint_mtu + ETH_HLEN)
+		return -1;
+
+	struct encap_hdr h = {};
+	if (bpf_skb_load_bytes(skb, 0, &h.inner, sizeof(h.inner)) < 0)
+		return -1;
+	__u32 inner_len = skb->len;
+	__u32 hash = bpf_get_hash_recalc(skb);
+
+	h.eth.h_proto = bpf_htons(ETH_P_IP);
+	/* Built aligned, then copied: in the packed block it sits at offset 14. */
+	struct iphdr ip = {};
+	ip.version = 4;
+	ip.ihl = 5;
+	/* A GSO frame's length is set per segment; one over 64 KiB gets 0 here,
+	 * as the kernel's own BIG TCP does. */
+	__u32 tot_len = inner_len + sizeof(h) - sizeof(h.eth) - sizeof(h.inner);
+	ip.tot_len = tot_len > 0xffff ? 0 : bpf_htons(tot_len);
+	ip.frag_off = bpf_htons(0x4000); /* DF: the overlay MTU leaves room */
+	ip.ttl = 64;
+	ip.protocol = IPPROTO_UDP;
+	ip.saddr = cfg->local_vtep;
+	ip.daddr = bpf_htonl(vtep);
+	ip.check = ip_csum(&ip);
+	__builtin_memcpy(&h.ip, &ip, sizeof(ip));
+	/* Source port from the inner flow hash, as the kernel's vxlan does. */
+	h.udp.source = bpf_htons(49152 + (hash % 16384));
+	h.udp.dest = cfg->vxlan_port;
+	h.udp.len = bpf_htons(inner_len + sizeof(h.udp) + sizeof(h.vx));
+	h.vx.flags = bpf_htonl(VXLAN_FLAG_I);
+	h.vx.vni = bpf_htonl(vni << 8);
+
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+		      BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+		      BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr));
+	if (bpf_skb_adjust_room(skb, DECAP_LEN, BPF_ADJ_ROOM_MAC, flags) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) < 0)
+		return drop(C_EG_DROP_TUNNEL_KEY);
+	struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = bpf_htonl(vtep) };
+	count(C_EG_ENCAP);
+	count(C_EG_ENCAP_DIRECT);
+	trace(OVL_ACT_ENCAP, cfg->underlay_ifindex, vni, vtep, 0);
+	return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
+}
+
 SEC("classifier")
 int lxc_egress(struct __sk_buff *skb)
 {
@@ -326,6 +431,9 @@ int lxc_egress(struct __sk_buff *skb)
 	struct ovl_remote *rem = bpf_map_lookup_elem(&REMOTE, &mk);
 	if (rem && vxlan_ifindex) {
 		__u32 vtep = rem->vtep;
+		int verdict = encap_direct(skb, cfg, vni, vtep);
+		if (verdict >= 0)
+			return verdict;
 		if (set_key(skb, vni, vtep) < 0)
 			return drop(C_EG_DROP_TUNNEL_KEY);
 		count(C_EG_ENCAP);
@@ -380,5 +488,69 @@ int vxlan_ingress(struct __sk_buff *skb)
 	__u32 target = *local;
 	count(C_IN_REDIRECT);
 	trace(OVL_ACT_REDIRECT_LOCAL, target, vni, key.remote_ipv4, 0);
+	return bpf_redirect_peer(target, 0);
+}
+
+SEC("classifier")
+int vtep_ingress(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+	if (!cfg || cfg->local_vtep == 0)
+		return TCX_NEXT;
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(iph + 1);
+	struct vxlan_hdr *vx = (void *)(udp + 1);
+	struct ethhdr *inner = (void *)(vx + 1);
+	/* Headers outside the linear part (rare): the slow path copes. */
+	if ((void *)(inner + 1) > data_end)
+		return TCX_NEXT;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || iph->version != 4 || iph->ihl != 5 ||
+	    iph->protocol != IPPROTO_UDP || iph->daddr != cfg->local_vtep ||
+	    (iph->frag_off & bpf_htons(0x3fff)) || udp->dest != cfg->vxlan_port)
+		return TCX_NEXT;
+	/* tc ingress runs before ip_rcv: check what it would have checked. */
+	if (ip_csum(iph) != 0 ||
+	    (skb->gso_size == 0 && bpf_ntohs(iph->tot_len) != skb->len - sizeof(*eth)))
+		return TCX_NEXT;
+	/* Only plain VXLAN (I flag alone) carrying unicast IPv4: the rest is
+	 * flooded, answered or dropped by the vxlan device path. */
+	if (vx->flags != bpf_htonl(VXLAN_FLAG_I) || (inner->h_dest[0] & 1) ||
+	    inner->h_proto != bpf_htons(ETH_P_IP))
+		return TCX_NEXT;
+
+	__u32 vni = bpf_ntohl(vx->vni) >> 8;
+	struct ovl_mac_key mk = { .vni = vni };
+	mac_copy(mk.mac, inner->h_dest);
+	__u32 *local = bpf_map_lookup_elem(&LOCAL_BY_MAC, &mk);
+	if (!local)
+		return TCX_NEXT;
+	__u32 target = *local;
+
+	/* A non-zero outer UDP checksum must have been verified (by a NIC) for
+	 * us to skip it; otherwise udp_rcv verifies it on the slow path. */
+	if (udp->check != 0 && bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) < 0)
+		return TCX_NEXT;
+
+	__u32 remote = bpf_ntohl(iph->saddr);
+	struct ethhdr keep;
+	__builtin_memcpy(&keep, inner, sizeof(keep));
+	if (bpf_skb_adjust_room(skb, -(__s32)DECAP_LEN, BPF_ADJ_ROOM_MAC, 0) < 0) {
+		/* Nothing was changed: the slow path takes the frame. */
+		count(C_UL_DECAP_FAILED);
+		return TCX_NEXT;
+	}
+	/* As udp_rcv does: the outer UDP header consumed one verified level. */
+	bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);
+	if (bpf_skb_store_bytes(skb, 0, &keep, sizeof(keep), 0) < 0) {
+		count(C_UL_DECAP_FAILED);
+		return TC_ACT_SHOT;
+	}
+	count(C_UL_DECAP);
+	trace(OVL_ACT_REDIRECT_LOCAL, target, vni, remote, 0);
 	return bpf_redirect_peer(target, 0);
 }

@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define OVL_ABI_VERSION 1
+#define OVL_ABI_VERSION 2
 
 /* Head-end replication fan-out limits (per VNI). */
 #define OVL_MAX_VTEPS 64
@@ -69,6 +69,11 @@ struct ovl_local_flood {
 struct ovl_config {
 	__u32 vxlan_ifindex;
 	__u32 abi_version;
+	__u32 local_vtep;  /* IPv4, network byte order; 0 = no underlay fast decap */
+	__u16 vxlan_port;  /* UDP port, network byte order */
+	__u16 _pad;
+	__u32 underlay_ifindex; /* holds local_vtep; 0 = encapsulate through the vxlan device */
+	__u32 endpoint_mtu;     /* largest frame payload a container may send (overlay MTU) */
 };
 
 /* Value of TRACE[0]: last decision, written only when the `trace_enabled`
@@ -116,6 +121,9 @@ enum ovl_counter {
 	C_IN_DROP_NO_LOCAL_ENDPOINT,
 	C_IN_DROP_MALFORMED,
 	C_FLOOD_COPY_FAILED,
+	C_UL_DECAP,
+	C_UL_DECAP_FAILED,
+	C_EG_ENCAP_DIRECT,
 	C_MAX,
 };
 

@@ -11,7 +11,7 @@ PACKAGES=(
   # KV
   etcd-server etcd-client
   # peers that judge the datapath and the names
-  iputils-ping iputils-arping iperf3 dnsutils dnsmasq-base dnsperf busybox-static socat curl
+  iputils-ping iputils-arping iperf3 sockperf dnsutils dnsmasq-base dnsperf busybox-static socat curl
   # Docker end-to-end tests and benchmarks
   docker.io
 )

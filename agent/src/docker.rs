@@ -60,7 +60,7 @@ use ovl_docker::{
         CreateNetwork, EndpointCreated, EndpointRef, Join, Joined, PoolAllocated, PoolRequest,
     },
     identity::{IdentityHint, PoolId, identity_hint},
-    watcher::{ContainerNames, DockerWatcher, NetworkNames},
+    watcher::{ContainerNames, DockerWatcher, EarlyNames, NetworkNames},
 };
 use serde::{Deserialize, Serialize};
 
@@ -707,6 +707,58 @@ impl DockerPlugin {
         }
     }
 
+    /// Names of a container that is still starting (see [`WatchEvent::Connecting`]): recorded
+    /// at once, so peers can resolve it by the time `docker run` returns. The inspect that
+    /// follows confirms or corrects them.
+    async fn apply_early(&self, e: &EarlyNames) {
+        let Some(net) = self.cache.get(&e.network_id).and_then(|d| d.name) else {
+            return;
+        };
+        let endpoint_id = match &e.endpoint_id {
+            Some(id) => id.clone(),
+            None => {
+                // dockerd logs `connect` after our Join returned, so this container's
+                // endpoint is among the joined ones still without a name; when it is the only
+                // one on the network, it is this container's. Otherwise wait for the inspect.
+                let unnamed: Vec<String> = self
+                    .agent
+                    .local
+                    .all()
+                    .into_iter()
+                    .filter(|a| {
+                        a.network.name == net
+                            && a.endpoint.name.is_empty()
+                            && a.ifname == temp_ifname(&a.endpoint.id)
+                    })
+                    .map(|a| a.endpoint.id)
+                    .collect();
+                match unnamed.as_slice() {
+                    [one] => one.clone(),
+                    _ => return,
+                }
+            }
+        };
+        // Known only from the inspect; keep what an earlier one found.
+        let hosts_path = self
+            .agent
+            .local
+            .get(&net, &endpoint_id)
+            .and_then(|a| a.hosts_file);
+        let c = ContainerNames {
+            endpoint_id,
+            network_id: e.network_id.clone(),
+            network_name: e.network_name.clone(),
+            container_id: e.container_id.clone(),
+            container_name: e.container_name.clone(),
+            aliases: e.aliases.clone(),
+            container_pid: None,
+            sandbox_key: None,
+            ip_address: None,
+            hosts_path,
+        };
+        self.apply_names(&c).await;
+    }
+
     /// Follows the Engine API: names into the KV, retried until they are there.
     async fn watch(self: Arc<Self>, socket: PathBuf) {
         let watcher = loop {
@@ -725,6 +777,7 @@ impl DockerPlugin {
             tokio::select! {
                 ev = rx.recv() => match ev {
                     None => return,
+                    Some(WatchEvent::Connecting(e)) => self.apply_early(&e).await,
                     Some(WatchEvent::Added(c)) => {
                         let done = self.apply_names(&c).await;
                         let mut w = self.wanted.lock().expect("wanted lock");

@@ -1131,11 +1131,13 @@ impl ObservedEbpf {
     }
 }
 
-/// Counters per program (`lxc_egress`: container egress, `vxlan_ingress`: decapsulated
-/// ingress) and the drops by reason.
+/// Counters per program (`lxc_egress`: container egress, `vxlan_ingress`: frames the vxlan
+/// device decapsulated, `vtep_ingress`: frames decapsulated on the underlay interface) and the
+/// drops by reason.
 pub fn counters_json(c: &ovl_ebpf::Counters) -> serde_json::Value {
     let mut egress = serde_json::Map::new();
     let mut ingress = serde_json::Map::new();
+    let mut underlay = serde_json::Map::new();
     let mut other = serde_json::Map::new();
     let mut drops = serde_json::Map::new();
     let mut total_drops = 0u64;
@@ -1148,6 +1150,8 @@ pub fn counters_json(c: &ovl_ebpf::Counters) -> serde_json::Value {
             egress.insert(n.to_string(), v.into());
         } else if let Some(n) = name.strip_prefix("ingress_") {
             ingress.insert(n.to_string(), v.into());
+        } else if let Some(n) = name.strip_prefix("underlay_") {
+            underlay.insert(n.to_string(), v.into());
         } else {
             other.insert(name.to_string(), v.into());
         }
@@ -1155,6 +1159,7 @@ pub fn counters_json(c: &ovl_ebpf::Counters) -> serde_json::Value {
     serde_json::json!({
         "lxc_egress": egress,
         "vxlan_ingress": ingress,
+        "vtep_ingress": underlay,
         "other": other,
         "drops": drops,
         "drops_total": total_drops,
@@ -1477,15 +1482,17 @@ mod tests {
 
     #[test]
     fn counters_are_grouped_per_program_with_drops() {
-        let mut slots = vec![0u64; 22];
+        let mut slots = vec![0u64; 25];
         slots[0] = 10; // egress_packets
         slots[7] = 3; // egress_drop_spoofed_ip
         slots[6] = 2; // egress_drop_spoofed_mac
         slots[13] = 5; // ingress_packets
+        slots[22] = 4; // underlay_decap
         let j = counters_json(&ovl_ebpf::Counters::from_slots(&slots));
         assert_eq!(j["lxc_egress"]["packets"], 10);
         assert_eq!(j["lxc_egress"]["drop_spoofed_ip"], 3);
         assert_eq!(j["vxlan_ingress"]["packets"], 5);
+        assert_eq!(j["vtep_ingress"]["decap"], 4);
         assert_eq!(j["drops"]["egress_drop_spoofed_mac"], 2);
         assert_eq!(j["drops_total"], 5);
     }

@@ -40,4 +40,4 @@ pub mod wire;
 pub use backend::{PluginBackend, PluginError, PluginResult};
 pub use error::DockerError;
 pub use server::{PluginServer, serve};
-pub use watcher::{ContainerNames, DockerWatcher, NetworkNames, WatchEvent};
+pub use watcher::{ContainerNames, DockerWatcher, EarlyNames, NetworkNames, WatchEvent};

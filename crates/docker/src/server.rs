@@ -203,6 +203,19 @@ fn endpoint_ref(r: &EndpointRequest) -> Result<EndpointRef, BadRequest> {
 /// Turns one plugin call into a reply. `path` is the request path (`/NetworkDriver.Join`).
 pub async fn dispatch(backend: &dyn PluginBackend, path: &str, body: &[u8]) -> Reply {
     let method = path.trim_start_matches('/');
+    let start = std::time::Instant::now();
+    let reply = dispatch_method(backend, method, body).await;
+    // Docker waits inside `docker run` for these: their time is the user's time.
+    tracing::debug!(
+        method,
+        status = reply.status,
+        us = start.elapsed().as_micros() as u64,
+        "plugin call served"
+    );
+    reply
+}
+
+async fn dispatch_method(backend: &dyn PluginBackend, method: &str, body: &[u8]) -> Reply {
     match dispatch_inner(backend, method, body).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => Reply::from_plugin_error(method, &e),

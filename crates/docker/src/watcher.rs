@@ -53,9 +53,34 @@ pub struct ContainerNames {
     pub hosts_path: Option<PathBuf>,
 }
 
+/// A container that has just been connected to one of our networks and is still starting:
+/// what the container list (dockerd's snapshot, which does not wait for the start to finish
+/// as inspect does) says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlyNames {
+    /// Full container ID.
+    pub container_id: String,
+    /// Container name, without Docker's leading `/`.
+    pub container_name: String,
+    /// Docker's per-host network ID.
+    pub network_id: String,
+    /// The network name.
+    pub network_name: String,
+    /// `--network-alias` values (as in [`ContainerNames::aliases`]).
+    pub aliases: Vec<String>,
+    /// The endpoint, when the snapshot already carries it (dockerd 20.10's does not yet).
+    pub endpoint_id: Option<String>,
+}
+
 /// What the watcher reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
+    /// A container is being connected to one of our networks (a `connect` event, which
+    /// dockerd sends after the driver's Join and before the container runs); an [`Added`]
+    /// with the full data follows once it runs.
+    ///
+    /// [`Added`]: WatchEvent::Added
+    Connecting(EarlyNames),
     /// A new endpoint, or new data for a known `endpoint_id` (replaces it).
     Added(ContainerNames),
     /// The endpoint is gone (container stopped, removed or disconnected).
@@ -265,6 +290,64 @@ impl DockerWatcher {
         Ok(out)
     }
 
+    /// Names of a container being connected to network `network_id`, from the container
+    /// list; `None` when the list does not show it on that network.
+    pub async fn early_names(
+        &self,
+        container: &str,
+        network_id: &str,
+    ) -> Result<Option<EarlyNames>, DockerError> {
+        let mut filters = HashMap::new();
+        filters.insert("id".to_string(), vec![container.to_string()]);
+        let list = self
+            .api
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| DockerError::engine(format!("listing container {container}"), e))?;
+        let Some(c) = list
+            .into_iter()
+            .find(|c| c.id.as_deref() == Some(container))
+        else {
+            return Ok(None);
+        };
+        let Some(name) = c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .filter(|n| !n.is_empty())
+        else {
+            return Ok(None);
+        };
+        let Some(network_name) = self.names.resolve(network_id).await? else {
+            return Ok(None);
+        };
+        let nets = c
+            .network_settings
+            .and_then(|s| s.networks)
+            .unwrap_or_default();
+        // Created containers list their networks by name; the IDs fill in once connected.
+        let Some(ep) = nets
+            .iter()
+            .find(|(k, ep)| ep.network_id.as_deref() == Some(network_id) || **k == network_name)
+            .map(|(_, ep)| ep)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(EarlyNames {
+            container_id: container.to_string(),
+            aliases: user_aliases(ep.aliases.as_deref().unwrap_or_default(), container, &name),
+            container_name: name,
+            network_id: network_id.to_string(),
+            network_name,
+            endpoint_id: ep.endpoint_id.clone().filter(|s| !s.is_empty()),
+        }))
+    }
+
     /// All endpoints on our networks of all running containers.
     pub async fn snapshot(&self) -> Result<Vec<ContainerNames>, DockerError> {
         let list = self
@@ -384,10 +467,26 @@ impl DockerWatcher {
                     None => continue,
                 }
             } else {
-                actor_id
+                actor_id.clone()
             };
             if container.is_empty() {
                 continue;
+            }
+            // The inspect below waits until the container runs (hundreds of ms); the list
+            // answers now, so peers can learn the name while the container starts.
+            if is_network
+                && action == "connect"
+                && attrs.get("type").map(String::as_str) == Some(self.driver.as_str())
+            {
+                match self.early_names(&container, &actor_id).await {
+                    Ok(Some(early)) => {
+                        if tx.send(WatchEvent::Connecting(early)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "early names; the inspect follows"),
+                }
             }
             let fresh: BTreeMap<String, ContainerNames> = self
                 .inspect_container(&container)

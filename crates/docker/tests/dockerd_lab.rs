@@ -3,7 +3,7 @@
 //! Needs root, `docker.io` and `busybox-static`. Run: `cargo test -p ovl-docker --test dockerd_lab`.
 
 use ovl_docker::testing::{Dockerd, DockerdOpts, NetnsGuard, require_root};
-use ovl_docker::{DockerWatcher, WatchEvent};
+use ovl_docker::{ContainerNames, DockerWatcher, EarlyNames, WatchEvent};
 
 fn mounts_mentioning(s: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -114,6 +114,20 @@ fn event(rx: &mut tokio::sync::mpsc::Receiver<WatchEvent>) -> WatchEvent {
     })
 }
 
+/// The next `Added`, with the `Connecting` events that came before it.
+fn next_added(
+    rx: &mut tokio::sync::mpsc::Receiver<WatchEvent>,
+) -> (Vec<EarlyNames>, ContainerNames) {
+    let mut early = Vec::new();
+    loop {
+        match event(rx) {
+            WatchEvent::Connecting(e) => early.push(e),
+            WatchEvent::Added(c) => return (early, c),
+            other => panic!("expected Added, got {other:?}"),
+        }
+    }
+}
+
 /// The watcher lists, follows events, and after dockerd restarts reconnects and reports
 /// what changed (containers without a restart policy are gone). Uses the `bridge` driver so
 /// no plugin is needed.
@@ -188,11 +202,28 @@ async fn watcher_survives_dockerd_restart() {
         ])
     })
     .unwrap();
-    let c2 = match event(&mut rx) {
-        WatchEvent::Added(c) => c,
-        other => panic!("expected Added(c2), got {other:?}"),
-    };
+    let (early, c2) = next_added(&mut rx);
     assert_eq!(c2.container_name, "c2");
+    // The name was known from the connect event, before the container ran.
+    assert_eq!(early.len(), 1, "{early:?}");
+    assert_eq!(
+        (
+            early[0].container_name.as_str(),
+            early[0].network_name.as_str(),
+            early[0].network_id.as_str(),
+            early[0].container_id.as_str()
+        ),
+        (
+            "c2",
+            "dktbr",
+            c2.network_id.as_str(),
+            c2.container_id.as_str()
+        )
+    );
+    assert!(early[0].aliases.is_empty(), "{early:?}");
+    if let Some(ep) = &early[0].endpoint_id {
+        assert_eq!(ep, &c2.endpoint_id);
+    }
     assert!(c2.aliases.is_empty(), "{:?}", c2.aliases);
     assert_eq!(
         w.network_name(&c2.network_id).await.unwrap().as_deref(),
@@ -204,10 +235,14 @@ async fn watcher_survives_dockerd_restart() {
         d.docker_ok(["network", "connect", "--alias", "z", "dktbr2", "c2"])
     })
     .unwrap();
-    let c2b = match event(&mut rx) {
-        WatchEvent::Added(c) => c,
-        other => panic!("expected Added(c2 on dktbr2), got {other:?}"),
-    };
+    let (early, c2b) = next_added(&mut rx);
+    for e in &early {
+        assert_eq!(
+            (e.container_name.as_str(), e.network_name.as_str()),
+            ("c2", "dktbr2")
+        );
+        assert_eq!(e.aliases, vec!["z".to_string()]);
+    }
     assert_eq!(
         (c2b.container_name.as_str(), c2b.network_name.as_str()),
         ("c2", "dktbr2")

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// Names of the counter slots, in `enum ovl_counter` order.
-pub(crate) const NAMES: [&str; 22] = [
+pub(crate) const NAMES: [&str; 25] = [
     "egress_packets",
     "egress_redirect_local",
     "egress_encap",
@@ -27,6 +27,9 @@ pub(crate) const NAMES: [&str; 22] = [
     "ingress_drop_no_local_endpoint",
     "ingress_drop_malformed",
     "flood_copy_failed",
+    "underlay_decap",
+    "underlay_decap_failed",
+    "egress_encap_direct",
 ];
 
 /// Counter totals (summed over CPUs). Field names follow the C `enum ovl_counter`.
@@ -77,6 +80,15 @@ pub struct Counters {
     pub ingress_drop_malformed: u64,
     /// Flood copies that could not be sent.
     pub flood_copy_failed: u64,
+    /// VXLAN frames decapsulated by `vtep_ingress` on the underlay interface and handed
+    /// straight to a local endpoint (they bypass the vxlan device and `vxlan_ingress`).
+    pub underlay_decap: u64,
+    /// Frames `vtep_ingress` could not decapsulate (left to the vxlan device, or dropped if
+    /// already changed).
+    pub underlay_decap_failed: u64,
+    /// Of `egress_encap`: frames encapsulated in BPF and handed to the underlay interface
+    /// (the rest went through the vxlan device).
+    pub egress_encap_direct: u64,
 }
 
 impl Counters {
@@ -106,11 +118,14 @@ impl Counters {
             ingress_drop_no_local_endpoint: g(19),
             ingress_drop_malformed: g(20),
             flood_copy_failed: g(21),
+            underlay_decap: g(22),
+            underlay_decap_failed: g(23),
+            egress_encap_direct: g(24),
         }
     }
 
     /// `(name, value)` pairs in slot order, e.g. for metrics export.
-    pub fn entries(&self) -> [(&'static str, u64); 22] {
+    pub fn entries(&self) -> [(&'static str, u64); 25] {
         let v = [
             self.egress_packets,
             self.egress_redirect_local,
@@ -134,6 +149,9 @@ impl Counters {
             self.ingress_drop_no_local_endpoint,
             self.ingress_drop_malformed,
             self.flood_copy_failed,
+            self.underlay_decap,
+            self.underlay_decap_failed,
+            self.egress_encap_direct,
         ];
         std::array::from_fn(|i| (NAMES[i], v[i]))
     }
@@ -166,12 +184,13 @@ mod tests {
 
     #[test]
     fn slots_map_to_names_in_order() {
-        let slots: Vec<u64> = (1..=22).collect();
+        let slots: Vec<u64> = (1..=25).collect();
         let c = Counters::from_slots(&slots);
         assert_eq!(c.egress_packets, 1);
         assert_eq!(c.egress_drop_spoofed_ip, 8);
         assert_eq!(c.ingress_drop_unknown_vni, 19);
         assert_eq!(c.flood_copy_failed, 22);
+        assert_eq!(c.egress_encap_direct, 25);
         for (i, (name, v)) in c.entries().iter().enumerate() {
             assert_eq!(*name, NAMES[i]);
             assert_eq!(*v, i as u64 + 1);
@@ -191,6 +210,6 @@ mod tests {
             text.lines()
                 .any(|l| l.starts_with("egress_packets") && l.ends_with(" 5"))
         );
-        assert_eq!(text.lines().count(), 22);
+        assert_eq!(text.lines().count(), 25);
     }
 }

@@ -274,6 +274,8 @@ pub enum ProgramKind {
     LxcEgress,
     /// `vxlan_ingress`.
     VxlanIngress,
+    /// `vtep_ingress` (underlay interface; returns -1, "next", for frames it leaves alone).
+    VtepIngress,
 }
 
 impl ProgramKind {
@@ -281,6 +283,7 @@ impl ProgramKind {
         match self {
             ProgramKind::LxcEgress => "lxc_egress",
             ProgramKind::VxlanIngress => "vxlan_ingress",
+            ProgramKind::VtepIngress => VTI,
         }
     }
 }
@@ -344,6 +347,7 @@ pub struct EbpfDatapath {
     bpf: Ebpf,
     pin_dir: PathBuf,
     vxlan_ifindex: u32,
+    underlay_ifindex: Option<u32>,
     mtu: u32,
     trace: bool,
     load_warnings: Vec<String>,
@@ -354,6 +358,7 @@ impl fmt::Debug for EbpfDatapath {
         f.debug_struct("EbpfDatapath")
             .field("pin_dir", &self.pin_dir)
             .field("vxlan_ifindex", &self.vxlan_ifindex)
+            .field("underlay_ifindex", &self.underlay_ifindex)
             .field("mtu", &self.mtu)
             .finish()
     }
@@ -361,6 +366,7 @@ impl fmt::Debug for EbpfDatapath {
 
 const LXC: &str = "lxc_egress";
 const VXI: &str = "vxlan_ingress";
+const VTI: &str = "vtep_ingress";
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
     move |source| Error::Map { map, source }
@@ -423,7 +429,7 @@ impl EbpfDatapath {
                 .default_map_pin_directory(&scratch)
                 .load(OBJECT)
                 .map_err(|e| UnsupportedReason::LoadFailed(e.to_string()))?;
-            for name in [LXC, VXI] {
+            for name in [LXC, VXI, VTI] {
                 let prog: &mut SchedClassifier = bpf
                     .program_mut(name)
                     .ok_or_else(|| UnsupportedReason::LoadFailed(format!("{name} missing")))?
@@ -527,6 +533,13 @@ impl EbpfDatapath {
             return Err(Error::InvalidInput("VXLAN UDP port 0".into()));
         }
         let vxlan_ifindex = ensure_vxlan(vxlan_name, local_vtep, opts.vxlan_port, mtu)?;
+        // The interface holding the VTEP address receives the VXLAN frames: known unicast is
+        // decapsulated there. Without one (a VTEP reached through NAT, say) every frame takes
+        // the vxlan device, which is only slower.
+        let underlay_ifindex = sys::addr_owner(local_vtep).map_err(|source| Error::Netlink {
+            context: format!("finding the interface that holds {local_vtep}"),
+            source,
+        })?;
 
         let trace: u32 = u32::from(opts.trace);
         let mut bpf = EbpfLoader::new()
@@ -553,12 +566,21 @@ impl EbpfDatapath {
                 RawConfig {
                     vxlan_ifindex,
                     abi_version: ABI_VERSION,
+                    local_vtep: if underlay_ifindex.is_some() {
+                        u32::from_ne_bytes(local_vtep.octets())
+                    } else {
+                        0
+                    },
+                    vxlan_port: opts.vxlan_port.to_be(),
+                    pad: 0,
+                    underlay_ifindex: underlay_ifindex.unwrap_or(0),
+                    endpoint_mtu: mtu,
                 },
                 0,
             )
             .map_err(map_err("CONFIG"))?;
         }
-        for name in [LXC, VXI] {
+        for name in [LXC, VXI, VTI] {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
                 .expect("program in object")
@@ -571,6 +593,7 @@ impl EbpfDatapath {
             bpf,
             pin_dir: pin_dir.to_path_buf(),
             vxlan_ifindex,
+            underlay_ifindex,
             mtu,
             trace: opts.trace,
             load_warnings: Vec::new(),
@@ -581,6 +604,7 @@ impl EbpfDatapath {
         for (kind, ifindex, path) in dp.pinned_links()? {
             let stale = match kind {
                 LinkKind::Vxlan => ifindex != vxlan_ifindex,
+                LinkKind::Vtep => Some(ifindex) != underlay_ifindex,
                 LinkKind::Lxc => false,
             };
             if stale && let Err(e) = unpin_link(&path) {
@@ -588,6 +612,9 @@ impl EbpfDatapath {
             }
         }
         dp.attach(VXI, vxlan_ifindex)?;
+        if let Some(ul) = underlay_ifindex {
+            dp.attach(VTI, ul)?;
+        }
 
         // Re-point every endpoint link at the new program. Endpoints whose interface vanished
         // while no agent ran are removed (link pin and map entries); endpoints without a pin
@@ -640,13 +667,23 @@ impl EbpfDatapath {
         self.vxlan_ifindex
     }
 
+    /// ifindex of the underlay interface running `vtep_ingress` (the one holding the local
+    /// VTEP address), if there is one.
+    pub fn underlay_ifindex(&self) -> Option<u32> {
+        self.underlay_ifindex
+    }
+
     /// The overlay MTU.
     pub fn mtu(&self) -> u32 {
         self.mtu
     }
 
     fn link_path(&self, program: &str, ifindex: u32) -> PathBuf {
-        let prefix = if program == VXI { "vxlan" } else { "lxc" };
+        let prefix = match program {
+            VXI => "vxlan",
+            VTI => "vtep",
+            _ => "lxc",
+        };
         self.pin_dir
             .join("links")
             .join(format!("{prefix}_{ifindex}"))
@@ -707,11 +744,18 @@ impl EbpfDatapath {
             }
         }
         let name = sys::ifname(ifindex).map_err(|_| Error::NoSuchLink(ifindex))?;
+        // The underlay interface is shared with whatever else the host runs there: go last,
+        // and pass on what is not ours. The other interfaces are the agent's own.
+        let order = if program == VTI {
+            LinkOrder::last()
+        } else {
+            LinkOrder::first()
+        };
         let id = prog
             .attach_with_options(
                 &name,
                 TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::first()),
+                TcAttachOptions::TcxOrder(order),
             )
             .map_err(prog_err(program))?;
         let link = prog.take_link(id).map_err(prog_err(program))?;
@@ -1233,14 +1277,17 @@ fn collect(mut errors: Vec<Error>) -> Result<()> {
 enum LinkKind {
     Lxc,
     Vxlan,
+    Vtep,
 }
 
-/// Parses `lxc_<ifindex>` / `vxlan_<ifindex>` pin names.
+/// Parses `lxc_<ifindex>` / `vxlan_<ifindex>` / `vtep_<ifindex>` pin names.
 fn parse_link_pin(name: &str) -> Option<(LinkKind, u32)> {
     let (kind, idx) = if let Some(i) = name.strip_prefix("lxc_") {
         (LinkKind::Lxc, i)
     } else if let Some(i) = name.strip_prefix("vxlan_") {
         (LinkKind::Vxlan, i)
+    } else if let Some(i) = name.strip_prefix("vtep_") {
+        (LinkKind::Vtep, i)
     } else {
         return None;
     };

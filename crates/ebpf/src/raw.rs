@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use crate::{EndpointInfo, Error, Mac};
 
 /// `OVL_ABI_VERSION` in the C header.
-pub(crate) const ABI_VERSION: u32 = 1;
+pub(crate) const ABI_VERSION: u32 = 2;
 /// `OVL_MAX_VTEPS`.
 pub const MAX_FLOOD_VTEPS: usize = 64;
 /// `OVL_MAX_LOCAL`.
@@ -78,6 +78,16 @@ pub(crate) struct RawLocalFlood {
 pub(crate) struct RawConfig {
     pub vxlan_ifindex: u32,
     pub abi_version: u32,
+    /// Network byte order, as compared with the outer IPv4 header; 0 turns the underlay
+    /// fast decapsulation off.
+    pub local_vtep: u32,
+    /// Network byte order.
+    pub vxlan_port: u16,
+    pub pad: u16,
+    /// Interface holding `local_vtep`; 0 sends every frame through the vxlan device.
+    pub underlay_ifindex: u32,
+    /// The overlay MTU.
+    pub endpoint_mtu: u32,
 }
 
 /// `struct ovl_trace`.

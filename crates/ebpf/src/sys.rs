@@ -94,6 +94,43 @@ pub(crate) fn ifname(index: u32) -> io::Result<String> {
     Ok(s.to_string_lossy().into_owned())
 }
 
+/// The interface holding IPv4 address `ip` in the calling thread's network namespace, if any.
+pub(crate) fn addr_owner(ip: std::net::Ipv4Addr) -> io::Result<Option<u32>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned, alive until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if family != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: AF_INET addresses are sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        if sin.sin_addr.s_addr.to_ne_bytes() == ip.octets() {
+            // SAFETY: ifa_name is a NUL-terminated interface name.
+            let index = unsafe { libc::if_nametoindex(ifa.ifa_name) };
+            if index != 0 {
+                found = Some(index);
+                break;
+            }
+        }
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +149,15 @@ mod tests {
             Vec::<&str>::new()
         );
         assert_eq!(parse_cap_eff("nothing"), None);
+    }
+
+    #[test]
+    fn loopback_owns_127_0_0_1() {
+        let lo = addr_owner(std::net::Ipv4Addr::LOCALHOST).unwrap();
+        assert_eq!(lo.map(|i| ifname(i).unwrap()).as_deref(), Some("lo"));
+        assert_eq!(
+            addr_owner(std::net::Ipv4Addr::new(198, 18, 255, 254)).unwrap(),
+            None
+        );
     }
 }

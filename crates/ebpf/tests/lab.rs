@@ -174,7 +174,14 @@ fn two_ebpf_hosts_and_a_kernel_host_interoperate() {
     assert_ping(&c2, c1.ip);
     let d1 = h1.dp().counters().unwrap().since(&before1);
     assert!(d1.egress_encap >= 3, "h1 encapsulated:\n{d1}");
-    assert!(d1.ingress_redirect >= 3, "h1 delivered:\n{d1}");
+    assert!(
+        d1.egress_encap_direct >= 3,
+        "h1 encapsulated in BPF, not through the vxlan device:\n{d1}"
+    );
+    assert!(
+        d1.underlay_decap >= 3,
+        "h1 decapsulated on the underlay interface:\n{d1}"
+    );
     assert!(d1.egress_arp_replied >= 1, "ARP answered in BPF:\n{d1}");
 
     // Two containers on one eBPF host: switched locally (redirect_peer), never encapsulated.

@@ -114,13 +114,52 @@ fn encap_local_switching_and_counters() {
     let s = setup("encap");
     let before = s.dp().counters().unwrap();
 
-    let out = s.run(ProgramKind::LxcEgress, s.a, &ipv4_frame(C, A, IP_A, IP_C));
+    let inner = ipv4_frame(C, A, IP_A, IP_C);
+    let out = s.run(ProgramKind::LxcEgress, s.a, &inner);
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
     let t = out.trace.unwrap();
     assert_eq!(t.action, action::ENCAP);
-    assert_eq!(t.ifindex, s.dp().vxlan_ifindex());
+    assert_eq!(
+        Some(t.ifindex),
+        s.dp().underlay_ifindex(),
+        "straight to the underlay"
+    );
     assert_eq!(t.tunnel_id, VNI);
     assert_eq!(Ipv4Addr::from(t.remote_ipv4), Ipv4Addr::new(198, 18, 0, 12));
+    // Standard VXLAN, built in BPF: what a kernel vxlan device would put on the wire.
+    let f = &out.frame;
+    assert_eq!(f.len(), inner.len() + 50);
+    assert_eq!(&f[12..14], &[0x08, 0x00]);
+    let ip = &f[14..34];
+    assert_eq!((ip[0], ip[9], ip[8]), (0x45, 17, 64), "IPv4, UDP, TTL 64");
+    assert_eq!(&ip[12..16], &[198, 18, 0, 11]);
+    assert_eq!(&ip[16..20], &[198, 18, 0, 12]);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        inner.len() + 36
+    );
+    assert_eq!(ones_complement_sum(ip), 0xffff, "IPv4 header checksum");
+    let udp = &f[34..42];
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 4789);
+    assert!(
+        u16::from_be_bytes([udp[0], udp[1]]) >= 49152,
+        "source port from the flow hash"
+    );
+    assert_eq!(
+        usize::from(u16::from_be_bytes([udp[4], udp[5]])),
+        inner.len() + 16
+    );
+    assert_eq!(
+        &udp[6..8],
+        &[0, 0],
+        "no UDP checksum, as the vxlan device sends"
+    );
+    assert_eq!(&f[42..50], &vxlan_header(VNI));
+    assert_eq!(
+        &f[50..],
+        &inner[..],
+        "the container's frame inside, unchanged"
+    );
 
     let out = s.run(ProgramKind::LxcEgress, s.a, &ipv4_frame(B, A, IP_A, IP_B));
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
@@ -135,6 +174,7 @@ fn encap_local_switching_and_counters() {
     let d = s.dp().counters().unwrap().since(&before);
     assert_eq!(d.egress_packets, 3);
     assert_eq!(d.egress_encap, 1);
+    assert_eq!(d.egress_encap_direct, 1);
     assert_eq!(d.egress_redirect_local, 1);
     assert_eq!(d.egress_drop_hairpin, 1);
 }
@@ -277,6 +317,117 @@ fn decap_without_tunnel_metadata_is_dropped() {
     let out = s.run(ProgramKind::VxlanIngress, vx, &ipv4_frame(A, C, IP_C, IP_A));
     assert_eq!(out.verdict, TC_ACT_SHOT);
     assert_eq!(s.dp().counters().unwrap().ingress_drop_no_tunnel_key, 1);
+}
+
+/// One's-complement sum of 16-bit words, folded: 0xffff over a header with a valid checksum.
+fn ones_complement_sum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn vxlan_header(vni: u32) -> [u8; 8] {
+    let v = (vni << 8).to_be_bytes();
+    [0x08, 0, 0, 0, v[0], v[1], v[2], v[3]]
+}
+
+/// `inner` in VXLAN from `src` to `dst` (UDP `port`), outer MACs made up.
+fn vxlan_frame(src: [u8; 4], dst: [u8; 4], port: u16, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(inner.len() + 50);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x11, 0x02, 0, 0, 0, 0, 0x12, 0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((inner.len() + 36) as u16).to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = !ones_complement_sum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&50_000u16.to_be_bytes());
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&((inner.len() + 16) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&vxlan_header(vni));
+    f.extend_from_slice(inner);
+    f
+}
+
+/// `vtep_ingress` returns -1 (tcx "next") for frames it leaves to the vxlan device.
+const TCX_NEXT: u32 = u32::MAX;
+
+#[test]
+fn underlay_decap_delivers_known_unicast_and_passes_the_rest() {
+    let s = setup("vtep");
+    let ul = s.dp().underlay_ifindex().expect("198.18.0.11 is on ebtul");
+    let before = s.dp().counters().unwrap();
+    let (me, peer) = ([198, 18, 0, 11], [198, 18, 0, 12]);
+
+    let inner = ipv4_frame(A, C, IP_C, IP_A);
+    let out = s.run(
+        ProgramKind::VtepIngress,
+        ul,
+        &vxlan_frame(peer, me, 4789, VNI, &inner),
+    );
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.frame, inner, "decapsulated to the container's frame");
+    let t = out.trace.unwrap();
+    assert_eq!(t.action, action::REDIRECT_LOCAL);
+    assert_eq!((t.ifindex, t.tunnel_id), (s.a, VNI));
+    assert_eq!(Ipv4Addr::from(t.remote_ipv4), Ipv4Addr::from(peer));
+
+    // Everything else goes on, unchanged, to the vxlan device (or the host's stack).
+    let mut bad_csum = vxlan_frame(peer, me, 4789, VNI, &inner);
+    bad_csum[24] ^= 0xff;
+    let mut udp_csum = vxlan_frame(peer, me, 4789, VNI, &inner);
+    udp_csum[40] = 0x12; // non-zero UDP checksum nobody verified yet
+    let mut gbp = vxlan_frame(peer, me, 4789, VNI, &inner);
+    gbp[42] = 0x88; // a VXLAN extension flag
+    let passed = [
+        (
+            "broadcast inner frame",
+            vxlan_frame(
+                peer,
+                me,
+                4789,
+                VNI,
+                &arp_frame(BCAST, 1, C, IP_C, [0; 6], IP_A),
+            ),
+        ),
+        (
+            "unknown inner MAC",
+            vxlan_frame(peer, me, 4789, VNI, &ipv4_frame(EVIL, C, IP_C, IP_A)),
+        ),
+        ("other VNI", vxlan_frame(peer, me, 4789, VNI + 1, &inner)),
+        ("other UDP port", vxlan_frame(peer, me, 8472, VNI, &inner)),
+        (
+            "other destination",
+            vxlan_frame(peer, [198, 18, 0, 13], 4789, VNI, &inner),
+        ),
+        ("bad IPv4 checksum", bad_csum),
+        ("UDP checksum to verify", udp_csum),
+        ("VXLAN flags beyond I", gbp),
+        ("plain IPv4, not VXLAN", ipv4_frame(A, C, peer, me)),
+        (
+            "truncated",
+            vxlan_frame(peer, me, 4789, VNI, &inner)[..60].to_vec(),
+        ),
+    ];
+    for (what, frame) in &passed {
+        let out = s.run(ProgramKind::VtepIngress, ul, frame);
+        assert_eq!(out.verdict, TCX_NEXT, "{what}");
+        assert_eq!(&out.frame, frame, "{what}: changed");
+    }
+    let d = s.dp().counters().unwrap().since(&before);
+    assert_eq!(d.underlay_decap, 1);
+    assert_eq!(d.underlay_decap_failed, 0);
 }
 
 #[test]

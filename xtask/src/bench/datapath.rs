@@ -5,8 +5,11 @@
 //! Two 2-host labs run at the same time (`bdpk` on the kernel path, `bdpe` on the eBPF path),
 //! each with one container per host on an internal network. Each run measures every path once
 //! (iperf3, one TCP stream, 5 s), in a rotating order so drift does not favour one path; the
-//! table reports medians over the runs, ratios to the underlay and eBPF / kernel, and the
-//! average RTT of `ping -c 50 -i 0.01`.
+//! table reports medians over the runs, ratios to the underlay and eBPF / kernel. Each run
+//! also measures latency on every path two ways, reported as medians over the runs:
+//! `ping -c 50 -i 0.01` (average RTT; the CPUs idle between packets, so on this VM the
+//! figure is mostly wake-up latency) and a `sockperf` UDP ping-pong for 2 s (median RTT of
+//! back-to-back round trips, with sub-microsecond resolution: mostly the path itself).
 
 use std::{
     process::{Child, Command, Stdio},
@@ -95,6 +98,63 @@ fn iperf(p: &Path) -> Result<f64> {
         .as_f64()
         .with_context(|| format!("no end.sum_received in iperf3 output of {}", p.label))?;
     Ok(bps / 1e9)
+}
+
+/// UDP port of the sockperf servers.
+const SOCKPERF_PORT: &str = "11111";
+
+/// Starts `sockperf sr` on the path's server address; it answers until killed.
+fn start_sockperf(p: &Path) -> Result<Server> {
+    let child = in_netns(
+        &p.server_ns,
+        &["sockperf", "sr", "-i", &p.server_ip, "-p", SOCKPERF_PORT],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .context("starting sockperf sr (is sockperf installed?)")?;
+    let server = Server(child);
+    wait_for(
+        &format!("sockperf server of {}", p.label),
+        Duration::from_secs(10),
+        || {
+            let out = in_netns(&p.server_ns, &["ss", "-Hlun", "sport = :11111"])
+                .output()
+                .ok()?;
+            (out.status.success() && !out.stdout.is_empty()).then_some(())
+        },
+    )?;
+    Ok(server)
+}
+
+/// Median round trip in microseconds of a 2 s `sockperf` UDP ping-pong (sockperf reports
+/// half round trips).
+fn pingpong(p: &Path) -> Result<f64> {
+    let out = in_netns(
+        &p.client_ns,
+        &[
+            "sockperf",
+            "pp",
+            "-i",
+            &p.server_ip,
+            "-p",
+            SOCKPERF_PORT,
+            "-t",
+            "2",
+        ],
+    )
+    .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_sockperf_p50(&text)
+        .map(|half| 2.0 * half)
+        .with_context(|| format!("no median in sockperf output of {}: {text}", p.label))
+}
+
+/// The value of `---> percentile 50.000 =   10.476`.
+fn parse_sockperf_p50(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.contains("percentile 50.000"))?;
+    line.split('=').nth(1)?.trim().parse().ok()
 }
 
 /// Average RTT in ms of `ping -c 50 -i 0.01`.
@@ -191,7 +251,7 @@ pub fn run(runs: usize) -> Result<()> {
     }
     println!(
         "bench datapath: iperf3 TCP single stream {SECONDS} s, {runs} runs per path, interleaved; \
-         ping -c 50 -i 0.01"
+         ping -c 50 -i 0.01 and a 2 s sockperf UDP ping-pong in every run"
     );
     let (klab, keps) = lab("bdpk", DatapathSel::Kernel)?;
     let (elab, eeps) = lab("bdpe", DatapathSel::Ebpf)?;
@@ -215,18 +275,36 @@ pub fn run(runs: usize) -> Result<()> {
             server_ip: eeps[1].1.clone(),
         },
     ];
-    let _servers: Vec<Server> = paths.iter().map(start_server).collect::<Result<_>>()?;
+    let mut _servers: Vec<Server> = paths.iter().map(start_server).collect::<Result<_>>()?;
+    for p in &paths {
+        _servers.push(start_sockperf(p)?);
+    }
 
     let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    // rtt_runs[0][path]: ping average (ms) per run; [1]: sockperf median (us) per run.
+    let mut rtt_runs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); paths.len()]; 2];
     for r in 0..runs {
         for k in 0..paths.len() {
             let i = (r + k) % paths.len();
             let g = iperf(&paths[i])?;
-            println!("  run {:>2} {:<50} {g:6.2} Gbit/s", r + 1, paths[i].label);
+            let ms = [rtt(&paths[i])?, pingpong(&paths[i])?];
+            println!(
+                "  run {:>2} {:<50} {g:6.2} Gbit/s  ping {:.3} ms  ping-pong {:.2} us",
+                r + 1,
+                paths[i].label,
+                ms[0],
+                ms[1]
+            );
             gbps[i].push(g);
+            for (pace, m) in ms.into_iter().enumerate() {
+                rtt_runs[pace][i].push(m);
+            }
         }
     }
-    let rtts: Vec<f64> = paths.iter().map(rtt).collect::<Result<_>>()?;
+    let rtts: Vec<Vec<f64>> = rtt_runs
+        .iter_mut()
+        .map(|per_path| per_path.iter_mut().map(|v| median(v)).collect())
+        .collect();
     let meds: Vec<f64> = gbps.iter_mut().map(|v| median(v)).collect();
     let ranges: Vec<(f64, f64)> = gbps
         .iter()
@@ -238,23 +316,29 @@ pub fn run(runs: usize) -> Result<()> {
         .collect();
 
     println!();
-    println!("| path | median Gbit/s | min-max | ratio to underlay | RTT avg ms |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| path | median Gbit/s | min-max | ratio to underlay | ping RTT ms (ratio) | ping-pong RTT us (ratio) |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (i, p) in paths.iter().enumerate() {
         println!(
-            "| {} | {:.2} | {:.2}-{:.2} | {:.2} | {:.3} |",
+            "| {} | {:.2} | {:.2}-{:.2} | {:.2} | {:.3} ({:.2}) | {:.2} ({:.2}) |",
             p.label,
             meds[i],
             ranges[i].0,
             ranges[i].1,
             meds[i] / meds[0],
-            rtts[i]
+            rtts[0][i],
+            rtts[0][i] / rtts[0][0],
+            rtts[1][i],
+            rtts[1][i] / rtts[1][0],
         );
     }
     println!(
-        "\neBPF / kernel: {:.2} (throughput, medians), {:.2} (RTT)",
+        "\neBPF / kernel: {:.2} (throughput, medians), {:.2} (ping RTT), {:.2} (ping-pong RTT)",
         meds[2] / meds[1],
-        rtts[2] / rtts[1]
+        rtts[0][2] / rtts[0][1],
+        rtts[1][2] / rtts[1][1]
     );
     drop(_servers);
     drop(elab);
@@ -265,6 +349,14 @@ pub fn run(runs: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockperf_median() {
+        let t = "sockperf: ---> percentile 90.000 =   12.100\nsockperf: ---> percentile \
+                 50.000 =   10.476\nsockperf: ---> <MIN> observation =    6.012\n";
+        assert_eq!(parse_sockperf_p50(t), Some(10.476));
+        assert_eq!(parse_sockperf_p50("nothing"), None);
+    }
 
     #[test]
     fn rtt_summary() {
