@@ -251,9 +251,10 @@ struct vxlan_hdr {
 };
 
 #define VXLAN_FLAG_I 0x08000000
-/* Outer IPv4 (no options) + UDP + VXLAN + inner Ethernet, all removed on decap;
- * the outer Ethernet header stays and takes the inner one's addresses. */
-#define DECAP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlan_hdr) + \
+/* Outer IPv4 (no options) + UDP + VXLAN + inner Ethernet: inserted after the
+ * frame's Ethernet header on encap (which then becomes the outer one), removed on
+ * decap (the outer header stays and takes the inner one's addresses). */
+#define VXLAN_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlan_hdr) + \
 		   sizeof(struct ethhdr))
 
 /* Not ours: let the next tcx program, or the stack, have it. */
@@ -291,9 +292,9 @@ static __always_inline __u16 ip_csum(const struct iphdr *iph)
 static __always_inline int encap_direct(struct __sk_buff *skb, const struct ovl_config *cfg,
 					__u32 vni, __u32 vtep)
 {
-	if (cfg->underlay_ifindex == 0 || cfg->local_vtep == 0)
+	if (cfg->underlay_ifindex == 0)
 		return -1;
-	if (skb->gso_size == 0 && skb->len + DECAP_LEN > cfg->endpoint_mtu + ETH_HLEN)
+	if (skb->gso_size == 0 && skb->len + VXLAN_LEN > cfg->endpoint_mtu + ETH_HLEN)
 		return -1;
 
 	struct encap_hdr h = {};
@@ -328,7 +329,7 @@ static __always_inline int encap_direct(struct __sk_buff *skb, const struct ovl_
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
 		      BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
 		      BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr));
-	if (bpf_skb_adjust_room(skb, DECAP_LEN, BPF_ADJ_ROOM_MAC, flags) < 0)
+	if (bpf_skb_adjust_room(skb, VXLAN_LEN, BPF_ADJ_ROOM_MAC, flags) < 0)
 		return -1;
 	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) < 0)
 		return drop(C_EG_DROP_TUNNEL_KEY);
@@ -496,7 +497,7 @@ int vtep_ingress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
-	if (!cfg || cfg->local_vtep == 0)
+	if (!cfg || cfg->underlay_ifindex == 0)
 		return TCX_NEXT;
 
 	void *data = (void *)(long)skb->data;
@@ -539,7 +540,7 @@ int vtep_ingress(struct __sk_buff *skb)
 	__u32 remote = bpf_ntohl(iph->saddr);
 	struct ethhdr keep;
 	__builtin_memcpy(&keep, inner, sizeof(keep));
-	if (bpf_skb_adjust_room(skb, -(__s32)DECAP_LEN, BPF_ADJ_ROOM_MAC, 0) < 0) {
+	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_LEN, BPF_ADJ_ROOM_MAC, 0) < 0) {
 		/* Nothing was changed: the slow path takes the frame. */
 		count(C_UL_DECAP_FAILED);
 		return TCX_NEXT;

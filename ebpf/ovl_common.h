@@ -69,10 +69,10 @@ struct ovl_local_flood {
 struct ovl_config {
 	__u32 vxlan_ifindex;
 	__u32 abi_version;
-	__u32 local_vtep;  /* IPv4, network byte order; 0 = no underlay fast decap */
+	__u32 local_vtep;  /* IPv4, network byte order */
 	__u16 vxlan_port;  /* UDP port, network byte order */
 	__u16 _pad;
-	__u32 underlay_ifindex; /* holds local_vtep; 0 = encapsulate through the vxlan device */
+	__u32 underlay_ifindex; /* holds local_vtep; 0 = no in-place encap/decap (vxlan device only) */
 	__u32 endpoint_mtu;     /* largest frame payload a container may send (overlay MTU) */
 };
 

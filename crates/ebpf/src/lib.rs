@@ -566,11 +566,7 @@ impl EbpfDatapath {
                 RawConfig {
                     vxlan_ifindex,
                     abi_version: ABI_VERSION,
-                    local_vtep: if underlay_ifindex.is_some() {
-                        u32::from_ne_bytes(local_vtep.octets())
-                    } else {
-                        0
-                    },
+                    local_vtep: u32::from_ne_bytes(local_vtep.octets()),
                     vxlan_port: opts.vxlan_port.to_be(),
                     pad: 0,
                     underlay_ifindex: underlay_ifindex.unwrap_or(0),

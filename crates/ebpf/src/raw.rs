@@ -78,13 +78,13 @@ pub(crate) struct RawLocalFlood {
 pub(crate) struct RawConfig {
     pub vxlan_ifindex: u32,
     pub abi_version: u32,
-    /// Network byte order, as compared with the outer IPv4 header; 0 turns the underlay
-    /// fast decapsulation off.
+    /// Network byte order, as in the outer IPv4 header.
     pub local_vtep: u32,
     /// Network byte order.
     pub vxlan_port: u16,
     pub pad: u16,
-    /// Interface holding `local_vtep`; 0 sends every frame through the vxlan device.
+    /// Interface holding `local_vtep`; 0 turns in-place encapsulation and decapsulation off
+    /// (every frame goes through the vxlan device).
     pub underlay_ifindex: u32,
     /// The overlay MTU.
     pub endpoint_mtu: u32,

@@ -96,39 +96,20 @@ pub(crate) fn ifname(index: u32) -> io::Result<String> {
 
 /// The interface holding IPv4 address `ip` in the calling thread's network namespace, if any.
 pub(crate) fn addr_owner(ip: std::net::Ipv4Addr) -> io::Result<Option<u32>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut found = None;
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: cur is a node of the list getifaddrs returned, alive until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
-        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if family != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: AF_INET addresses are sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        if sin.sin_addr.s_addr.to_ne_bytes() == ip.octets() {
-            // SAFETY: ifa_name is a NUL-terminated interface name.
-            let index = unsafe { libc::if_nametoindex(ifa.ifa_name) };
-            if index != 0 {
-                found = Some(index);
-                break;
-            }
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    for ifa in addrs {
+        let holds = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in())
+            .is_some_and(|sin| sin.ip() == ip);
+        if holds {
+            return nix::net::if_::if_nametoindex(ifa.interface_name.as_str())
+                .map(Some)
+                .map_err(io::Error::from);
         }
     }
-    // SAFETY: head came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(found)
+    Ok(None)
 }
 
 #[cfg(test)]

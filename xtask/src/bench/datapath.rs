@@ -49,26 +49,33 @@ fn in_netns(ns: &str, args: &[&str]) -> Command {
     c
 }
 
-/// Starts `iperf3 -s` on `ip` inside `ns` and waits until it accepts connections.
-fn start_server(p: &Path) -> Result<Server> {
-    let child = in_netns(&p.server_ns, &["iperf3", "-s", "-B", &p.server_ip])
+/// Starts a server (`cmd`, run in the path's server namespace) and waits until `ss` shows
+/// its socket (`ss_flags`: `-Hltn` for TCP, `-Hlun` for UDP) on `port`.
+fn start_listener(p: &Path, cmd: &[&str], ss_flags: &str, port: &str) -> Result<Server> {
+    let child = in_netns(&p.server_ns, cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting iperf3 -s (is iperf3 installed?)")?;
+        .with_context(|| format!("starting {} (is {} installed?)", cmd.join(" "), cmd[0]))?;
     let server = Server(child);
+    let filter = format!("sport = :{port}");
     wait_for(
-        &format!("iperf3 server of {}", p.label),
+        &format!("{} server of {}", cmd[0], p.label),
         Duration::from_secs(10),
         || {
-            let out = in_netns(&p.server_ns, &["ss", "-Hltn", "sport = :5201"])
+            let out = in_netns(&p.server_ns, &["ss", ss_flags, &filter])
                 .output()
                 .ok()?;
             (out.status.success() && !out.stdout.is_empty()).then_some(())
         },
     )?;
     Ok(server)
+}
+
+/// Starts `iperf3 -s` on the path's server address (TCP 5201).
+fn start_server(p: &Path) -> Result<Server> {
+    start_listener(p, &["iperf3", "-s", "-B", &p.server_ip], "-Hltn", "5201")
 }
 
 /// One iperf3 TCP single-stream run; Gbit/s received.
@@ -105,27 +112,12 @@ const SOCKPERF_PORT: &str = "11111";
 
 /// Starts `sockperf sr` on the path's server address; it answers until killed.
 fn start_sockperf(p: &Path) -> Result<Server> {
-    let child = in_netns(
-        &p.server_ns,
+    start_listener(
+        p,
         &["sockperf", "sr", "-i", &p.server_ip, "-p", SOCKPERF_PORT],
+        "-Hlun",
+        SOCKPERF_PORT,
     )
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .context("starting sockperf sr (is sockperf installed?)")?;
-    let server = Server(child);
-    wait_for(
-        &format!("sockperf server of {}", p.label),
-        Duration::from_secs(10),
-        || {
-            let out = in_netns(&p.server_ns, &["ss", "-Hlun", "sport = :11111"])
-                .output()
-                .ok()?;
-            (out.status.success() && !out.stdout.is_empty()).then_some(())
-        },
-    )?;
-    Ok(server)
 }
 
 /// Median round trip in microseconds of a 2 s `sockperf` UDP ping-pong (sockperf reports

@@ -348,10 +348,8 @@ fn parse_rtt_avg(text: &str) -> Option<f64> {
         .ok()
 }
 
-/// `docker run` on host 2 until the container on host 1 (`from_pid`) pings it by name; ms.
-/// Returns (total ms from `docker run`, ms after `docker run` returned).
-fn convergence(env: &Env, net: &str, from_pid: &str, name: &str) -> Result<(f64, f64)> {
-    let start = Instant::now();
+/// `docker run -d` of a sleeping container `name` on host 2, on network `net`.
+fn run_sleeper(env: &Env, name: &str, net: &str) -> Result<()> {
     env.docker(
         1,
         &[
@@ -366,6 +364,14 @@ fn convergence(env: &Env, net: &str, from_pid: &str, name: &str) -> Result<(f64,
             "100000",
         ],
     )?;
+    Ok(())
+}
+
+/// `docker run` on host 2 until the container on host 1 (`from_pid`) pings it by name; ms.
+/// Returns (total ms from `docker run`, ms after `docker run` returned).
+fn convergence(env: &Env, net: &str, from_pid: &str, name: &str) -> Result<(f64, f64)> {
+    let start = Instant::now();
+    run_sleeper(env, name, net)?;
     let started = start.elapsed();
     // A tight poll: the figure after `docker run` returned is a few milliseconds.
     let res = poll_every(
@@ -396,20 +402,7 @@ fn convergence(env: &Env, net: &str, from_pid: &str, name: &str) -> Result<(f64,
 /// convergence figure that is Docker's own container start.
 fn run_alone(env: &Env, name: &str) -> Result<f64> {
     let start = Instant::now();
-    env.docker(
-        1,
-        &[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "none",
-            IMAGE,
-            "sleep",
-            "100000",
-        ],
-    )?;
+    run_sleeper(env, name, "none")?;
     let took = start.elapsed();
     let _ = env.docker(1, &["rm", "-f", name]);
     eprintln!("none {name}: docker run returned after {took:?}");
