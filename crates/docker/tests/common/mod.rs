@@ -101,6 +101,33 @@ impl Recorder {
         std::mem::take(&mut *self.calls.lock().unwrap())
     }
 
+    /// Takes the calls of the last `docker run` attempt. The harness starts a run once more
+    /// when runc fails to create the container's init (a runtime flake, see
+    /// `Dockerd::docker_ok`); the failed attempt's calls must then end with libnetwork's full
+    /// rollback, which is checked here, and are dropped.
+    pub fn take_last_run(&self) -> Vec<Call> {
+        let mut calls = self.take();
+        let Some(start) = calls
+            .iter()
+            .rposition(|c| c.name() == "RequestAddress")
+            .filter(|&i| i > 0)
+        else {
+            return calls;
+        };
+        let failed: Vec<_> = calls[..start]
+            .iter()
+            .map(Call::name)
+            .filter(|n| *n != "EndpointOperInfo")
+            .collect();
+        assert!(
+            failed.starts_with(&["RequestAddress", "CreateEndpoint"])
+                && failed.ends_with(&["Leave", "DeleteEndpoint", "ReleaseAddress"]),
+            "a retried run must have been rolled back in full: {failed:?}"
+        );
+        eprintln!("docker run was retried; the first attempt's calls: {failed:?}");
+        calls.split_off(start)
+    }
+
     fn log(&self, c: Call) {
         self.calls.lock().unwrap().push(c);
     }
