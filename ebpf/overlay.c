@@ -267,7 +267,7 @@ struct encap_hdr {
 	struct udphdr udp;
 	struct vxlan_hdr vx;
 	struct ethhdr inner;
-} __attribute__((packed));
+} __attribute__((packed, aligned(2)));
 
 static __always_inline __u16 ip_csum(const struct iphdr *iph)
 {
@@ -285,32 +285,53 @@ static __always_inline __u16 ip_csum(const struct iphdr *iph)
  * Encapsulates the frame in place and hands it to the underlay interface,
  * the neighbour subsystem filling in the outer MACs: the vxlan device's
  * transmit path (route lookup, UDP/IP output) is skipped. Returns -1 when
- * the frame must take the vxlan device instead (no underlay interface, a
- * full-size frame that is not GSO: the in-place path checks the size
- * against the veth's MTU), else a tc verdict.
+ * the frame must take the vxlan device instead (no underlay interface, or
+ * adjust_room refused), else a tc verdict.
  */
 static __always_inline int encap_direct(struct __sk_buff *skb, const struct ovl_config *cfg,
 					__u32 vni, __u32 vtep)
 {
 	if (cfg->underlay_ifindex == 0)
 		return -1;
-	if (skb->gso_size == 0 && skb->len + VXLAN_LEN > cfg->endpoint_mtu + ETH_HLEN)
-		return -1;
 
-	struct encap_hdr h = {};
-	if (bpf_skb_load_bytes(skb, 0, &h.inner, sizeof(h.inner)) < 0)
-		return -1;
 	__u32 inner_len = skb->len;
 	__u32 hash = bpf_get_hash_recalc(skb);
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+		      BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+		      BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr));
+	/* No MTU check here (there is none at tc ingress since Linux 5.12): the
+	 * container end's MTU, the overlay MTU, keeps full-size frames within the
+	 * underlay's once grown. On failure nothing was changed. */
+	if (bpf_skb_adjust_room(skb, VXLAN_LEN, BPF_ADJ_ROOM_MAC, flags) < 0)
+		return -1;
 
-	h.eth.h_proto = bpf_htons(ETH_P_IP);
+	/* The room sits after the frame's Ethernet header, which stays in
+	 * place and becomes the outer one (addresses from the neighbour
+	 * subsystem): the inner header is a copy of it, written directly
+	 * (the program's prologue made a cloned head writable). */
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct encap_hdr *h = data;
+	if ((void *)(h + 1) > data_end) {
+		/* A head shorter than the new headers (rare): make it linear. */
+		if (bpf_skb_pull_data(skb, sizeof(*h)) < 0)
+			return drop(C_EG_DROP_TUNNEL_KEY);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		h = data;
+		if ((void *)(h + 1) > data_end)
+			return drop(C_EG_DROP_TUNNEL_KEY);
+	}
+	__builtin_memcpy(&h->inner, &h->eth, sizeof(h->inner));
+	h->eth.h_proto = bpf_htons(ETH_P_IP);
+
 	/* Built aligned, then copied: in the packed block it sits at offset 14. */
 	struct iphdr ip = {};
 	ip.version = 4;
 	ip.ihl = 5;
 	/* A GSO frame's length is set per segment; one over 64 KiB gets 0 here,
 	 * as the kernel's own BIG TCP does. */
-	__u32 tot_len = inner_len + sizeof(h) - sizeof(h.eth) - sizeof(h.inner);
+	__u32 tot_len = inner_len + VXLAN_LEN - sizeof(struct ethhdr);
 	ip.tot_len = tot_len > 0xffff ? 0 : bpf_htons(tot_len);
 	ip.frag_off = bpf_htons(0x4000); /* DF: the overlay MTU leaves room */
 	ip.ttl = 64;
@@ -318,21 +339,17 @@ static __always_inline int encap_direct(struct __sk_buff *skb, const struct ovl_
 	ip.saddr = cfg->local_vtep;
 	ip.daddr = bpf_htonl(vtep);
 	ip.check = ip_csum(&ip);
-	__builtin_memcpy(&h.ip, &ip, sizeof(ip));
+	__builtin_memcpy(&h->ip, &ip, sizeof(ip));
 	/* Source port from the inner flow hash, as the kernel's vxlan does. */
-	h.udp.source = bpf_htons(49152 + (hash % 16384));
-	h.udp.dest = cfg->vxlan_port;
-	h.udp.len = bpf_htons(inner_len + sizeof(h.udp) + sizeof(h.vx));
-	h.vx.flags = bpf_htonl(VXLAN_FLAG_I);
-	h.vx.vni = bpf_htonl(vni << 8);
+	struct udphdr udp = {
+		.source = bpf_htons(49152 + (hash % 16384)),
+		.dest = cfg->vxlan_port,
+		.len = bpf_htons(inner_len + sizeof(struct udphdr) + sizeof(struct vxlan_hdr)),
+	};
+	__builtin_memcpy(&h->udp, &udp, sizeof(udp));
+	struct vxlan_hdr vx = { .flags = bpf_htonl(VXLAN_FLAG_I), .vni = bpf_htonl(vni << 8) };
+	__builtin_memcpy(&h->vx, &vx, sizeof(vx));
 
-	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
-		      BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
-		      BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr));
-	if (bpf_skb_adjust_room(skb, VXLAN_LEN, BPF_ADJ_ROOM_MAC, flags) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) < 0)
-		return drop(C_EG_DROP_TUNNEL_KEY);
 	struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = bpf_htonl(vtep) };
 	count(C_EG_ENCAP);
 	count(C_EG_ENCAP_DIRECT);
@@ -418,17 +435,8 @@ int lxc_egress(struct __sk_buff *skb)
 	struct ovl_mac_key mk = { .vni = vni };
 	mac_copy(mk.mac, eth->h_dest);
 
-	__u32 *local = bpf_map_lookup_elem(&LOCAL_BY_MAC, &mk);
-	if (local) {
-		__u32 target = *local;
-		if (target == self)
-			return drop(C_EG_DROP_HAIRPIN);
-		count(C_EG_REDIRECT_LOCAL);
-		trace(OVL_ACT_REDIRECT_LOCAL, target, vni, 0, 0);
-		/* Straight into the peer container's namespace. */
-		return bpf_redirect_peer(target, 0);
-	}
-
+	/* Remote first: across hosts is the busy path, and the agent never
+	 * lets a MAC be both local and remote, so the order changes nothing. */
 	struct ovl_remote *rem = bpf_map_lookup_elem(&REMOTE, &mk);
 	if (rem && vxlan_ifindex) {
 		__u32 vtep = rem->vtep;
@@ -440,6 +448,17 @@ int lxc_egress(struct __sk_buff *skb)
 		count(C_EG_ENCAP);
 		trace(OVL_ACT_ENCAP, vxlan_ifindex, vni, vtep, 0);
 		return bpf_redirect(vxlan_ifindex, 0);
+	}
+
+	__u32 *local = bpf_map_lookup_elem(&LOCAL_BY_MAC, &mk);
+	if (local) {
+		__u32 target = *local;
+		if (target == self)
+			return drop(C_EG_DROP_HAIRPIN);
+		count(C_EG_REDIRECT_LOCAL);
+		trace(OVL_ACT_REDIRECT_LOCAL, target, vni, 0, 0);
+		/* Straight into the peer container's namespace. */
+		return bpf_redirect_peer(target, 0);
 	}
 
 bum:;
@@ -540,17 +559,26 @@ int vtep_ingress(struct __sk_buff *skb)
 	__u32 remote = bpf_ntohl(iph->saddr);
 	struct ethhdr keep;
 	__builtin_memcpy(&keep, inner, sizeof(keep));
-	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_LEN, BPF_ADJ_ROOM_MAC, 0) < 0) {
+	/* FIXED_GSO: the segments' size is the inner one the sender chose; left
+	 * to itself the helper would grow gso_size by the removed 50 bytes, and
+	 * segments that size no longer fit the container's MTU. */
+	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_LEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO) < 0) {
 		/* Nothing was changed: the slow path takes the frame. */
 		count(C_UL_DECAP_FAILED);
 		return TCX_NEXT;
 	}
 	/* As udp_rcv does: the outer UDP header consumed one verified level. */
 	bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);
-	if (bpf_skb_store_bytes(skb, 0, &keep, sizeof(keep), 0) < 0) {
+	/* The outer Ethernet header stayed; it takes the inner one's fields. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end) {
 		count(C_UL_DECAP_FAILED);
 		return TC_ACT_SHOT;
 	}
+	__builtin_memcpy(eth, &keep, sizeof(keep));
 	count(C_UL_DECAP);
 	trace(OVL_ACT_REDIRECT_LOCAL, target, vni, remote, 0);
 	return bpf_redirect_peer(target, 0);

@@ -73,7 +73,7 @@ struct ovl_config {
 	__u16 vxlan_port;  /* UDP port, network byte order */
 	__u16 _pad;
 	__u32 underlay_ifindex; /* holds local_vtep; 0 = no in-place encap/decap (vxlan device only) */
-	__u32 endpoint_mtu;     /* largest frame payload a container may send (overlay MTU) */
+	__u32 endpoint_mtu;     /* the overlay MTU; informational: container ends enforce it */
 };
 
 /* Value of TRACE[0]: last decision, written only when the `trace_enabled`

@@ -278,3 +278,16 @@ pub fn three_containers_ping(lab: &Lab) -> [(String, String); 3] {
     }
     c
 }
+
+/// Processes a test started, killed (by PID, through their handles) and reaped when dropped,
+/// also when the test fails.
+pub struct Killed(pub Vec<std::process::Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

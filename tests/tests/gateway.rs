@@ -42,16 +42,6 @@ fn fetch(ns: &str, addr: &str, port: u16) -> Option<String> {
     (out.status.success() && !text.is_empty()).then_some(text)
 }
 
-struct Killed(Vec<Child>);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn gw_addr(ns: &str, ifname: &str) -> String {
     let out = nsexec(ns, &["ip", "-j", "-4", "addr", "show", ifname]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

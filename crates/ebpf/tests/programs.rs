@@ -179,6 +179,33 @@ fn encap_local_switching_and_counters() {
     assert_eq!(d.egress_drop_hairpin, 1);
 }
 
+/// `ipv4_frame` padded to `len` bytes on the wire (Ethernet header included).
+fn frame_of_len(dst: [u8; 6], src: [u8; 6], saddr: [u8; 4], daddr: [u8; 4], len: usize) -> Vec<u8> {
+    let mut f = ipv4_frame(dst, src, saddr, daddr);
+    f.resize(len, 0xcd);
+    let ip_len = u16::try_from(len - 14).unwrap().to_be_bytes();
+    f[16..18].copy_from_slice(&ip_len);
+    f
+}
+
+#[test]
+fn full_size_frames_that_are_not_gso_are_encapsulated_in_place() {
+    let s = setup("full");
+    let before = s.dp().counters().unwrap();
+    // The largest frame a container with the overlay MTU sends: grown to exactly the
+    // underlay MTU, in place (adjust_room has no MTU check at tc ingress).
+    let full = frame_of_len(C, A, IP_A, IP_C, 1450 + 14);
+    let out = s.run(ProgramKind::LxcEgress, s.a, &full);
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let t = out.trace.unwrap();
+    assert_eq!(t.action, action::ENCAP);
+    assert_eq!(Some(t.ifindex), s.dp().underlay_ifindex(), "in place");
+    assert_eq!(out.frame.len(), 1500 + 14, "exactly the underlay MTU");
+    assert_eq!(&out.frame[50..], &full[..]);
+    let d = s.dp().counters().unwrap().since(&before);
+    assert_eq!((d.egress_encap, d.egress_encap_direct), (1, 1));
+}
+
 #[test]
 fn arp_request_for_known_ip_is_answered_in_bpf() {
     let s = setup("arp");
@@ -441,7 +468,8 @@ fn bad_input_is_refused_and_changes_nothing() {
     let mut s = setup("bad");
     let before = s.dp().dump().unwrap();
     let ns = &s.ns;
-    ns.sh("ip link add ebtbig mtu 1500 type veth peer name ebtbigp mtu 1500");
+    // The overlay MTU (1450) + 50 for the outer headers is allowed; one more is not.
+    ns.sh("ip link add ebtbig mtu 1501 type veth peer name ebtbigp mtu 1501");
     let big = ns.ifindex("ebtbig");
     let a = s.a;
     let s_stranger = s.stranger;
@@ -457,7 +485,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         matches!(
             r,
             Err(Error::MtuTooLarge {
-                link_mtu: 1500,
+                link_mtu: 1501,
                 overlay_mtu: 1450,
                 ..
             })
