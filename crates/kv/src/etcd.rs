@@ -343,6 +343,35 @@ impl EtcdKv {
         Ok(settled(now.as_ref(), value, lease, expected))
     }
 
+    /// Sends a write (`once`) until it is answered. When an answer is lost, what the key holds
+    /// tells whether the write landed ([`EtcdKv::settle`]); `outcome` turns that into the
+    /// result, or `None` to send the write again.
+    async fn write_settled<T, Fut>(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<LeaseId>,
+        expected: Revision,
+        once: impl Fn() -> Fut,
+        outcome: impl Fn(Settled) -> Option<T>,
+    ) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let started = tokio::time::Instant::now();
+            match once().await {
+                Err(e) if self.lost_answer(&e, started, &mut attempt) => {
+                    if let Some(done) = outcome(self.settle(key, value, lease, expected).await?) {
+                        return Ok(done);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn check_size(key: &str, value: &[u8]) -> Result<()> {
         // Checked here too so the error carries the real size; the server enforces its own.
         if key.len() + value.len() > DEFAULT_SERVER_LIMIT {
@@ -396,20 +425,19 @@ impl Kv for EtcdKv {
 
     async fn put(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
         Self::check_size(key, value)?;
-        let mut attempt = 0;
-        loop {
-            let started = tokio::time::Instant::now();
-            match self.put_once(key, value, lease).await {
-                Err(e) if self.lost_answer(&e, started, &mut attempt) => {
-                    match self.settle(key, value, lease, 0).await? {
-                        Settled::Applied(rev) => return Ok(rev),
-                        // A plain put does not care who wrote in between: send it again.
-                        Settled::NotApplied | Settled::Moved => {}
-                    }
-                }
-                other => return other,
-            }
-        }
+        self.write_settled(
+            key,
+            value,
+            lease,
+            0,
+            || self.put_once(key, value, lease),
+            |settled| match settled {
+                Settled::Applied(rev) => Some(rev),
+                // A plain put does not care who wrote in between: send it again.
+                Settled::NotApplied | Settled::Moved => None,
+            },
+        )
+        .await
     }
 
     async fn create(
@@ -429,20 +457,19 @@ impl Kv for EtcdKv {
         lease: Option<LeaseId>,
     ) -> Result<Option<Revision>> {
         Self::check_size(key, value)?;
-        let mut attempt = 0;
-        loop {
-            let started = tokio::time::Instant::now();
-            match self.cas_once(key, value, expected, lease).await {
-                Err(e) if self.lost_answer(&e, started, &mut attempt) => {
-                    match self.settle(key, value, lease, expected).await? {
-                        Settled::Applied(rev) => return Ok(Some(rev)),
-                        Settled::NotApplied => {}
-                        Settled::Moved => return Ok(None),
-                    }
-                }
-                other => return other,
-            }
-        }
+        self.write_settled(
+            key,
+            value,
+            lease,
+            expected,
+            || self.cas_once(key, value, expected, lease),
+            |settled| match settled {
+                Settled::Applied(rev) => Some(Some(rev)),
+                Settled::NotApplied => None,
+                Settled::Moved => Some(None),
+            },
+        )
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
