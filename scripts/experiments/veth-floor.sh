@@ -9,6 +9,12 @@
 # difference is what VXLAN encapsulation costs on this machine.
 #
 # Usage (root): scripts/experiments/veth-floor.sh [RUNS]   (default 6; 4 s per iperf3 run)
+#
+# Side by side with the eBPF path: bring up a lab with two containers, e.g.
+#   cargo xtask lab up --hosts 2 --datapath ebpf --name pf   (+ a network and two attaches)
+# and pass the client's namespace, the server's namespace and the server's address in
+# OVL_CLIENT_NS, OVL_SERVER_NS and OVL_SERVER_IP: every run then also measures that path, and
+# the summary gives its median ratio to the underlay and to the floor.
 # Needs: iproute2, clang-19, libbpf-dev, iperf3, jq. Uses 198.18.0.21-22 and 10.99.0.0/24 in
 # its own namespaces (vf*), and removes everything it made on exit.
 set -euo pipefail
@@ -83,14 +89,33 @@ ip netns exec vfhb iperf3 -s -B 198.18.0.22 >/dev/null 2>&1 &
 PIDS+=($!)
 ip netns exec vfcb iperf3 -s -B 10.99.0.3 >/dev/null 2>&1 &
 PIDS+=($!)
+OVL=${OVL_CLIENT_NS:+yes}
+if [ -n "$OVL" ]; then
+	ip netns exec "$OVL_SERVER_NS" iperf3 -s -p 5299 -B "$OVL_SERVER_IP" >/dev/null 2>&1 &
+	PIDS+=($!)
+fi
 sleep 1
-run() { ip netns exec "$1" iperf3 -c "$2" -t 4 -J | jq '.end.sum_received.bits_per_second / 1e9'; }
+run() { ip netns exec "$1" iperf3 -c "$2" ${3:+-p $3} -t 4 -J | jq '.end.sum_received.bits_per_second / 1e9'; }
+median() { sort -g | awk '{a[NR]=$1} END {m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf "%.3f", m}'; }
 ratios=()
+ovl_u=()
+ovl_f=()
 for r in $(seq "$RUNS"); do
 	u=$(run vfha 198.18.0.22)
 	f=$(run vfca 10.99.0.3)
 	ratio=$(echo "$f / $u" | bc -l)
 	ratios+=("$ratio")
-	printf 'run %d: underlay %.2f Gbit/s, veth floor %.2f Gbit/s, ratio %.3f\n' "$r" "$u" "$f" "$ratio"
+	printf 'run %d: underlay %.2f Gbit/s, veth floor %.2f Gbit/s, ratio %.3f' "$r" "$u" "$f" "$ratio"
+	if [ -n "$OVL" ]; then
+		o=$(run "$OVL_CLIENT_NS" "$OVL_SERVER_IP" 5299)
+		ovl_u+=("$(echo "$o / $u" | bc -l)")
+		ovl_f+=("$(echo "$o / $f" | bc -l)")
+		printf ', overlay %.2f Gbit/s' "$o"
+	fi
+	printf '\n'
 done
-printf '%s\n' "${ratios[@]}" | sort -g | awk '{a[NR]=$1} END {m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf "median ratio veth floor / underlay: %.3f over %d runs\n", m, NR}'
+echo "median ratio veth floor / underlay: $(printf '%s\n' "${ratios[@]}" | median) over $RUNS runs"
+if [ -n "$OVL" ]; then
+	echo "median ratio overlay / underlay: $(printf '%s\n' "${ovl_u[@]}" | median)"
+	echo "median ratio overlay / veth floor: $(printf '%s\n' "${ovl_f[@]}" | median)"
+fi

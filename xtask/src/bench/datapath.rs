@@ -5,11 +5,13 @@
 //! Two 2-host labs run at the same time (`bdpk` on the kernel path, `bdpe` on the eBPF path),
 //! each with one container per host on an internal network. Each run measures every path once
 //! (iperf3, one TCP stream, 5 s), in a rotating order so drift does not favour one path; the
-//! table reports medians over the runs, ratios to the underlay and eBPF / kernel. Each run
-//! also measures latency on every path two ways, reported as medians over the runs:
-//! `ping -c 50 -i 0.01` (average RTT; the CPUs idle between packets, so on this VM the
-//! figure is mostly wake-up latency) and a `sockperf` UDP ping-pong for 2 s (median RTT of
-//! back-to-back round trips, with sub-microsecond resolution: mostly the path itself).
+//! table reports medians over the runs, ratios to the underlay and eBPF / kernel, and the
+//! ratios paired within each round (steadier when the machine drifts). Each run also
+//! measures latency on every path two ways, reported as medians over the runs:
+//! `ping -c 50 -i 0.01` (the median and the average of the 50 RTTs; the CPUs idle between
+//! packets, so on this VM the figure is mostly wake-up latency, and a few slow wake-ups move
+//! the average) and a `sockperf` UDP ping-pong for 2 s (median RTT of back-to-back round
+//! trips, with sub-microsecond resolution: mostly the path itself).
 
 use std::{
     process::{Child, Command, Stdio},
@@ -149,25 +151,21 @@ fn parse_sockperf_p50(text: &str) -> Option<f64> {
     line.split('=').nth(1)?.trim().parse().ok()
 }
 
-/// Average RTT in ms of `ping -c 50 -i 0.01`.
-fn rtt(p: &Path) -> Result<f64> {
+/// Ping RTT in ms over 50 pings 10 ms apart: (median, average).
+fn rtt(p: &Path) -> Result<(f64, f64)> {
     let out = in_netns(
         &p.client_ns,
-        &[
-            "ping",
-            "-q",
-            "-c",
-            "50",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-            &p.server_ip,
-        ],
+        &["ping", "-c", "50", "-i", "0.01", "-W", "1", &p.server_ip],
     )
     .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    parse_rtt_avg(&text).with_context(|| format!("no RTT summary from ping on {}: {text}", p.label))
+    let avg = parse_rtt_avg(&text)
+        .with_context(|| format!("no RTT summary from ping on {}: {text}", p.label))?;
+    let mut each = parse_rtt_each(&text);
+    if each.is_empty() {
+        bail!("no replies from ping on {}: {text}", p.label);
+    }
+    Ok((median(&mut each), avg))
 }
 
 /// The avg field of `rtt min/avg/max/mdev = 0.030/0.045/0.090/0.010 ms`.
@@ -180,6 +178,13 @@ fn parse_rtt_avg(text: &str) -> Option<f64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// The `time=0.045 ms` of every reply line.
+fn parse_rtt_each(text: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|l| l.split("time=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
 }
 
 /// A 2-host lab on `datapath` with one container per host on an internal network; returns
@@ -273,23 +278,26 @@ pub fn run(runs: usize) -> Result<()> {
     }
 
     let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
-    // rtt_runs[0][path]: ping average (ms) per run; [1]: sockperf median (us) per run.
-    let mut rtt_runs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); paths.len()]; 2];
+    // rtt_runs[0][path]: ping median (ms) per run; [1]: ping average (ms); [2]: sockperf
+    // median (us).
+    let mut rtt_runs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); paths.len()]; 3];
     for r in 0..runs {
         for k in 0..paths.len() {
             let i = (r + k) % paths.len();
             let g = iperf(&paths[i])?;
-            let ms = [rtt(&paths[i])?, pingpong(&paths[i])?];
+            let (ping_p50, ping_avg) = rtt(&paths[i])?;
+            let ms = [ping_p50, ping_avg, pingpong(&paths[i])?];
             println!(
-                "  run {:>2} {:<50} {g:6.2} Gbit/s  ping {:.3} ms  ping-pong {:.2} us",
+                "  run {:>2} {:<50} {g:6.2} Gbit/s  ping p50 {:.3} avg {:.3} ms  ping-pong {:.2} us",
                 r + 1,
                 paths[i].label,
                 ms[0],
-                ms[1]
+                ms[1],
+                ms[2]
             );
             gbps[i].push(g);
-            for (pace, m) in ms.into_iter().enumerate() {
-                rtt_runs[pace][i].push(m);
+            for (kind, m) in ms.into_iter().enumerate() {
+                rtt_runs[kind][i].push(m);
             }
         }
     }
@@ -297,7 +305,9 @@ pub fn run(runs: usize) -> Result<()> {
         .iter_mut()
         .map(|per_path| per_path.iter_mut().map(|v| median(v)).collect())
         .collect();
-    let meds: Vec<f64> = gbps.iter_mut().map(|v| median(v)).collect();
+    // `median` sorts in place: take the medians of copies, so `gbps` keeps the rounds' order
+    // for the paired ratios below.
+    let meds: Vec<f64> = gbps.iter().map(|v| median(&mut v.clone())).collect();
     let ranges: Vec<(f64, f64)> = gbps
         .iter()
         .map(|v| {
@@ -309,12 +319,12 @@ pub fn run(runs: usize) -> Result<()> {
 
     println!();
     println!(
-        "| path | median Gbit/s | min-max | ratio to underlay | ping RTT ms (ratio) | ping-pong RTT us (ratio) |"
+        "| path | median Gbit/s | min-max | ratio to underlay | ping p50 ms (ratio) | ping avg ms (ratio) | ping-pong RTT us (ratio) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (i, p) in paths.iter().enumerate() {
         println!(
-            "| {} | {:.2} | {:.2}-{:.2} | {:.2} | {:.3} ({:.2}) | {:.2} ({:.2}) |",
+            "| {} | {:.2} | {:.2}-{:.2} | {:.2} | {:.3} ({:.2}) | {:.3} ({:.2}) | {:.2} ({:.2}) |",
             p.label,
             meds[i],
             ranges[i].0,
@@ -324,13 +334,38 @@ pub fn run(runs: usize) -> Result<()> {
             rtts[0][i] / rtts[0][0],
             rtts[1][i],
             rtts[1][i] / rtts[1][0],
+            rtts[2][i],
+            rtts[2][i] / rtts[2][0],
         );
     }
     println!(
-        "\neBPF / kernel: {:.2} (throughput, medians), {:.2} (ping RTT), {:.2} (ping-pong RTT)",
+        "\neBPF / kernel: {:.2} (throughput, medians), {:.2} (ping p50), {:.2} (ping avg), {:.2} \
+         (ping-pong RTT)",
         meds[2] / meds[1],
         rtts[0][2] / rtts[0][1],
-        rtts[1][2] / rtts[1][1]
+        rtts[1][2] / rtts[1][1],
+        rtts[2][2] / rtts[2][1]
+    );
+    // The machine drifts over minutes: ratios within one round (paths measured back to back)
+    // are steadier than ratios of medians taken over the whole run.
+    let mut vs_underlay = paired_ratios(&gbps[2], &gbps[0]);
+    let mut vs_kernel = paired_ratios(&gbps[2], &gbps[1]);
+    let mut kernel_vs_underlay = paired_ratios(&gbps[1], &gbps[0]);
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "paired per round (throughput): eBPF / underlay {} (median {:.2}); eBPF / kernel {} \
+         (median {:.2}); kernel / underlay {} (median {:.2})",
+        fmt(&vs_underlay),
+        median(&mut vs_underlay),
+        fmt(&vs_kernel),
+        median(&mut vs_kernel),
+        fmt(&kernel_vs_underlay),
+        median(&mut kernel_vs_underlay),
     );
     drop(_servers);
     drop(elab);
@@ -338,9 +373,22 @@ pub fn run(runs: usize) -> Result<()> {
     Ok(())
 }
 
+/// `a[r] / b[r]` for every round `r` measured by both.
+fn paired_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratios_pair_rounds() {
+        assert_eq!(
+            paired_ratios(&[9.0, 4.0], &[10.0, 8.0, 1.0]),
+            vec![0.9, 0.5]
+        );
+    }
 
     #[test]
     fn sockperf_median() {
@@ -356,5 +404,10 @@ mod tests {
                  loss, time 520ms\nrtt min/avg/max/mdev = 0.031/0.112/0.402/0.050 ms\n";
         assert_eq!(parse_rtt_avg(t), Some(0.112));
         assert_eq!(parse_rtt_avg("100% packet loss"), None);
+        let t = "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n64 bytes from 10.0.0.2: \
+                 icmp_seq=1 ttl=64 time=0.120 ms\n64 bytes from 10.0.0.2: icmp_seq=2 ttl=64 \
+                 time=0.045 ms\n\n--- 10.0.0.2 ping statistics ---\n";
+        assert_eq!(parse_rtt_each(t), vec![0.120, 0.045]);
+        assert!(parse_rtt_each("100% packet loss").is_empty());
     }
 }
