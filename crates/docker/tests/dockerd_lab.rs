@@ -179,18 +179,25 @@ async fn watcher_survives_dockerd_restart() {
     // dockerd stops its listener before its containers, but the event stream and a pooled
     // keep-alive connection stay open: c1's removal may come from the shutdown's own events
     // (before the stream ends) or from the resync after the reconnect. Either way exactly once,
-    // at least one Disconnected, and the resync ends with Synced.
-    let mut removed = Vec::new();
+    // at least one Disconnected, and the resync ends with Synced. An inspect in the middle of
+    // the shutdown may also catch c1 half torn down (still running, its endpoint changing):
+    // that is reported as new data for c1, and the removal then carries it.
+    let mut last = c1.clone();
+    let mut removed = 0;
     let mut disconnects = 0;
     loop {
         match event(&mut rx) {
             WatchEvent::Disconnected(_) => disconnects += 1,
-            WatchEvent::Removed(c) => removed.push(c),
+            WatchEvent::Added(c) if c.container_id == c1.container_id && removed == 0 => last = c,
+            WatchEvent::Removed(c) => {
+                assert_eq!(c, last, "the removal carries c1's last data");
+                removed += 1;
+            }
             WatchEvent::Synced if disconnects > 0 => break,
             other => panic!("expected Removed(c1), Disconnected or Synced, got {other:?}"),
         }
     }
-    assert_eq!(removed, vec![c1]);
+    assert_eq!(removed, 1, "c1 removed exactly once");
 
     tokio::task::block_in_place(|| {
         d.docker_ok([
@@ -245,7 +252,12 @@ async fn watcher_survives_dockerd_restart() {
             (e.container_name.as_str(), e.network_name.as_str()),
             ("c2", "dktbr2")
         );
-        assert_eq!(e.aliases, vec!["z".to_string()]);
+        // dockerd updates a running container's snapshot in steps: the list may show the new
+        // network before its aliases. The Added below, from inspect, carries them.
+        assert!(
+            e.aliases.is_empty() || e.aliases == vec!["z".to_string()],
+            "{e:?}"
+        );
     }
     assert_eq!(
         (c2b.container_name.as_str(), c2b.network_name.as_str()),
