@@ -108,6 +108,18 @@ pub fn nsexec(ns: &str, args: &[&str]) -> Output {
         .expect("ip netns exec")
 }
 
+/// Starts a command in a named namespace with `ip netns exec`, output discarded: a server
+/// for the test to stop (see [`Killed`]).
+pub fn nsspawn<S: AsRef<std::ffi::OsStr>>(ns: &str, args: &[S]) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ip netns exec")
+}
+
 /// The FDB/neighbour lines host `i` has programmed for `net` (from `overlayctl peers`).
 pub fn programmed(lab: &Lab, i: usize, net: &str) -> Vec<String> {
     let p = ctl(lab, i, &["peers", net]);

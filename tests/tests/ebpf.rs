@@ -712,23 +712,10 @@ fn ebpf_container_forwarding_bulk_tcp_keeps_the_segment_size() {
 /// 64 MiB of TCP from `client` to an iperf3 server in `server_ns` (on 198.18.240.2), reached
 /// at `via:5201`; panics unless it all gets through within 60 s.
 fn bulk_tcp_through(client: &str, server_ns: &str, via: &str, what: &str) {
-    let _server = Killed(vec![
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                server_ns,
-                "iperf3",
-                "-s",
-                "-1",
-                "-B",
-                "198.18.240.2",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ]);
+    let _server = Killed(vec![nsspawn(
+        server_ns,
+        &["iperf3", "-s", "-1", "-B", "198.18.240.2"],
+    )]);
     within("iperf3 listening", Duration::from_secs(5), || {
         stdout(&nsexec(server_ns, &["ss", "-Hltn", "sport = :5201"])).contains("5201")
     });

@@ -11,14 +11,14 @@ use ovl_tests::*;
 /// A TCP server in namespace `ns` on `port` that answers each connection with the peer's
 /// address and stays up.
 fn echo_peer_server(ns: &str, port: u16) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "socat"])
-        .arg(format!("TCP-LISTEN:{port},reuseaddr,fork"))
-        .arg("SYSTEM:echo $SOCAT_PEERADDR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    nsspawn(
+        ns,
+        &[
+            "socat",
+            &format!("TCP-LISTEN:{port},reuseaddr,fork"),
+            "SYSTEM:echo $SOCAT_PEERADDR",
+        ],
+    )
 }
 
 /// Connects from namespace `ns` to `addr:port`; returns what the server said, if anything.

@@ -1,7 +1,7 @@
 //! Issue 5: names across hosts, in /etc/hosts and through the embedded DNS. Needs root.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -112,28 +112,19 @@ fn names_outside_the_cluster_go_upstream() {
     let outside = format!("{}-out", lab.state.name);
     let hosts = lab.state.dir.join("upstream-hosts");
     std::fs::write(&hosts, "198.19.0.50 www.outside.test\n").unwrap();
-    let dnsmasq = Dnsmasq(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &outside,
-                "dnsmasq",
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-            ])
-            .arg(format!("--addn-hosts={}", hosts.display()))
-            .args([
-                "--listen-address=198.19.0.2",
-                "--bind-interfaces",
-                "--port=53",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let dnsmasq = Dnsmasq(nsspawn(
+        &outside,
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            &format!("--addn-hosts={}", hosts.display()),
+            "--listen-address=198.19.0.2",
+            "--bind-interfaces",
+            "--port=53",
+        ],
+    ));
     ctl(&lab, 0, &["network", "create", "net1"]);
     let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
     within(
