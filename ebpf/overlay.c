@@ -281,6 +281,45 @@ static __always_inline __u16 ip_csum(const struct iphdr *iph)
 	return (__u16)~sum;
 }
 
+/* Finalizer of a 32-bit hash (lowbias32): spreads every input bit. */
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	h *= 0x846ca68b;
+	h ^= h >> 16;
+	return h;
+}
+
+/*
+ * Flow hash of a frame for the outer UDP source port: the one the sending
+ * socket set (TCP always does), else one of the inner addresses and ports.
+ * Not bpf_get_hash_recalc: it runs the flow dissector, whose cold code costs
+ * microseconds on a host that was idle, which is what a lone ping meets.
+ */
+static __always_inline __u32 flow_hash(struct __sk_buff *skb)
+{
+	__u32 h = skb->hash;
+	if (h)
+		return h;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = (void *)(eth + 1);
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	if ((void *)(iph + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return mix32(load_ip(eth->h_dest + 2) ^ load_ip(eth->h_source + 2));
+	h = mix32(iph->saddr) ^ iph->daddr ^ ((__u32)iph->protocol << 24);
+	__u32 *ports = (void *)(iph + 1);
+	if (iph->ihl == 5 && !(iph->frag_off & bpf_htons(0x3fff)) &&
+	    (iph->protocol == IPPROTO_TCP || iph->protocol == IPPROTO_UDP) &&
+	    (void *)(ports + 1) <= data_end)
+		h ^= mix32(*ports);
+	return mix32(h);
+}
+
 /*
  * Encapsulates the frame in place and hands it to the underlay interface,
  * the neighbour subsystem filling in the outer MACs: the vxlan device's
@@ -295,7 +334,7 @@ static __always_inline int encap_direct(struct __sk_buff *skb, const struct ovl_
 		return -1;
 
 	__u32 inner_len = skb->len;
-	__u32 hash = bpf_get_hash_recalc(skb);
+	__u32 hash = flow_hash(skb);
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
 		      BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
 		      BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr));
@@ -357,97 +396,97 @@ static __always_inline int encap_direct(struct __sk_buff *skb, const struct ovl_
 	return bpf_redirect_neigh(cfg->underlay_ifindex, &nh, sizeof(nh), 0);
 }
 
-SEC("classifier")
-int lxc_egress(struct __sk_buff *skb)
+/* To the VTEP of a remote MAC: in place when possible, else through the
+ * collect-metadata vxlan device. One subprogram for both callers. */
+static __attribute__((noinline)) int to_remote(struct __sk_buff *skb, const struct ovl_config *cfg,
+				     __u32 vni, __u32 vtep)
+{
+	int verdict = encap_direct(skb, cfg, vni, vtep);
+	if (verdict >= 0)
+		return verdict;
+	if (set_key(skb, vni, vtep) < 0)
+		return drop(C_EG_DROP_TUNNEL_KEY);
+	count(C_EG_ENCAP);
+	trace(OVL_ACT_ENCAP, cfg->vxlan_ifindex, vni, vtep, 0);
+	return bpf_redirect(cfg->vxlan_ifindex, 0);
+}
+
+/*
+ * The ARP side of lxc_egress: anti-spoofing of the sender fields, and the
+ * reply for a known address. A subprogram, not inlined: the busy path
+ * (unicast IPv4) does not carry its code. Returns a tc verdict, or -1 when
+ * the request goes on (flooded like any broadcast).
+ */
+static __attribute__((noinline)) int arp_egress(struct __sk_buff *skb, const struct ovl_endpoint *ep)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct arphdr *arp = (void *)(eth + 1);
+	struct arp_eth *body = (void *)(arp + 1);
+	if ((void *)(body + 1) > data_end)
+		return drop(C_EG_DROP_MALFORMED);
+	if (arp->ar_hrd != bpf_htons(ARPHRD_ETHER) || arp->ar_pro != bpf_htons(ETH_P_IP) ||
+	    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4)
+		return drop(C_EG_DROP_MALFORMED);
+	if (!mac_eq(body->sha, ep->mac))
+		return drop(C_EG_DROP_SPOOFED_MAC);
+	__u32 sip = load_ip(body->sip);
+	/* 0.0.0.0 is an address probe (RFC 5227), not a claim. */
+	if (sip != 0 && sip != ep->ip)
+		return drop(C_EG_DROP_SPOOFED_IP);
+
+	__u32 tip = load_ip(body->tip);
+	if (arp->ar_op != bpf_htons(ARPOP_REQUEST) || tip == ep->ip || sip == 0)
+		return -1;
+	struct ovl_ip_key ik = { .vni = ep->vni, .ip = tip };
+	struct ovl_mac *answer = bpf_map_lookup_elem(&IP_TO_MAC, &ik);
+	if (!answer)
+		return -1;
+	/* Proxy ARP: turn the request into the reply the owner would send,
+	 * and hand it back. */
+	__u8 owner[ETH_ALEN];
+	mac_copy(owner, answer->mac);
+	mac_copy(eth->h_dest, ep->mac);
+	mac_copy(eth->h_source, owner);
+	arp->ar_op = bpf_htons(ARPOP_REPLY);
+	mac_copy(body->tha, ep->mac);
+	store_ip(body->tip, sip);
+	mac_copy(body->sha, owner);
+	store_ip(body->sip, tip);
+	count(C_EG_ARP_REPLIED);
+	trace(OVL_ACT_ARP_REPLY, skb->ifindex, ep->vni, 0, 0);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/*
+ * Everything lxc_egress does not settle on its busy path: unicast that is
+ * not IPv4 or not remote (another endpoint of this host, unknown), and BUM.
+ * A subprogram for the same reason as arp_egress.
+ */
+static __attribute__((noinline)) int deliver(struct __sk_buff *skb, __u32 vni,
+					     int remote_checked)
 {
 	__u32 self = skb->ifindex;
-	count(C_EG_PACKETS);
-
-	struct ovl_endpoint *ep = bpf_map_lookup_elem(&LOCAL_EPS, &self);
-	if (!ep)
-		return drop(C_EG_DROP_UNKNOWN_SOURCE);
-	__u32 vni = ep->vni;
-
-	__u32 zero = 0;
-	struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
-	if (!cfg)
-		return drop(C_EG_DROP_NO_CONFIG);
-	__u32 vxlan_ifindex = cfg->vxlan_ifindex;
-
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return drop(C_EG_DROP_MALFORMED);
-
-	/* Anti-spoofing: the frame must carry the endpoint's own MAC ... */
-	if (!mac_eq(eth->h_source, ep->mac))
-		return drop(C_EG_DROP_SPOOFED_MAC);
-
-	/* ... and its own IPv4 address. */
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *iph = (void *)(eth + 1);
-		if ((void *)(iph + 1) > data_end)
-			return drop(C_EG_DROP_MALFORMED);
-		if (iph->saddr != ep->ip)
-			return drop(C_EG_DROP_SPOOFED_IP);
-	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
-		struct arphdr *arp = (void *)(eth + 1);
-		struct arp_eth *body = (void *)(arp + 1);
-		if ((void *)(body + 1) > data_end)
-			return drop(C_EG_DROP_MALFORMED);
-		if (arp->ar_hrd != bpf_htons(ARPHRD_ETHER) || arp->ar_pro != bpf_htons(ETH_P_IP) ||
-		    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4)
-			return drop(C_EG_DROP_MALFORMED);
-		if (!mac_eq(body->sha, ep->mac))
-			return drop(C_EG_DROP_SPOOFED_MAC);
-		__u32 sip = load_ip(body->sip);
-		/* 0.0.0.0 is an address probe (RFC 5227), not a claim. */
-		if (sip != 0 && sip != ep->ip)
-			return drop(C_EG_DROP_SPOOFED_IP);
-
-		__u32 tip = load_ip(body->tip);
-		if (arp->ar_op == bpf_htons(ARPOP_REQUEST) && tip != ep->ip && sip != 0) {
-			struct ovl_ip_key ik = { .vni = vni, .ip = tip };
-			struct ovl_mac *answer = bpf_map_lookup_elem(&IP_TO_MAC, &ik);
-			if (answer) {
-				/* Proxy ARP: turn the request into the reply the
-				 * owner would send, and hand it back. */
-				__u8 owner[ETH_ALEN];
-				mac_copy(owner, answer->mac);
-				mac_copy(eth->h_dest, ep->mac);
-				mac_copy(eth->h_source, owner);
-				arp->ar_op = bpf_htons(ARPOP_REPLY);
-				mac_copy(body->tha, ep->mac);
-				store_ip(body->tip, sip);
-				mac_copy(body->sha, owner);
-				store_ip(body->sip, tip);
-				count(C_EG_ARP_REPLIED);
-				trace(OVL_ACT_ARP_REPLY, self, vni, 0, 0);
-				return bpf_redirect(self, 0);
-			}
-		}
-	}
+	__u32 zero = 0;
+	struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+	if (!cfg)
+		return drop(C_EG_DROP_NO_CONFIG);
 
 	if (eth->h_dest[0] & 1)
 		goto bum;
 
 	struct ovl_mac_key mk = { .vni = vni };
 	mac_copy(mk.mac, eth->h_dest);
-
-	/* Remote first: across hosts is the busy path, and the agent never
-	 * lets a MAC be both local and remote, so the order changes nothing. */
-	struct ovl_remote *rem = bpf_map_lookup_elem(&REMOTE, &mk);
-	if (rem && vxlan_ifindex) {
-		__u32 vtep = rem->vtep;
-		int verdict = encap_direct(skb, cfg, vni, vtep);
-		if (verdict >= 0)
-			return verdict;
-		if (set_key(skb, vni, vtep) < 0)
-			return drop(C_EG_DROP_TUNNEL_KEY);
-		count(C_EG_ENCAP);
-		trace(OVL_ACT_ENCAP, vxlan_ifindex, vni, vtep, 0);
-		return bpf_redirect(vxlan_ifindex, 0);
+	if (!remote_checked) {
+		struct ovl_remote *rem = bpf_map_lookup_elem(&REMOTE, &mk);
+		if (rem && cfg->vxlan_ifindex)
+			return to_remote(skb, cfg, vni, rem->vtep);
 	}
 
 	__u32 *local = bpf_map_lookup_elem(&LOCAL_BY_MAC, &mk);
@@ -463,11 +502,61 @@ int lxc_egress(struct __sk_buff *skb)
 
 bum:;
 	/* Broadcast, multicast, unknown unicast: head-end replication. */
-	__u32 copies = flood(skb, vni, self, vxlan_ifindex, 1);
+	__u32 copies = flood(skb, vni, self, cfg->vxlan_ifindex, 1);
 	count(C_EG_FLOODED);
 	count_n(C_EG_FLOOD_COPIES, copies);
 	trace(OVL_ACT_FLOOD, 0, vni, 0, copies);
 	return TC_ACT_SHOT;
+}
+
+SEC("classifier")
+int lxc_egress(struct __sk_buff *skb)
+{
+	__u32 self = skb->ifindex;
+	count(C_EG_PACKETS);
+
+	struct ovl_endpoint *ep = bpf_map_lookup_elem(&LOCAL_EPS, &self);
+	if (!ep)
+		return drop(C_EG_DROP_UNKNOWN_SOURCE);
+	__u32 vni = ep->vni;
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(C_EG_DROP_MALFORMED);
+
+	/* Anti-spoofing: the frame must carry the endpoint's own MAC ... */
+	if (!mac_eq(eth->h_source, ep->mac))
+		return drop(C_EG_DROP_SPOOFED_MAC);
+
+	int remote_checked = 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		/* ... and its own IPv4 address. */
+		struct iphdr *iph = (void *)(eth + 1);
+		if ((void *)(iph + 1) > data_end)
+			return drop(C_EG_DROP_MALFORMED);
+		if (iph->saddr != ep->ip)
+			return drop(C_EG_DROP_SPOOFED_IP);
+		/* The busy path: unicast IPv4 to a container on another host. */
+		if (!(eth->h_dest[0] & 1)) {
+			struct ovl_mac_key mk = { .vni = vni };
+			mac_copy(mk.mac, eth->h_dest);
+			struct ovl_remote *rem = bpf_map_lookup_elem(&REMOTE, &mk);
+			__u32 zero = 0;
+			struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+			if (!cfg)
+				return drop(C_EG_DROP_NO_CONFIG);
+			if (rem && cfg->vxlan_ifindex)
+				return to_remote(skb, cfg, vni, rem->vtep);
+			remote_checked = 1;
+		}
+	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		int verdict = arp_egress(skb, ep);
+		if (verdict != -1)
+			return verdict;
+	}
+	return deliver(skb, vni, remote_checked);
 }
 
 SEC("classifier")

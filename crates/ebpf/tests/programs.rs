@@ -179,6 +179,38 @@ fn encap_local_switching_and_counters() {
     assert_eq!(d.egress_drop_hairpin, 1);
 }
 
+/// `ipv4_frame` turned into UDP from `sport` to `dport`.
+fn udp_frame(sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = ipv4_frame(C, A, IP_A, IP_C);
+    f[23] = 17;
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f
+}
+
+#[test]
+fn outer_source_port_follows_the_inner_flow() {
+    let s = setup("sport");
+    let sport = |frame: &[u8]| {
+        let out = s.run(ProgramKind::LxcEgress, s.a, frame);
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        let port = u16::from_be_bytes([out.frame[34], out.frame[35]]);
+        assert!(port >= 49152, "in the dynamic range: {port}");
+        port
+    };
+    // One flow, one port: its frames take one path through the underlay (no reordering).
+    let flow = udp_frame(40000, 53);
+    assert_eq!(sport(&flow), sport(&flow));
+    // Other flows spread over other ports (ECMP and RSS entropy), without the flow
+    // dissector: 16 flows differing only in their source port land on more than 8 ports.
+    let ports: std::collections::BTreeSet<u16> =
+        (0..16).map(|i| sport(&udp_frame(40000 + i, 53))).collect();
+    assert!(ports.len() > 8, "{ports:?}");
+    // ICMP has no ports: its addresses decide.
+    let icmp = ipv4_frame(C, A, IP_A, IP_C);
+    assert_eq!(sport(&icmp), sport(&icmp));
+}
+
 /// `ipv4_frame` padded to `len` bytes on the wire (Ethernet header included).
 fn frame_of_len(dst: [u8; 6], src: [u8; 6], saddr: [u8; 4], daddr: [u8; 4], len: usize) -> Vec<u8> {
     let mut f = ipv4_frame(dst, src, saddr, daddr);

@@ -8,12 +8,18 @@
 //! table reports medians over the runs, ratios to the underlay and eBPF / kernel, and the
 //! ratios paired within each round (steadier when the machine drifts). Each run also
 //! measures latency on every path two ways, reported as medians over the runs:
-//! `ping -c 50 -i 0.01` (the median and the average of the 50 RTTs; the CPUs idle between
-//! packets, so on this VM the figure is mostly wake-up latency, and a few slow wake-ups move
-//! the average) and a `sockperf` UDP ping-pong for 2 s (median RTT of back-to-back round
-//! trips, with sub-microsecond resolution: mostly the path itself).
+//! * paced ping: 50 pings per path, every path pinged in turn, 10 ms apart (one `ping` per
+//!   path, started 10 ms after the previous one); the median and the average of each path's
+//!   RTTs, and the ratio of every eBPF ping to the underlay ping 10-20 ms before it, whose
+//!   median over all rounds is the steadiest figure here. The CPUs idle between packets, so
+//!   on this VM the RTT is mostly cold caches and wake-up; pings of one path taken in a block
+//!   drift 2x from block to block, which interleaving cancels;
+//! * a `sockperf` UDP ping-pong for 2 s (median RTT of back-to-back round trips, with
+//!   sub-microsecond resolution: mostly the path itself).
 
 use std::{
+    collections::BTreeMap,
+    io::Read,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -151,39 +157,73 @@ fn parse_sockperf_p50(text: &str) -> Option<f64> {
     line.split('=').nth(1)?.trim().parse().ok()
 }
 
-/// Ping RTT in ms over 50 pings 10 ms apart: (median, average).
-fn rtt(p: &Path) -> Result<(f64, f64)> {
-    let out = in_netns(
-        &p.client_ns,
-        &["ping", "-c", "50", "-i", "0.01", "-W", "1", &p.server_ip],
-    )
-    .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let avg = parse_rtt_avg(&text)
-        .with_context(|| format!("no RTT summary from ping on {}: {text}", p.label))?;
-    let mut each = parse_rtt_each(&text);
-    if each.is_empty() {
-        bail!("no replies from ping on {}: {text}", p.label);
+/// Pings between two consecutive paths' pings in [`rtt_interleaved`].
+const PING_GAP: Duration = Duration::from_millis(10);
+
+/// Pings every path in turn, [`PING_GAP`] apart, 50 times each: one `ping` per path, every
+/// `PING_GAP x paths`, each started `PING_GAP` after the previous one. Returns each path's RTTs
+/// in ms by sequence number, so that the paths' samples can be paired in time.
+fn rtt_interleaved(paths: &[Path]) -> Result<Vec<BTreeMap<u32, f64>>> {
+    let every = format!("{:.3}", PING_GAP.as_secs_f64() * paths.len() as f64);
+    let mut pings = Vec::new();
+    for p in paths {
+        let child = in_netns(
+            &p.client_ns,
+            &["ping", "-c", "50", "-i", &every, "-W", "1", &p.server_ip],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting ping on {}", p.label))?;
+        // Killed by PID if anything below fails.
+        pings.push(Server(child));
+        std::thread::sleep(PING_GAP);
     }
-    Ok((median(&mut each), avg))
+    let mut rtts = Vec::new();
+    for (p, ping) in paths.iter().zip(&mut pings) {
+        let mut text = String::new();
+        if let Some(mut out) = ping.0.stdout.take() {
+            out.read_to_string(&mut text)?;
+        }
+        ping.0.wait()?;
+        let each = parse_rtt_by_seq(&text);
+        if each.is_empty() {
+            bail!("no replies from ping on {}: {text}", p.label);
+        }
+        rtts.push(each);
+    }
+    Ok(rtts)
 }
 
-/// The avg field of `rtt min/avg/max/mdev = 0.030/0.045/0.090/0.010 ms`.
-fn parse_rtt_avg(text: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.contains("min/avg/max"))?;
-    line.split('=')
-        .nth(1)?
-        .trim()
-        .split('/')
-        .nth(1)?
-        .parse()
-        .ok()
+/// Median and average of RTTs.
+fn rtt_stats(rtts: &BTreeMap<u32, f64>) -> (f64, f64) {
+    let mut v: Vec<f64> = rtts.values().copied().collect();
+    let avg = v.iter().sum::<f64>() / v.len() as f64;
+    (median(&mut v), avg)
 }
 
-/// The `time=0.045 ms` of every reply line.
-fn parse_rtt_each(text: &str) -> Vec<f64> {
+/// `a[seq] / b[seq]` for every sequence number answered on both.
+fn paired_by_seq(a: &BTreeMap<u32, f64>, b: &BTreeMap<u32, f64>) -> Vec<f64> {
+    a.iter()
+        .filter_map(|(seq, x)| Some(x / b.get(seq)?))
+        .collect()
+}
+
+/// The `icmp_seq=N ... time=0.045 ms` of every reply line.
+fn parse_rtt_by_seq(text: &str) -> BTreeMap<u32, f64> {
     text.lines()
-        .filter_map(|l| l.split("time=").nth(1)?.split(' ').next()?.parse().ok())
+        .filter_map(|l| {
+            let seq = l
+                .split("icmp_seq=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            let ms = l.split("time=").nth(1)?.split(' ').next()?.parse().ok()?;
+            Some((seq, ms))
+        })
         .collect()
 }
 
@@ -248,7 +288,8 @@ pub fn run(runs: usize) -> Result<()> {
     }
     println!(
         "bench datapath: iperf3 TCP single stream {SECONDS} s, {runs} runs per path, interleaved; \
-         ping -c 50 -i 0.01 and a 2 s sockperf UDP ping-pong in every run"
+         in every run 50 pings per path, the paths pinged in turn 10 ms apart, and a 2 s \
+         sockperf UDP ping-pong"
     );
     let (klab, keps) = lab("bdpk", DatapathSel::Kernel)?;
     let (elab, eeps) = lab("bdpe", DatapathSel::Ebpf)?;
@@ -281,25 +322,33 @@ pub fn run(runs: usize) -> Result<()> {
     // rtt_runs[0][path]: ping median (ms) per run; [1]: ping average (ms); [2]: sockperf
     // median (us).
     let mut rtt_runs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); paths.len()]; 3];
+    // Every ping's RTT over the underlay ping just before it: eBPF, kernel; eBPF over kernel.
+    let mut ping_pairs: [Vec<f64>; 3] = Default::default();
     for r in 0..runs {
         for k in 0..paths.len() {
             let i = (r + k) % paths.len();
             let g = iperf(&paths[i])?;
-            let (ping_p50, ping_avg) = rtt(&paths[i])?;
-            let ms = [ping_p50, ping_avg, pingpong(&paths[i])?];
+            let us = pingpong(&paths[i])?;
             println!(
-                "  run {:>2} {:<50} {g:6.2} Gbit/s  ping p50 {:.3} avg {:.3} ms  ping-pong {:.2} us",
+                "  run {:>2} {:<50} {g:6.2} Gbit/s  ping-pong {us:.2} us",
                 r + 1,
                 paths[i].label,
-                ms[0],
-                ms[1],
-                ms[2]
             );
             gbps[i].push(g);
-            for (kind, m) in ms.into_iter().enumerate() {
-                rtt_runs[kind][i].push(m);
-            }
+            rtt_runs[2][i].push(us);
         }
+        let pings = rtt_interleaved(&paths)?;
+        let mut line = format!("  run {:>2} paced ping p50/avg ms:", r + 1);
+        for (i, each) in pings.iter().enumerate() {
+            let (p50, avg) = rtt_stats(each);
+            rtt_runs[0][i].push(p50);
+            rtt_runs[1][i].push(avg);
+            line.push_str(&format!(" {:.3}/{:.3}", p50, avg));
+        }
+        println!("{line} (underlay, kernel, eBPF)");
+        ping_pairs[0].extend(paired_by_seq(&pings[2], &pings[0]));
+        ping_pairs[1].extend(paired_by_seq(&pings[1], &pings[0]));
+        ping_pairs[2].extend(paired_by_seq(&pings[2], &pings[1]));
     }
     let rtts: Vec<Vec<f64>> = rtt_runs
         .iter_mut()
@@ -367,6 +416,15 @@ pub fn run(runs: usize) -> Result<()> {
         fmt(&kernel_vs_underlay),
         median(&mut kernel_vs_underlay),
     );
+    let n = ping_pairs[0].len();
+    let [mut eu, mut ku, mut ek] = ping_pairs;
+    println!(
+        "paired per ping (paced ping RTT over the one taken 10-20 ms before): eBPF / underlay \
+         {:.2}, kernel / underlay {:.2}, eBPF / kernel {:.2} (medians over {n} pairs)",
+        median(&mut eu),
+        median(&mut ku),
+        median(&mut ek),
+    );
     drop(_servers);
     drop(elab);
     drop(klab);
@@ -399,15 +457,15 @@ mod tests {
     }
 
     #[test]
-    fn rtt_summary() {
-        let t = "--- 10.0.0.2 ping statistics ---\n50 packets transmitted, 50 received, 0% packet \
-                 loss, time 520ms\nrtt min/avg/max/mdev = 0.031/0.112/0.402/0.050 ms\n";
-        assert_eq!(parse_rtt_avg(t), Some(0.112));
-        assert_eq!(parse_rtt_avg("100% packet loss"), None);
+    fn rtts_by_sequence_pair_in_time() {
         let t = "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n64 bytes from 10.0.0.2: \
-                 icmp_seq=1 ttl=64 time=0.120 ms\n64 bytes from 10.0.0.2: icmp_seq=2 ttl=64 \
-                 time=0.045 ms\n\n--- 10.0.0.2 ping statistics ---\n";
-        assert_eq!(parse_rtt_each(t), vec![0.120, 0.045]);
-        assert!(parse_rtt_each("100% packet loss").is_empty());
+                 icmp_seq=1 ttl=64 time=0.120 ms\n64 bytes from 10.0.0.2: icmp_seq=3 ttl=64 \
+                 time=0.040 ms\n\n--- 10.0.0.2 ping statistics ---\n";
+        let a = parse_rtt_by_seq(t);
+        assert_eq!(a, BTreeMap::from([(1, 0.120), (3, 0.040)]));
+        assert!(parse_rtt_by_seq("100% packet loss").is_empty());
+        let b = BTreeMap::from([(1, 0.100), (2, 0.050), (3, 0.080)]);
+        assert_eq!(paired_by_seq(&a, &b), vec![1.2, 0.5]);
+        assert_eq!(rtt_stats(&b), (0.080, (0.100 + 0.050 + 0.080) / 3.0));
     }
 }
