@@ -98,6 +98,33 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } COUNTERS SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, OVL_EP_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct ovl_ep_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} EP_SLOTS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, OVL_REMOTE_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct ovl_mac_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} REMOTE_SLOTS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, OVL_LOCAL_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct ovl_mac_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LOCAL_SLOTS SEC(".maps");
+
 /* Not pinned: per loaded instance, only written when trace_enabled. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -187,6 +214,94 @@ static __always_inline __u32 load_ip(const __u8 *p)
 static __always_inline void store_ip(__u8 *p, __u32 v)
 {
 	__builtin_memcpy(p, &v, 4);
+}
+
+/* Finalizer of a 32-bit hash (lowbias32): spreads every input bit. */
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	h *= 0x846ca68b;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Records, in tests, which lookups the slot arrays served. */
+static __always_inline void trace_cached(__u32 bits, int reset)
+{
+	if (!trace_enabled)
+		return;
+	__u32 zero = 0;
+	struct ovl_trace *t = bpf_map_lookup_elem(&TRACE, &zero);
+	if (t)
+		t->cached = reset ? bits : (t->cached | bits);
+}
+
+/*
+ * Reads of the slot arrays (see ovl_common.h). The agent writes a slot as:
+ * counter odd, fields, counter even. A copy taken between two equal even
+ * readings of the counter is whole. Plain loads in program order suffice on
+ * x86-64, whose loads are not reordered with other loads; elsewhere the
+ * slots are not read (no load-acquire in this toolchain's BPF).
+ */
+#if defined(__TARGET_ARCH_x86)
+#define OVL_SLOTS 1
+#else
+#define OVL_SLOTS 0
+#endif
+#define compiler_barrier() asm volatile("" ::: "memory")
+
+static __always_inline __u32 read_seq(const __u32 *seq)
+{
+	return *(const volatile __u32 *)seq;
+}
+
+/* The slot of a (VNI, MAC) key in REMOTE_SLOTS / LOCAL_SLOTS, before masking;
+ * crates/ebpf/src/raw.rs computes the same. */
+static __always_inline __u32 ovl_mac_slot(__u32 vni, const __u8 *mac)
+{
+	__u32 lo = load_ip(mac);
+	__u32 hi = (__u32)mac[4] | ((__u32)mac[5] << 8);
+	return mix32(vni ^ mix32(lo ^ (hi << 16) ^ hi));
+}
+
+/* The endpoint behind host-side veth `ifindex`, from its slot. */
+static __always_inline int ep_from_slot(__u32 ifindex, struct ovl_endpoint *out)
+{
+	if (!OVL_SLOTS)
+		return 0;
+	__u32 i = ifindex & (OVL_EP_SLOTS - 1);
+	struct ovl_ep_slot *s = bpf_map_lookup_elem(&EP_SLOTS, &i);
+	if (!s)
+		return 0;
+	__u32 seq = read_seq(&s->seq);
+	compiler_barrier();
+	__u32 owner = s->ifindex;
+	__builtin_memcpy(out, &s->ep, sizeof(*out));
+	compiler_barrier();
+	return !(seq & 1) && owner == ifindex && read_seq(&s->seq) == seq;
+}
+
+/* The value of (vni, mac) in a MAC slot array. */
+static __always_inline int mac_from_slot(void *slots, __u32 mask, __u32 vni, const __u8 *mac,
+					 __u32 *value)
+{
+	if (!OVL_SLOTS)
+		return 0;
+	__u32 i = ovl_mac_slot(vni, mac) & mask;
+	struct ovl_mac_slot *s = bpf_map_lookup_elem(slots, &i);
+	if (!s)
+		return 0;
+	__u32 seq = read_seq(&s->seq);
+	compiler_barrier();
+	__u32 v = s->value;
+	int same = s->key.vni == vni && mac_eq(s->key.mac, mac);
+	compiler_barrier();
+	if ((seq & 1) || !same || read_seq(&s->seq) != seq)
+		return 0;
+	*value = v;
+	return 1;
 }
 
 static __always_inline int set_key(struct __sk_buff *skb, __u32 vni, __u32 vtep)
@@ -279,17 +394,6 @@ static __always_inline __u16 ip_csum(const struct iphdr *iph)
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return (__u16)~sum;
-}
-
-/* Finalizer of a 32-bit hash (lowbias32): spreads every input bit. */
-static __always_inline __u32 mix32(__u32 h)
-{
-	h ^= h >> 16;
-	h *= 0x7feb352d;
-	h ^= h >> 15;
-	h *= 0x846ca68b;
-	h ^= h >> 16;
-	return h;
 }
 
 /*
@@ -515,9 +619,16 @@ int lxc_egress(struct __sk_buff *skb)
 	__u32 self = skb->ifindex;
 	count(C_EG_PACKETS);
 
-	struct ovl_endpoint *ep = bpf_map_lookup_elem(&LOCAL_EPS, &self);
-	if (!ep)
-		return drop(C_EG_DROP_UNKNOWN_SOURCE);
+	trace_cached(0, 1);
+	struct ovl_endpoint slot_ep;
+	struct ovl_endpoint *ep = &slot_ep;
+	if (ep_from_slot(self, &slot_ep)) {
+		trace_cached(OVL_CACHED_EP, 0);
+	} else {
+		ep = bpf_map_lookup_elem(&LOCAL_EPS, &self);
+		if (!ep)
+			return drop(C_EG_DROP_UNKNOWN_SOURCE);
+	}
 	__u32 vni = ep->vni;
 
 	void *data = (void *)(long)skb->data;
@@ -540,15 +651,23 @@ int lxc_egress(struct __sk_buff *skb)
 			return drop(C_EG_DROP_SPOOFED_IP);
 		/* The busy path: unicast IPv4 to a container on another host. */
 		if (!(eth->h_dest[0] & 1)) {
-			struct ovl_mac_key mk = { .vni = vni };
-			mac_copy(mk.mac, eth->h_dest);
-			struct ovl_remote *rem = bpf_map_lookup_elem(&REMOTE, &mk);
 			__u32 zero = 0;
 			struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
 			if (!cfg)
 				return drop(C_EG_DROP_NO_CONFIG);
-			if (rem && cfg->vxlan_ifindex)
-				return to_remote(skb, cfg, vni, rem->vtep);
+			__u32 vtep;
+			if (mac_from_slot(&REMOTE_SLOTS, OVL_REMOTE_SLOTS - 1, vni, eth->h_dest,
+					  &vtep)) {
+				trace_cached(OVL_CACHED_REMOTE, 0);
+				if (cfg->vxlan_ifindex)
+					return to_remote(skb, cfg, vni, vtep);
+			} else {
+				struct ovl_mac_key mk = { .vni = vni };
+				mac_copy(mk.mac, eth->h_dest);
+				struct ovl_remote *rem = bpf_map_lookup_elem(&REMOTE, &mk);
+				if (rem && cfg->vxlan_ifindex)
+					return to_remote(skb, cfg, vni, rem->vtep);
+			}
 			remote_checked = 1;
 		}
 	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
@@ -633,12 +752,18 @@ int vtep_ingress(struct __sk_buff *skb)
 		return TCX_NEXT;
 
 	__u32 vni = bpf_ntohl(vx->vni) >> 8;
-	struct ovl_mac_key mk = { .vni = vni };
-	mac_copy(mk.mac, inner->h_dest);
-	__u32 *local = bpf_map_lookup_elem(&LOCAL_BY_MAC, &mk);
-	if (!local)
-		return TCX_NEXT;
-	__u32 target = *local;
+	__u32 target;
+	trace_cached(0, 1);
+	if (mac_from_slot(&LOCAL_SLOTS, OVL_LOCAL_SLOTS - 1, vni, inner->h_dest, &target)) {
+		trace_cached(OVL_CACHED_LOCAL, 0);
+	} else {
+		struct ovl_mac_key mk = { .vni = vni };
+		mac_copy(mk.mac, inner->h_dest);
+		__u32 *local = bpf_map_lookup_elem(&LOCAL_BY_MAC, &mk);
+		if (!local)
+			return TCX_NEXT;
+		target = *local;
+	}
 
 	/* A non-zero outer UDP checksum must have been verified (by a NIC) for
 	 * us to skip it; otherwise udp_rcv verifies it on the slow path. */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * Shared definitions of the overlay-agent eBPF fast path. The Rust loader
- * (crates/ebpf/src/maps.rs) mirrors every struct and constant here: keep the
+ * (crates/ebpf/src/raw.rs) mirrors every struct and constant here: keep the
  * two in step, and bump OVL_ABI_VERSION when a map layout changes, because
  * maps are pinned and adopted across agent restarts.
  *
@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define OVL_ABI_VERSION 2
+#define OVL_ABI_VERSION 3
 
 /* Head-end replication fan-out limits (per VNI). */
 #define OVL_MAX_VTEPS 64
@@ -33,6 +33,37 @@ struct ovl_mac_key {
 	__u32 vni;
 	__u8 mac[6];
 	__u16 _pad;     /* always zero: keys are compared bytewise */
+};
+
+/*
+ * Direct-mapped copies of the three lookups on the busy path (LOCAL_EPS by
+ * ifindex, REMOTE and LOCAL_BY_MAC by VNI + MAC), in arrays: an array lookup
+ * is one cache line where a hash-map lookup is four, which is what a packet
+ * pays when it arrives after the CPU idled. The hash maps stay authoritative:
+ * a slot holds a copy or nothing, and a key whose slot is taken is served by
+ * its hash map. The agent writes slots through an mmap of the array under a
+ * sequence counter (odd while it writes), so a program that sees an odd or
+ * changed counter falls back to the hash map instead of reading half an
+ * update.
+ */
+#define OVL_EP_SLOTS 4096      /* indexed by ifindex % OVL_EP_SLOTS */
+#define OVL_REMOTE_SLOTS 65536 /* indexed by ovl_mac_slot() */
+#define OVL_LOCAL_SLOTS 4096
+
+/* Value of EP_SLOTS. ifindex 0: empty. */
+struct ovl_ep_slot {
+	__u32 seq;
+	__u32 ifindex;
+	struct ovl_endpoint ep;
+};
+
+/* Value of REMOTE_SLOTS (value: the VTEP, as ovl_remote.vtep) and
+ * LOCAL_SLOTS (value: the host-side ifindex). vni 0: empty. */
+struct ovl_mac_slot {
+	__u32 seq;
+	__u32 value;
+	struct ovl_mac_key key;
+	__u32 _pad;
 };
 
 /* Key of IP_TO_MAC. */
@@ -84,8 +115,12 @@ struct ovl_trace {
 	__u32 tunnel_id;
 	__u32 remote_ipv4;
 	__u32 copies;
-	__u32 _pad;
+	__u32 cached;   /* OVL_CACHED_* bits: lookups served from the slot arrays */
 };
+
+#define OVL_CACHED_EP 1
+#define OVL_CACHED_REMOTE 2
+#define OVL_CACHED_LOCAL 4
 
 enum ovl_action {
 	OVL_ACT_NONE = 0,

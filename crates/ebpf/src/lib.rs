@@ -26,6 +26,7 @@
 mod counters;
 mod netlink;
 mod raw;
+mod slots;
 mod sys;
 
 use std::collections::BTreeMap;
@@ -42,7 +43,10 @@ use aya::{Ebpf, EbpfLoader};
 
 pub use counters::Counters;
 use raw::*;
-pub use raw::{MAX_FLOOD_VTEPS, MAX_LOCAL_PER_VNI, RawTrace};
+pub use raw::{
+    EP_SLOTS, LOCAL_SLOTS, MAX_FLOOD_VTEPS, MAX_LOCAL_PER_VNI, REMOTE_SLOTS, RawTrace, cached,
+    mac_slot,
+};
 
 /// The compiled BPF object (both programs and all maps).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay.bpf.o"));
@@ -164,6 +168,15 @@ pub enum Error {
         path: PathBuf,
         /// What failed.
         detail: String,
+    },
+    /// A slot array could not be mapped into this process.
+    #[error("BPF map {map}: mapping it: {source}")]
+    Mmap {
+        /// Map name.
+        map: &'static str,
+        /// The mmap error.
+        #[source]
+        source: io::Error,
     },
     /// Several independent steps failed (teardown reports all of them).
     #[error("{} errors: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
@@ -344,6 +357,8 @@ impl Default for LoadOptions {
 /// [`EbpfDatapath::teardown`] and [`EbpfDatapath::detach_endpoint`] remove things.
 /// It is `Send`; calls taking interface indexes act in the calling thread's network namespace.
 pub struct EbpfDatapath {
+    /// Dropped first: the slot arrays are unmapped before the maps they belong to.
+    slots: slots::Slots,
     bpf: Ebpf,
     pin_dir: PathBuf,
     vxlan_ifindex: u32,
@@ -576,6 +591,11 @@ impl EbpfDatapath {
             )
             .map_err(map_err("CONFIG"))?;
         }
+        let slots = slots::Slots {
+            ep: slot_table(&bpf, "EP_SLOTS", EP_SLOTS)?,
+            remote: slot_table(&bpf, "REMOTE_SLOTS", REMOTE_SLOTS)?,
+            local: slot_table(&bpf, "LOCAL_SLOTS", LOCAL_SLOTS)?,
+        };
         for name in [LXC, VXI, VTI] {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
@@ -586,6 +606,7 @@ impl EbpfDatapath {
         }
 
         let mut dp = EbpfDatapath {
+            slots,
             bpf,
             pin_dir: pin_dir.to_path_buf(),
             vxlan_ifindex,
@@ -639,6 +660,9 @@ impl EbpfDatapath {
             if let Err(e) = r {
                 errors.push(e);
             }
+        }
+        if let Err(e) = dp.sync_slots() {
+            errors.push(e);
         }
         for e in &errors {
             log::warn!("adopting the pinned eBPF datapath: {e}");
@@ -823,6 +847,13 @@ impl EbpfDatapath {
         self.hash::<RawMacKey, u32>("LOCAL_BY_MAC")?
             .insert(mac_key(info.vni, info.mac), host_ifindex, 0)
             .map_err(map_err("LOCAL_BY_MAC"))?;
+        // Copies after the hash maps: a slot never holds what they do not.
+        slots::put_ep(&mut self.slots.ep, host_ifindex, RawEndpoint::from(info));
+        slots::put_mac(
+            &mut self.slots.local,
+            mac_key(info.vni, info.mac),
+            host_ifindex,
+        );
         self.hash::<RawIpKey, RawMac>("IP_TO_MAC")?
             .insert(
                 ip_key(info.vni, info.ip),
@@ -843,6 +874,12 @@ impl EbpfDatapath {
 
     /// Removes the map entries of a local endpoint, each only if it still points at it.
     fn remove_endpoint_entries(&mut self, ifindex: u32, old: EndpointInfo) -> Result<()> {
+        // Copies first: a slot never holds what the hash maps no longer do.
+        slots::clear_ep(&mut self.slots.ep, ifindex);
+        let key = mac_key(old.vni, old.mac);
+        if slots::get_mac(&self.slots.local, key) == Some(ifindex) {
+            slots::clear_mac(&mut self.slots.local, key);
+        }
         let mut errors = Vec::new();
         match self.lookup_local_by_mac(old.vni, old.mac) {
             Ok(Some(i)) if i == ifindex => {
@@ -939,6 +976,7 @@ impl EbpfDatapath {
                 0,
             )
             .map_err(map_err("REMOTE"))?;
+        slots::put_mac(&mut self.slots.remote, mac_key(vni, mac), ip_host(vtep));
         if let Some(prev) = previous {
             let old_ip = ip_from_wire(prev.ip);
             if old_ip != ip && self.lookup_arp(vni, old_ip)? == Some(mac) {
@@ -962,6 +1000,7 @@ impl EbpfDatapath {
         let Some(prev) = self.lookup_remote(vni, mac)? else {
             return Ok(());
         };
+        slots::clear_mac(&mut self.slots.remote, mac_key(vni, mac));
         let mut errors = Vec::new();
         if let Err(e) = self.remove::<RawMacKey, RawRemote>("REMOTE", mac_key(vni, mac)) {
             errors.push(e);
@@ -977,6 +1016,38 @@ impl EbpfDatapath {
             Err(e) => errors.push(e),
         }
         collect(errors)
+    }
+
+    /// Makes the slot arrays copies of the hash maps again: a previous agent may have died
+    /// between a hash-map write and its slot. Slots that disagree are emptied, then every
+    /// entry takes its slot if free.
+    fn sync_slots(&mut self) -> Result<()> {
+        let s = self.dump()?;
+        for (i, ifindex, ep) in slots::occupied_eps(&self.slots.ep) {
+            if s.endpoints.get(&ifindex).map(|e| RawEndpoint::from(*e)) != Some(ep) {
+                self.slots.ep.clear(i);
+            }
+        }
+        for (i, key, vtep) in slots::occupied_macs(&self.slots.remote) {
+            if s.remotes.get(&(key.vni, key.mac)).map(|r| ip_host(r.vtep)) != Some(vtep) {
+                self.slots.remote.clear(i);
+            }
+        }
+        for (i, key, ifindex) in slots::occupied_macs(&self.slots.local) {
+            if s.local_by_mac.get(&(key.vni, key.mac)) != Some(&ifindex) {
+                self.slots.local.clear(i);
+            }
+        }
+        for (ifindex, info) in &s.endpoints {
+            slots::put_ep(&mut self.slots.ep, *ifindex, RawEndpoint::from(*info));
+        }
+        for ((vni, mac), r) in &s.remotes {
+            slots::put_mac(&mut self.slots.remote, mac_key(*vni, *mac), ip_host(r.vtep));
+        }
+        for ((vni, mac), ifindex) in &s.local_by_mac {
+            slots::put_mac(&mut self.slots.local, mac_key(*vni, *mac), *ifindex);
+        }
+        Ok(())
     }
 
     fn get<K: aya::Pod, V: aya::Pod>(&self, name: &'static str, key: &K) -> Result<Option<V>> {
@@ -1206,6 +1277,26 @@ impl EbpfDatapath {
         })?;
         HashMap::try_from(map).map_err(map_err(name))
     }
+}
+
+/// Maps the slot array `name` of a loaded object.
+fn slot_table<T: slots::Slot>(
+    bpf: &Ebpf,
+    name: &'static str,
+    entries: u32,
+) -> Result<slots::SlotTable<T>> {
+    let data = match bpf.map(name) {
+        Some(aya::maps::Map::Array(d)) => d,
+        _ => {
+            return Err(Error::Map {
+                map: name,
+                source: MapError::InvalidName {
+                    name: name.to_string(),
+                },
+            });
+        }
+    };
+    slots::SlotTable::map(data, entries).map_err(|source| Error::Mmap { map: name, source })
 }
 
 /// Removes a pin directory: the files in `links/` and the pinned maps (bpffs allows unlink and

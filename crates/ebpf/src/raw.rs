@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use crate::{EndpointInfo, Error, Mac};
 
 /// `OVL_ABI_VERSION` in the C header.
-pub(crate) const ABI_VERSION: u32 = 2;
+pub(crate) const ABI_VERSION: u32 = 3;
 /// `OVL_MAX_VTEPS`.
 pub const MAX_FLOOD_VTEPS: usize = 64;
 /// `OVL_MAX_LOCAL`.
@@ -104,8 +104,65 @@ pub struct RawTrace {
     pub remote_ipv4: u32,
     /// Copies sent by a flood.
     pub copies: u32,
-    /// Padding.
+    /// `OVL_CACHED_*` bits: which lookups the slot arrays served.
+    pub cached: u32,
+}
+
+/// `OVL_CACHED_*`: bits of [`RawTrace::cached`].
+pub mod cached {
+    /// The sender's endpoint came from `EP_SLOTS`.
+    pub const EP: u32 = 1;
+    /// The remote's VTEP came from `REMOTE_SLOTS`.
+    pub const REMOTE: u32 = 2;
+    /// The local endpoint came from `LOCAL_SLOTS`.
+    pub const LOCAL: u32 = 4;
+}
+
+/// `OVL_EP_SLOTS`: slots of the endpoint array (indexed by ifindex modulo this).
+pub const EP_SLOTS: u32 = 4096;
+/// `OVL_REMOTE_SLOTS`: slots of the remote array (indexed by [`mac_slot`]).
+pub const REMOTE_SLOTS: u32 = 65536;
+/// `OVL_LOCAL_SLOTS`: slots of the local array (indexed by [`mac_slot`]).
+pub const LOCAL_SLOTS: u32 = 4096;
+
+/// `struct ovl_ep_slot`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RawEpSlot {
+    pub seq: u32,
+    /// 0: empty.
+    pub ifindex: u32,
+    pub ep: RawEndpoint,
+}
+
+/// `struct ovl_mac_slot`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RawMacSlot {
+    pub seq: u32,
+    pub value: u32,
+    /// VNI 0: empty.
+    pub key: RawMacKey,
     pub pad: u32,
+}
+
+/// `mix32` in overlay.c.
+fn mix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^= h >> 16;
+    h
+}
+
+/// `ovl_mac_slot` in overlay.c: where a (VNI, MAC) key sits in a MAC slot array of
+/// `entries` (a power of two).
+pub fn mac_slot(vni: u32, mac: Mac, entries: u32) -> u32 {
+    // The program loads the first four bytes as a little-endian u32 (x86-64 BPF).
+    let lo = u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]);
+    let hi = u32::from(mac[4]) | (u32::from(mac[5]) << 8);
+    mix32(vni ^ mix32(lo ^ (hi << 16) ^ hi)) & (entries - 1)
 }
 
 // SAFETY: all of these are repr(C), contain only integers and byte arrays, have explicit
@@ -127,6 +184,10 @@ unsafe impl aya::Pod for RawLocalFlood {}
 unsafe impl aya::Pod for RawConfig {}
 // SAFETY: see above.
 unsafe impl aya::Pod for RawTrace {}
+// SAFETY: see above.
+unsafe impl aya::Pod for RawEpSlot {}
+// SAFETY: see above.
+unsafe impl aya::Pod for RawMacSlot {}
 
 /// An IPv4 address as the program compares it: the wire bytes read as a native u32.
 pub(crate) fn ip_wire(ip: Ipv4Addr) -> u32 {
@@ -289,6 +350,27 @@ mod tests {
         assert_eq!(size_of::<RawFlood>(), 4 + 4 * MAX_FLOOD_VTEPS);
         assert_eq!(size_of::<RawLocalFlood>(), 4 + 4 * MAX_LOCAL_PER_VNI);
         assert_eq!(size_of::<RawTrace>(), 24);
+        assert_eq!(size_of::<RawEpSlot>(), 24);
+        assert_eq!(size_of::<RawMacSlot>(), 24);
+    }
+
+    #[test]
+    fn mac_slots_spread_and_stay_in_range() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..256u32 {
+            let mac = [0x02, 0x42, 10, 0, (i >> 8) as u8, i as u8];
+            let s = mac_slot(4096, mac, LOCAL_SLOTS);
+            assert!(s < LOCAL_SLOTS);
+            seen.insert(s);
+        }
+        // 256 keys into 4096 slots: a good hash collides a handful of times at most.
+        assert!(seen.len() > 240, "{}", seen.len());
+        // The VNI is part of the key.
+        let mac = [0x02, 0x42, 10, 0, 0, 2];
+        assert_ne!(
+            mac_slot(1, mac, REMOTE_SLOTS),
+            mac_slot(2, mac, REMOTE_SLOTS)
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use common::*;
 use ovl_ebpf::{
-    EbpfDatapath, EndpointInfo, LoadOptions, ProgramKind, TC_ACT_REDIRECT, TC_ACT_SHOT, action,
+    EbpfDatapath, EndpointInfo, LoadOptions, ProgramKind, REMOTE_SLOTS, TC_ACT_REDIRECT,
+    TC_ACT_SHOT, action, cached, mac_slot,
 };
 
 const VNI: u32 = 100;
@@ -177,6 +178,136 @@ fn encap_local_switching_and_counters() {
     assert_eq!(d.egress_encap_direct, 1);
     assert_eq!(d.egress_redirect_local, 1);
     assert_eq!(d.egress_drop_hairpin, 1);
+}
+
+#[test]
+fn busy_path_lookups_come_from_the_slot_arrays_and_follow_changes() {
+    let s = setup("slots");
+    let encap = |s: &Setup| {
+        let out = s.run(ProgramKind::LxcEgress, s.a, &ipv4_frame(C, A, IP_A, IP_C));
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        out.trace.unwrap()
+    };
+    let t = encap(&s);
+    assert_eq!(t.action, action::ENCAP);
+    assert_eq!(t.cached, cached::EP | cached::REMOTE);
+    assert_eq!(Ipv4Addr::from(t.remote_ipv4), Ipv4Addr::new(198, 18, 0, 12));
+
+    // Decapsulation finds the local endpoint in its slot.
+    let ul = s.dp().underlay_ifindex().unwrap();
+    let inner = ipv4_frame(A, C, IP_C, IP_A);
+    let out = s.run(
+        ProgramKind::VtepIngress,
+        ul,
+        &vxlan_frame([198, 18, 0, 12], [198, 18, 0, 11], 4789, VNI, &inner),
+    );
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let t = out.trace.unwrap();
+    assert_eq!((t.ifindex, t.cached), (s.a, cached::LOCAL));
+
+    // A remote that moves to another VTEP: its slot follows.
+    let mut s = s;
+    let dp = s.dp.as_mut().unwrap();
+    s.ns.run(|| dp.set_remote(VNI, C, Ipv4Addr::from(IP_C), Ipv4Addr::new(198, 18, 0, 13)))
+        .unwrap();
+    let t = encap(&s);
+    assert_eq!(Ipv4Addr::from(t.remote_ipv4), Ipv4Addr::new(198, 18, 0, 13));
+    assert_eq!(t.cached, cached::EP | cached::REMOTE);
+
+    // An endpoint whose address changes on the same interface: the old address is now
+    // spoofed, the new one passes, both decided from the slot.
+    let a = s.a;
+    let dp = s.dp.as_mut().unwrap();
+    s.ns.run(|| {
+        dp.attach_endpoint(
+            a,
+            EndpointInfo {
+                vni: VNI,
+                mac: A,
+                ip: Ipv4Addr::new(10, 0, 0, 9),
+            },
+        )
+    })
+    .unwrap();
+    let out = s.run(ProgramKind::LxcEgress, a, &ipv4_frame(C, A, IP_A, IP_C));
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let t = out.trace.unwrap();
+    assert_eq!(t.cached, cached::EP);
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        a,
+        &ipv4_frame(C, A, [10, 0, 0, 9], IP_C),
+    );
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+
+    // Gone: removed remote and detached endpoint leave no copy behind.
+    let dp = s.dp.as_mut().unwrap();
+    s.ns.run(|| dp.del_remote(VNI, C)).unwrap();
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        a,
+        &ipv4_frame(C, A, [10, 0, 0, 9], IP_C),
+    );
+    assert_eq!(out.trace.unwrap().action, action::FLOOD, "unknown again");
+    let dp = s.dp.as_mut().unwrap();
+    s.ns.run(|| dp.detach_endpoint(a)).unwrap();
+    let out = s.run(
+        ProgramKind::LxcEgress,
+        a,
+        &ipv4_frame(C, A, [10, 0, 0, 9], IP_C),
+    );
+    assert_eq!(out.verdict, TC_ACT_SHOT, "unknown source");
+    assert_eq!(out.trace.unwrap().cached, 0);
+}
+
+#[test]
+fn keys_whose_slot_is_taken_are_served_by_the_hash_maps() {
+    let mut s = setup("collide");
+    // Another remote MAC that wants C's slot.
+    let want = mac_slot(VNI, C, REMOTE_SLOTS);
+    let other = (1..=0x00ff_ffff_u32)
+        .map(|i| {
+            let [_, x, y, z] = i.to_be_bytes();
+            [0x02, 0, 0x77, x, y, z]
+        })
+        .find(|m| mac_slot(VNI, *m, REMOTE_SLOTS) == want)
+        .expect("a colliding MAC");
+    let dp = s.dp.as_mut().unwrap();
+    s.ns.run(|| {
+        dp.set_remote(
+            VNI,
+            other,
+            Ipv4Addr::new(10, 0, 0, 77),
+            Ipv4Addr::new(198, 18, 0, 14),
+        )
+    })
+    .unwrap();
+    let to = |s: &Setup, dst: [u8; 6], daddr: [u8; 4]| {
+        let out = s.run(
+            ProgramKind::LxcEgress,
+            s.a,
+            &ipv4_frame(dst, A, IP_A, daddr),
+        );
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        let t = out.trace.unwrap();
+        (Ipv4Addr::from(t.remote_ipv4), t.cached & cached::REMOTE)
+    };
+    // C holds the slot; the other one is found in REMOTE.
+    assert_eq!(
+        to(&s, C, IP_C),
+        (Ipv4Addr::new(198, 18, 0, 12), cached::REMOTE)
+    );
+    assert_eq!(
+        to(&s, other, [10, 0, 0, 77]),
+        (Ipv4Addr::new(198, 18, 0, 14), 0)
+    );
+    // C leaves: the other one still reaches its VTEP.
+    let dp = s.dp.as_mut().unwrap();
+    s.ns.run(|| dp.del_remote(VNI, C)).unwrap();
+    assert_eq!(
+        to(&s, other, [10, 0, 0, 77]).0,
+        Ipv4Addr::new(198, 18, 0, 14)
+    );
 }
 
 /// `ipv4_frame` turned into UDP from `sport` to `dport`.
@@ -651,8 +782,11 @@ fn adoption_drops_endpoints_whose_interface_vanished() {
     assert!(!st.local_by_mac.contains_key(&(VNI, B)));
     assert_eq!(st.remotes.len(), 1, "remote entries survive adoption");
     s.dp = Some(dp);
-    // The adopted programs run: A's traffic to C is still encapsulated.
+    // The adopted programs run: A's traffic to C is still encapsulated, with the endpoint
+    // and the remote still served from the slot arrays.
     let out = s.run(ProgramKind::LxcEgress, a, &ipv4_frame(C, A, IP_A, IP_C));
-    assert_eq!(out.trace.unwrap().action, action::ENCAP);
+    let t = out.trace.unwrap();
+    assert_eq!(t.action, action::ENCAP);
+    assert_eq!(t.cached, cached::EP | cached::REMOTE);
     let _ = b;
 }
