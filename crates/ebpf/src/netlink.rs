@@ -1,5 +1,6 @@
 //! Thin synchronous rtnetlink layer: the few link verbs the fast path needs (find a link,
-//! create the collect-metadata vxlan device, set it up, read an MTU, delete a link).
+//! create the collect-metadata vxlan device, set it up, read an MTU, delete a link, and the
+//! headroom bridge: create a bridge and an idle vxlan device, set a link's master).
 //!
 //! Synchronous on purpose: the loader is called from async and sync code alike and must not
 //! own a runtime. Every verb acts in the network namespace of the calling thread.
@@ -9,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NetlinkPayload, Nla,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
@@ -31,7 +32,15 @@ pub(crate) struct LinkSummary {
     /// For vxlan links: the configured IPv4 source address.
     pub vxlan_local: Option<Ipv4Addr>,
     pub up: bool,
+    /// The link's controller (bridge) ifindex.
+    pub master: Option<u32>,
+    /// `IFLA_HEADROOM`: bytes the stack reserves in front of frames sent through the link
+    /// (Linux 6.3 and later).
+    pub headroom: Option<u16>,
 }
+
+/// `IFLA_HEADROOM` (not named by netlink-packet-route 0.34).
+const IFLA_HEADROOM: u16 = 68;
 
 impl LinkSummary {
     fn from_message(msg: &LinkMessage) -> Self {
@@ -44,11 +53,20 @@ impl LinkSummary {
             vxlan_port: None,
             vxlan_local: None,
             up: msg.header.flags.contains(LinkFlags::Up),
+            master: None,
+            headroom: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => s.name = n.clone(),
                 LinkAttribute::Mtu(m) => s.mtu = Some(*m),
+                LinkAttribute::Controller(m) => s.master = Some(*m),
+                LinkAttribute::Other(nla) if nla.kind() == IFLA_HEADROOM => {
+                    let mut v = [0u8; 4];
+                    let n = nla.value_len().min(4);
+                    nla.emit_value(&mut v[..n]);
+                    s.headroom = u16::try_from(u32::from_ne_bytes(v)).ok();
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -189,6 +207,54 @@ pub(crate) fn create_vxlan_external(
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
         )
+        .map(drop)
+}
+
+/// Creates a bridge, left down. Equivalent to `ip link add NAME type bridge`.
+pub(crate) fn create_bridge(name: &str) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Bridge,
+        )]));
+    Conn::new()?
+        .request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+        )
+        .map(drop)
+}
+
+/// Creates a plain vxlan device that is never set up (so it opens no socket), for the
+/// headroom it declares. Equivalent to
+/// `ip link add NAME type vxlan id VNI dstport PORT nolearning`.
+pub(crate) fn create_vxlan_idle(name: &str, vni: u32, port: u16) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(vec![
+            InfoVxlan::Id(vni),
+            InfoVxlan::Port(port),
+            InfoVxlan::Learning(false),
+        ])),
+    ]));
+    Conn::new()?
+        .request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+        )
+        .map(drop)
+}
+
+/// Makes link `index` a port of `master`.
+pub(crate) fn set_master(index: u32, master: u32) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::Controller(master));
+    Conn::new()?
+        .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
         .map(drop)
 }
 

@@ -310,6 +310,31 @@ fn keys_whose_slot_is_taken_are_served_by_the_hash_maps() {
     );
 }
 
+#[test]
+fn container_ends_reserve_room_for_the_encapsulation() {
+    let mut s = setup("headroom");
+    let before = s.ns.ifindex("ebtap");
+    let hr = s.ns.run(|| EbpfDatapath::link_headroom(before)).unwrap();
+    assert!(hr.is_some_and(|h| h >= 50), "container end headroom {hr:?}");
+    // The headroom bridge is down and holds the host ends and its idle vxlan device only.
+    let br = s.ns.sh("ip -o link show ovl_hr");
+    assert!(!br.contains(",UP"), "{br}");
+    let ports = s.ns.sh("ip -o link show master ovl_hr");
+    for dev in ["ebta", "ebtb", "ovl_hrvx"] {
+        assert!(ports.contains(&format!(" {dev}")), "{dev} in {ports}");
+    }
+    assert!(!s.ns.sh("ip -o link show ovl_hrvx").contains(",UP"));
+    // Endpoints still forward as before (the bridge never sees their frames).
+    let out = s.run(ProgramKind::LxcEgress, s.a, &ipv4_frame(C, A, IP_A, IP_C));
+    assert_eq!(out.trace.unwrap().action, action::ENCAP);
+    // Teardown removes both.
+    let dp = s.dp.take().unwrap();
+    s.ns.run(|| dp.teardown()).unwrap();
+    for dev in ["ovl_hr", "ovl_hrvx"] {
+        assert!(!s.ns.try_sh(&format!("ip link show {dev}")).0, "{dev} left");
+    }
+}
+
 /// `ipv4_frame` turned into UDP from `sport` to `dport`.
 fn udp_frame(sport: u16, dport: u16) -> Vec<u8> {
     let mut f = ipv4_frame(C, A, IP_A, IP_C);
