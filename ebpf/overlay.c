@@ -655,19 +655,22 @@ int lxc_egress(struct __sk_buff *skb)
 			struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
 			if (!cfg)
 				return drop(C_EG_DROP_NO_CONFIG);
-			__u32 vtep;
-			if (mac_from_slot(&REMOTE_SLOTS, OVL_REMOTE_SLOTS - 1, vni, eth->h_dest,
-					  &vtep)) {
+			__u32 vtep = 0;
+			int known = mac_from_slot(&REMOTE_SLOTS, OVL_REMOTE_SLOTS - 1, vni,
+						  eth->h_dest, &vtep);
+			if (known) {
 				trace_cached(OVL_CACHED_REMOTE, 0);
-				if (cfg->vxlan_ifindex)
-					return to_remote(skb, cfg, vni, vtep);
 			} else {
 				struct ovl_mac_key mk = { .vni = vni };
 				mac_copy(mk.mac, eth->h_dest);
 				struct ovl_remote *rem = bpf_map_lookup_elem(&REMOTE, &mk);
-				if (rem && cfg->vxlan_ifindex)
-					return to_remote(skb, cfg, vni, rem->vtep);
+				if (rem) {
+					vtep = rem->vtep;
+					known = 1;
+				}
 			}
+			if (known && cfg->vxlan_ifindex)
+				return to_remote(skb, cfg, vni, vtep);
 			remote_checked = 1;
 		}
 	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {

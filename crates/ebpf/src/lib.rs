@@ -667,8 +667,8 @@ impl EbpfDatapath {
         ifindexes.sort_unstable();
         ifindexes.dedup();
         for ifindex in ifindexes {
-            let exists = match netlink::link_by_index(ifindex) {
-                Ok(l) => l.is_some(),
+            let link = match netlink::link_by_index(ifindex) {
+                Ok(l) => l,
                 Err(source) => {
                     errors.push(Error::Netlink {
                         context: format!("looking up interface {ifindex}"),
@@ -677,8 +677,10 @@ impl EbpfDatapath {
                     continue;
                 }
             };
-            let r = if exists && state.endpoints.contains_key(&ifindex) {
-                dp.give_headroom(ifindex);
+            let r = if let Some(l) = link.filter(|_| state.endpoints.contains_key(&ifindex)) {
+                if l.master != dp.headroom_bridge {
+                    dp.give_headroom(ifindex);
+                }
                 dp.attach(LXC, ifindex)
             } else {
                 dp.detach_endpoint(ifindex)
@@ -825,12 +827,7 @@ impl EbpfDatapath {
         validate_vni(info.vni)?;
         validate_mac(info.mac)?;
         validate_unicast_ip(info.ip, "endpoint")?;
-        let link = netlink::link_by_index(host_ifindex)
-            .map_err(|source| Error::Netlink {
-                context: format!("looking up interface {host_ifindex}"),
-                source,
-            })?
-            .ok_or(Error::NoSuchLink(host_ifindex))?;
+        let link = existing_link(host_ifindex)?;
         if let Some(m) = link.mtu
             && m > self.mtu
         {
@@ -917,13 +914,7 @@ impl EbpfDatapath {
     /// container end of an endpoint's veth gets the encapsulation's), as the kernel reports
     /// it; `None` on kernels before 6.3.
     pub fn link_headroom(ifindex: u32) -> Result<Option<u16>> {
-        let link = netlink::link_by_index(ifindex)
-            .map_err(|source| Error::Netlink {
-                context: format!("looking up interface {ifindex}"),
-                source,
-            })?
-            .ok_or(Error::NoSuchLink(ifindex))?;
-        Ok(link.headroom)
+        Ok(existing_link(ifindex)?.headroom)
     }
 
     /// Removes the map entries of a local endpoint, each only if it still points at it.
@@ -1469,6 +1460,16 @@ fn ensure_vxlan(name: &str, local: Ipv4Addr, port: u16, mtu: u32) -> Result<u32>
         netlink::set_up(link.index).map_err(nl(format!("setting {name} up")))?;
     }
     Ok(link.index)
+}
+
+/// The link `ifindex` of the calling thread's namespace; its absence is an error.
+fn existing_link(ifindex: u32) -> Result<netlink::LinkSummary> {
+    netlink::link_by_index(ifindex)
+        .map_err(|source| Error::Netlink {
+            context: format!("looking up interface {ifindex}"),
+            source,
+        })?
+        .ok_or(Error::NoSuchLink(ifindex))
 }
 
 /// The headroom bridge with its idle vxlan device, created if missing; its ifindex.

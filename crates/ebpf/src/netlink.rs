@@ -202,11 +202,23 @@ pub(crate) fn create_vxlan_external(
             InfoVxlan::Ttl(64),
         ])),
     ]));
+    new_link(msg)
+}
+
+/// Creates the link `msg` describes; one that exists already is an error.
+fn new_link(msg: LinkMessage) -> io::Result<()> {
     Conn::new()?
         .request(
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
         )
+        .map(drop)
+}
+
+/// Applies the changes `msg` carries to the link of its header's index.
+fn set_link(msg: LinkMessage) -> io::Result<()> {
+    Conn::new()?
+        .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
         .map(drop)
 }
 
@@ -218,12 +230,7 @@ pub(crate) fn create_bridge(name: &str) -> io::Result<()> {
         .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
             InfoKind::Bridge,
         )]));
-    Conn::new()?
-        .request(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
-        )
-        .map(drop)
+    new_link(msg)
 }
 
 /// Creates a plain vxlan device that is never set up (so it opens no socket), for the
@@ -240,12 +247,7 @@ pub(crate) fn create_vxlan_idle(name: &str, vni: u32, port: u16) -> io::Result<(
             InfoVxlan::Learning(false),
         ])),
     ]));
-    Conn::new()?
-        .request(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
-        )
-        .map(drop)
+    new_link(msg)
 }
 
 /// Makes link `index` a port of `master`.
@@ -253,9 +255,7 @@ pub(crate) fn set_master(index: u32, master: u32) -> io::Result<()> {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     msg.attributes.push(LinkAttribute::Controller(master));
-    Conn::new()?
-        .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
-        .map(drop)
+    set_link(msg)
 }
 
 /// Sets a link administratively up.
@@ -264,9 +264,7 @@ pub(crate) fn set_up(index: u32) -> io::Result<()> {
     msg.header.index = index;
     msg.header.flags = LinkFlags::Up;
     msg.header.change_mask = LinkFlags::Up;
-    Conn::new()?
-        .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
-        .map(drop)
+    set_link(msg)
 }
 
 /// Sets a link's MTU.
@@ -274,9 +272,7 @@ pub(crate) fn set_mtu(index: u32, mtu: u32) -> io::Result<()> {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     msg.attributes.push(LinkAttribute::Mtu(mtu));
-    Conn::new()?
-        .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
-        .map(drop)
+    set_link(msg)
 }
 
 /// Deletes a link; an absent link is not an error (idempotent teardown).
