@@ -90,9 +90,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } CONFIG SEC(".maps");
 
+/* One row per possible CPU: the loader sets max_entries (see ovl_common.h). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, C_MAX);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, OVL_COUNTER_ROW);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -101,7 +102,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, OVL_EP_SLOTS);
-	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct ovl_ep_slot);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -110,7 +110,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, OVL_REMOTE_SLOTS);
-	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct ovl_mac_slot);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -119,7 +118,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, OVL_LOCAL_SLOTS);
-	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct ovl_mac_slot);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -156,18 +154,17 @@ struct arp_eth {
 	__u8 tip[4];
 } __attribute__((packed));
 
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&COUNTERS, &idx);
-	if (v)
-		*v += 1; /* per-CPU slot: no atomic needed */
-}
-
 static __always_inline void count_n(__u32 idx, __u64 n)
 {
-	__u64 *v = bpf_map_lookup_elem(&COUNTERS, &idx);
+	__u32 i = bpf_get_smp_processor_id() * OVL_COUNTER_ROW + idx;
+	__u64 *v = bpf_map_lookup_elem(&COUNTERS, &i);
 	if (v)
-		*v += n;
+		*v += n; /* this CPU's row: no atomic needed */
+}
+
+static __always_inline void count(__u32 idx)
+{
+	count_n(idx, 1);
 }
 
 static __always_inline void trace(__u32 action, __u32 ifindex, __u32 tunnel_id,
@@ -238,25 +235,6 @@ static __always_inline void trace_cached(__u32 bits, int reset)
 		t->cached = reset ? bits : (t->cached | bits);
 }
 
-/*
- * Reads of the slot arrays (see ovl_common.h). The agent writes a slot as:
- * counter odd, fields, counter even. A copy taken between two equal even
- * readings of the counter is whole. Plain loads in program order suffice on
- * x86-64, whose loads are not reordered with other loads; elsewhere the
- * slots are not read (no load-acquire in this toolchain's BPF).
- */
-#if defined(__TARGET_ARCH_x86)
-#define OVL_SLOTS 1
-#else
-#define OVL_SLOTS 0
-#endif
-#define compiler_barrier() asm volatile("" ::: "memory")
-
-static __always_inline __u32 read_seq(const __u32 *seq)
-{
-	return *(const volatile __u32 *)seq;
-}
-
 /* The slot of a (VNI, MAC) key in REMOTE_SLOTS / LOCAL_SLOTS, before masking;
  * crates/ebpf/src/raw.rs computes the same. */
 static __always_inline __u32 ovl_mac_slot(__u32 vni, const __u8 *mac)
@@ -266,39 +244,38 @@ static __always_inline __u32 ovl_mac_slot(__u32 vni, const __u8 *mac)
 	return mix32(vni ^ mix32(lo ^ (hi << 16) ^ hi));
 }
 
+/*
+ * Reads of the slot arrays (see ovl_common.h), under the slot's lock: the
+ * agent writes slots with BPF_F_LOCK, so a copy taken here is whole.
+ */
+
 /* The endpoint behind host-side veth `ifindex`, from its slot. */
 static __always_inline int ep_from_slot(__u32 ifindex, struct ovl_endpoint *out)
 {
-	if (!OVL_SLOTS)
-		return 0;
 	__u32 i = ifindex & (OVL_EP_SLOTS - 1);
 	struct ovl_ep_slot *s = bpf_map_lookup_elem(&EP_SLOTS, &i);
 	if (!s)
 		return 0;
-	__u32 seq = read_seq(&s->seq);
-	compiler_barrier();
+	bpf_spin_lock(&s->lock);
 	__u32 owner = s->ifindex;
 	__builtin_memcpy(out, &s->ep, sizeof(*out));
-	compiler_barrier();
-	return !(seq & 1) && owner == ifindex && read_seq(&s->seq) == seq;
+	bpf_spin_unlock(&s->lock);
+	return owner == ifindex;
 }
 
 /* The value of (vni, mac) in a MAC slot array. */
 static __always_inline int mac_from_slot(void *slots, __u32 mask, __u32 vni, const __u8 *mac,
 					 __u32 *value)
 {
-	if (!OVL_SLOTS)
-		return 0;
 	__u32 i = ovl_mac_slot(vni, mac) & mask;
 	struct ovl_mac_slot *s = bpf_map_lookup_elem(slots, &i);
 	if (!s)
 		return 0;
-	__u32 seq = read_seq(&s->seq);
-	compiler_barrier();
+	bpf_spin_lock(&s->lock);
+	struct ovl_mac_key key = s->key;
 	__u32 v = s->value;
-	int same = s->key.vni == vni && mac_eq(s->key.mac, mac);
-	compiler_barrier();
-	if ((seq & 1) || !same || read_seq(&s->seq) != seq)
+	bpf_spin_unlock(&s->lock);
+	if (key.vni != vni || !mac_eq(key.mac, mac))
 		return 0;
 	*value = v;
 	return 1;

@@ -13,8 +13,9 @@
 #define OVL_COMMON_H
 
 #include <linux/types.h>
+#include <linux/bpf.h>
 
-#define OVL_ABI_VERSION 3
+#define OVL_ABI_VERSION 4
 
 /* Head-end replication fan-out limits (per VNI). */
 #define OVL_MAX_VTEPS 64
@@ -37,22 +38,24 @@ struct ovl_mac_key {
 
 /*
  * Direct-mapped copies of the three lookups on the busy path (LOCAL_EPS by
- * ifindex, REMOTE and LOCAL_BY_MAC by VNI + MAC), in arrays: an array lookup
- * is one cache line where a hash-map lookup is four, which is what a packet
- * pays when it arrives after the CPU idled. The hash maps stay authoritative:
- * a slot holds a copy or nothing, and a key whose slot is taken is served by
- * its hash map. The agent writes slots through an mmap of the array under a
- * sequence counter (odd while it writes), so a program that sees an odd or
- * changed counter falls back to the hash map instead of reading half an
- * update.
+ * ifindex, REMOTE and LOCAL_BY_MAC by VNI + MAC), in small arrays: a packet
+ * that arrives after the CPU idled pays for every cache line and every page
+ * walk, and a hash-map lookup touches four lines in a large vmalloc'ed area
+ * (a TLB miss each) where a slot is one line. The arrays are kept within
+ * 32 KiB so that the kernel kmallocs them (memory mapped with huge pages):
+ * an mmapable or larger array is vmalloc'ed, and its slots cost a page walk
+ * again. The hash maps stay authoritative: a slot holds a copy or nothing,
+ * and a key whose slot is taken is served by its hash map. The agent writes
+ * a slot with BPF_F_LOCK and the programs read it under the same lock, so
+ * neither ever sees half an update.
  */
-#define OVL_EP_SLOTS 4096      /* indexed by ifindex % OVL_EP_SLOTS */
-#define OVL_REMOTE_SLOTS 65536 /* indexed by ovl_mac_slot() */
-#define OVL_LOCAL_SLOTS 4096
+#define OVL_EP_SLOTS 1024     /* indexed by ifindex % OVL_EP_SLOTS */
+#define OVL_REMOTE_SLOTS 1024 /* indexed by ovl_mac_slot() */
+#define OVL_LOCAL_SLOTS 1024
 
 /* Value of EP_SLOTS. ifindex 0: empty. */
 struct ovl_ep_slot {
-	__u32 seq;
+	struct bpf_spin_lock lock;
 	__u32 ifindex;
 	struct ovl_endpoint ep;
 };
@@ -60,7 +63,7 @@ struct ovl_ep_slot {
 /* Value of REMOTE_SLOTS (value: the VTEP, as ovl_remote.vtep) and
  * LOCAL_SLOTS (value: the host-side ifindex). vni 0: empty. */
 struct ovl_mac_slot {
-	__u32 seq;
+	struct bpf_spin_lock lock;
 	__u32 value;
 	struct ovl_mac_key key;
 	__u32 _pad;
@@ -132,11 +135,20 @@ enum ovl_action {
 	OVL_ACT_PASS = 6,
 };
 
-/* Indexes of COUNTERS (a PerCpuArray of u64). */
+/*
+ * Indexes of COUNTERS, a plain array of u64 with one row of OVL_COUNTER_ROW
+ * per possible CPU (the loader sizes it): CPU c counts into c * ROW + index,
+ * so no two CPUs write the same cache line and no atomics are needed. Not a
+ * per-CPU array: its values live in the per-CPU area, vmalloc'ed with small
+ * pages, and each counted packet paid a page walk when it came after idle.
+ * The busy path's counters of each program sit together in one cache line.
+ */
+#define OVL_COUNTER_ROW 32
 enum ovl_counter {
 	C_EG_PACKETS = 0,
 	C_EG_REDIRECT_LOCAL,
 	C_EG_ENCAP,
+	C_EG_ENCAP_DIRECT,
 	C_EG_FLOODED,
 	C_EG_FLOOD_COPIES,
 	C_EG_ARP_REPLIED,
@@ -158,7 +170,6 @@ enum ovl_counter {
 	C_FLOOD_COPY_FAILED,
 	C_UL_DECAP,
 	C_UL_DECAP_FAILED,
-	C_EG_ENCAP_DIRECT,
 	C_MAX,
 };
 

@@ -1,4 +1,4 @@
-//! Packet counters of both programs (`COUNTERS`, a per-CPU array indexed by `enum
+//! Packet counters of the programs (`COUNTERS`, one row per CPU indexed by `enum
 //! ovl_counter` in the C header), summed over CPUs.
 
 use std::fmt;
@@ -8,6 +8,7 @@ pub(crate) const NAMES: [&str; 25] = [
     "egress_packets",
     "egress_redirect_local",
     "egress_encap",
+    "egress_encap_direct",
     "egress_flooded",
     "egress_flood_copies",
     "egress_arp_replied",
@@ -29,7 +30,6 @@ pub(crate) const NAMES: [&str; 25] = [
     "flood_copy_failed",
     "underlay_decap",
     "underlay_decap_failed",
-    "egress_encap_direct",
 ];
 
 /// Counter totals (summed over CPUs). Field names follow the C `enum ovl_counter`.
@@ -99,28 +99,28 @@ impl Counters {
             egress_packets: g(0),
             egress_redirect_local: g(1),
             egress_encap: g(2),
-            egress_flooded: g(3),
-            egress_flood_copies: g(4),
-            egress_arp_replied: g(5),
-            egress_drop_spoofed_mac: g(6),
-            egress_drop_spoofed_ip: g(7),
-            egress_drop_unknown_source: g(8),
-            egress_drop_malformed: g(9),
-            egress_drop_hairpin: g(10),
-            egress_drop_tunnel_key: g(11),
-            egress_drop_no_config: g(12),
-            ingress_packets: g(13),
-            ingress_redirect: g(14),
-            ingress_flooded: g(15),
-            ingress_flood_copies: g(16),
-            ingress_drop_no_tunnel_key: g(17),
-            ingress_drop_unknown_vni: g(18),
-            ingress_drop_no_local_endpoint: g(19),
-            ingress_drop_malformed: g(20),
-            flood_copy_failed: g(21),
-            underlay_decap: g(22),
-            underlay_decap_failed: g(23),
-            egress_encap_direct: g(24),
+            egress_encap_direct: g(3),
+            egress_flooded: g(4),
+            egress_flood_copies: g(5),
+            egress_arp_replied: g(6),
+            egress_drop_spoofed_mac: g(7),
+            egress_drop_spoofed_ip: g(8),
+            egress_drop_unknown_source: g(9),
+            egress_drop_malformed: g(10),
+            egress_drop_hairpin: g(11),
+            egress_drop_tunnel_key: g(12),
+            egress_drop_no_config: g(13),
+            ingress_packets: g(14),
+            ingress_redirect: g(15),
+            ingress_flooded: g(16),
+            ingress_flood_copies: g(17),
+            ingress_drop_no_tunnel_key: g(18),
+            ingress_drop_unknown_vni: g(19),
+            ingress_drop_no_local_endpoint: g(20),
+            ingress_drop_malformed: g(21),
+            flood_copy_failed: g(22),
+            underlay_decap: g(23),
+            underlay_decap_failed: g(24),
         }
     }
 
@@ -130,6 +130,7 @@ impl Counters {
             self.egress_packets,
             self.egress_redirect_local,
             self.egress_encap,
+            self.egress_encap_direct,
             self.egress_flooded,
             self.egress_flood_copies,
             self.egress_arp_replied,
@@ -151,7 +152,6 @@ impl Counters {
             self.flood_copy_failed,
             self.underlay_decap,
             self.underlay_decap_failed,
-            self.egress_encap_direct,
         ];
         std::array::from_fn(|i| (NAMES[i], v[i]))
     }
@@ -187,10 +187,11 @@ mod tests {
         let slots: Vec<u64> = (1..=25).collect();
         let c = Counters::from_slots(&slots);
         assert_eq!(c.egress_packets, 1);
-        assert_eq!(c.egress_drop_spoofed_ip, 8);
-        assert_eq!(c.ingress_drop_unknown_vni, 19);
-        assert_eq!(c.flood_copy_failed, 22);
-        assert_eq!(c.egress_encap_direct, 25);
+        assert_eq!(c.egress_encap_direct, 4);
+        assert_eq!(c.egress_drop_spoofed_ip, 9);
+        assert_eq!(c.ingress_drop_unknown_vni, 20);
+        assert_eq!(c.flood_copy_failed, 23);
+        assert_eq!(c.underlay_decap_failed, 25);
         for (i, (name, v)) in c.entries().iter().enumerate() {
             assert_eq!(*name, NAMES[i]);
             assert_eq!(*v, i as u64 + 1);
@@ -199,8 +200,8 @@ mod tests {
 
     #[test]
     fn display_and_since() {
-        let a = Counters::from_slots(&[5, 0, 0, 0, 0, 0, 0, 3]);
-        let b = Counters::from_slots(&[2, 0, 0, 0, 0, 0, 0, 1]);
+        let a = Counters::from_slots(&[5, 0, 0, 0, 0, 0, 0, 0, 3]);
+        let b = Counters::from_slots(&[2, 0, 0, 0, 0, 0, 0, 0, 1]);
         let d = a.since(&b);
         assert_eq!(d.egress_packets, 3);
         assert_eq!(d.egress_drop_spoofed_ip, 2);

@@ -35,7 +35,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun};
@@ -169,12 +169,19 @@ pub enum Error {
         /// What failed.
         detail: String,
     },
-    /// A slot array could not be mapped into this process.
-    #[error("BPF map {map}: mapping it: {source}")]
-    Mmap {
+    /// A slot array could not be opened, read or written.
+    #[error("BPF map {map}: {source}")]
+    Slots {
         /// Map name.
         map: &'static str,
-        /// The mmap error.
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The number of possible CPUs (which sizes `COUNTERS`) could not be read.
+    #[error("reading the possible CPUs: {source}")]
+    Cpus {
+        /// The error.
         #[source]
         source: io::Error,
     },
@@ -357,7 +364,7 @@ impl Default for LoadOptions {
 /// [`EbpfDatapath::teardown`] and [`EbpfDatapath::detach_endpoint`] remove things.
 /// It is `Send`; calls taking interface indexes act in the calling thread's network namespace.
 pub struct EbpfDatapath {
-    /// Dropped first: the slot arrays are unmapped before the maps they belong to.
+    /// Handles on the slot arrays (their own fds).
     slots: slots::Slots,
     bpf: Ebpf,
     pin_dir: PathBuf,
@@ -457,7 +464,8 @@ impl EbpfDatapath {
             )));
         }
         let result = (|| {
-            let mut bpf = EbpfLoader::new()
+            let mut bpf = loader()
+                .map_err(|e| UnsupportedReason::LoadFailed(e.to_string()))?
                 .default_map_pin_directory(&scratch)
                 .load(OBJECT)
                 .map_err(|e| UnsupportedReason::LoadFailed(e.to_string()))?;
@@ -574,7 +582,8 @@ impl EbpfDatapath {
         })?;
 
         let trace: u32 = u32::from(opts.trace);
-        let mut bpf = EbpfLoader::new()
+        let mut bpf = loader()
+            .map_err(|source| Error::Cpus { source })?
             .default_map_pin_directory(pin_dir)
             .override_global("trace_enabled", &trace, true)
             .load(OBJECT)?;
@@ -871,12 +880,14 @@ impl EbpfDatapath {
             .insert(mac_key(info.vni, info.mac), host_ifindex, 0)
             .map_err(map_err("LOCAL_BY_MAC"))?;
         // Copies after the hash maps: a slot never holds what they do not.
-        slots::put_ep(&mut self.slots.ep, host_ifindex, RawEndpoint::from(info));
+        slots::put_ep(&mut self.slots.ep, host_ifindex, RawEndpoint::from(info))
+            .map_err(slot_err("EP_SLOTS"))?;
         slots::put_mac(
             &mut self.slots.local,
             mac_key(info.vni, info.mac),
             host_ifindex,
-        );
+        )
+        .map_err(slot_err("LOCAL_SLOTS"))?;
         self.hash::<RawIpKey, RawMac>("IP_TO_MAC")?
             .insert(
                 ip_key(info.vni, info.ip),
@@ -920,10 +931,11 @@ impl EbpfDatapath {
     /// Removes the map entries of a local endpoint, each only if it still points at it.
     fn remove_endpoint_entries(&mut self, ifindex: u32, old: EndpointInfo) -> Result<()> {
         // Copies first: a slot never holds what the hash maps no longer do.
-        slots::clear_ep(&mut self.slots.ep, ifindex);
+        slots::clear_ep(&mut self.slots.ep, ifindex).map_err(slot_err("EP_SLOTS"))?;
         let key = mac_key(old.vni, old.mac);
-        if slots::get_mac(&self.slots.local, key) == Some(ifindex) {
-            slots::clear_mac(&mut self.slots.local, key);
+        if slots::get_mac(&self.slots.local, key).map_err(slot_err("LOCAL_SLOTS"))? == Some(ifindex)
+        {
+            slots::clear_mac(&mut self.slots.local, key).map_err(slot_err("LOCAL_SLOTS"))?;
         }
         let mut errors = Vec::new();
         match self.lookup_local_by_mac(old.vni, old.mac) {
@@ -1021,7 +1033,8 @@ impl EbpfDatapath {
                 0,
             )
             .map_err(map_err("REMOTE"))?;
-        slots::put_mac(&mut self.slots.remote, mac_key(vni, mac), ip_host(vtep));
+        slots::put_mac(&mut self.slots.remote, mac_key(vni, mac), ip_host(vtep))
+            .map_err(slot_err("REMOTE_SLOTS"))?;
         if let Some(prev) = previous {
             let old_ip = ip_from_wire(prev.ip);
             if old_ip != ip && self.lookup_arp(vni, old_ip)? == Some(mac) {
@@ -1045,7 +1058,8 @@ impl EbpfDatapath {
         let Some(prev) = self.lookup_remote(vni, mac)? else {
             return Ok(());
         };
-        slots::clear_mac(&mut self.slots.remote, mac_key(vni, mac));
+        slots::clear_mac(&mut self.slots.remote, mac_key(vni, mac))
+            .map_err(slot_err("REMOTE_SLOTS"))?;
         let mut errors = Vec::new();
         if let Err(e) = self.remove::<RawMacKey, RawRemote>("REMOTE", mac_key(vni, mac)) {
             errors.push(e);
@@ -1068,29 +1082,35 @@ impl EbpfDatapath {
     /// entry takes its slot if free.
     fn sync_slots(&mut self) -> Result<()> {
         let s = self.dump()?;
-        for (i, ifindex, ep) in slots::occupied_eps(&self.slots.ep) {
-            if s.endpoints.get(&ifindex).map(|e| RawEndpoint::from(*e)) != Some(ep) {
-                self.slots.ep.clear(i);
+        let (ep, remote, local) = (
+            slot_err("EP_SLOTS"),
+            slot_err("REMOTE_SLOTS"),
+            slot_err("LOCAL_SLOTS"),
+        );
+        for (i, ifindex, slot) in slots::occupied_eps(&self.slots.ep).map_err(ep)? {
+            if s.endpoints.get(&ifindex).map(|e| RawEndpoint::from(*e)) != Some(slot) {
+                self.slots.ep.clear(i).map_err(ep)?;
             }
         }
-        for (i, key, vtep) in slots::occupied_macs(&self.slots.remote) {
+        for (i, key, vtep) in slots::occupied_macs(&self.slots.remote).map_err(remote)? {
             if s.remotes.get(&(key.vni, key.mac)).map(|r| ip_host(r.vtep)) != Some(vtep) {
-                self.slots.remote.clear(i);
+                self.slots.remote.clear(i).map_err(remote)?;
             }
         }
-        for (i, key, ifindex) in slots::occupied_macs(&self.slots.local) {
+        for (i, key, ifindex) in slots::occupied_macs(&self.slots.local).map_err(local)? {
             if s.local_by_mac.get(&(key.vni, key.mac)) != Some(&ifindex) {
-                self.slots.local.clear(i);
+                self.slots.local.clear(i).map_err(local)?;
             }
         }
         for (ifindex, info) in &s.endpoints {
-            slots::put_ep(&mut self.slots.ep, *ifindex, RawEndpoint::from(*info));
+            slots::put_ep(&mut self.slots.ep, *ifindex, RawEndpoint::from(*info)).map_err(ep)?;
         }
         for ((vni, mac), r) in &s.remotes {
-            slots::put_mac(&mut self.slots.remote, mac_key(*vni, *mac), ip_host(r.vtep));
+            slots::put_mac(&mut self.slots.remote, mac_key(*vni, *mac), ip_host(r.vtep))
+                .map_err(remote)?;
         }
         for ((vni, mac), ifindex) in &s.local_by_mac {
-            slots::put_mac(&mut self.slots.local, mac_key(*vni, *mac), *ifindex);
+            slots::put_mac(&mut self.slots.local, mac_key(*vni, *mac), *ifindex).map_err(local)?;
         }
         Ok(())
     }
@@ -1216,14 +1236,16 @@ impl EbpfDatapath {
 
     /// Counter totals over all CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map("COUNTERS")?).map_err(map_err("COUNTERS"))?;
-        let mut slots = Vec::with_capacity(counters::NAMES.len());
-        for i in 0..counters::NAMES.len() as u32 {
-            let v = arr.get(&i, 0).map_err(map_err("COUNTERS"))?;
-            slots.push(v.iter().sum());
+        let arr: Array<&MapData, u64> =
+            Array::try_from(self.map("COUNTERS")?).map_err(map_err("COUNTERS"))?;
+        let mut totals = vec![0u64; counters::NAMES.len()];
+        for (i, v) in arr.iter().enumerate() {
+            let v = v.map_err(map_err("COUNTERS"))?;
+            if let Some(t) = totals.get_mut(i % COUNTER_ROW as usize) {
+                *t += v;
+            }
         }
-        Ok(Counters::from_slots(&slots))
+        Ok(Counters::from_slots(&totals))
     }
 
     /// Runs a program once on `frame` with `BPF_PROG_TEST_RUN`, as if it arrived on
@@ -1334,7 +1356,22 @@ impl EbpfDatapath {
     }
 }
 
-/// Maps the slot array `name` of a loaded object.
+/// Wraps an error of the slot array `map`.
+fn slot_err(map: &'static str) -> impl Fn(io::Error) -> Error + Copy {
+    move |source| Error::Slots { map, source }
+}
+
+/// A loader of the object with `COUNTERS` sized to one row per possible CPU.
+fn loader<'a>() -> io::Result<EbpfLoader<'a>> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(what, e)| io::Error::new(e.kind(), format!("{what}: {e}")))?;
+    let cpus = u32::try_from(cpus).map_err(|_| io::Error::other("too many CPUs"))?;
+    let mut l = EbpfLoader::new();
+    l.map_max_entries("COUNTERS", cpus.saturating_mul(COUNTER_ROW));
+    Ok(l)
+}
+
+/// Opens the slot array `name` of a loaded object.
 fn slot_table<T: slots::Slot>(
     bpf: &Ebpf,
     name: &'static str,
@@ -1351,7 +1388,7 @@ fn slot_table<T: slots::Slot>(
             });
         }
     };
-    slots::SlotTable::map(data, entries).map_err(|source| Error::Mmap { map: name, source })
+    slots::SlotTable::open(data, entries).map_err(slot_err(name))
 }
 
 /// Removes a pin directory: the files in `links/` and the pinned maps (bpffs allows unlink and

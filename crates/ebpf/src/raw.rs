@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use crate::{EndpointInfo, Error, Mac};
 
 /// `OVL_ABI_VERSION` in the C header.
-pub(crate) const ABI_VERSION: u32 = 3;
+pub(crate) const ABI_VERSION: u32 = 4;
 /// `OVL_MAX_VTEPS`.
 pub const MAX_FLOOD_VTEPS: usize = 64;
 /// `OVL_MAX_LOCAL`.
@@ -118,18 +118,22 @@ pub mod cached {
     pub const LOCAL: u32 = 4;
 }
 
+/// `OVL_COUNTER_ROW`: counters per CPU row of `COUNTERS`.
+pub(crate) const COUNTER_ROW: u32 = 32;
+
 /// `OVL_EP_SLOTS`: slots of the endpoint array (indexed by ifindex modulo this).
-pub const EP_SLOTS: u32 = 4096;
+pub const EP_SLOTS: u32 = 1024;
 /// `OVL_REMOTE_SLOTS`: slots of the remote array (indexed by [`mac_slot`]).
-pub const REMOTE_SLOTS: u32 = 65536;
+pub const REMOTE_SLOTS: u32 = 1024;
 /// `OVL_LOCAL_SLOTS`: slots of the local array (indexed by [`mac_slot`]).
-pub const LOCAL_SLOTS: u32 = 4096;
+pub const LOCAL_SLOTS: u32 = 1024;
 
 /// `struct ovl_ep_slot`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RawEpSlot {
-    pub seq: u32,
+    /// `struct bpf_spin_lock`: the kernel's, never read or written here.
+    pub lock: u32,
     /// 0: empty.
     pub ifindex: u32,
     pub ep: RawEndpoint,
@@ -139,7 +143,8 @@ pub(crate) struct RawEpSlot {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RawMacSlot {
-    pub seq: u32,
+    /// `struct bpf_spin_lock`: the kernel's, never read or written here.
+    pub lock: u32,
     pub value: u32,
     /// VNI 0: empty.
     pub key: RawMacKey,
@@ -357,14 +362,14 @@ mod tests {
     #[test]
     fn mac_slots_spread_and_stay_in_range() {
         let mut seen = std::collections::BTreeSet::new();
-        for i in 0..256u32 {
+        for i in 0..128u32 {
             let mac = [0x02, 0x42, 10, 0, (i >> 8) as u8, i as u8];
             let s = mac_slot(4096, mac, LOCAL_SLOTS);
             assert!(s < LOCAL_SLOTS);
             seen.insert(s);
         }
-        // 256 keys into 4096 slots: a good hash collides a handful of times at most.
-        assert!(seen.len() > 240, "{}", seen.len());
+        // 128 keys into 1024 slots: a random spread takes about 121 distinct slots.
+        assert!(seen.len() >= 112, "{}", seen.len());
         // The VNI is part of the key.
         let mac = [0x02, 0x42, 10, 0, 0, 2];
         assert_ne!(

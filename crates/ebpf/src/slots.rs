@@ -2,83 +2,58 @@
 //! direct-mapped copies of the three hash-map lookups on the busy path. The hash maps stay
 //! authoritative; a slot holds a copy of one of their entries, or nothing.
 //!
-//! The programs read a slot between two readings of its sequence counter, so the agent must
-//! never let them see half an update. A map update syscall copies the whole value in one
-//! go, in no guaranteed order, so slots are written through an mmap of the array instead:
-//! counter odd, fields, counter even. This process is the only writer.
+//! Each slot starts with a `bpf_spin_lock`: the programs read a slot under it, and the agent
+//! reads and writes slots with `BPF_F_LOCK`, which takes the same lock, so no side ever sees
+//! half an update. (The arrays are not mmapable: the kernel would vmalloc them, and every slot
+//! read would cost the programs a page walk.)
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use aya::maps::MapData;
 
 use crate::raw::{RawEndpoint, RawEpSlot, RawMacKey, RawMacSlot, mac_slot};
 
-/// A value of a slot array: a sequence counter first, then the copy.
-pub(crate) trait Slot: Copy + Default + PartialEq {
-    /// Sets the counter field (written last, separately).
-    fn with_seq(self, seq: u32) -> Self;
+/// A value of a slot array: plain data starting with its lock word.
+pub(crate) trait Slot: Copy + Default + PartialEq {}
+
+impl Slot for RawEpSlot {}
+
+impl Slot for RawMacSlot {}
+
+/// `BPF_MAP_LOOKUP_ELEM` and `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+/// `BPF_F_LOCK`: copy the value under its `bpf_spin_lock`.
+const BPF_F_LOCK: u64 = 4;
+
+/// The `bpf_attr` of the element commands.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
 }
 
-impl Slot for RawEpSlot {
-    fn with_seq(self, seq: u32) -> Self {
-        Self { seq, ..self }
-    }
-}
-
-impl Slot for RawMacSlot {
-    fn with_seq(self, seq: u32) -> Self {
-        Self { seq, ..self }
-    }
-}
-
-/// One slot array, mapped into this process.
+/// One slot array, opened for reading and writing slots under their locks.
 pub(crate) struct SlotTable<T: Slot> {
-    base: NonNull<T>,
+    fd: OwnedFd,
     entries: u32,
-    len: usize,
+    _value: std::marker::PhantomData<T>,
 }
-
-// SAFETY: the mapping is owned by this value and unmapped only on drop; reads take `&self`
-// and writes `&mut self`, so moving it to another thread cannot create a data race within
-// this process (the BPF programs are the only other party, and the sequence counter
-// protocol is what keeps them consistent).
-unsafe impl<T: Slot> Send for SlotTable<T> {}
-// SAFETY: shared references only read (volatile reads of memory nobody else in this process
-// writes while they exist), so sharing them between threads is sound.
-unsafe impl<T: Slot> Sync for SlotTable<T> {}
 
 impl<T: Slot> SlotTable<T> {
-    /// Maps `entries` values of the `BPF_F_MMAPABLE` array `map`, read and write.
-    pub(crate) fn map(map: &MapData, entries: u32) -> io::Result<Self> {
-        // Array values sit at a stride of their size rounded up to 8 bytes; every slot
-        // type is a multiple of 8 (checked by the layout tests).
-        debug_assert_eq!(size_of::<T>() % 8, 0);
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-            .map_err(|_| io::Error::other("page size"))?;
-        let len = (entries as usize * size_of::<T>()).next_multiple_of(page);
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: a shared mapping of the whole value area of an mmapable array map (offset
-        // 0, length within the area the kernel allows, page aligned); the kernel keeps the
-        // pages alive for as long as they are mapped, whatever happens to the fd.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast::<T>()).ok_or_else(|| io::Error::other("mmap: null"))?;
-        Ok(Self { base, entries, len })
+    /// Opens `entries` slots of the array `map` (a duplicate of its fd: the table outlives
+    /// borrows of the loaded object).
+    pub(crate) fn open(map: &MapData, entries: u32) -> io::Result<Self> {
+        let fd = map.fd().as_fd().try_clone_to_owned()?;
+        Ok(Self {
+            fd,
+            entries,
+            _value: std::marker::PhantomData,
+        })
     }
 
     /// Number of slots.
@@ -86,46 +61,49 @@ impl<T: Slot> SlotTable<T> {
         self.entries
     }
 
-    fn slot(&self, i: u32) -> *mut T {
+    fn elem(&self, cmd: libc::c_long, i: u32, value: *mut T) -> io::Result<()> {
         assert!(i < self.entries, "slot {i} of {}", self.entries);
-        // SAFETY: `i` is within the mapped array (asserted above).
-        unsafe { self.base.as_ptr().add(i as usize) }
+        let attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            pad: 0,
+            key: &i as *const u32 as u64,
+            value: value as u64,
+            flags: BPF_F_LOCK,
+        };
+        // SAFETY: `attr` is a valid bpf_attr prefix for the element commands, its key points
+        // to a u32 index and its value to a `T` the size of the map's values (checked by the
+        // layout tests), both alive for the call; the kernel reads at most `size_of` bytes
+        // of `attr`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                &attr as *const ElemAttr,
+                size_of::<ElemAttr>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
-    /// The content of slot `i` (its counter as it was).
-    pub(crate) fn get(&self, i: u32) -> T {
-        // SAFETY: in bounds and aligned (the mapping is page aligned, the stride is the
-        // type's size); volatile because the memory is shared with the kernel. This process
-        // is the only writer, so the read is never torn.
-        unsafe { self.slot(i).read_volatile() }
+    /// The content of slot `i` (its lock word reads 0).
+    pub(crate) fn get(&self, i: u32) -> io::Result<T> {
+        let mut v = T::default();
+        self.elem(BPF_MAP_LOOKUP_ELEM, i, &mut v)?;
+        Ok(v)
     }
 
-    /// Writes slot `i`: counter odd, the copy, counter even.
-    pub(crate) fn put(&mut self, i: u32, value: T) {
-        let slot = self.slot(i);
-        // SAFETY: every slot type starts with its `u32` counter, 4-byte aligned, and this
-        // process is the only writer, so an atomic view of it is sound.
-        let seq = unsafe { &*slot.cast::<AtomicU32>() };
-        // A counter left odd (a writer that died midway) stays odd until this write ends.
-        let start = seq.load(Ordering::Relaxed) | 1;
-        seq.store(start, Ordering::Relaxed);
-        fence(Ordering::Release);
-        // SAFETY: in bounds and aligned (see `get`).
-        unsafe { slot.write_volatile(value.with_seq(start)) };
-        fence(Ordering::Release);
-        seq.store(start.wrapping_add(1), Ordering::Release);
+    /// Writes slot `i` whole, under its lock.
+    pub(crate) fn put(&mut self, i: u32, value: T) -> io::Result<()> {
+        let mut v = value;
+        self.elem(BPF_MAP_UPDATE_ELEM, i, &mut v)
     }
 
     /// Empties slot `i`.
-    pub(crate) fn clear(&mut self, i: u32) {
-        self.put(i, T::default());
-    }
-}
-
-impl<T: Slot> Drop for SlotTable<T> {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    pub(crate) fn clear(&mut self, i: u32) -> io::Result<()> {
+        self.put(i, T::default())
     }
 }
 
@@ -147,76 +125,88 @@ fn mac_index(t: &SlotTable<RawMacSlot>, key: &RawMacKey) -> u32 {
 }
 
 /// Copies `ep` of `ifindex` into its slot if the slot is free or its own.
-pub(crate) fn put_ep(t: &mut SlotTable<RawEpSlot>, ifindex: u32, ep: RawEndpoint) {
+pub(crate) fn put_ep(
+    t: &mut SlotTable<RawEpSlot>,
+    ifindex: u32,
+    ep: RawEndpoint,
+) -> io::Result<()> {
     let i = ep_index(t, ifindex);
-    let cur = t.get(i);
+    let cur = t.get(i)?;
     if cur.ifindex == 0 || cur.ifindex == ifindex {
         t.put(
             i,
             RawEpSlot {
-                seq: 0,
+                lock: 0,
                 ifindex,
                 ep,
             },
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Empties the slot of `ifindex` if it holds it.
-pub(crate) fn clear_ep(t: &mut SlotTable<RawEpSlot>, ifindex: u32) {
+pub(crate) fn clear_ep(t: &mut SlotTable<RawEpSlot>, ifindex: u32) -> io::Result<()> {
     let i = ep_index(t, ifindex);
-    if t.get(i).ifindex == ifindex {
-        t.clear(i);
+    if t.get(i)?.ifindex == ifindex {
+        t.clear(i)?;
     }
+    Ok(())
 }
 
 /// Copies `key -> value` into its slot if the slot is free or its own.
-pub(crate) fn put_mac(t: &mut SlotTable<RawMacSlot>, key: RawMacKey, value: u32) {
+pub(crate) fn put_mac(t: &mut SlotTable<RawMacSlot>, key: RawMacKey, value: u32) -> io::Result<()> {
     let i = mac_index(t, &key);
-    let cur = t.get(i);
+    let cur = t.get(i)?;
     if cur.key.vni == 0 || cur.key == key {
         t.put(
             i,
             RawMacSlot {
-                seq: 0,
+                lock: 0,
                 value,
                 key,
                 pad: 0,
             },
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Empties the slot of `key` if it holds it.
-pub(crate) fn clear_mac(t: &mut SlotTable<RawMacSlot>, key: RawMacKey) {
+pub(crate) fn clear_mac(t: &mut SlotTable<RawMacSlot>, key: RawMacKey) -> io::Result<()> {
     let i = mac_index(t, &key);
-    if t.get(i).key == key {
-        t.clear(i);
+    if t.get(i)?.key == key {
+        t.clear(i)?;
     }
+    Ok(())
 }
 
 /// The value copied in the slot of `key`, if the slot holds it.
-pub(crate) fn get_mac(t: &SlotTable<RawMacSlot>, key: RawMacKey) -> Option<u32> {
-    let s = t.get(mac_index(t, &key));
-    (s.key == key && key.vni != 0).then_some(s.value)
+pub(crate) fn get_mac(t: &SlotTable<RawMacSlot>, key: RawMacKey) -> io::Result<Option<u32>> {
+    let s = t.get(mac_index(t, &key))?;
+    Ok((s.key == key && key.vni != 0).then_some(s.value))
 }
 
 /// Every occupied slot of a MAC slot array: (index, key, value).
-pub(crate) fn occupied_macs(t: &SlotTable<RawMacSlot>) -> Vec<(u32, RawMacKey, u32)> {
-    (0..t.entries())
-        .filter_map(|i| {
-            let s = t.get(i);
-            (s.key.vni != 0).then_some((i, s.key, s.value))
-        })
-        .collect()
+pub(crate) fn occupied_macs(t: &SlotTable<RawMacSlot>) -> io::Result<Vec<(u32, RawMacKey, u32)>> {
+    let mut out = Vec::new();
+    for i in 0..t.entries() {
+        let s = t.get(i)?;
+        if s.key.vni != 0 {
+            out.push((i, s.key, s.value));
+        }
+    }
+    Ok(out)
 }
 
 /// Every occupied slot of the endpoint slot array: (index, ifindex, endpoint).
-pub(crate) fn occupied_eps(t: &SlotTable<RawEpSlot>) -> Vec<(u32, u32, RawEndpoint)> {
-    (0..t.entries())
-        .filter_map(|i| {
-            let s = t.get(i);
-            (s.ifindex != 0).then_some((i, s.ifindex, s.ep))
-        })
-        .collect()
+pub(crate) fn occupied_eps(t: &SlotTable<RawEpSlot>) -> io::Result<Vec<(u32, u32, RawEndpoint)>> {
+    let mut out = Vec::new();
+    for i in 0..t.entries() {
+        let s = t.get(i)?;
+        if s.ifindex != 0 {
+            out.push((i, s.ifindex, s.ep));
+        }
+    }
+    Ok(out)
 }
