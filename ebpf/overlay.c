@@ -235,6 +235,27 @@ static __always_inline void trace_cached(__u32 bits, int reset)
 		t->cached = reset ? bits : (t->cached | bits);
 }
 
+/*
+ * Reads of the slot arrays (see ovl_common.h). The agent writes a slot in
+ * three copies: counter odd, then the fields, then counter even. A copy taken
+ * between two equal even readings of the counter is whole. Plain loads in
+ * program order suffice on x86-64, whose loads are not reordered with other
+ * loads (nor stores with other stores, on the agent's side); elsewhere the
+ * slots are not read (no load-acquire in this toolchain's BPF), and the hash
+ * maps serve every lookup.
+ */
+#if defined(__TARGET_ARCH_x86)
+#define OVL_SLOTS 1
+#else
+#define OVL_SLOTS 0
+#endif
+#define compiler_barrier() asm volatile("" ::: "memory")
+
+static __always_inline __u32 read_seq(const __u32 *seq)
+{
+	return *(const volatile __u32 *)seq;
+}
+
 /* The slot of a (VNI, MAC) key in REMOTE_SLOTS / LOCAL_SLOTS, before masking;
  * crates/ebpf/src/raw.rs computes the same. */
 static __always_inline __u32 ovl_mac_slot(__u32 vni, const __u8 *mac)
@@ -244,38 +265,39 @@ static __always_inline __u32 ovl_mac_slot(__u32 vni, const __u8 *mac)
 	return mix32(vni ^ mix32(lo ^ (hi << 16) ^ hi));
 }
 
-/*
- * Reads of the slot arrays (see ovl_common.h), under the slot's lock: the
- * agent writes slots with BPF_F_LOCK, so a copy taken here is whole.
- */
-
 /* The endpoint behind host-side veth `ifindex`, from its slot. */
 static __always_inline int ep_from_slot(__u32 ifindex, struct ovl_endpoint *out)
 {
+	if (!OVL_SLOTS)
+		return 0;
 	__u32 i = ifindex & (OVL_EP_SLOTS - 1);
 	struct ovl_ep_slot *s = bpf_map_lookup_elem(&EP_SLOTS, &i);
 	if (!s)
 		return 0;
-	bpf_spin_lock(&s->lock);
+	__u32 seq = read_seq(&s->seq);
+	compiler_barrier();
 	__u32 owner = s->ifindex;
 	__builtin_memcpy(out, &s->ep, sizeof(*out));
-	bpf_spin_unlock(&s->lock);
-	return owner == ifindex;
+	compiler_barrier();
+	return !(seq & 1) && owner == ifindex && read_seq(&s->seq) == seq;
 }
 
 /* The value of (vni, mac) in a MAC slot array. */
 static __always_inline int mac_from_slot(void *slots, __u32 mask, __u32 vni, const __u8 *mac,
 					 __u32 *value)
 {
+	if (!OVL_SLOTS)
+		return 0;
 	__u32 i = ovl_mac_slot(vni, mac) & mask;
 	struct ovl_mac_slot *s = bpf_map_lookup_elem(slots, &i);
 	if (!s)
 		return 0;
-	bpf_spin_lock(&s->lock);
-	struct ovl_mac_key key = s->key;
+	__u32 seq = read_seq(&s->seq);
+	compiler_barrier();
 	__u32 v = s->value;
-	bpf_spin_unlock(&s->lock);
-	if (key.vni != vni || !mac_eq(key.mac, mac))
+	int same = s->key.vni == vni && mac_eq(s->key.mac, mac);
+	compiler_barrier();
+	if ((seq & 1) || !same || read_seq(&s->seq) != seq)
 		return 0;
 	*value = v;
 	return 1;

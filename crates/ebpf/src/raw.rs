@@ -132,8 +132,8 @@ pub const LOCAL_SLOTS: u32 = 1024;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RawEpSlot {
-    /// `struct bpf_spin_lock`: the kernel's, never read or written here.
-    pub lock: u32,
+    /// Sequence counter: odd while the agent writes the slot.
+    pub seq: u32,
     /// 0: empty.
     pub ifindex: u32,
     pub ep: RawEndpoint,
@@ -143,8 +143,8 @@ pub(crate) struct RawEpSlot {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RawMacSlot {
-    /// `struct bpf_spin_lock`: the kernel's, never read or written here.
-    pub lock: u32,
+    /// Sequence counter: odd while the agent writes the slot.
+    pub seq: u32,
     pub value: u32,
     /// VNI 0: empty.
     pub key: RawMacKey,

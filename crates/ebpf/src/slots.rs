@@ -2,10 +2,16 @@
 //! direct-mapped copies of the three hash-map lookups on the busy path. The hash maps stay
 //! authoritative; a slot holds a copy of one of their entries, or nothing.
 //!
-//! Each slot starts with a `bpf_spin_lock`: the programs read a slot under it, and the agent
-//! reads and writes slots with `BPF_F_LOCK`, which takes the same lock, so no side ever sees
-//! half an update. (The arrays are not mmapable: the kernel would vmalloc them, and every slot
-//! read would cost the programs a page walk.)
+//! Each slot starts with a sequence counter. The programs copy a slot between two readings of
+//! it and use the copy only if both are equal and even. The agent, the only writer, writes a
+//! slot in three map updates: the counter made odd (fields as they were), the new fields
+//! (counter odd), the counter made even (fields as they are now). A map update copies the
+//! value in no guaranteed order, but only ever changes one of the two in each update, and
+//! every byte is written whole; so a program that reads the counter even and unchanged
+//! around its copy read fields no update was changing (the counter's low byte never returns
+//! to a value it had in between, whatever the order of its bytes). The arrays are not
+//! mmapable, which would be one write each: the kernel would vmalloc them, and every slot
+//! read would cost the programs a page walk.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -14,18 +20,35 @@ use aya::maps::MapData;
 
 use crate::raw::{RawEndpoint, RawEpSlot, RawMacKey, RawMacSlot, mac_slot};
 
-/// A value of a slot array: plain data starting with its lock word.
-pub(crate) trait Slot: Copy + Default + PartialEq {}
+/// A value of a slot array: plain data starting with its sequence counter.
+pub(crate) trait Slot: Copy + Default + PartialEq {
+    /// The sequence counter.
+    fn seq(&self) -> u32;
+    /// The same fields with counter `seq`.
+    fn with_seq(self, seq: u32) -> Self;
+}
 
-impl Slot for RawEpSlot {}
+impl Slot for RawEpSlot {
+    fn seq(&self) -> u32 {
+        self.seq
+    }
+    fn with_seq(self, seq: u32) -> Self {
+        Self { seq, ..self }
+    }
+}
 
-impl Slot for RawMacSlot {}
+impl Slot for RawMacSlot {
+    fn seq(&self) -> u32 {
+        self.seq
+    }
+    fn with_seq(self, seq: u32) -> Self {
+        Self { seq, ..self }
+    }
+}
 
 /// `BPF_MAP_LOOKUP_ELEM` and `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-/// `BPF_F_LOCK`: copy the value under its `bpf_spin_lock`.
-const BPF_F_LOCK: u64 = 4;
 
 /// The `bpf_attr` of the element commands.
 #[repr(C)]
@@ -37,7 +60,7 @@ struct ElemAttr {
     flags: u64,
 }
 
-/// One slot array, opened for reading and writing slots under their locks.
+/// One slot array, opened for reading and writing slots.
 pub(crate) struct SlotTable<T: Slot> {
     fd: OwnedFd,
     entries: u32,
@@ -68,7 +91,7 @@ impl<T: Slot> SlotTable<T> {
             pad: 0,
             key: &i as *const u32 as u64,
             value: value as u64,
-            flags: BPF_F_LOCK,
+            flags: 0,
         };
         // SAFETY: `attr` is a valid bpf_attr prefix for the element commands, its key points
         // to a u32 index and its value to a `T` the size of the map's values (checked by the
@@ -88,17 +111,28 @@ impl<T: Slot> SlotTable<T> {
         Ok(())
     }
 
-    /// The content of slot `i` (its lock word reads 0).
+    /// The content of slot `i` (this process is the only writer: never torn).
     pub(crate) fn get(&self, i: u32) -> io::Result<T> {
         let mut v = T::default();
         self.elem(BPF_MAP_LOOKUP_ELEM, i, &mut v)?;
         Ok(v)
     }
 
-    /// Writes slot `i` whole, under its lock.
-    pub(crate) fn put(&mut self, i: u32, value: T) -> io::Result<()> {
+    fn write(&mut self, i: u32, value: T) -> io::Result<()> {
         let mut v = value;
         self.elem(BPF_MAP_UPDATE_ELEM, i, &mut v)
+    }
+
+    /// Writes slot `i`: counter odd, fields, counter even (see the module docs).
+    pub(crate) fn put(&mut self, i: u32, value: T) -> io::Result<()> {
+        let cur = self.get(i)?;
+        // A counter left odd (a writer that died midway) stays odd until this write ends.
+        let odd = cur.seq() | 1;
+        if cur.seq() != odd {
+            self.write(i, cur.with_seq(odd))?;
+        }
+        self.write(i, value.with_seq(odd))?;
+        self.write(i, value.with_seq(odd.wrapping_add(1)))
     }
 
     /// Empties slot `i`.
@@ -136,7 +170,7 @@ pub(crate) fn put_ep(
         t.put(
             i,
             RawEpSlot {
-                lock: 0,
+                seq: 0,
                 ifindex,
                 ep,
             },
@@ -162,7 +196,7 @@ pub(crate) fn put_mac(t: &mut SlotTable<RawMacSlot>, key: RawMacKey, value: u32)
         t.put(
             i,
             RawMacSlot {
-                lock: 0,
+                seq: 0,
                 value,
                 key,
                 pad: 0,

@@ -3,11 +3,14 @@
 //! namespace to host namespace, no encapsulation: the limit on this machine).
 //!
 //! Two 2-host labs run at the same time (`bdpk` on the kernel path, `bdpe` on the eBPF path),
-//! each with one container per host on an internal network. Each run measures every path once
-//! (iperf3, one TCP stream, 5 s), in a rotating order so drift does not favour one path; the
-//! table reports medians over the runs, ratios to the underlay and eBPF / kernel, and the
-//! ratios paired within each round (steadier when the machine drifts). Each run also
-//! measures latency on every path two ways, reported as medians over the runs:
+//! each with one container per host on an internal network. Each run measures throughput
+//! (iperf3, one TCP stream, 4 s) bracketed by the underlay: underlay, one overlay path,
+//! underlay, the other overlay path, underlay (which overlay path goes first alternates from
+//! run to run). Each overlay figure is paired with the mean of the two underlay figures around
+//! it, which cancels the machine's drift over the seconds between them (on this VM, it moves
+//! single runs by up to 2x); the table reports medians over the runs, ratios to the underlay
+//! and eBPF / kernel, and those bracketed ratios. Each run also measures latency on every path
+//! two ways, reported as medians over the runs:
 //! * paced ping: 50 pings per path, every path pinged in turn, 10 ms apart (one `ping` per
 //!   path, started 10 ms after the previous one); the median and the average of each path's
 //!   RTTs, and the ratio of every eBPF ping to the underlay ping 10-20 ms before it, whose
@@ -31,7 +34,7 @@ use crate::lab::{DatapathSel, Lab, LabConfig, LabGuard};
 use crate::sh::wait_for;
 
 /// Seconds per iperf3 measurement.
-const SECONDS: u32 = 5;
+const SECONDS: u32 = 4;
 
 /// One measured path: where the server runs, where the client runs, the server's address.
 struct Path {
@@ -287,9 +290,9 @@ pub fn run(runs: usize) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     println!(
-        "bench datapath: iperf3 TCP single stream {SECONDS} s, {runs} runs per path, interleaved; \
-         in every run 50 pings per path, the paths pinged in turn 10 ms apart, and a 2 s \
-         sockperf UDP ping-pong"
+        "bench datapath: {runs} runs; in every run iperf3 TCP single stream {SECONDS} s as \
+         underlay, overlay, underlay, the other overlay, underlay; a 2 s sockperf UDP ping-pong \
+         per path; 50 pings per path, the paths pinged in turn 10 ms apart"
     );
     let (klab, keps) = lab("bdpk", DatapathSel::Kernel)?;
     let (elab, eeps) = lab("bdpe", DatapathSel::Ebpf)?;
@@ -319,22 +322,34 @@ pub fn run(runs: usize) -> Result<()> {
     }
 
     let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    // bracketed[path]: each overlay run over the mean of the underlay runs just before and
+    // after it (index 0 unused).
+    let mut bracketed: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     // rtt_runs[0][path]: ping median (ms) per run; [1]: ping average (ms); [2]: sockperf
     // median (us).
     let mut rtt_runs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); paths.len()]; 3];
     // Every ping's RTT over the underlay ping just before it: eBPF, kernel; eBPF over kernel.
     let mut ping_pairs: [Vec<f64>; 3] = Default::default();
     for r in 0..runs {
-        for k in 0..paths.len() {
-            let i = (r + k) % paths.len();
+        let measure = |i: usize| -> Result<f64> {
             let g = iperf(&paths[i])?;
-            let us = pingpong(&paths[i])?;
-            println!(
-                "  run {:>2} {:<50} {g:6.2} Gbit/s  ping-pong {us:.2} us",
-                r + 1,
-                paths[i].label,
-            );
+            println!("  run {:>2} {:<50} {g:6.2} Gbit/s", r + 1, paths[i].label);
+            Ok(g)
+        };
+        let overlays = if r % 2 == 0 { [2, 1] } else { [1, 2] };
+        let mut before = measure(0)?;
+        gbps[0].push(before);
+        for i in overlays {
+            let g = measure(i)?;
+            let after = measure(0)?;
             gbps[i].push(g);
+            gbps[0].push(after);
+            bracketed[i].push(g / ((before + after) / 2.0));
+            before = after;
+        }
+        for (i, p) in paths.iter().enumerate() {
+            let us = pingpong(p)?;
+            println!("  run {:>2} {:<50} ping-pong {us:.2} us", r + 1, p.label);
             rtt_runs[2][i].push(us);
         }
         let pings = rtt_interleaved(&paths)?;
@@ -395,11 +410,11 @@ pub fn run(runs: usize) -> Result<()> {
         rtts[1][2] / rtts[1][1],
         rtts[2][2] / rtts[2][1]
     );
-    // The machine drifts over minutes: ratios within one round (paths measured back to back)
-    // are steadier than ratios of medians taken over the whole run.
-    let mut vs_underlay = paired_ratios(&gbps[2], &gbps[0]);
+    // The machine drifts over seconds to minutes: each overlay run over the underlay runs
+    // around it is steadier than ratios of medians taken over the whole run.
+    let [_, mut kernel_vs_underlay, mut vs_underlay] =
+        <[Vec<f64>; 3]>::try_from(bracketed).map_err(|_| anyhow::anyhow!("three paths"))?;
     let mut vs_kernel = paired_ratios(&gbps[2], &gbps[1]);
-    let mut kernel_vs_underlay = paired_ratios(&gbps[1], &gbps[0]);
     let fmt = |v: &[f64]| {
         v.iter()
             .map(|x| format!("{x:.2}"))
@@ -407,14 +422,15 @@ pub fn run(runs: usize) -> Result<()> {
             .join(" ")
     };
     println!(
-        "paired per round (throughput): eBPF / underlay {} (median {:.2}); eBPF / kernel {} \
-         (median {:.2}); kernel / underlay {} (median {:.2})",
+        "throughput, each overlay run over the underlay runs around it: eBPF / underlay {} \
+         (median {:.2}); kernel / underlay {} (median {:.2}); paired per round: eBPF / kernel {} \
+         (median {:.2})",
         fmt(&vs_underlay),
         median(&mut vs_underlay),
-        fmt(&vs_kernel),
-        median(&mut vs_kernel),
         fmt(&kernel_vs_underlay),
         median(&mut kernel_vs_underlay),
+        fmt(&vs_kernel),
+        median(&mut vs_kernel),
     );
     let n = ping_pairs[0].len();
     let [mut eu, mut ku, mut ek] = ping_pairs;
