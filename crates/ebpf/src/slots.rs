@@ -126,19 +126,30 @@ impl<T: Slot> SlotTable<T> {
     /// Writes slot `i`: counter odd, fields, counter even (see the module docs).
     pub(crate) fn put(&mut self, i: u32, value: T) -> io::Result<()> {
         let cur = self.get(i)?;
-        // A counter left odd (a writer that died midway) stays odd until this write ends.
-        let odd = cur.seq() | 1;
-        if cur.seq() != odd {
-            self.write(i, cur.with_seq(odd))?;
+        for step in write_steps(cur, value) {
+            self.write(i, step)?;
         }
-        self.write(i, value.with_seq(odd))?;
-        self.write(i, value.with_seq(odd.wrapping_add(1)))
+        Ok(())
     }
 
     /// Empties slot `i`.
     pub(crate) fn clear(&mut self, i: u32) -> io::Result<()> {
         self.put(i, T::default())
     }
+}
+
+/// The values written, in order, to turn slot content `cur` into `new`: the counter made odd
+/// (skipped when a writer that died midway left it odd), the new fields under the odd counter,
+/// the counter made even. Each step changes the counter or the fields, never both.
+fn write_steps<T: Slot>(cur: T, new: T) -> Vec<T> {
+    let odd = cur.seq() | 1;
+    let mut steps = Vec::with_capacity(3);
+    if cur.seq() != odd {
+        steps.push(cur.with_seq(odd));
+    }
+    steps.push(new.with_seq(odd));
+    steps.push(new.with_seq(odd.wrapping_add(1)));
+    steps
 }
 
 /// The three slot arrays, and the rules that keep them copies of the hash maps: a key takes
@@ -243,4 +254,93 @@ pub(crate) fn occupied_eps(t: &SlotTable<RawEpSlot>) -> io::Result<Vec<(u32, u32
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(seq: u32, value: u32) -> RawMacSlot {
+        RawMacSlot {
+            seq,
+            value,
+            key: RawMacKey {
+                vni: 7,
+                mac: [2, 0, 0, 0, 0, 1],
+                pad: 0,
+            },
+            pad: 0,
+        }
+    }
+
+    /// Every value a reader can see while `a` becomes `b`, when the kernel's copy writes the
+    /// counter's bytes in any order; `None` for fields caught half-copied.
+    fn seen(a: RawMacSlot, b: RawMacSlot) -> Vec<(u32, Option<u32>)> {
+        let (x, y) = (a.seq.to_le_bytes(), b.seq.to_le_bytes());
+        let torn_fields = a.value != b.value;
+        (0..16u32)
+            .map(|m| {
+                let bytes: [u8; 4] =
+                    std::array::from_fn(|i| if m >> i & 1 == 1 { y[i] } else { x[i] });
+                let seq = u32::from_le_bytes(bytes);
+                let fields = if torn_fields { None } else { Some(a.value) };
+                (seq, fields)
+            })
+            .chain([(a.seq, Some(a.value)), (b.seq, Some(b.value))])
+            .collect()
+    }
+
+    #[test]
+    fn a_reader_never_accepts_half_an_update() {
+        // Counters around byte carries too: 0xff + 2 carries into the second byte.
+        for start in [0u32, 2, 0xfe, 0xfffe, 0x1_00fe, 0xffff_fffe, 0xff, 0x1ff] {
+            let (old, new) = (slot(start, 1), slot(0, 2));
+            let steps = write_steps(old, new);
+            assert!(steps.len() == 3 || start & 1 == 1);
+            let last = steps.last().expect("steps");
+            assert_eq!(last.seq & 1, 0, "ends even");
+            assert_eq!(last.value, 2);
+            // Instants a reader can read at, in order: whole states and what is seen during
+            // each copy.
+            let mut states = vec![old];
+            states.extend(&steps);
+            let mut instants: Vec<Vec<(u32, Option<u32>)>> = vec![vec![(old.seq, Some(1))]];
+            for w in states.windows(2) {
+                assert!(
+                    w[0].seq == w[1].seq || w[0].value == w[1].value,
+                    "a step changes the counter or the fields, not both"
+                );
+                instants.push(seen(w[0], w[1]));
+                instants.push(vec![(w[1].seq, Some(w[1].value))]);
+            }
+            // A reader: counter at instant i, fields at j >= i, counter at k >= j.
+            for i in 0..instants.len() {
+                for j in i..instants.len() {
+                    for k in j..instants.len() {
+                        for (s1, _) in &instants[i] {
+                            for (_, f) in &instants[j] {
+                                for (s2, _) in &instants[k] {
+                                    if s1 == s2 && s1 & 1 == 0 {
+                                        assert!(
+                                            matches!(f, Some(1) | Some(2)),
+                                            "start {start:#x}: accepted {f:?} between {s1:#x} and {s2:#x}"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_counter_left_odd_is_finished() {
+        let steps = write_steps(slot(5, 1), slot(0, 2));
+        assert_eq!(
+            steps.iter().map(|s| (s.seq, s.value)).collect::<Vec<_>>(),
+            vec![(5, 2), (6, 2)]
+        );
+    }
 }
