@@ -1482,13 +1482,15 @@ mod tests {
 
     #[test]
     fn counters_are_grouped_per_program_with_drops() {
-        let mut slots = vec![0u64; 25];
-        slots[0] = 10; // egress_packets
-        slots[7] = 3; // egress_drop_spoofed_ip
-        slots[6] = 2; // egress_drop_spoofed_mac
-        slots[13] = 5; // ingress_packets
-        slots[22] = 4; // underlay_decap
-        let j = counters_json(&ovl_ebpf::Counters::from_slots(&slots));
+        let c = ovl_ebpf::Counters {
+            egress_packets: 10,
+            egress_drop_spoofed_ip: 3,
+            egress_drop_spoofed_mac: 2,
+            ingress_packets: 5,
+            underlay_decap: 4,
+            ..Default::default()
+        };
+        let j = counters_json(&c);
         assert_eq!(j["lxc_egress"]["packets"], 10);
         assert_eq!(j["lxc_egress"]["drop_spoofed_ip"], 3);
         assert_eq!(j["vxlan_ingress"]["packets"], 5);

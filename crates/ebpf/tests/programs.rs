@@ -815,3 +815,68 @@ fn adoption_drops_endpoints_whose_interface_vanished() {
     assert_eq!(t.cached, cached::EP | cached::REMOTE);
     let _ = b;
 }
+
+/// The value bytes of key 0 of the pinned array `map`, as `bpftool -j` prints them.
+fn pinned_value(map: &Path) -> Vec<u8> {
+    let out = sh(&format!(
+        "bpftool -j map lookup pinned {} key 0 0 0 0",
+        map.display()
+    ));
+    let list = out
+        .split("\"value\":[")
+        .nth(1)
+        .and_then(|v| v.split(']').next())
+        .unwrap_or_else(|| panic!("no value in {out}"));
+    list.split(',')
+        .map(|b| u8::from_str_radix(b.trim().trim_matches('"').trim_start_matches("0x"), 16))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn set_pinned_value(map: &Path, value: &[u8]) {
+    let bytes: Vec<String> = value.iter().map(|b| b.to_string()).collect();
+    sh(&format!(
+        "bpftool map update pinned {} key 0 0 0 0 value {}",
+        map.display(),
+        bytes.join(" ")
+    ));
+}
+
+#[test]
+fn pins_of_another_layout_are_refused_with_the_reason_and_left_alone() {
+    let mut s = setup("abi");
+    let a = s.a;
+    drop(s.dp.take()); // agent exits; pins stay
+    let config = s._pins.0.join("CONFIG");
+    let ours = pinned_value(&config);
+    // As an agent of another map layout would have left it: `abi_version` is the second u32.
+    let mut theirs = ours.clone();
+    theirs[4..8].copy_from_slice(&3u32.to_ne_bytes());
+    set_pinned_value(&config, &theirs);
+    let pins = s._pins.0.clone();
+    let load = || {
+        let pins = pins.clone();
+        s.ns.run(move || {
+            EbpfDatapath::load_with(
+                &pins,
+                "ovl_vx0",
+                Ipv4Addr::new(198, 18, 0, 11),
+                1450,
+                &LoadOptions {
+                    trace: true,
+                    ..LoadOptions::default()
+                },
+            )
+        })
+    };
+    let err = load().expect_err("pins of another layout");
+    assert!(err.to_string().contains("layout version 3"), "{err}");
+    // Refusing changed nothing: the pins are as they were.
+    assert_eq!(pinned_value(&config), theirs);
+    set_pinned_value(&config, &ours);
+    let dp = load().expect("adopt");
+    let st = dp.dump().unwrap();
+    assert!(st.endpoints.contains_key(&a));
+    assert_eq!(st.remotes.len(), 1);
+    s.dp = Some(dp);
+}
