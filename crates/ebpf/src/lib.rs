@@ -169,15 +169,6 @@ pub enum Error {
         /// What failed.
         detail: String,
     },
-    /// A slot array could not be opened, read or written.
-    #[error("BPF map {map}: {source}")]
-    Slots {
-        /// Map name.
-        map: &'static str,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
     /// The number of possible CPUs (which sizes `COUNTERS`) could not be read.
     #[error("reading the possible CPUs: {source}")]
     Cpus {
@@ -881,13 +872,13 @@ impl EbpfDatapath {
             .map_err(map_err("LOCAL_BY_MAC"))?;
         // Copies after the hash maps: a slot never holds what they do not.
         slots::put_ep(&mut self.slots.ep, host_ifindex, RawEndpoint::from(info))
-            .map_err(slot_err("EP_SLOTS"))?;
+            .map_err(map_err("EP_SLOTS"))?;
         slots::put_mac(
             &mut self.slots.local,
             mac_key(info.vni, info.mac),
             host_ifindex,
         )
-        .map_err(slot_err("LOCAL_SLOTS"))?;
+        .map_err(map_err("LOCAL_SLOTS"))?;
         self.hash::<RawIpKey, RawMac>("IP_TO_MAC")?
             .insert(
                 ip_key(info.vni, info.ip),
@@ -931,12 +922,13 @@ impl EbpfDatapath {
     /// Removes the map entries of a local endpoint, each only if it still points at it.
     fn remove_endpoint_entries(&mut self, ifindex: u32, old: EndpointInfo) -> Result<()> {
         // Copies first: a slot never holds what the hash maps no longer do.
-        slots::clear_ep(&mut self.slots.ep, ifindex).map_err(slot_err("EP_SLOTS"))?;
-        let key = mac_key(old.vni, old.mac);
-        if slots::get_mac(&self.slots.local, key).map_err(slot_err("LOCAL_SLOTS"))? == Some(ifindex)
-        {
-            slots::clear_mac(&mut self.slots.local, key).map_err(slot_err("LOCAL_SLOTS"))?;
-        }
+        slots::clear_ep(&mut self.slots.ep, ifindex).map_err(map_err("EP_SLOTS"))?;
+        slots::clear_mac(
+            &mut self.slots.local,
+            mac_key(old.vni, old.mac),
+            Some(ifindex),
+        )
+        .map_err(map_err("LOCAL_SLOTS"))?;
         let mut errors = Vec::new();
         match self.lookup_local_by_mac(old.vni, old.mac) {
             Ok(Some(i)) if i == ifindex => {
@@ -1034,7 +1026,7 @@ impl EbpfDatapath {
             )
             .map_err(map_err("REMOTE"))?;
         slots::put_mac(&mut self.slots.remote, mac_key(vni, mac), ip_host(vtep))
-            .map_err(slot_err("REMOTE_SLOTS"))?;
+            .map_err(map_err("REMOTE_SLOTS"))?;
         if let Some(prev) = previous {
             let old_ip = ip_from_wire(prev.ip);
             if old_ip != ip && self.lookup_arp(vni, old_ip)? == Some(mac) {
@@ -1058,8 +1050,8 @@ impl EbpfDatapath {
         let Some(prev) = self.lookup_remote(vni, mac)? else {
             return Ok(());
         };
-        slots::clear_mac(&mut self.slots.remote, mac_key(vni, mac))
-            .map_err(slot_err("REMOTE_SLOTS"))?;
+        slots::clear_mac(&mut self.slots.remote, mac_key(vni, mac), None)
+            .map_err(map_err("REMOTE_SLOTS"))?;
         let mut errors = Vec::new();
         if let Err(e) = self.remove::<RawMacKey, RawRemote>("REMOTE", mac_key(vni, mac)) {
             errors.push(e);
@@ -1083,34 +1075,47 @@ impl EbpfDatapath {
     fn sync_slots(&mut self) -> Result<()> {
         let s = self.dump()?;
         let (ep, remote, local) = (
-            slot_err("EP_SLOTS"),
-            slot_err("REMOTE_SLOTS"),
-            slot_err("LOCAL_SLOTS"),
+            &mut self.slots.ep,
+            &mut self.slots.remote,
+            &mut self.slots.local,
         );
-        for (i, ifindex, slot) in slots::occupied_eps(&self.slots.ep).map_err(ep)? {
-            if s.endpoints.get(&ifindex).map(|e| RawEndpoint::from(*e)) != Some(slot) {
-                self.slots.ep.clear(i).map_err(ep)?;
+        for (i, slot) in ep.occupied().map_err(map_err("EP_SLOTS"))? {
+            if s.endpoints
+                .get(&slot.ifindex)
+                .map(|e| RawEndpoint::from(*e))
+                != Some(slot.ep)
+            {
+                ep.put(i, slot, Default::default())
+                    .map_err(map_err("EP_SLOTS"))?;
             }
         }
-        for (i, key, vtep) in slots::occupied_macs(&self.slots.remote).map_err(remote)? {
-            if s.remotes.get(&(key.vni, key.mac)).map(|r| ip_host(r.vtep)) != Some(vtep) {
-                self.slots.remote.clear(i).map_err(remote)?;
+        for (i, slot) in remote.occupied().map_err(map_err("REMOTE_SLOTS"))? {
+            let want = s
+                .remotes
+                .get(&(slot.key.vni, slot.key.mac))
+                .map(|r| ip_host(r.vtep));
+            if want != Some(slot.value) {
+                remote
+                    .put(i, slot, Default::default())
+                    .map_err(map_err("REMOTE_SLOTS"))?;
             }
         }
-        for (i, key, ifindex) in slots::occupied_macs(&self.slots.local).map_err(local)? {
-            if s.local_by_mac.get(&(key.vni, key.mac)) != Some(&ifindex) {
-                self.slots.local.clear(i).map_err(local)?;
+        for (i, slot) in local.occupied().map_err(map_err("LOCAL_SLOTS"))? {
+            if s.local_by_mac.get(&(slot.key.vni, slot.key.mac)) != Some(&slot.value) {
+                local
+                    .put(i, slot, Default::default())
+                    .map_err(map_err("LOCAL_SLOTS"))?;
             }
         }
         for (ifindex, info) in &s.endpoints {
-            slots::put_ep(&mut self.slots.ep, *ifindex, RawEndpoint::from(*info)).map_err(ep)?;
+            slots::put_ep(ep, *ifindex, RawEndpoint::from(*info)).map_err(map_err("EP_SLOTS"))?;
         }
         for ((vni, mac), r) in &s.remotes {
-            slots::put_mac(&mut self.slots.remote, mac_key(*vni, *mac), ip_host(r.vtep))
-                .map_err(remote)?;
+            slots::put_mac(remote, mac_key(*vni, *mac), ip_host(r.vtep))
+                .map_err(map_err("REMOTE_SLOTS"))?;
         }
         for ((vni, mac), ifindex) in &s.local_by_mac {
-            slots::put_mac(&mut self.slots.local, mac_key(*vni, *mac), *ifindex).map_err(local)?;
+            slots::put_mac(local, mac_key(*vni, *mac), *ifindex).map_err(map_err("LOCAL_SLOTS"))?;
         }
         Ok(())
     }
@@ -1356,11 +1361,6 @@ impl EbpfDatapath {
     }
 }
 
-/// Wraps an error of the slot array `map`.
-fn slot_err(map: &'static str) -> impl Fn(io::Error) -> Error + Copy {
-    move |source| Error::Slots { map, source }
-}
-
 /// A loader of the object with `COUNTERS` sized to one row per possible CPU.
 fn loader<'a>() -> io::Result<EbpfLoader<'a>> {
     let cpus = aya::util::nr_cpus()
@@ -1388,7 +1388,7 @@ fn slot_table<T: slots::Slot>(
             });
         }
     };
-    slots::SlotTable::open(data, entries).map_err(slot_err(name))
+    slots::SlotTable::open(data, entries).map_err(map_err(name))
 }
 
 /// Removes a pin directory: the files in `links/` and the pinned maps (bpffs allows unlink and

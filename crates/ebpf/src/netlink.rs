@@ -167,8 +167,7 @@ pub(crate) fn link_by_name(name: &str) -> io::Result<Option<LinkSummary>> {
 
 /// Looks a link up by index; `Ok(None)` when it does not exist.
 pub(crate) fn link_by_index(index: u32) -> io::Result<Option<LinkSummary>> {
-    let mut msg = LinkMessage::default();
-    msg.header.index = index;
+    let msg = link_msg(index);
     absent_is_none(Conn::new()?.request(RouteNetlinkMessage::GetLink(msg), 0))
 }
 
@@ -250,18 +249,23 @@ pub(crate) fn create_vxlan_idle(name: &str, vni: u32, port: u16) -> io::Result<(
     new_link(msg)
 }
 
-/// Makes link `index` a port of `master`.
-pub(crate) fn set_master(index: u32, master: u32) -> io::Result<()> {
+/// A message about link `index`.
+fn link_msg(index: u32) -> LinkMessage {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
+    msg
+}
+
+/// Makes link `index` a port of `master`.
+pub(crate) fn set_master(index: u32, master: u32) -> io::Result<()> {
+    let mut msg = link_msg(index);
     msg.attributes.push(LinkAttribute::Controller(master));
     set_link(msg)
 }
 
 /// Sets a link administratively up.
 pub(crate) fn set_up(index: u32) -> io::Result<()> {
-    let mut msg = LinkMessage::default();
-    msg.header.index = index;
+    let mut msg = link_msg(index);
     msg.header.flags = LinkFlags::Up;
     msg.header.change_mask = LinkFlags::Up;
     set_link(msg)
@@ -269,16 +273,14 @@ pub(crate) fn set_up(index: u32) -> io::Result<()> {
 
 /// Sets a link's MTU.
 pub(crate) fn set_mtu(index: u32, mtu: u32) -> io::Result<()> {
-    let mut msg = LinkMessage::default();
-    msg.header.index = index;
+    let mut msg = link_msg(index);
     msg.attributes.push(LinkAttribute::Mtu(mtu));
     set_link(msg)
 }
 
 /// Deletes a link; an absent link is not an error (idempotent teardown).
 pub(crate) fn delete_link(index: u32) -> io::Result<()> {
-    let mut msg = LinkMessage::default();
-    msg.header.index = index;
+    let msg = link_msg(index);
     match Conn::new()?.request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK) {
         Ok(_) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),

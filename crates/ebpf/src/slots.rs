@@ -13,19 +13,21 @@
 //! mmapable, which would be one write each: the kernel would vmalloc them, and every slot
 //! read would cost the programs a page walk.
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 
-use aya::maps::MapData;
+use aya::maps::{Array, Map, MapData, MapError};
+use aya::sys::SyscallError;
 
 use crate::raw::{RawEndpoint, RawEpSlot, RawMacKey, RawMacSlot, mac_slot};
 
 /// A value of a slot array: plain data starting with its sequence counter.
-pub(crate) trait Slot: Copy + Default + PartialEq {
+pub(crate) trait Slot: aya::Pod + Default + PartialEq {
     /// The sequence counter.
     fn seq(&self) -> u32;
     /// The same fields with counter `seq`.
     fn with_seq(self, seq: u32) -> Self;
+    /// Whether the slot holds nothing.
+    fn is_free(&self) -> bool;
 }
 
 impl Slot for RawEpSlot {
@@ -34,6 +36,9 @@ impl Slot for RawEpSlot {
     }
     fn with_seq(self, seq: u32) -> Self {
         Self { seq, ..self }
+    }
+    fn is_free(&self) -> bool {
+        self.ifindex == 0
     }
 }
 
@@ -44,38 +49,34 @@ impl Slot for RawMacSlot {
     fn with_seq(self, seq: u32) -> Self {
         Self { seq, ..self }
     }
+    fn is_free(&self) -> bool {
+        self.key.vni == 0
+    }
 }
 
-/// `BPF_MAP_LOOKUP_ELEM` and `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-
-/// The `bpf_attr` of the element commands.
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-/// One slot array, opened for reading and writing slots.
+/// One slot array, with a handle of its own (the table outlives borrows of the loaded
+/// object).
 pub(crate) struct SlotTable<T: Slot> {
-    fd: OwnedFd,
+    arr: Array<MapData, T>,
     entries: u32,
-    _value: std::marker::PhantomData<T>,
 }
 
 impl<T: Slot> SlotTable<T> {
-    /// Opens `entries` slots of the array `map` (a duplicate of its fd: the table outlives
-    /// borrows of the loaded object).
-    pub(crate) fn open(map: &MapData, entries: u32) -> io::Result<Self> {
-        let fd = map.fd().as_fd().try_clone_to_owned()?;
+    /// Opens `entries` slots of the array `map`.
+    pub(crate) fn open(map: &MapData, entries: u32) -> Result<Self, MapError> {
+        // A duplicate of its fd (reopening by id would need CAP_SYS_ADMIN).
+        let fd = map
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| SyscallError {
+                call: "dup",
+                io_error,
+            })?;
+        let own = MapData::from_fd(fd)?;
         Ok(Self {
-            fd,
+            arr: Array::try_from(Map::Array(own))?,
             entries,
-            _value: std::marker::PhantomData,
         })
     }
 
@@ -84,57 +85,30 @@ impl<T: Slot> SlotTable<T> {
         self.entries
     }
 
-    fn elem(&self, cmd: libc::c_long, i: u32, value: *mut T) -> io::Result<()> {
-        assert!(i < self.entries, "slot {i} of {}", self.entries);
-        let attr = ElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            pad: 0,
-            key: &i as *const u32 as u64,
-            value: value as u64,
-            flags: 0,
-        };
-        // SAFETY: `attr` is a valid bpf_attr prefix for the element commands, its key points
-        // to a u32 index and its value to a `T` the size of the map's values (checked by the
-        // layout tests), both alive for the call; the kernel reads at most `size_of` bytes
-        // of `attr`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                &attr as *const ElemAttr,
-                size_of::<ElemAttr>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     /// The content of slot `i` (this process is the only writer: never torn).
-    pub(crate) fn get(&self, i: u32) -> io::Result<T> {
-        let mut v = T::default();
-        self.elem(BPF_MAP_LOOKUP_ELEM, i, &mut v)?;
-        Ok(v)
+    pub(crate) fn get(&self, i: u32) -> Result<T, MapError> {
+        self.arr.get(&i, 0)
     }
 
-    fn write(&mut self, i: u32, value: T) -> io::Result<()> {
-        let mut v = value;
-        self.elem(BPF_MAP_UPDATE_ELEM, i, &mut v)
-    }
-
-    /// Writes slot `i`: counter odd, fields, counter even (see the module docs).
-    pub(crate) fn put(&mut self, i: u32, value: T) -> io::Result<()> {
-        let cur = self.get(i)?;
-        for step in write_steps(cur, value) {
-            self.write(i, step)?;
+    /// Turns slot `i` from `cur` (as just read) into `new`: counter odd, fields, counter
+    /// even (see the module docs).
+    pub(crate) fn put(&mut self, i: u32, cur: T, new: T) -> Result<(), MapError> {
+        for step in write_steps(cur, new) {
+            self.arr.set(i, step, 0)?;
         }
         Ok(())
     }
 
-    /// Empties slot `i`.
-    pub(crate) fn clear(&mut self, i: u32) -> io::Result<()> {
-        self.put(i, T::default())
+    /// Every occupied slot: (index, content).
+    pub(crate) fn occupied(&self) -> Result<Vec<(u32, T)>, MapError> {
+        let mut out = Vec::new();
+        for (i, s) in (0..self.entries).zip(self.arr.iter()) {
+            let s = s?;
+            if !s.is_free() {
+                out.push((i, s));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -174,86 +148,62 @@ pub(crate) fn put_ep(
     t: &mut SlotTable<RawEpSlot>,
     ifindex: u32,
     ep: RawEndpoint,
-) -> io::Result<()> {
+) -> Result<(), MapError> {
     let i = ep_index(t, ifindex);
     let cur = t.get(i)?;
-    if cur.ifindex == 0 || cur.ifindex == ifindex {
-        t.put(
-            i,
-            RawEpSlot {
-                seq: 0,
-                ifindex,
-                ep,
-            },
-        )?;
+    if cur.is_free() || cur.ifindex == ifindex {
+        let new = RawEpSlot {
+            seq: 0,
+            ifindex,
+            ep,
+        };
+        t.put(i, cur, new)?;
     }
     Ok(())
 }
 
 /// Empties the slot of `ifindex` if it holds it.
-pub(crate) fn clear_ep(t: &mut SlotTable<RawEpSlot>, ifindex: u32) -> io::Result<()> {
+pub(crate) fn clear_ep(t: &mut SlotTable<RawEpSlot>, ifindex: u32) -> Result<(), MapError> {
     let i = ep_index(t, ifindex);
-    if t.get(i)?.ifindex == ifindex {
-        t.clear(i)?;
+    let cur = t.get(i)?;
+    if cur.ifindex == ifindex {
+        t.put(i, cur, RawEpSlot::default())?;
     }
     Ok(())
 }
 
 /// Copies `key -> value` into its slot if the slot is free or its own.
-pub(crate) fn put_mac(t: &mut SlotTable<RawMacSlot>, key: RawMacKey, value: u32) -> io::Result<()> {
+pub(crate) fn put_mac(
+    t: &mut SlotTable<RawMacSlot>,
+    key: RawMacKey,
+    value: u32,
+) -> Result<(), MapError> {
     let i = mac_index(t, &key);
     let cur = t.get(i)?;
-    if cur.key.vni == 0 || cur.key == key {
-        t.put(
-            i,
-            RawMacSlot {
-                seq: 0,
-                value,
-                key,
-                pad: 0,
-            },
-        )?;
+    if cur.is_free() || cur.key == key {
+        let new = RawMacSlot {
+            seq: 0,
+            value,
+            key,
+            pad: 0,
+        };
+        t.put(i, cur, new)?;
     }
     Ok(())
 }
 
-/// Empties the slot of `key` if it holds it.
-pub(crate) fn clear_mac(t: &mut SlotTable<RawMacSlot>, key: RawMacKey) -> io::Result<()> {
+/// Empties the slot of `key` if it holds it (and, if `value` is given, with that value).
+pub(crate) fn clear_mac(
+    t: &mut SlotTable<RawMacSlot>,
+    key: RawMacKey,
+    value: Option<u32>,
+) -> Result<(), MapError> {
     let i = mac_index(t, &key);
-    if t.get(i)?.key == key {
-        t.clear(i)?;
+    let cur = t.get(i)?;
+    if cur.key == key && value.is_none_or(|v| v == cur.value) {
+        t.put(i, cur, RawMacSlot::default())?;
     }
     Ok(())
-}
-
-/// The value copied in the slot of `key`, if the slot holds it.
-pub(crate) fn get_mac(t: &SlotTable<RawMacSlot>, key: RawMacKey) -> io::Result<Option<u32>> {
-    let s = t.get(mac_index(t, &key))?;
-    Ok((s.key == key && key.vni != 0).then_some(s.value))
-}
-
-/// Every occupied slot of a MAC slot array: (index, key, value).
-pub(crate) fn occupied_macs(t: &SlotTable<RawMacSlot>) -> io::Result<Vec<(u32, RawMacKey, u32)>> {
-    let mut out = Vec::new();
-    for i in 0..t.entries() {
-        let s = t.get(i)?;
-        if s.key.vni != 0 {
-            out.push((i, s.key, s.value));
-        }
-    }
-    Ok(out)
-}
-
-/// Every occupied slot of the endpoint slot array: (index, ifindex, endpoint).
-pub(crate) fn occupied_eps(t: &SlotTable<RawEpSlot>) -> io::Result<Vec<(u32, u32, RawEndpoint)>> {
-    let mut out = Vec::new();
-    for i in 0..t.entries() {
-        let s = t.get(i)?;
-        if s.ifindex != 0 {
-            out.push((i, s.ifindex, s.ep));
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -42,6 +42,21 @@ impl Drop for Setup {
     }
 }
 
+/// Loads (or adopts) the datapath pinned in `pins`, with the trace record, in the calling
+/// thread's namespace.
+fn load(pins: &Path) -> Result<EbpfDatapath, ovl_ebpf::Error> {
+    EbpfDatapath::load_with(
+        pins,
+        "ovl_vx0",
+        Ipv4Addr::new(198, 18, 0, 11),
+        1450,
+        &LoadOptions {
+            trace: true,
+            ..LoadOptions::default()
+        },
+    )
+}
+
 fn setup(tag: &str) -> Setup {
     require_root();
     let ns = Netns::new(&format!("ebt-p-{tag}"));
@@ -61,17 +76,7 @@ fn setup(tag: &str) -> Setup {
     let (a, b, stranger) = (ns.ifindex("ebta"), ns.ifindex("ebtb"), ns.ifindex("ebtx"));
     let pin_path = pins.0.clone();
     let dp = ns.run(move || {
-        let mut dp = EbpfDatapath::load_with(
-            &pin_path,
-            "ovl_vx0",
-            Ipv4Addr::new(198, 18, 0, 11),
-            1450,
-            &LoadOptions {
-                trace: true,
-                ..LoadOptions::default()
-            },
-        )
-        .expect("load");
+        let mut dp = load(&pin_path).expect("load");
         let ep = |mac, ip: [u8; 4]| EndpointInfo {
             vni: VNI,
             mac,
@@ -786,20 +791,7 @@ fn adoption_drops_endpoints_whose_interface_vanished() {
     drop(s.dp.take()); // agent exits; pins stay
     s.ns.sh("ip link del ebtb");
     let pins = s._pins.0.clone();
-    let dp =
-        s.ns.run(|| {
-            EbpfDatapath::load_with(
-                &pins,
-                "ovl_vx0",
-                Ipv4Addr::new(198, 18, 0, 11),
-                1450,
-                &LoadOptions {
-                    trace: true,
-                    ..LoadOptions::default()
-                },
-            )
-        })
-        .expect("adopt");
+    let dp = s.ns.run(|| load(&pins)).expect("adopt");
     assert!(dp.load_warnings().is_empty(), "{:?}", dp.load_warnings());
     let st = dp.dump().unwrap();
     assert_eq!(st.endpoints.keys().copied().collect::<Vec<_>>(), vec![a]);
@@ -854,27 +846,14 @@ fn pins_of_another_layout_are_refused_with_the_reason_and_left_alone() {
     theirs[4..8].copy_from_slice(&3u32.to_ne_bytes());
     set_pinned_value(&config, &theirs);
     let pins = s._pins.0.clone();
-    let load = || {
-        let pins = pins.clone();
-        s.ns.run(move || {
-            EbpfDatapath::load_with(
-                &pins,
-                "ovl_vx0",
-                Ipv4Addr::new(198, 18, 0, 11),
-                1450,
-                &LoadOptions {
-                    trace: true,
-                    ..LoadOptions::default()
-                },
-            )
-        })
-    };
-    let err = load().expect_err("pins of another layout");
+    let err =
+        s.ns.run(|| load(&pins))
+            .expect_err("pins of another layout");
     assert!(err.to_string().contains("layout version 3"), "{err}");
     // Refusing changed nothing: the pins are as they were.
     assert_eq!(pinned_value(&config), theirs);
     set_pinned_value(&config, &ours);
-    let dp = load().expect("adopt");
+    let dp = s.ns.run(|| load(&pins)).expect("adopt");
     let st = dp.dump().unwrap();
     assert!(st.endpoints.contains_key(&a));
     assert_eq!(st.remotes.len(), 1);
