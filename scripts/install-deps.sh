@@ -4,8 +4,8 @@
 set -euo pipefail
 
 PACKAGES=(
-  # build: etcd-client's gRPC codegen, the eBPF programs
-  protobuf-compiler clang-19 llvm-19 libbpf-dev bpftool pkg-config
+  # build: etcd-client's gRPC codegen (protoc + the well-known .proto files), the eBPF programs
+  protobuf-compiler libprotobuf-dev clang-19 llvm-19 libbpf-dev bpftool pkg-config
   # lab and datapath
   iproute2 nftables iptables util-linux procps kmod ethtool tcpdump
   # KV
