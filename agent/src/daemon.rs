@@ -5,10 +5,18 @@
 //! Shutdown on SIGTERM/SIGINT: stop serving, remove the socket, and leave the datapath
 //! exactly as it is, so traffic keeps flowing until the next agent adopts it.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{agent::Agent, api, config::Settings, local::LocalState, reconcile, registry, sync};
+use crate::{
+    agent::{Agent, Services},
+    api,
+    config::Settings,
+    local::LocalState,
+    tasks,
+};
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -45,23 +53,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let local =
         LocalState::load(settings.state_dir.join("local.json")).context("loading local state")?;
-    let names = crate::names::Names::new(settings.dns_upstream.clone())?;
-    let agent = Agent::new(settings, kv, mtu, dp, std::sync::Arc::new(gw), local, names);
+    let names = crate::names::DnsNames::new(settings.dns_upstream.clone())?;
+    let services = Services {
+        datapath: dp,
+        gateway: Arc::new(gw),
+        names: Arc::new(names),
+        probe: Arc::new(crate::probe::UnderlayProbe),
+    };
+    let agent = Agent::new(settings, kv, mtu, services, local);
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(registry::run(agent.clone()));
-    tasks.spawn(sync::run(agent.clone()));
-    tasks.spawn(sync::probe_health(agent.clone()));
-    tasks.spawn(reconcile::run(agent.clone()));
-    tasks.spawn(crate::names::run(agent.clone()));
-    if let Some(addr) = agent.settings.metrics_addr {
-        tasks.spawn(crate::metrics::serve(agent.clone(), addr));
-    }
-    if agent.settings.docker_plugin {
-        tasks.spawn(crate::docker::run(agent.clone()));
+    let mut loops = tokio::task::JoinSet::new();
+    tasks::spawn_all(&agent, &mut loops);
+    if agent.settings().docker_plugin {
+        loops.spawn(crate::docker::run(agent.clone()));
     }
 
-    let app = api::server::router(agent.clone()).with_state(agent.clone());
+    let app = api::server::router().with_state(agent.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let shutdown = async move {
@@ -74,8 +81,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .context("control API")?;
-    tasks.abort_all();
-    agent.names.shutdown().await;
+    loops.abort_all();
+    agent.shutdown().await;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, "removing the control socket");
     }

@@ -52,7 +52,6 @@ use std::{
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use ovl_core::{EndpointRecord, NetworkRecord, StoreError, ipam, store::NetworkRequest};
-use ovl_datapath::{EndpointSpec, MacAddr};
 use ovl_docker::{
     PluginBackend, PluginError, PluginResult, WatchEvent,
     backend::{
@@ -64,12 +63,7 @@ use ovl_docker::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    agent::Agent,
-    error::AgentError,
-    local::{self, Attachment},
-    reconcile::desired::{self, Me},
-};
+use crate::{agent::Agent, error::AgentError, reconcile::Plug};
 
 /// Where the plugin socket goes (the plugin name is the file name: `ovl`).
 pub const PLUGIN_SOCKET: &str = "/run/docker/plugins/ovl.sock";
@@ -343,8 +337,8 @@ pub struct DockerPlugin {
 impl DockerPlugin {
     /// A backend for `agent`, with its NetworkID cache in the agent's state dir.
     pub fn new(agent: Arc<Agent>) -> Arc<Self> {
-        let cache = NetCache::load(agent.settings.state_dir.join("docker-networks.json"));
-        let deferred = DeferredOps::load(agent.settings.state_dir.join("docker-deferred.json"));
+        let cache = NetCache::load(agent.settings().state_dir.join("docker-networks.json"));
+        let deferred = DeferredOps::load(agent.settings().state_dir.join("docker-deferred.json"));
         Arc::new(DockerPlugin {
             agent,
             cache,
@@ -356,7 +350,7 @@ impl DockerPlugin {
     }
 
     fn host(&self) -> &str {
-        &self.agent.settings.host_id
+        &self.agent.settings().host_id
     }
 
     fn names(&self) -> Option<NetworkNames> {
@@ -366,7 +360,7 @@ impl DockerPlugin {
     async fn get_pool(&self, token: &str) -> PluginResult<Option<(PendingPool, i64)>> {
         let e = self
             .agent
-            .store
+            .store()
             .kv()
             .get(&pool_key(token))
             .await
@@ -385,7 +379,7 @@ impl DockerPlugin {
     async fn put_pool(&self, p: &PendingPool) -> PluginResult<()> {
         let v = serde_json::to_vec(p).expect("pool records serialize");
         self.agent
-            .store
+            .store()
             .kv()
             .put(&pool_key(&p.token), &v, None)
             .await
@@ -396,7 +390,7 @@ impl DockerPlugin {
     async fn pools(&self) -> PluginResult<Vec<PendingPool>> {
         let l = self
             .agent
-            .store
+            .store()
             .kv()
             .list(&pools_prefix())
             .await
@@ -409,7 +403,7 @@ impl DockerPlugin {
 
     /// The cluster record of network `name`; the cached copy while the KV is unreachable.
     async fn network(&self, name: &str) -> PluginResult<NetworkRecord> {
-        match self.agent.store.network(name).await {
+        match self.agent.store().network(name).await {
             Ok(Some(n)) => Ok(n),
             Ok(None) => Err(PluginError::NotFound(format!(
                 "network {name} does not exist in the cluster"
@@ -454,7 +448,7 @@ impl DockerPlugin {
             .record;
         pool.subnet = rec.subnet;
         if let Err(e) = self.put_pool(&pool).await {
-            let _ = self.agent.store.delete_network(&placeholder).await;
+            let _ = self.agent.store().delete_network(&placeholder).await;
             return Err(e);
         }
         tracing::info!(token = %token, subnet = %rec.subnet, "reserved a pending Docker pool");
@@ -478,12 +472,12 @@ impl DockerPlugin {
             return self.network(b).await;
         }
         let drop_placeholder = async {
-            match self.agent.store.delete_network(&pool.placeholder()).await {
+            match self.agent.store().delete_network(&pool.placeholder()).await {
                 Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
                 Err(e) => Err(store_err(e)),
             }
         };
-        let net = match self.agent.store.network(name).await.map_err(store_err)? {
+        let net = match self.agent.store().network(name).await.map_err(store_err)? {
             Some(n) => {
                 drop_placeholder.await?;
                 n
@@ -501,7 +495,7 @@ impl DockerPlugin {
                 match self.agent.create_network(req.clone()).await {
                     Ok(i) => i.record,
                     Err(AgentError::Conflict(m)) => {
-                        match self.agent.store.network(name).await.map_err(store_err)? {
+                        match self.agent.store().network(name).await.map_err(store_err)? {
                             Some(n) => n, // another host created it first
                             None => {
                                 // Our subnet was taken in the short window: take any free one.
@@ -538,7 +532,7 @@ impl DockerPlugin {
 
     async fn register_user(&self, name: &str, nid: &str) -> PluginResult<()> {
         self.agent
-            .store
+            .store()
             .kv()
             .put(&user_key(name, self.host()), nid.as_bytes(), None)
             .await
@@ -646,21 +640,12 @@ impl DockerPlugin {
             .and_then(|d| d.name)
             .or_else(|| {
                 self.agent
-                    .local
+                    .local()
                     .all()
                     .into_iter()
                     .find(|a| a.endpoint.id == r.endpoint_id)
                     .map(|a| a.network.name)
             })
-    }
-
-    fn me(&self) -> Me<'_> {
-        Me {
-            host: &self.agent.settings.host_id,
-            vtep: self.agent.settings.advertise_addr,
-            underlay_mtu: self.agent.underlay_mtu,
-            vxlan_port: self.agent.settings.vxlan_port,
-        }
     }
 
     /// Applies container names from the watcher to the endpoint record and the attachment.
@@ -669,7 +654,7 @@ impl DockerPlugin {
         let Some(net) = self.cache.get(&c.network_id).and_then(|d| d.name) else {
             return true; // not ours (or already gone)
         };
-        if let Some(mut a) = self.agent.local.get(&net, &c.endpoint_id)
+        if let Some(mut a) = self.agent.local().get(&net, &c.endpoint_id)
             && (a.hosts_file != c.hosts_path
                 || a.endpoint.name != c.container_name
                 || a.endpoint.aliases != c.aliases)
@@ -677,20 +662,20 @@ impl DockerPlugin {
             a.hosts_file = c.hosts_path.clone();
             a.endpoint.name = c.container_name.clone();
             a.endpoint.aliases = c.aliases.clone();
-            self.agent.local.insert(a);
-            self.agent.kick.notify_one();
+            self.agent.local().insert(a);
+            self.agent.kick();
         }
-        match self.agent.store.endpoint(&net, &c.endpoint_id).await {
+        match self.agent.store().endpoint(&net, &c.endpoint_id).await {
             Ok(Some(mut rec)) => {
                 if rec.name == c.container_name && rec.aliases == c.aliases {
                     return true;
                 }
                 rec.name = c.container_name.clone();
                 rec.aliases = c.aliases.clone();
-                match self.agent.store.put_endpoint(&rec).await {
+                match self.agent.store().put_endpoint(&rec).await {
                     Ok(()) => {
                         tracing::info!(network = %net, endpoint = %c.endpoint_id, name = %c.container_name, aliases = ?c.aliases, "container names recorded");
-                        self.agent.kick.notify_one();
+                        self.agent.kick();
                         true
                     }
                     Err(e) => {
@@ -722,7 +707,7 @@ impl DockerPlugin {
                 // one on the network, it is this container's. Otherwise wait for the inspect.
                 let unnamed: Vec<String> = self
                     .agent
-                    .local
+                    .local()
                     .all()
                     .into_iter()
                     .filter(|a| {
@@ -741,7 +726,7 @@ impl DockerPlugin {
         // Known only from the inspect; keep what an earlier one found.
         let hosts_path = self
             .agent
-            .local
+            .local()
             .get(&net, &endpoint_id)
             .and_then(|a| a.hosts_file);
         let c = ContainerNames {
@@ -827,7 +812,7 @@ impl PluginBackend for DockerPlugin {
         match identity_hint(&req)? {
             IdentityHint::Named { name, subnet } => {
                 let subnet = subnet.map(|s| v4_net(s, "subnet")).transpose()?;
-                match self.agent.store.network(&name).await.map_err(store_err)? {
+                match self.agent.store().network(&name).await.map_err(store_err)? {
                     Some(net) => {
                         if let Some(s) = subnet
                             && s != net.subnet
@@ -848,7 +833,7 @@ impl PluginBackend for DockerPlugin {
                 // to its name: wait for that (bounded) instead of failing on the overlap.
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                 loop {
-                    let nets = self.agent.store.networks().await.map_err(store_err)?;
+                    let nets = self.agent.store().networks().await.map_err(store_err)?;
                     if let Some(net) = nets
                         .iter()
                         .find(|n| n.subnet == s && !n.name.starts_with(PLACEHOLDER_PREFIX))
@@ -887,13 +872,13 @@ impl PluginBackend for DockerPlugin {
                     return Ok(());
                 };
                 if pool.bound.is_none() {
-                    match self.agent.store.delete_network(&pool.placeholder()).await {
+                    match self.agent.store().delete_network(&pool.placeholder()).await {
                         Ok(_) | Err(StoreError::NotFound(_)) => {}
                         Err(e) => return Err(store_err(e)),
                     }
                 }
                 self.agent
-                    .store
+                    .store()
                     .kv()
                     .delete(&pool_key(&token))
                     .await
@@ -956,7 +941,7 @@ impl PluginBackend for DockerPlugin {
         let owner = format!("docker/{}/{:016x}", self.host(), rand::random::<u64>());
         let ip = self
             .agent
-            .store
+            .store()
             .allocate_addr(&net, want, &owner)
             .await
             .map_err(store_err)?;
@@ -1019,7 +1004,7 @@ impl PluginBackend for DockerPlugin {
                 }
             }
             None => {
-                let nets = self.agent.store.networks().await.map_err(store_err)?;
+                let nets = self.agent.store().networks().await.map_err(store_err)?;
                 let net = nets
                     .into_iter()
                     .find(|n| n.subnet == subnet && !n.name.starts_with(PLACEHOLDER_PREFIX))
@@ -1071,20 +1056,20 @@ impl PluginBackend for DockerPlugin {
             && let Some((p, _)) = self.get_pool(&token).await?
         {
             if p.bound.is_none() {
-                match self.agent.store.delete_network(&p.placeholder()).await {
+                match self.agent.store().delete_network(&p.placeholder()).await {
                     Ok(_) | Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(store_err(e)),
                 }
             }
             self.agent
-                .store
+                .store()
                 .kv()
                 .delete(&pool_key(&token))
                 .await
                 .map_err(|e| store_err(e.into()))?;
         }
         if let Some(name) = &d.name {
-            let kv = self.agent.store.kv();
+            let kv = self.agent.store().kv();
             kv.delete(&user_key(name, self.host()))
                 .await
                 .map_err(|e| store_err(e.into()))?;
@@ -1093,7 +1078,7 @@ impl PluginBackend for DockerPlugin {
                 .await
                 .map_err(|e| store_err(e.into()))?;
             if users.entries.is_empty() {
-                match self.agent.store.delete_network(name).await {
+                match self.agent.store().delete_network(name).await {
                     Ok(_) => {
                         tracing::info!(network = %name, "last Docker user gone: cluster network removed")
                     }
@@ -1138,7 +1123,7 @@ impl PluginBackend for DockerPlugin {
         let me = self.host().to_string();
         match self
             .agent
-            .store
+            .store()
             .endpoint(&net.name, &req.endpoint_id)
             .await
             .map_err(store_err)?
@@ -1162,7 +1147,7 @@ impl PluginBackend for DockerPlugin {
                     publish: Vec::new(),
                 };
                 self.agent
-                    .store
+                    .store()
                     .create_endpoint(&rec)
                     .await
                     .map_err(store_err)?;
@@ -1187,7 +1172,7 @@ impl PluginBackend for DockerPlugin {
             .remove(&req.endpoint_id);
         match self
             .agent
-            .store
+            .store()
             .delete_endpoint(&net, &req.endpoint_id)
             .await
             .map_err(store_err)
@@ -1202,7 +1187,7 @@ impl PluginBackend for DockerPlugin {
             }
             Err(e) => return Err(e),
         }
-        self.agent.kick.notify_one();
+        self.agent.kick();
         Ok(())
     }
 
@@ -1211,58 +1196,22 @@ impl PluginBackend for DockerPlugin {
         let net = self.net_of(&d).await?;
         let rec = self
             .agent
-            .store
+            .store()
             .endpoint(&net.name, &req.endpoint_id)
             .await
             .map_err(store_err)?
-            .filter(|e| e.host == self.agent.settings.host_id)
+            .filter(|e| e.host == self.agent.settings().host_id)
             .ok_or_else(|| {
                 PluginError::NotFound(format!(
                     "endpoint {} was not created on this host",
                     req.endpoint_id
                 ))
             })?;
-        let spec = desired::spec(&net, &self.me());
         let tmp = temp_ifname(&req.endpoint_id);
-        let key = (net.name.clone(), rec.id.clone());
-        let ep = EndpointSpec {
-            endpoint_id: rec.id.clone(),
-            netns: req.sandbox_key.clone(),
-            mac: MacAddr(rec.mac.0),
-            ip: rec.ip,
-            prefix_len: net.subnet.prefix(),
-            mtu: spec.mtu,
-            ifname: Some(tmp.clone()),
-        };
-        {
-            // Pending before plumbing, so a concurrent reconcile pass keeps the new port.
-            self.agent
-                .pending
-                .lock()
-                .expect("pending lock")
-                .insert(key.clone());
-            let _g = self.agent.dp_lock.lock().await;
-            if let Err(e) = self.agent.dp.attach_unplugged(&spec, &ep).await {
-                self.agent
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .remove(&key);
-                return Err(agent_err(e));
-            }
-        }
-        let netns_key =
-            local::netns_key(&req.sandbox_key).unwrap_or_else(|_| format!("docker-{}", rec.id));
-        self.agent.local.insert(Attachment {
-            endpoint: rec.clone(),
-            network: net.clone(),
-            netns: req.sandbox_key.clone(),
-            netns_key,
-            ifname: tmp.clone(),
-            hosts_file: None,
-            dns_listener: false,
-        });
-        self.agent.kick.notify_one();
+        self.agent
+            .plumb(&net, &rec, &req.sandbox_key, Plug::Unplugged(tmp.clone()))
+            .await
+            .map_err(agent_err)?;
         tracing::info!(network = %net.name, endpoint = %rec.id, ip = %rec.ip, "Docker endpoint joined");
         Ok(Joined {
             src_name: tmp,
@@ -1282,7 +1231,7 @@ impl PluginBackend for DockerPlugin {
             .unplumb(&net, &req.endpoint_id, false)
             .await
             .map_err(agent_err)?;
-        self.agent.kick.notify_one();
+        self.agent.kick();
         Ok(())
     }
 }
@@ -1330,14 +1279,14 @@ impl DockerPlugin {
         let mine = format!("docker/{}/", self.host());
         if let Some(owner) = self
             .agent
-            .store
+            .store()
             .addr_owner(&net.name, ip)
             .await
             .map_err(store_err)?
             && owner.starts_with(&mine)
         {
             self.agent
-                .store
+                .store()
                 .release_addr(&net.name, ip, &owner)
                 .await
                 .map_err(store_err)?;
@@ -1372,7 +1321,7 @@ impl DockerPlugin {
                         endpoint_id,
                     } => self
                         .agent
-                        .store
+                        .store()
                         .delete_endpoint(network, endpoint_id)
                         .await
                         .map(|_| ())
@@ -1389,7 +1338,7 @@ impl DockerPlugin {
                     Ok(()) => {
                         tracing::info!(?op, "deferred Docker operation applied");
                         self.deferred.remove(&op);
-                        self.agent.kick.notify_one();
+                        self.agent.kick();
                     }
                     Err(PluginError::Unavailable(_)) => break, // still down: next tick
                     Err(e) => {

@@ -1,29 +1,31 @@
 //! overlay-agent: the per-host daemon and the library `overlayctl` shares with it.
 //!
-//! Layout (what each part may touch):
-//! - [`config`]: settings from flags, `OVERLAY_*` variables and a TOML file (pure);
-//! - [`agent`]: the service object every entry point calls (KV through `ovl-core`);
+//! Layers, top to bottom (a module uses only those below it):
+//! - [`daemon`]: start-up and shutdown wiring; starts the [`tasks`] and the [`docker`] plugin;
+//! - [`tasks`]: the long-running loops (KV sync, registry, reconcile, names, metrics);
+//! - [`docker`]: the Docker remote network + IPAM plugin and the Engine API follower;
 //! - [`api`]: the control API on the unix socket: wire types, server routes, client;
-//! - [`local`]: what this host attached, persisted (works while the KV is down);
-//! - [`registry`]: this host's record and lease in the KV;
-//! - [`sync`]: the cluster view kept current from the KV (list + watch + relist);
-//! - [`datapath`]: the seam to the kernel and eBPF datapaths;
-//! - [`metrics`]: Prometheus text on `--metrics-addr`;
-//! - [`names`]: the zone, the embedded DNS listeners and the hosts files;
-//! - [`reconcile`]: desired datapath state (pure) and the level-triggered loop;
-//! - [`docker`]: the Docker remote network + IPAM plugin and the Engine API watcher;
-//! - [`daemon`]: start-up and shutdown wiring.
+//! - [`agent`]: the shared state and every operation (endpoints, networks, inspection,
+//!   one pass of each loop), calling the cluster store (`ovl-core`) and the seams below;
+//! - [`reconcile`]: the reconciler that owns the datapath, and the desired state (pure);
+//! - the seams over side effects, each a trait with its real implementation (fakes in the
+//!   unit tests): [`datapath`] (kernel and eBPF), [`gateway`], [`names`], [`probe`];
+//! - leaves: [`config`] (settings, pure), [`local`] (what this host attached, persisted),
+//!   [`counters`], [`error`].
 
 pub mod agent;
 pub mod api;
 pub mod config;
+pub mod counters;
 pub mod daemon;
 pub mod datapath;
 pub mod docker;
 pub mod error;
+#[cfg(test)]
+pub mod fakes;
+pub mod gateway;
 pub mod local;
-pub mod metrics;
 pub mod names;
+pub mod probe;
 pub mod reconcile;
-pub mod registry;
-pub mod sync;
+pub mod tasks;

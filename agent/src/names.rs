@@ -1,6 +1,6 @@
-//! Names for containers: the zone (every named endpoint of the cluster), the embedded DNS
-//! listeners (127.0.0.11:53 inside each container namespace, and the gateway-bridge address),
-//! and the managed block of each container's hosts file.
+//! The names seam and its service: the zone (every named endpoint of the cluster), the
+//! embedded DNS listeners (127.0.0.11:53 inside each container namespace, and the
+//! gateway-bridge address), and the managed block of each container's hosts file.
 //!
 //! Everything here is level-triggered from the cluster view and the local attachments: a
 //! pass rebuilds the zone, opens or closes listeners and rewrites hosts files whose block
@@ -12,7 +12,6 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use hickory_proto::rr::RecordType;
@@ -24,14 +23,36 @@ use ovl_names::{
 };
 
 use crate::{
-    agent::Agent,
     api::types::DnsLookup,
     error::{AgentError, Result},
     local::Attachment,
 };
 
-/// The names service of one agent.
-pub struct Names {
+/// What the agent needs of names, as a trait so its logic runs in unit tests over a fake.
+#[async_trait::async_trait]
+pub trait Names: Send + Sync {
+    /// One pass: zone, DNS listeners and hosts files from the view and the local
+    /// attachments; returns how many hosts files were rewritten.
+    async fn sync(
+        &self,
+        view: &ClusterView,
+        local: &[Attachment],
+        gw_addr: Option<Ipv4Addr>,
+    ) -> usize;
+
+    /// Answers `name` as a container on `networks` would be answered.
+    async fn lookup(&self, networks: &[String], name: &str, from: &str) -> Result<DnsLookup>;
+
+    /// Prepares a named namespace's `/etc/netns/NAME/{hosts,resolv.conf}`; returns the hosts
+    /// file, `None` for a namespace that is not a named one.
+    fn prepare_netns_etc(&self, netns: &Path) -> std::io::Result<Option<PathBuf>>;
+
+    /// Closes every listener (shutdown).
+    async fn shutdown(&self);
+}
+
+/// The names service of one agent: hickory-based DNS and hosts files on disk.
+pub struct DnsNames {
     zone: Arc<ArcSwap<Zone>>,
     dns: DnsServer,
     /// Listener keys (namespace keys) open now, with the networks they answer for.
@@ -62,7 +83,7 @@ pub fn netns_etc(netns: &Path) -> Option<PathBuf> {
     (!name.is_empty() && !name.contains('/')).then(|| PathBuf::from("/etc/netns").join(name))
 }
 
-impl Names {
+impl DnsNames {
     /// A names service forwarding unknown names to `upstreams` (or the host's resolv.conf).
     pub fn new(upstreams: Vec<SocketAddr>) -> Result<Self> {
         let zone = Arc::new(ArcSwap::from_pointee(Zone::build(Vec::new())));
@@ -79,17 +100,18 @@ impl Names {
         };
         let dns = DnsServer::new(zone.clone(), cfg)
             .map_err(|e| AgentError::Internal(format!("DNS server: {e}")))?;
-        Ok(Names {
+        Ok(DnsNames {
             zone,
             dns,
             listeners: Default::default(),
             plain: Mutex::new(None),
         })
     }
+}
 
-    /// Prepares a named namespace's `/etc/netns/NAME/{hosts,resolv.conf}` so
-    /// `ip netns exec NAME` sees the agent's names and DNS.
-    pub fn prepare_netns_etc(netns: &Path) -> std::io::Result<Option<PathBuf>> {
+#[async_trait::async_trait]
+impl Names for DnsNames {
+    fn prepare_netns_etc(&self, netns: &Path) -> std::io::Result<Option<PathBuf>> {
         let Some(dir) = netns_etc(netns) else {
             return Ok(None);
         };
@@ -106,8 +128,7 @@ impl Names {
         Ok(Some(hosts))
     }
 
-    /// One pass: zone, listeners, hosts files. Returns how many hosts files were rewritten.
-    pub async fn sync(
+    async fn sync(
         &self,
         view: &ClusterView,
         local: &[Attachment],
@@ -213,8 +234,7 @@ impl Names {
         rewritten
     }
 
-    /// `overlayctl dns lookup NAME --from CNAME`.
-    pub async fn lookup(&self, networks: &[String], name: &str, from: &str) -> Result<DnsLookup> {
+    async fn lookup(&self, networks: &[String], name: &str, from: &str) -> Result<DnsLookup> {
         let rtype = if name.trim_end_matches('.').ends_with(".in-addr.arpa")
             || name.parse::<Ipv4Addr>().is_ok()
         {
@@ -251,25 +271,7 @@ impl Names {
         })
     }
 
-    /// Closes every listener (shutdown).
-    pub async fn shutdown(&self) {
+    async fn shutdown(&self) {
         self.dns.shutdown().await;
-    }
-}
-
-/// Runs name passes on every view change and local change (debounced), and every resync
-/// period to repair hosts files.
-pub async fn run(agent: Arc<Agent>) {
-    let mut views = agent.subscribe();
-    let mut tick = tokio::time::interval(agent.settings.resync_interval);
-    loop {
-        tokio::select! {
-            r = views.changed() => if r.is_err() { return },
-            _ = agent.names_kick.notified() => {},
-            _ = tick.tick() => {},
-        }
-        // Coalesce bursts (many endpoints at once) into one pass.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        agent.sync_names().await;
     }
 }

@@ -50,9 +50,8 @@ struct LookupQuery {
 
 type Shared = State<Arc<Agent>>;
 
-/// The router. Other parts (datapath, names, Docker) add their routes in [`crate::daemon`].
-pub fn router(agent: Arc<Agent>) -> Router<Arc<Agent>> {
-    let _ = agent;
+/// The router: every route calls one [`Agent`] verb.
+pub fn router() -> Router<Arc<Agent>> {
     Router::new()
         .route(
             "/v1/status",
@@ -104,7 +103,7 @@ pub fn router(agent: Arc<Agent>) -> Router<Arc<Agent>> {
         )
         .route(
             "/v1/datapath",
-            get(|State(a): Shared| async move { Json(a.dp.details().await) }),
+            get(|State(a): Shared| async move { Json(a.datapath_details().await) }),
         )
         .route(
             "/v1/peers",

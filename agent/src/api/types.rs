@@ -84,6 +84,10 @@ pub struct HostInfo {
     pub version: String,
     /// Whether its lease is held.
     pub alive: bool,
+    /// How it stands: `alive`, `agent down, datapath answering` (its entries are kept) or
+    /// `dead`.
+    #[serde(default)]
+    pub state: String,
 }
 
 /// `GET /v1/networks/{name}` and rows of `GET /v1/networks`.

@@ -1,9 +1,16 @@
 //! Desired datapath state of this host, computed from the cluster view. Pure.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use ovl_core::{ClusterView, NetworkRecord};
 use ovl_datapath::{Desired, DesiredNetwork, MacAddr, NetworkSpec, RemotePeer};
+
+/// Bytes VXLAN adds to a frame on the underlay (outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8):
+/// a container's MTU is the underlay's minus this.
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// What this host needs to know to compute its desired state.
 #[derive(Debug, Clone)]
@@ -24,36 +31,56 @@ pub fn spec(net: &NetworkRecord, me: &Me<'_>) -> NetworkSpec {
         name: net.name.clone(),
         vni: net.vni,
         subnet: net.subnet,
-        mtu: net.mtu.unwrap_or(me.underlay_mtu.saturating_sub(50)),
+        mtu: net
+            .mtu
+            .unwrap_or(me.underlay_mtu.saturating_sub(VXLAN_OVERHEAD)),
         local_vtep: me.vtep,
         vxlan_port: me.vxlan_port,
     }
 }
 
-/// Desired state: every network with an endpoint on this host (or one being attached,
-/// `pending`), with one peer per endpoint on another **alive** host and one flood entry per
-/// such host. Endpoints of dead or unknown hosts are left out, so their entries are removed.
-pub fn desired(view: &ClusterView, me: &Me<'_>, pending: &BTreeSet<(String, String)>) -> Desired {
+/// A network endpoint: `(network, endpoint id)`.
+pub type EndpointKey = (String, String);
+
+/// What this host knows on its own, which the view never overrules: a KV record that
+/// contradicts it is reported and repaired, never obeyed by tearing down a live interface.
+#[derive(Debug, Clone, Default)]
+pub struct Here {
+    /// Endpoints attached here (or being attached), with the network record kept locally
+    /// (`None` while being attached: the view has it).
+    pub endpoints: BTreeMap<EndpointKey, Option<NetworkRecord>>,
+    /// Hosts without a lease whose datapath still answers: their entries are kept.
+    pub grace: BTreeSet<String>,
+}
+
+/// Desired state: every network with an endpoint on this host, with one peer per endpoint on
+/// another host that is alive (or in [`Here::grace`]) and one flood entry per such host.
+/// Endpoints of dead or unknown hosts are left out, so their entries are removed. A network
+/// record missing from the view is taken from the local copy.
+pub fn desired(view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
     let mut out = Desired::default();
-    for net in view.networks.values() {
-        let mut local: BTreeSet<String> = view
-            .endpoints_on(&net.name)
-            .filter(|e| e.host == me.host)
-            .map(|e| e.id.clone())
+    let mut nets: BTreeMap<&str, &NetworkRecord> =
+        view.networks.iter().map(|(n, r)| (n.as_str(), r)).collect();
+    for ((n, _), copy) in &here.endpoints {
+        if let Some(c) = copy {
+            nets.entry(n.as_str()).or_insert(c);
+        }
+    }
+    for net in nets.values() {
+        let local: BTreeSet<String> = here
+            .endpoints
+            .keys()
+            .filter(|(n, _)| *n == net.name)
+            .map(|(_, id)| id.clone())
             .collect();
-        local.extend(
-            pending
-                .iter()
-                .filter(|(n, _)| *n == net.name)
-                .map(|(_, id)| id.clone()),
-        );
         if local.is_empty() {
             continue;
         }
         let mut peers = Vec::new();
         let mut flood = BTreeSet::new();
         for ep in view.endpoints_on(&net.name) {
-            if ep.host == me.host || !view.is_alive(&ep.host) {
+            let reachable = view.is_alive(&ep.host) || here.grace.contains(&ep.host);
+            if ep.host == me.host || !reachable || local.contains(&ep.id) {
                 continue;
             }
             let Some(host) = view.hosts.get(&ep.host) else {
@@ -166,9 +193,17 @@ mod tests {
         vxlan_port: ovl_datapath::VXLAN_PORT,
     };
 
+    /// What h1 has: endpoint `a` of net1, as the view records it.
+    fn here() -> Here {
+        Here {
+            endpoints: [(("net1".to_string(), "a".to_string()), None)].into(),
+            grace: BTreeSet::new(),
+        }
+    }
+
     #[test]
     fn peers_and_flood_from_other_hosts() {
-        let d = desired(&view(), &ME, &BTreeSet::new());
+        let d = desired(&view(), &ME, &here());
         assert_eq!(
             d.networks.len(),
             1,
@@ -191,18 +226,60 @@ mod tests {
     fn dead_hosts_are_dropped() {
         let mut v = view();
         v.alive.remove("h3");
-        let d = desired(&v, &ME, &BTreeSet::new());
+        let d = desired(&v, &ME, &here());
         let n = &d.networks["net1"];
         assert_eq!(n.peers.len(), 1);
         assert_eq!(n.flood.len(), 1);
     }
 
     #[test]
+    fn hosts_in_grace_keep_their_entries() {
+        let mut v = view();
+        v.alive.remove("h3");
+        let mut h = here();
+        h.grace.insert("h3".into());
+        let n = &desired(&v, &ME, &h).networks["net1"];
+        assert_eq!(n.peers.len(), 3);
+        assert_eq!(n.flood.len(), 2);
+    }
+
+    #[test]
+    fn local_knowledge_wins_over_the_view() {
+        // The record of `a` rewritten to name h2: h1 keeps its port and programs no peer
+        // entry for its own endpoint.
+        let mut v = view();
+        v.endpoints
+            .get_mut(&("net1".to_string(), "a".to_string()))
+            .unwrap()
+            .host = "h2".into();
+        let n = &desired(&v, &ME, &here()).networks["net1"];
+        assert!(n.local_endpoints.contains("a"));
+        assert!(n.peers.iter().all(|p| p.ip != Ipv4Addr::new(10, 10, 0, 2)));
+        // A record of h1 it does not know locally is not plumbed here.
+        let mut v = view();
+        let mut ghost = v.endpoints[&("net1".to_string(), "a".to_string())].clone();
+        ghost.id = "ghost".into();
+        v.endpoints.insert(("net1".into(), "ghost".into()), ghost);
+        let n = &desired(&v, &ME, &here()).networks["net1"];
+        assert!(!n.local_endpoints.contains("ghost"));
+        // The network record gone from the view: the local copy keeps it.
+        let mut v = view();
+        let copy = v.networks.remove("net1");
+        let h = Here {
+            endpoints: [(("net1".to_string(), "a".to_string()), copy)].into(),
+            grace: BTreeSet::new(),
+        };
+        let d = desired(&v, &ME, &h);
+        assert_eq!(d.networks["net1"].spec.vni, 4096);
+        assert_eq!(d.networks["net1"].peers.len(), 3);
+    }
+
+    #[test]
     fn pending_attach_counts_as_local() {
-        let pending = [("net2".to_string(), "new".to_string())]
-            .into_iter()
-            .collect();
-        let d = desired(&view(), &ME, &pending);
+        let mut h = here();
+        h.endpoints
+            .insert(("net2".to_string(), "new".to_string()), None);
+        let d = desired(&view(), &ME, &h);
         assert!(d.networks["net2"].local_endpoints.contains("new"));
         assert_eq!(d.networks["net2"].peers.len(), 1);
     }
@@ -212,7 +289,7 @@ mod tests {
         let mut v = view();
         v.networks.get_mut("net1").unwrap().mtu = Some(1300);
         v.hosts.get_mut("h2").unwrap().vtep = ME.vtep;
-        let d = desired(&v, &ME, &BTreeSet::new());
+        let d = desired(&v, &ME, &here());
         let n = &d.networks["net1"];
         assert_eq!(n.spec.mtu, 1300);
         assert!(n.peers.iter().all(|p| p.vtep != ME.vtep));

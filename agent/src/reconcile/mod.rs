@@ -1,36 +1,189 @@
 //! The reconciler: level-triggered convergence of this host's datapath to the cluster view.
 //!
-//! Each pass reads desired state (from the current view, pure), actual state (netlink dumps),
-//! computes a plan (pure, in `ovl-datapath`) and applies it. A pass runs when the view
-//! changes, when an operation asks for it, and every resync period regardless, so entries
-//! added or removed by hand are corrected and nothing depends on having seen every event.
-//! No pass runs before the first successful listing of the KV: an agent restarting while
-//! the KV is down adopts the datapath as it is and changes nothing.
+//! [`Reconciler`] owns the datapath: every change to it (a pass, an attach, a detach) runs
+//! under its lock, so passes and operations never interleave. A pass reads desired state
+//! (from the view, pure: [`desired`]), lets the datapath observe what is programmed, plan
+//! the difference and apply it. The loop that runs passes (on view changes, on request, and
+//! every resync period, so entries changed by hand are corrected and nothing depends on
+//! having seen every event) is `tasks::reconcile`. No pass runs before the first successful
+//! listing of the KV: an agent restarting while the KV is down adopts the datapath as it is.
 
 pub mod desired;
+pub mod liveness;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
 
-use crate::agent::Agent;
+use ovl_core::ClusterView;
+use ovl_datapath::{Attached, Desired, EndpointSpec, MacAddr, NetworkSpec};
 
-/// Runs reconciliation passes until the task is dropped.
-pub async fn run(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(agent.settings.resync_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = agent.kick.notified() => {},
-            _ = tick.tick() => {},
+use crate::{
+    datapath::{Converged, Datapath, NetReport},
+    error::{AgentError, Result},
+};
+pub use desired::EndpointKey;
+use desired::{Here, Me};
+
+/// Where the container end of a new endpoint goes.
+#[derive(Debug, Clone)]
+pub enum Plug {
+    /// Into the container's namespace (`overlayctl attach`).
+    IntoNetns,
+    /// Left in the host namespace under this temporary name for dockerd to move (Docker's
+    /// Join).
+    Unplugged(String),
+}
+
+/// The datapath and what serialises and remembers changes to it.
+pub struct Reconciler {
+    dp: Arc<dyn Datapath>,
+    /// Serialises datapath changes: passes, attaches and detaches never interleave.
+    lock: tokio::sync::Mutex<()>,
+    /// Local endpoints being attached, counted as desired until the view shows them.
+    pending: Mutex<BTreeSet<EndpointKey>>,
+    /// Peers already announced by gratuitous ARP: (network, address, MAC).
+    announced: Mutex<BTreeSet<(String, Ipv4Addr, [u8; 6])>>,
+}
+
+impl Reconciler {
+    /// A reconciler driving `dp`.
+    pub fn new(dp: Arc<dyn Datapath>) -> Self {
+        Reconciler {
+            dp,
+            lock: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(BTreeSet::new()),
+            announced: Mutex::new(BTreeSet::new()),
         }
-        if !agent.view_ready() {
-            continue;
+    }
+
+    /// The datapath (read-only uses: mode, details).
+    pub fn datapath(&self) -> &dyn Datapath {
+        self.dp.as_ref()
+    }
+
+    /// Takes the datapath lock, for other changes that must not interleave with a pass (the
+    /// gateway interfaces of a container).
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// Forgets pending endpoints that `view` now shows.
+    pub fn settle(&self, view: &ClusterView) {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .retain(|k| !view.endpoints.contains_key(k));
+    }
+
+    fn desired(&self, view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
+        let mut here = here.clone();
+        for k in self.pending.lock().expect("pending lock").iter() {
+            here.endpoints.entry(k.clone()).or_insert(None);
         }
-        let started = Instant::now();
-        match agent.reconcile_once().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(ops = n, took = ?started.elapsed(), "datapath converged"),
-            Err(e) => tracing::warn!(error = %e, "reconcile pass failed"),
+        desired::desired(view, me, &here)
+    }
+
+    /// One pass towards the desired state of `view` given what this host knows (`here`).
+    pub async fn pass(&self, view: &ClusterView, me: &Me<'_>, here: &Here) -> Result<Converged> {
+        let _g = self.lock.lock().await;
+        let want = self.desired(view, me, here);
+        let done = self.dp.converge(&want).await?;
+        self.announce_new_peers(&want).await;
+        Ok(done)
+    }
+
+    /// Desired state and, per network, what is programmed and what a pass would change.
+    pub async fn report(
+        &self,
+        view: &ClusterView,
+        me: &Me<'_>,
+        here: &Here,
+    ) -> Result<(Desired, BTreeMap<String, NetReport>)> {
+        let want = self.desired(view, me, here);
+        let reports = self.dp.report(&want).await?;
+        Ok((want, reports))
+    }
+
+    /// Plumbs endpoint `key` (the one verb of `overlayctl attach` and Docker's Join): marks it
+    /// pending so a concurrent pass keeps it, creates its interfaces, and on failure removes
+    /// whatever was made (a failure of that cleanup is logged and counted by the caller
+    /// through the returned error's context).
+    pub async fn plumb(
+        &self,
+        key: &EndpointKey,
+        spec: &NetworkSpec,
+        ep: &EndpointSpec,
+        plug: &Plug,
+    ) -> Result<Attached> {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(key.clone());
+        let _g = self.lock.lock().await;
+        let r = match plug {
+            Plug::IntoNetns => self.dp.attach(spec, ep).await,
+            Plug::Unplugged(tmp) => {
+                let mut ep = ep.clone();
+                ep.ifname = Some(tmp.clone());
+                self.dp.attach_unplugged(spec, &ep).await
+            }
+        };
+        match r {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                self.pending.lock().expect("pending lock").remove(key);
+                if let Err(undo) = self.dp.detach(&key.0, &key.1).await {
+                    tracing::error!(network = %key.0, endpoint = %key.1, error = %undo,
+                        "cleaning up after a failed attach");
+                    return Err(AgentError::Rollback {
+                        op: format!("attaching {} to {}", key.1, key.0),
+                        error: Box::new(e),
+                        cleanup: vec![undo.to_string()],
+                    });
+                }
+                Err(e)
+            }
         }
-        agent.reconcile_gateway().await;
+    }
+
+    /// Takes endpoint `key` out of the datapath: it stops being pending and its interfaces go.
+    /// Idempotent. The caller may hold the lock from [`Reconciler::lock`] (`locked`) to do
+    /// more under it.
+    pub async fn unplumb(&self, key: &EndpointKey) -> Result<()> {
+        let _g = self.lock.lock().await;
+        self.unplumb_locked(key).await
+    }
+
+    /// [`Reconciler::unplumb`] for a caller that holds the lock.
+    pub async fn unplumb_locked(&self, key: &EndpointKey) -> Result<()> {
+        self.pending.lock().expect("pending lock").remove(key);
+        self.dp.detach(&key.0, &key.1).await
+    }
+
+    /// Sends one gratuitous ARP per peer that is newly in the desired state (once per peer).
+    async fn announce_new_peers(&self, want: &Desired) {
+        let now: BTreeSet<(String, Ipv4Addr, [u8; 6])> = want
+            .networks
+            .iter()
+            .flat_map(|(n, d)| d.peers.iter().map(move |p| (n.clone(), p.ip, p.mac.0)))
+            .collect();
+        let fresh: Vec<_> = {
+            let mut seen = self.announced.lock().expect("announced lock");
+            let fresh = now.difference(&seen).cloned().collect();
+            *seen = now;
+            fresh
+        };
+        let mut by_net: BTreeMap<&str, Vec<(Ipv4Addr, MacAddr)>> = BTreeMap::new();
+        for (n, ip, mac) in &fresh {
+            by_net.entry(n).or_default().push((*ip, MacAddr(*mac)));
+        }
+        for (net, peers) in by_net {
+            if let Err(e) = self.dp.announce(net, &peers).await {
+                tracing::debug!(network = net, error = %e, "gratuitous ARP");
+            }
+        }
     }
 }

@@ -15,5 +15,5 @@ pub mod store;
 pub mod view;
 
 pub use model::{AliveRecord, EndpointRecord, HostRecord, MacAddr, NetworkRecord, PortMap, Proto};
-pub use store::{ClusterStore, StoreError};
+pub use store::{ClusterStore, Repair, StoreError};
 pub use view::ClusterView;

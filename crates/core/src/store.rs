@@ -11,13 +11,14 @@ use std::{
 };
 
 use ipnetwork::Ipv4Network;
-use ovl_kv::{Compare, Kv, KvError, LeaseId, TxnOp};
+use ovl_kv::{Compare, Kv, KvError, LeaseId, Revision, TxnOp, WatchStream};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     ipam::{self, SubnetPool},
     keys,
     model::{self, AliveRecord, EndpointRecord, HostRecord, NetworkRecord},
+    view::ClusterView,
 };
 
 /// How often a racing allocation is retried before giving up.
@@ -103,6 +104,29 @@ impl ClusterStore {
         &self.kv
     }
 
+    /// Which store this is, for status output (`etcd://...` or `embedded:/path`).
+    pub fn describe(&self) -> String {
+        self.kv.describe()
+    }
+
+    /// Checks that the store answers.
+    pub async fn health(&self) -> Result<()> {
+        Ok(self.kv.health().await?)
+    }
+
+    // ---- the cluster view ----
+
+    /// The whole cluster state as a view, with the revision it reflects.
+    pub async fn view(&self) -> Result<ClusterView> {
+        let listing = self.kv.list(keys::ROOT).await?;
+        Ok(ClusterView::from_listing(&listing))
+    }
+
+    /// Changes to the cluster state from revision `from` on, for [`ClusterView::apply`].
+    pub async fn watch(&self, from: Revision) -> Result<WatchStream> {
+        Ok(self.kv.watch(keys::ROOT, from).await?)
+    }
+
     async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, i64)>> {
         match self.kv.get(key).await? {
             Some(e) => Ok(Some((decode(key, &e.value)?, e.mod_revision))),
@@ -140,6 +164,21 @@ impl ClusterStore {
     /// Grants a lease for the liveness record.
     pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         Ok(self.kv.grant_lease(ttl).await?)
+    }
+
+    /// Renews the liveness lease once.
+    pub async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        Ok(self.kv.keep_alive(lease).await?)
+    }
+
+    /// One host record.
+    pub async fn host(&self, id: &str) -> Result<Option<HostRecord>> {
+        Ok(self.get_json(&keys::host(id)).await?.map(|(h, _)| h))
+    }
+
+    /// One liveness record.
+    pub async fn alive(&self, id: &str) -> Result<Option<AliveRecord>> {
+        Ok(self.get_json(&keys::alive(id)).await?.map(|(a, _)| a))
     }
 
     /// Every host with whether it is alive.
@@ -515,6 +554,77 @@ impl ClusterStore {
         Ok(())
     }
 
+    /// Brings the record of an endpoint that lives on this host back to `mine` (the host's
+    /// own knowledge) when the KV says otherwise: recreated with its address claim when
+    /// missing, replaced (compare-and-swap) when it names another host, address or MAC.
+    /// Names and aliases in the KV are left as they are. Nothing is written while the
+    /// record agrees.
+    pub async fn repair_endpoint(&self, mine: &EndpointRecord) -> Result<Repair> {
+        let key = keys::endpoint(&mine.network, &mine.id);
+        let akey = keys::addr(&mine.network, mine.ip);
+        for _ in 0..MAX_ATTEMPTS {
+            let found = self.get_json::<EndpointRecord>(&key).await?;
+            let claim = self.kv.get(&akey).await?;
+            let claim_ok = claim.as_ref().is_none_or(|c| c.value == mine.id.as_bytes());
+            if let Some(c) = &claim
+                && !claim_ok
+            {
+                return Ok(Repair::AddressTaken {
+                    owner: String::from_utf8_lossy(&c.value).into_owned(),
+                });
+            }
+            let (mut compares, mut ops, was) = match &found {
+                Some((rec, _)) if rec.same_plumbing(mine) && claim.is_some() => {
+                    return Ok(Repair::Agrees);
+                }
+                Some((rec, rev)) => {
+                    let mut fixed = mine.clone();
+                    fixed.name = rec.name.clone();
+                    fixed.aliases = rec.aliases.clone();
+                    (
+                        vec![Compare::ModRevision(key.clone(), *rev)],
+                        vec![TxnOp::Put {
+                            key: key.clone(),
+                            value: encode(&fixed),
+                            lease: None,
+                        }],
+                        Some(rec.clone()),
+                    )
+                }
+                None => (
+                    vec![Compare::ModRevision(key.clone(), 0)],
+                    vec![TxnOp::Put {
+                        key: key.clone(),
+                        value: encode(mine),
+                        lease: None,
+                    }],
+                    None,
+                ),
+            };
+            match &claim {
+                Some(c) => compares.push(Compare::ModRevision(akey.clone(), c.mod_revision)),
+                None => {
+                    compares.push(Compare::ModRevision(akey.clone(), 0));
+                    ops.push(TxnOp::Put {
+                        key: akey.clone(),
+                        value: mine.id.as_bytes().to_vec(),
+                        lease: None,
+                    });
+                }
+            }
+            if self.kv.txn(compares, ops).await?.is_some() {
+                return Ok(match was {
+                    Some(was) => Repair::Rewrote { was },
+                    None => Repair::Recreated,
+                });
+            }
+        }
+        Err(StoreError::Contention(format!(
+            "repairing endpoint {} on {}",
+            mine.id, mine.network
+        )))
+    }
+
     /// Deletes an endpoint and releases its address in one transaction. Returns the removed
     /// record, or `None` if there was none (idempotent).
     pub async fn delete_endpoint(&self, net: &str, id: &str) -> Result<Option<EndpointRecord>> {
@@ -542,7 +652,32 @@ impl ClusterStore {
     }
 }
 
+/// What [`ClusterStore::repair_endpoint`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// The record agreed; nothing written.
+    Agrees,
+    /// The record (and its address claim) was missing and was written again.
+    Recreated,
+    /// The record said something else (`was`) and was replaced.
+    Rewrote {
+        /// The record as found.
+        was: EndpointRecord,
+    },
+    /// The endpoint's address is claimed by another endpoint: nothing could be written.
+    AddressTaken {
+        /// The other endpoint.
+        owner: String,
+    },
+}
+
 impl EndpointRecord {
+    /// Whether two records of one endpoint agree on what the datapath programs: host,
+    /// address and MAC (names and aliases aside).
+    pub fn same_plumbing(&self, other: &EndpointRecord) -> bool {
+        self.host == other.host && self.ip == other.ip && self.mac == other.mac
+    }
+
     /// The container name, or the id while the name is unknown.
     pub fn display_name(&self) -> &str {
         if self.name.is_empty() {

@@ -5,18 +5,18 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use ovl_core::{ClusterView, keys};
+use ovl_core::StoreError;
 use ovl_kv::KvError;
 
-use crate::agent::Agent;
+use crate::{agent::Agent, counters::Counters};
 
 /// Runs the view sync loop until the task is dropped.
 pub async fn run(agent: Arc<Agent>) {
-    let kv = agent.store.kv().clone();
+    let store = agent.store().clone();
     let mut backoff = Duration::from_millis(200);
     loop {
-        let listing = match kv.list(keys::ROOT).await {
-            Ok(l) => l,
+        let mut view = match store.view().await {
+            Ok(v) => v,
             Err(e) => {
                 agent.note_kv(Err(e.to_string()));
                 tracing::warn!(error = %e, retry_in = ?backoff, "listing cluster state failed");
@@ -27,12 +27,11 @@ pub async fn run(agent: Arc<Agent>) {
         };
         agent.note_kv(Ok(()));
         backoff = Duration::from_millis(200);
-        let mut view = ClusterView::from_listing(&listing);
         if *agent.view() != view {
             agent.publish(view.clone());
         }
         agent.set_ready();
-        let mut stream = match kv.watch(keys::ROOT, listing.revision + 1).await {
+        let mut stream = match store.watch(view.revision + 1).await {
             Ok(s) => s,
             Err(e) => {
                 agent.note_kv(Err(e.to_string()));
@@ -40,7 +39,7 @@ pub async fn run(agent: Arc<Agent>) {
                 continue;
             }
         };
-        let relist = tokio::time::sleep(agent.settings.resync_interval * 6);
+        let relist = tokio::time::sleep(agent.settings().resync_interval * 6);
         tokio::pin!(relist);
         loop {
             tokio::select! {
@@ -68,21 +67,26 @@ pub async fn run(agent: Arc<Agent>) {
 
 /// Probes the KV every second and records the outcome for `status`.
 pub async fn probe_health(agent: Arc<Agent>) {
-    let kv = agent.store.kv().clone();
+    let store = agent.store().clone();
     loop {
-        let outcome = tokio::time::timeout(Duration::from_secs(3), kv.health()).await;
+        let outcome = tokio::time::timeout(Duration::from_secs(3), store.health()).await;
         let outcome = match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!(
                 "KV store {} did not answer within 3s",
-                kv.describe()
+                store.describe()
             )),
         };
         if outcome.is_err() {
-            crate::metrics::Counters::add(&agent.counters.kv_probe_failures, 1);
+            Counters::add(&agent.counters().kv_probe_failures, 1);
         }
         agent.note_kv(outcome);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Whether a store error means the lease is gone.
+pub(crate) fn lease_lost(e: &StoreError) -> bool {
+    matches!(e, StoreError::Kv(KvError::LeaseNotFound(_)))
 }

@@ -1,46 +1,15 @@
 //! Prometheus metrics on `--metrics-addr` (text format at `/metrics`): counters kept by the
 //! agent's loops plus gauges read from the current view.
 
-use std::{
-    fmt::Write,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{fmt::Write, net::SocketAddr, sync::Arc};
 
 use axum::{Router, routing::get};
 
-use crate::agent::Agent;
-
-/// Counters the agent's loops and operations increase.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Reconcile passes run.
-    pub reconcile_passes: AtomicU64,
-    /// Datapath operations applied.
-    pub ops_applied: AtomicU64,
-    /// Datapath operations that failed (retried later).
-    pub ops_failed: AtomicU64,
-    /// Successful attaches.
-    pub attaches: AtomicU64,
-    /// Successful detaches.
-    pub detaches: AtomicU64,
-    /// Failed KV health probes.
-    pub kv_probe_failures: AtomicU64,
-}
-
-impl Counters {
-    /// Adds `n` to a counter.
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-}
+use crate::{agent::Agent, counters::Counters};
 
 /// Renders every metric in the Prometheus text format.
 pub fn render(agent: &Agent) -> String {
-    let c = &agent.counters;
+    let c = agent.counters();
     let st = agent.status();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -49,7 +18,7 @@ pub fn render(agent: &Agent) -> String {
             "# HELP overlay_{name} {help}\n# TYPE overlay_{name} {kind}\noverlay_{name} {value}"
         );
     };
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let get = Counters::get;
     metric(
         "reconcile_passes_total",
         "counter",
@@ -85,6 +54,24 @@ pub fn render(agent: &Agent) -> String {
         "counter",
         "Failed KV health probes.",
         get(&c.kv_probe_failures),
+    );
+    metric(
+        "endpoint_record_conflicts_total",
+        "counter",
+        "Endpoint records in the KV found contradicting this host's own state.",
+        get(&c.record_conflicts),
+    );
+    metric(
+        "endpoint_records_repaired_total",
+        "counter",
+        "Endpoint records written back to the KV after such a conflict.",
+        get(&c.records_repaired),
+    );
+    metric(
+        "rollback_failures_total",
+        "counter",
+        "Cleanup steps after a failed operation that failed themselves.",
+        get(&c.rollback_failures),
     );
     metric(
         "kv_reachable",

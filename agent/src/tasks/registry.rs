@@ -3,23 +3,22 @@
 //! The loop is level-triggered: whatever happened (KV outage, lease expired while the KV was
 //! away, record deleted by hand) it brings back the host record and a live lease holding the
 //! liveness record. The lease is not revoked on shutdown: a restarting agent should not make
-//! its peers tear down entries towards this host; a host gone for longer than the TTL is
-//! shown dead and dropped from the datapath of the others.
+//! its peers tear down entries towards this host.
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use ovl_core::{AliveRecord, HostRecord};
+use ovl_core::{AliveRecord, HostRecord, StoreError};
+use ovl_kv::LeaseId;
 
-use ovl_kv::{KvError, LeaseId};
-
+use super::sync::lease_lost;
 use crate::agent::Agent;
 
 /// Runs the registry loop until the task is dropped.
 pub async fn run(agent: Arc<Agent>) {
-    let s = &agent.settings;
+    let s = agent.settings();
     let alive = AliveRecord {
         id: s.host_id.clone(),
         boot_id: format!("{:016x}", rand::random::<u64>()),
@@ -42,7 +41,7 @@ pub async fn run(agent: Arc<Agent>) {
             }
             Err(e) => {
                 agent.set_registered(false);
-                if matches!(e, KvError::LeaseNotFound(_)) {
+                if lease_lost(&e) {
                     tracing::warn!("lease expired; registering again");
                     lease = None;
                     continue;
@@ -61,33 +60,23 @@ async fn step(
     alive: &AliveRecord,
     ttl: Duration,
     lease: &mut Option<LeaseId>,
-) -> Result<(), KvError> {
-    let kv = agent.store.kv();
-    let store_err = |e: ovl_core::StoreError| match e {
-        ovl_core::StoreError::Kv(k) => k,
-        other => KvError::Backend(other.to_string()),
-    };
+) -> Result<(), StoreError> {
+    let store = agent.store();
     match *lease {
         Some(id) => {
-            kv.keep_alive(id).await?;
-            // Level-triggered: restore either record if it went missing.
-            let want_host = serde_json::to_vec(host).expect("serializable");
-            if kv
-                .get(&ovl_core::keys::host(&host.id))
-                .await?
-                .map(|e| e.value)
-                != Some(want_host)
-            {
-                agent.store.put_host(host).await.map_err(store_err)?;
+            store.keep_alive(id).await?;
+            // Level-triggered: restore either record if it went missing or changed.
+            if store.host(&host.id).await?.as_ref() != Some(host) {
+                store.put_host(host).await?;
             }
-            if kv.get(&ovl_core::keys::alive(&host.id)).await?.is_none() {
-                agent.store.put_alive(alive, id).await.map_err(store_err)?;
+            if store.alive(&host.id).await?.is_none() {
+                store.put_alive(alive, id).await?;
             }
         }
         None => {
-            let id = kv.grant_lease(ttl).await?;
-            agent.store.put_host(host).await.map_err(store_err)?;
-            agent.store.put_alive(alive, id).await.map_err(store_err)?;
+            let id = store.grant_lease(ttl).await?;
+            store.put_host(host).await?;
+            store.put_alive(alive, id).await?;
             *lease = Some(id);
             tracing::info!(host = %host.id, vtep = %host.vtep, lease = format!("{id:x}"), "registered");
         }

@@ -1,0 +1,396 @@
+//! Endpoint operations: `overlayctl attach`/`detach`, and the plumbing verb Docker's Join and
+//! Leave use too.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use ovl_core::{EndpointRecord, NetworkRecord, ipam, model};
+use ovl_datapath::{EndpointSpec, MacAddr};
+
+use super::Agent;
+use crate::{
+    api::types::{AttachReply, AttachRequest, DetachReply, DetachRequest},
+    counters::Counters,
+    error::{AgentError, Result},
+    local::{self, Attachment},
+    reconcile::{Plug, desired},
+};
+
+/// What plumbing an endpoint made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plumbed {
+    /// The container end's name: in the container (`eth0`...), or the temporary name in the
+    /// host namespace for Docker to move.
+    pub ifname: String,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+impl Agent {
+    /// Creates the interfaces of endpoint `rec` of `net` (the one plumbing verb of
+    /// `overlayctl attach` and Docker's Join, whatever `plug` says about the container end)
+    /// and records the local attachment. On failure nothing is left in the datapath; the KV
+    /// records are the caller's.
+    pub async fn plumb(
+        &self,
+        net: &NetworkRecord,
+        rec: &EndpointRecord,
+        netns: &Path,
+        plug: Plug,
+    ) -> Result<Plumbed> {
+        let spec = desired::spec(net, &self.me());
+        let ep = EndpointSpec {
+            endpoint_id: rec.id.clone(),
+            netns: netns.to_path_buf(),
+            mac: MacAddr(rec.mac.0),
+            ip: rec.ip,
+            prefix_len: net.subnet.prefix(),
+            mtu: spec.mtu,
+            ifname: None,
+        };
+        let key = (net.name.clone(), rec.id.clone());
+        let attached = match self.rec.plumb(&key, &spec, &ep, &plug).await {
+            Ok(a) => a,
+            Err(e) => {
+                if let AgentError::Rollback { cleanup, .. } = &e {
+                    Counters::add(&self.counters.rollback_failures, cleanup.len() as u64);
+                }
+                return Err(e);
+            }
+        };
+        let standalone = matches!(plug, Plug::IntoNetns);
+        let netns_key = match local::netns_key(netns) {
+            Ok(k) => k,
+            // dockerd's sandbox file may not be visible from here; the endpoint is then a
+            // namespace of its own for the gateway and names.
+            Err(_) if !standalone => format!("docker-{}", rec.id),
+            Err(e) => {
+                self.unplumb(&net.name, &rec.id, false).await?;
+                return Err(AgentError::io(format!("{}", netns.display()), e));
+            }
+        };
+        self.local.insert(Attachment {
+            endpoint: rec.clone(),
+            network: net.clone(),
+            netns: netns.to_path_buf(),
+            netns_key,
+            ifname: attached.ifname.clone(),
+            hosts_file: None,
+            // Docker's own resolver owns 127.0.0.11 in its containers.
+            dns_listener: standalone,
+        });
+        self.kick();
+        Ok(Plumbed {
+            ifname: attached.ifname,
+            mtu: spec.mtu,
+        })
+    }
+
+    /// Takes endpoint `id` of `network` out of this host's datapath and local state (not the
+    /// KV): its interfaces go, and with `gateway` (standalone attach; under Docker the gateway
+    /// is Docker's) its gateway-bridge interface goes too when it was the namespace's last
+    /// one. Idempotent. Returns the local attachment it removed.
+    pub async fn unplumb(
+        &self,
+        network: &str,
+        id: &str,
+        gateway: bool,
+    ) -> Result<Option<Attachment>> {
+        let _g = self.rec.lock().await;
+        self.rec
+            .unplumb_locked(&(network.to_string(), id.to_string()))
+            .await?;
+        let removed = self.local.remove(network, id);
+        if gateway
+            && let Some(a) = &removed
+            && !a.network.internal
+        {
+            self.detach_gateway(&a.netns_key).await?;
+        }
+        self.kick();
+        Ok(removed)
+    }
+
+    /// `overlayctl attach`: claims an address, records the endpoint, plumbs the container.
+    pub async fn attach(&self, req: AttachRequest) -> Result<AttachReply> {
+        let t0 = Instant::now();
+        model::validate_endpoint_name(&req.name).map_err(AgentError::Invalid)?;
+        for a in &req.aliases {
+            model::validate_endpoint_name(a)
+                .map_err(|e| AgentError::Invalid(e.replace("container name", "alias")))?;
+        }
+        let netns: PathBuf = match (&req.netns, req.pid) {
+            (Some(p), None) => p.clone(),
+            (None, Some(pid)) => format!("/proc/{pid}/ns/net").into(),
+            _ => {
+                return Err(AgentError::Invalid(
+                    "give exactly one of --netns or --pid".into(),
+                ));
+            }
+        };
+        if !ovl_datapath::netns::is_netns(&netns) {
+            return Err(AgentError::Invalid(format!(
+                "{} is not a network namespace",
+                netns.display()
+            )));
+        }
+        let me = self.settings.host_id.clone();
+        let net =
+            self.store.network(&req.network).await?.ok_or_else(|| {
+                AgentError::NotFound(format!("network {} not found", req.network))
+            })?;
+        let id = req.name.clone();
+        let (rec, created) = match self.store.endpoint(&net.name, &id).await? {
+            Some(e) if e.host == me => (e, false), // idempotent: attach again what is recorded
+            Some(e) => {
+                return Err(AgentError::Conflict(format!(
+                    "name {} is already used on network {} (on host {})",
+                    id, net.name, e.host
+                )));
+            }
+            None => {
+                if let Some(m) = req.mac
+                    && self.view().endpoints_on(&net.name).any(|e| e.mac == m)
+                {
+                    return Err(AgentError::Conflict(format!(
+                        "MAC {m} is already used on network {}",
+                        net.name
+                    )));
+                }
+                let ip = self.store.allocate_addr(&net, req.ip, &id).await?;
+                tracing::debug!(took = ?t0.elapsed(), "attach: address allocated");
+                let rec = EndpointRecord {
+                    id: id.clone(),
+                    network: net.name.clone(),
+                    host: me.clone(),
+                    name: req.name.clone(),
+                    aliases: req.aliases.clone(),
+                    ip,
+                    mac: req.mac.unwrap_or_else(|| ipam::mac_for(ip)),
+                    publish: req.publish.clone(),
+                };
+                if let Err(e) = self.store.create_endpoint(&rec).await {
+                    return Err(self
+                        .undo(
+                            format!("recording {id} on {}", net.name),
+                            e.into(),
+                            vec![self.release_step(&net.name, ip, &id).await],
+                        )
+                        .await);
+                }
+                (rec, true)
+            }
+        };
+        let plumbed = match self.plumb(&net, &rec, &netns, Plug::IntoNetns).await {
+            Ok(p) => p,
+            Err(e) => {
+                let cleanup = if created {
+                    vec![self.forget_step(&rec).await]
+                } else {
+                    Vec::new()
+                };
+                return Err(self
+                    .undo(format!("attaching {id} to {}", net.name), e, cleanup)
+                    .await);
+            }
+        };
+        tune_arp(&netns, &plumbed.ifname);
+        let mut att = self
+            .local
+            .get(&net.name, &id)
+            .ok_or_else(|| AgentError::Internal(format!("attachment {id} vanished")))?;
+        let gateway_ifname = if net.internal {
+            None
+        } else {
+            let r = {
+                let _g = self.rec.lock().await;
+                self.attach_gateway(&netns, &att.netns_key, &rec.publish)
+                    .await
+            };
+            match r {
+                Ok(ifname) => Some(ifname),
+                Err(e) => {
+                    // Nothing half-made: undo the overlay side too.
+                    let mut cleanup = vec![
+                        self.unplumb(&net.name, &id, true)
+                            .await
+                            .err()
+                            .map(|u| format!("removing the interfaces of {id}: {u}")),
+                    ];
+                    if created {
+                        cleanup.push(self.forget_step(&rec).await);
+                    }
+                    return Err(self
+                        .undo(format!("attaching {id} to {}", net.name), e, cleanup)
+                        .await);
+                }
+            }
+        };
+        att.hosts_file = match self.names.prepare_netns_etc(&netns) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(netns = %netns.display(), error = %e, "preparing /etc/netns files");
+                None
+            }
+        };
+        self.local.insert(att);
+        // Names before returning: `ip netns exec X ping peer.net` works right after attach.
+        self.sync_names().await;
+        tracing::info!(network = %net.name, endpoint = %id, ip = %rec.ip, ifname = %plumbed.ifname, took = ?t0.elapsed(), "attached");
+        Counters::add(&self.counters.attaches, 1);
+        Ok(AttachReply {
+            endpoint: rec,
+            ifname: plumbed.ifname,
+            mtu: plumbed.mtu,
+            prefix_len: net.subnet.prefix(),
+            gateway_ifname,
+        })
+    }
+
+    /// `overlayctl detach`: removes the interfaces, the record and the address. Idempotent.
+    pub async fn detach(&self, req: DetachRequest) -> Result<DetachReply> {
+        let id = req.name.clone();
+        let rec = self.store.endpoint(&req.network, &id).await?;
+        if let Some(r) = &rec
+            && r.host != self.settings.host_id
+        {
+            return Err(AgentError::Conflict(format!(
+                "{} on network {} lives on host {}: detach it there",
+                id, req.network, r.host
+            )));
+        }
+        self.unplumb(&req.network, &id, true).await?;
+        let removed = self
+            .store
+            .delete_endpoint(&req.network, &id)
+            .await?
+            .is_some();
+        self.sync_names().await;
+        if removed {
+            tracing::info!(network = %req.network, endpoint = %id, "detached");
+            Counters::add(&self.counters.detaches, 1);
+        }
+        Ok(DetachReply { removed })
+    }
+
+    /// Releases an address claim, as a cleanup step: `None` when it worked, else what is left.
+    async fn release_step(&self, net: &str, ip: std::net::Ipv4Addr, id: &str) -> Option<String> {
+        self.store
+            .release_addr(net, ip, id)
+            .await
+            .err()
+            .map(|e| format!("releasing {ip} on {net}: {e}"))
+    }
+
+    /// Removes an endpoint record this operation created, and its address claim.
+    async fn forget_step(&self, rec: &EndpointRecord) -> Option<String> {
+        // delete_endpoint releases the address with the record.
+        self.store
+            .delete_endpoint(&rec.network, &rec.id)
+            .await
+            .err()
+            .map(|e| format!("removing the record of {} on {}: {e}", rec.id, rec.network))
+    }
+
+    /// The error of a failed operation, with the cleanup steps that failed in turn (logged and
+    /// counted: what they name is left behind).
+    async fn undo(&self, op: String, error: AgentError, steps: Vec<Option<String>>) -> AgentError {
+        let cleanup: Vec<String> = steps.into_iter().flatten().collect();
+        if cleanup.is_empty() {
+            return error;
+        }
+        for c in &cleanup {
+            tracing::error!(%op, cleanup = %c, "cleaning up after a failed operation");
+        }
+        Counters::add(&self.counters.rollback_failures, cleanup.len() as u64);
+        AgentError::Rollback {
+            op,
+            error: Box::new(error),
+            cleanup,
+        }
+    }
+
+    fn overlay_subnets(&self) -> Vec<ipnetwork::Ipv4Network> {
+        self.view().networks.values().map(|n| n.subnet).collect()
+    }
+
+    /// Gives the container its gateway-bridge interface (one per namespace, shared by all its
+    /// non-internal attachments) and publishes its ports. The caller holds the datapath lock.
+    async fn attach_gateway(
+        &self,
+        netns: &Path,
+        nskey: &str,
+        ports: &[ovl_core::PortMap],
+    ) -> Result<String> {
+        let first = self.gw.info().is_none();
+        self.gw.ensure_with(&self.overlay_subnets()).await?;
+        if first {
+            // Publish the chosen subnet at once: other hosts refuse overlay subnets that
+            // overlap it (the registry would only write it on its next renewal).
+            if let Err(e) = self.store.put_host(&self.host_record()).await {
+                tracing::warn!(error = %e, "publishing the gateway subnet");
+            }
+        }
+        let ep = self.gw.attach(nskey, netns).await?;
+        if !ports.is_empty() {
+            let maps: Vec<ovl_gateway::PortMap> = ports.iter().map(to_gw_port).collect();
+            self.gw.publish(nskey, &maps).await?;
+        }
+        Ok(ep.ifname)
+    }
+
+    /// Removes the gateway interface when no non-internal attachment of the namespace is
+    /// left, else republishes the remaining attachments' ports.
+    async fn detach_gateway(&self, nskey: &str) -> Result<()> {
+        let rest: Vec<Attachment> = self
+            .local
+            .in_netns(nskey)
+            .into_iter()
+            .filter(|a| !a.network.internal)
+            .collect();
+        if rest.is_empty() {
+            return Ok(self.gw.detach(nskey).await?);
+        }
+        let ports: Vec<ovl_gateway::PortMap> = rest
+            .iter()
+            .flat_map(|a| a.endpoint.publish.iter().map(to_gw_port))
+            .collect();
+        self.gw.unpublish(nskey).await?;
+        if !ports.is_empty() {
+            self.gw.publish(nskey, &ports).await?;
+        }
+        Ok(())
+    }
+}
+
+fn to_gw_port(p: &ovl_core::PortMap) -> ovl_gateway::PortMap {
+    ovl_gateway::PortMap {
+        host_port: p.host_port,
+        container_port: p.port,
+        proto: match p.proto {
+            ovl_core::Proto::Tcp => ovl_gateway::Proto::Tcp,
+            ovl_core::Proto::Udp => ovl_gateway::Proto::Udp,
+        },
+    }
+}
+
+/// ARP retransmit time on overlay interfaces. Neighbours on the overlay are answered locally
+/// (proxy ARP from programmed entries, or in BPF), so a request sent a moment before the
+/// peer's entry arrived is dropped; the kernel's default retry after 1 s is what made
+/// Docker's overlay take over a second to converge. Retrying after 100 ms costs nothing.
+const ARP_RETRANS_MS: &str = "100";
+
+/// Sets [`ARP_RETRANS_MS`] on `ifname` inside `netns` (best effort: a failure only slows
+/// the first contact).
+fn tune_arp(netns: &Path, ifname: &str) {
+    let knob = format!("/proc/sys/net/ipv4/neigh/{ifname}/retrans_time_ms");
+    let r = ovl_datapath::netns::run_in_netns(Some(netns), move || {
+        std::fs::write(&knob, ARP_RETRANS_MS)
+            .map_err(|e| ovl_datapath::Error::InvalidInput(format!("{knob}: {e}")))
+    });
+    if let Err(e) = r {
+        tracing::debug!(netns = %netns.display(), error = %e, "tuning ARP retransmits");
+    }
+}

@@ -1,0 +1,279 @@
+//! The agent: the state every entry point shares (settings, the cluster store and view, KV
+//! health, the reconciler that owns the datapath, the gateway and names services, local
+//! attachments) behind private fields, and its operations, one file per concern:
+//! [`endpoints`] (attach, detach, the plumbing verb), [`networks`] (create, list, remove),
+//! [`inspect`] (status, hosts, peers, lookups) and [`passes`] (one reconcile, gateway or names
+//! pass). The control API, the Docker plugin and the long-running loops (`tasks`) call these
+//! verbs; nothing reaches into the fields.
+
+mod endpoints;
+mod inspect;
+mod networks;
+mod passes;
+mod records;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use ovl_core::{ClusterStore, ClusterView};
+use ovl_kv::Kv;
+use tokio::sync::{Notify, watch};
+
+pub use endpoints::Plumbed;
+
+use crate::{
+    config::Settings,
+    counters::Counters,
+    datapath::Datapath,
+    gateway::Gateway,
+    local::LocalState,
+    names::Names,
+    probe::VtepProbe,
+    reconcile::{
+        Reconciler,
+        desired::{Here, Me, VXLAN_OVERHEAD},
+        liveness::{HostState, Liveness},
+    },
+};
+
+/// Health of the KV as last probed.
+#[derive(Debug, Default)]
+struct KvHealth {
+    /// When the KV last answered.
+    last_ok: Option<Instant>,
+    /// The last error, cleared by the next success.
+    last_error: Option<String>,
+}
+
+/// The side-effecting services an agent drives: real ones in the daemon, fakes in tests.
+pub struct Services {
+    /// The datapath (kernel or eBPF).
+    pub datapath: Arc<dyn Datapath>,
+    /// The gateway bridge.
+    pub gateway: Arc<dyn Gateway>,
+    /// Names: DNS listeners and hosts files.
+    pub names: Arc<dyn Names>,
+    /// Probes of other hosts' VTEPs.
+    pub probe: Arc<dyn VtepProbe>,
+}
+
+/// The agent.
+pub struct Agent {
+    settings: Settings,
+    store: ClusterStore,
+    underlay_mtu: u32,
+    view: watch::Sender<Arc<ClusterView>>,
+    health: Mutex<KvHealth>,
+    registered: AtomicBool,
+    ready: AtomicBool,
+    /// Wakes the reconcile loop (something changed, or a caller wants convergence now).
+    kick: Notify,
+    /// Wakes the names loop.
+    names_kick: Notify,
+    rec: Reconciler,
+    gw: Arc<dyn Gateway>,
+    local: LocalState,
+    names: Arc<dyn Names>,
+    counters: Counters,
+    names_pass: tokio::sync::Mutex<()>,
+    probe: Arc<dyn VtepProbe>,
+    liveness: Mutex<Liveness>,
+}
+
+impl Agent {
+    /// A new agent over `kv`.
+    pub fn new(
+        settings: Settings,
+        kv: Arc<dyn Kv>,
+        underlay_mtu: u32,
+        services: Services,
+        local: LocalState,
+    ) -> Arc<Self> {
+        let store = ClusterStore::new(kv, settings.subnet_pool);
+        Arc::new(Agent {
+            settings,
+            store,
+            underlay_mtu,
+            view: watch::channel(Arc::new(ClusterView::default())).0,
+            health: Mutex::new(KvHealth::default()),
+            registered: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            kick: Notify::new(),
+            names_kick: Notify::new(),
+            rec: Reconciler::new(services.datapath),
+            gw: services.gateway,
+            local,
+            names: services.names,
+            counters: Counters::default(),
+            names_pass: tokio::sync::Mutex::new(()),
+            probe: services.probe,
+            liveness: Mutex::new(Liveness::default()),
+        })
+    }
+
+    /// The resolved settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The cluster store.
+    pub fn store(&self) -> &ClusterStore {
+        &self.store
+    }
+
+    /// MTU of the underlay interface.
+    pub fn underlay_mtu(&self) -> u32 {
+        self.underlay_mtu
+    }
+
+    /// The counters behind `/metrics`.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// What this host attached.
+    pub fn local(&self) -> &LocalState {
+        &self.local
+    }
+
+    /// The latest view of the cluster.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    /// Subscribes to view changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.subscribe()
+    }
+
+    /// Publishes a new view (from the sync loop).
+    pub fn publish(&self, v: ClusterView) {
+        self.rec.settle(&v);
+        self.view.send_replace(Arc::new(v));
+        self.kick.notify_one();
+    }
+
+    /// Marks that a full listing of the KV has been seen: reconciliation may start.
+    pub fn set_ready(&self) {
+        if !self.ready.swap(true, Ordering::Relaxed) {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Whether the view comes from at least one full listing.
+    pub fn view_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Asks for a reconcile pass soon.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Resolves when a reconcile pass was asked for.
+    pub async fn kicked(&self) {
+        self.kick.notified().await
+    }
+
+    /// Asks for a names pass soon.
+    pub fn kick_names(&self) {
+        self.names_kick.notify_one();
+    }
+
+    /// Resolves when a names pass was asked for.
+    pub async fn names_kicked(&self) {
+        self.names_kick.notified().await
+    }
+
+    /// What this host's desired state is computed for.
+    pub fn me(&self) -> Me<'_> {
+        Me {
+            host: &self.settings.host_id,
+            vtep: self.settings.advertise_addr,
+            underlay_mtu: self.underlay_mtu,
+            vxlan_port: self.settings.vxlan_port,
+        }
+    }
+
+    /// What this host knows on its own: its attachments (with their network records) and
+    /// the hosts whose agent is down but whose datapath answers.
+    pub fn here(&self, view: &ClusterView) -> Here {
+        let now = Instant::now();
+        let grace = {
+            let mut l = self.liveness.lock().expect("liveness lock");
+            l.observe(view, now);
+            l.grace(view, now)
+        };
+        Here {
+            endpoints: self
+                .local
+                .all()
+                .into_iter()
+                .map(|a| {
+                    (
+                        (a.endpoint.network.clone(), a.endpoint.id.clone()),
+                        Some(a.network),
+                    )
+                })
+                .collect(),
+            grace,
+        }
+    }
+
+    /// How `host` stands (alive, agent down with its datapath answering, dead).
+    pub fn host_state(&self, view: &ClusterView, host: &str) -> HostState {
+        if host == self.settings.host_id {
+            return HostState::Alive;
+        }
+        let mut l = self.liveness.lock().expect("liveness lock");
+        l.observe(view, Instant::now());
+        l.state(view, host, Instant::now())
+    }
+
+    /// Records the outcome of a KV call, for `status`.
+    pub fn note_kv(&self, outcome: std::result::Result<(), String>) {
+        let mut h = self.health.lock().expect("health lock");
+        match outcome {
+            Ok(()) => {
+                h.last_ok = Some(Instant::now());
+                h.last_error = None;
+            }
+            Err(e) => h.last_error = Some(e),
+        }
+    }
+
+    /// This host's record as it should be in the KV.
+    pub fn host_record(&self) -> ovl_core::HostRecord {
+        ovl_core::HostRecord {
+            id: self.settings.host_id.clone(),
+            vtep: self.settings.advertise_addr,
+            underlay_mtu: self.underlay_mtu,
+            datapath: self.rec.datapath().mode().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            gw_subnet: self.gw.info().map(|i| i.subnet),
+        }
+    }
+
+    /// Marks whether this host's liveness record is held.
+    pub fn set_registered(&self, yes: bool) {
+        self.registered.store(yes, Ordering::Relaxed);
+    }
+
+    /// The container MTU of a network on this host.
+    pub fn mtu_for(&self, mtu: Option<u32>) -> u32 {
+        mtu.unwrap_or(self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD))
+    }
+
+    /// Closes the names service's listeners (shutdown).
+    pub async fn shutdown(&self) {
+        self.names.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

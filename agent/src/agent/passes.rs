@@ -1,0 +1,86 @@
+//! One pass of each level-triggered loop (the loops themselves are in `tasks`): the
+//! datapath, the gateway bridge, and names.
+
+use std::{collections::BTreeSet, time::Instant};
+
+use super::Agent;
+use crate::{counters::Counters, error::Result};
+
+impl Agent {
+    /// One reconciliation pass: endpoint records checked against what this host knows (and
+    /// repaired), then the datapath; returns the number of datapath operations applied.
+    pub async fn reconcile_once(&self) -> Result<usize> {
+        let view = self.view();
+        self.check_records(&view).await;
+        let here = self.here(&view);
+        let done = self.rec.pass(&view, &self.me(), &here).await?;
+        let c = &self.counters;
+        Counters::add(&c.reconcile_passes, 1);
+        Counters::add(&c.ops_applied, done.applied as u64);
+        Counters::add(&c.ops_failed, done.failed.len() as u64);
+        for f in &done.failed {
+            tracing::warn!(failure = %f, "datapath operation failed; retrying on the next pass");
+        }
+        Ok(done.applied)
+    }
+
+    /// Repairs the gateway bridge and its firewall rules if something changed them.
+    pub async fn reconcile_gateway(&self) {
+        let _g = self.rec.lock().await;
+        match self.gw.repair().await {
+            Ok(true) => tracing::info!("gateway bridge or firewall rules repaired"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "gateway reconcile failed"),
+        }
+    }
+
+    /// One liveness pass: probes the VTEPs of hosts without a lease and asks for a
+    /// reconcile pass when the set of hosts whose entries are kept changes.
+    pub async fn probe_hosts(&self) {
+        let view = self.view();
+        let (before, targets) = {
+            let mut l = self.liveness.lock().expect("liveness lock");
+            l.observe(&view, Instant::now());
+            (
+                l.grace(&view, Instant::now()),
+                l.to_probe(&view, &self.settings.host_id),
+            )
+        };
+        let port = self.settings.vxlan_port;
+        let results = futures::future::join_all(
+            targets
+                .iter()
+                .map(|(h, vtep)| async move { (h.clone(), self.probe.probe(*vtep, port).await) }),
+        )
+        .await;
+        let after: BTreeSet<String> = {
+            let mut l = self.liveness.lock().expect("liveness lock");
+            let now = Instant::now();
+            for (h, p) in &results {
+                l.record(h, *p, now);
+            }
+            l.grace(&view, now)
+        };
+        if before != after {
+            for h in after.difference(&before) {
+                tracing::info!(host = %h, "agent down, datapath answering: keeping its entries");
+            }
+            for h in before.difference(&after) {
+                if view.is_alive(h) {
+                    continue;
+                }
+                tracing::warn!(host = %h, "host gone (its VTEP stopped answering): dropping its entries");
+            }
+            self.kick();
+        }
+    }
+
+    /// One names pass over the current view and local attachments.
+    pub async fn sync_names(&self) {
+        let _g = self.names_pass.lock().await;
+        let view = self.view();
+        let local = self.local.all();
+        let gw = self.gw.info().map(|i| i.address);
+        self.names.sync(&view, &local, gw).await;
+    }
+}

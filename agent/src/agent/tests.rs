@@ -1,0 +1,541 @@
+//! The agent's operations as a user calls them, over the embedded KV and the fakes of
+//! `crate::fakes`: no root, no kernel.
+
+use std::{path::PathBuf, sync::Arc};
+
+use ovl_core::store::NetworkRequest;
+
+use super::{Agent, Services};
+use crate::{
+    api::types::{AttachRequest, DetachRequest},
+    config::{Cli, Settings},
+    counters::Counters,
+    error::AgentError,
+    fakes::{FakeDatapath, FakeGateway, FakeNames, FakeProbe},
+    local::LocalState,
+    reconcile::Plug,
+};
+
+struct Lab {
+    agent: Arc<Agent>,
+    dp: Arc<FakeDatapath>,
+    gw: Arc<FakeGateway>,
+    names: Arc<FakeNames>,
+    probe: Arc<FakeProbe>,
+    _dir: tempfile::TempDir,
+}
+
+/// A namespace file that exists for any user: the fakes never enter it.
+fn netns() -> PathBuf {
+    PathBuf::from("/proc/self/ns/net")
+}
+
+async fn lab_on(dir: tempfile::TempDir, host: &str, addr: &str) -> Lab {
+    let settings = Settings::resolve(Cli {
+        host_id: Some(host.into()),
+        advertise_addr: Some(addr.into()),
+        run_dir: Some(dir.path().join("run")),
+        state_dir: Some(dir.path().join("state")),
+        ..Default::default()
+    })
+    .expect("settings");
+    let kv = ovl_kv::open(None, &dir.path().join("kv.sqlite"))
+        .await
+        .expect("embedded KV");
+    let dp = Arc::new(FakeDatapath::default());
+    let gw = Arc::new(FakeGateway::default());
+    let names = Arc::new(FakeNames::default());
+    let probe = Arc::new(FakeProbe::default());
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let local = LocalState::load(dir.path().join("state/local.json")).unwrap();
+    let agent = Agent::new(
+        settings,
+        kv,
+        1500,
+        Services {
+            datapath: dp.clone(),
+            gateway: gw.clone(),
+            names: names.clone(),
+            probe: probe.clone(),
+        },
+        local,
+    );
+    Lab {
+        agent,
+        dp,
+        gw,
+        names,
+        probe,
+        _dir: dir,
+    }
+}
+
+async fn lab() -> Lab {
+    let l = lab_on(tempfile::tempdir().unwrap(), "h1", "198.18.0.11").await;
+    l.agent
+        .create_network(NetworkRequest {
+            name: "net1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("network");
+    l
+}
+
+fn attach_req(name: &str) -> AttachRequest {
+    AttachRequest {
+        network: "net1".into(),
+        name: name.into(),
+        netns: Some(netns()),
+        ..Default::default()
+    }
+}
+
+impl Lab {
+    async fn publish_view(&self) {
+        let v = self.agent.store().view().await.expect("view");
+        self.agent.publish(v);
+        self.agent.set_ready();
+    }
+}
+
+#[tokio::test]
+async fn attach_records_plumbs_and_names_the_endpoint() {
+    let l = lab().await;
+    let r = l.agent.attach(attach_req("c1")).await.expect("attach");
+    assert_eq!(r.ifname, "eth0");
+    assert_eq!(r.mtu, 1450);
+    assert_eq!(r.gateway_ifname.as_deref(), Some("eth1"));
+    let rec = l
+        .agent
+        .store()
+        .endpoint("net1", "c1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.host, "h1");
+    assert_eq!(rec.ip, r.endpoint.ip);
+    assert_eq!(
+        l.agent.store().addr_owner("net1", rec.ip).await.unwrap(),
+        Some("c1".into())
+    );
+    assert!(l.dp.keys().contains(&("net1".into(), "c1".into())));
+    assert_eq!(l.gw.attached.lock().unwrap().len(), 1);
+    let att = l.agent.local().get("net1", "c1").expect("local attachment");
+    assert!(att.dns_listener);
+    assert!(*l.names.passes.lock().unwrap() >= 1);
+    assert_eq!(l.names.last_local.lock().unwrap().len(), 1);
+    assert_eq!(Counters::get(&l.agent.counters().attaches), 1);
+
+    // Again: the same endpoint, nothing new claimed.
+    let again = l.agent.attach(attach_req("c1")).await.expect("re-attach");
+    assert_eq!(again.endpoint, r.endpoint);
+    assert_eq!(
+        l.agent.store().endpoints(Some("net1")).await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_name_used_on_another_host_is_refused_and_nothing_changes() {
+    let l = lab().await;
+    let mut other = l.agent.store().endpoint("net1", "x").await.unwrap();
+    assert!(other.is_none());
+    let net = l.agent.store().network("net1").await.unwrap().unwrap();
+    let ip = l
+        .agent
+        .store()
+        .allocate_addr(&net, None, "c1")
+        .await
+        .unwrap();
+    other = Some(ovl_core::EndpointRecord {
+        id: "c1".into(),
+        network: "net1".into(),
+        host: "h2".into(),
+        name: "c1".into(),
+        aliases: vec![],
+        ip,
+        mac: ovl_core::ipam::mac_for(ip),
+        publish: vec![],
+    });
+    l.agent
+        .store()
+        .create_endpoint(other.as_ref().unwrap())
+        .await
+        .unwrap();
+    let e = l.agent.attach(attach_req("c1")).await.unwrap_err();
+    assert_eq!(e.status(), 409, "{e}");
+    assert!(e.to_string().contains("h2"), "{e}");
+    assert!(l.dp.keys().is_empty());
+    assert!(l.agent.local().all().is_empty());
+    assert_eq!(l.agent.store().endpoint("net1", "c1").await.unwrap(), other);
+}
+
+#[tokio::test]
+async fn a_failed_plumb_releases_the_record_and_the_address() {
+    let l = lab().await;
+    *l.dp.fail_attach.lock().unwrap() = Some("no room".into());
+    let e = l.agent.attach(attach_req("c1")).await.unwrap_err();
+    assert!(e.to_string().contains("no room"), "{e}");
+    assert!(
+        l.agent
+            .store()
+            .endpoint("net1", "c1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(l.agent.store().endpoints(None).await.unwrap().is_empty());
+    assert!(l.agent.local().all().is_empty());
+    assert!(l.gw.attached.lock().unwrap().is_empty());
+    // Not left pending: a pass does not keep a port for it.
+    l.publish_view().await;
+    l.agent.reconcile_once().await.unwrap();
+    let want = l.dp.last.lock().unwrap().clone().unwrap();
+    assert!(want.networks.is_empty(), "{want:?}");
+    // The address is free again: the next attach gets it.
+    let r = l.agent.attach(attach_req("c2")).await.expect("attach");
+    assert_eq!(r.endpoint.ip.octets()[3], 2);
+}
+
+#[tokio::test]
+async fn a_refused_published_port_undoes_the_overlay_side_too() {
+    let l = lab().await;
+    *l.gw.fail_attach.lock().unwrap() = Some(8080);
+    let e = l.agent.attach(attach_req("c1")).await.unwrap_err();
+    assert_eq!(e.status(), 409, "{e}");
+    assert!(l.dp.keys().is_empty());
+    assert!(l.agent.local().all().is_empty());
+    assert!(l.agent.store().endpoints(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_cleanup_that_fails_is_reported_with_what_is_left() {
+    let l = lab().await;
+    *l.dp.fail_attach.lock().unwrap() = Some("veth refused".into());
+    *l.dp.fail_detach.lock().unwrap() = Some("device busy".into());
+    let e = l.agent.attach(attach_req("c1")).await.unwrap_err();
+    match &e {
+        AgentError::Rollback { cleanup, error, .. } => {
+            assert!(error.to_string().contains("veth refused"), "{e}");
+            assert!(cleanup.iter().any(|c| c.contains("device busy")), "{e}");
+        }
+        other => panic!("expected a rollback error, got {other:?}"),
+    }
+    assert!(Counters::get(&l.agent.counters().rollback_failures) >= 1);
+    // The KV side was still undone.
+    assert!(l.agent.store().endpoints(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn detach_removes_interfaces_record_address_and_gateway() {
+    let l = lab().await;
+    let r = l.agent.attach(attach_req("c1")).await.unwrap();
+    let d = l
+        .agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c1".into(),
+        })
+        .await
+        .unwrap();
+    assert!(d.removed);
+    assert!(l.dp.keys().is_empty());
+    assert!(l.gw.attached.lock().unwrap().is_empty());
+    assert!(l.agent.local().all().is_empty());
+    assert_eq!(
+        l.agent
+            .store()
+            .addr_owner("net1", r.endpoint.ip)
+            .await
+            .unwrap(),
+        None
+    );
+    // Idempotent.
+    let d = l
+        .agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c1".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!d.removed);
+}
+
+#[tokio::test]
+async fn docker_joins_use_the_same_verb_and_leave_the_end_for_dockerd() {
+    let l = lab().await;
+    let net = l.agent.store().network("net1").await.unwrap().unwrap();
+    let ip = l
+        .agent
+        .store()
+        .allocate_addr(&net, None, "ep1")
+        .await
+        .unwrap();
+    let rec = ovl_core::EndpointRecord {
+        id: "ep1".into(),
+        network: "net1".into(),
+        host: "h1".into(),
+        name: String::new(),
+        aliases: vec![],
+        ip,
+        mac: ovl_core::ipam::mac_for(ip),
+        publish: vec![],
+    };
+    l.agent.store().create_endpoint(&rec).await.unwrap();
+    let p = l
+        .agent
+        .plumb(&net, &rec, &netns(), Plug::Unplugged("vtmp0".into()))
+        .await
+        .unwrap();
+    assert_eq!(p.ifname, "vtmp0");
+    let port = l.dp.ports.lock().unwrap()[&("net1".into(), "ep1".into())].clone();
+    assert!(port.unplugged);
+    let att = l.agent.local().get("net1", "ep1").unwrap();
+    assert!(!att.dns_listener, "Docker's resolver owns 127.0.0.11");
+    assert!(l.gw.attached.lock().unwrap().is_empty(), "Docker's gateway");
+    // Leave.
+    let removed = l.agent.unplumb("net1", "ep1", false).await.unwrap();
+    assert!(removed.is_some());
+    assert!(l.dp.keys().is_empty());
+}
+
+#[tokio::test]
+async fn a_pass_removes_ports_of_endpoints_no_longer_desired() {
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.unwrap();
+    l.publish_view().await;
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(l.dp.keys().len(), 1, "kept while recorded");
+    let want = l.dp.last.lock().unwrap().clone().unwrap();
+    assert!(want.networks["net1"].local_endpoints.contains("c1"));
+    // A port the agent does not know of goes.
+    let copy = l.dp.ports.lock().unwrap()[&("net1".into(), "c1".into())].clone();
+    l.dp.ports
+        .lock()
+        .unwrap()
+        .insert(("net1".into(), "ghost".into()), copy);
+    l.agent.reconcile_once().await.unwrap();
+    assert!(!l.dp.keys().contains(&("net1".into(), "ghost".into())));
+}
+
+/// Writes the record of a remote endpoint of host `host` (at `vtep`) on net1, with `host`
+/// registered and alive when `alive`.
+async fn remote(l: &Lab, host: &str, vtep: [u8; 4], id: &str, alive: bool) {
+    let store = l.agent.store();
+    store
+        .put_host(&ovl_core::HostRecord {
+            id: host.into(),
+            vtep: vtep.into(),
+            underlay_mtu: 1500,
+            datapath: "kernel".into(),
+            version: "t".into(),
+            gw_subnet: None,
+        })
+        .await
+        .unwrap();
+    if alive {
+        let lease = store
+            .grant_lease(std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        store
+            .put_alive(
+                &ovl_core::AliveRecord {
+                    id: host.into(),
+                    boot_id: "b".into(),
+                    since: 0,
+                },
+                lease,
+            )
+            .await
+            .unwrap();
+    }
+    let net = store.network("net1").await.unwrap().unwrap();
+    let ip = store.allocate_addr(&net, None, id).await.unwrap();
+    store
+        .create_endpoint(&ovl_core::EndpointRecord {
+            id: id.into(),
+            network: "net1".into(),
+            host: host.into(),
+            name: id.into(),
+            aliases: vec![],
+            ip,
+            mac: ovl_core::ipam::mac_for(ip),
+            publish: vec![],
+        })
+        .await
+        .unwrap();
+}
+
+fn peers_in(dp: &FakeDatapath) -> usize {
+    dp.last
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|d| d.networks.get("net1").map(|n| n.peers.len()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_host_whose_agent_is_down_keeps_its_entries_while_its_vtep_answers() {
+    use crate::probe::Probe;
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.unwrap();
+    // h2 without a lease (its agent stopped), h3 alive.
+    remote(&l, "h2", [198, 18, 0, 12], "r2", false).await;
+    remote(&l, "h3", [198, 18, 0, 13], "r3", true).await;
+    l.probe
+        .answers
+        .lock()
+        .unwrap()
+        .insert([198, 18, 0, 12].into(), Probe::Answered);
+    l.publish_view().await;
+    l.agent.probe_hosts().await;
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(peers_in(&l.dp), 2, "h2 kept while it answers");
+    let hosts = l.agent.hosts().await;
+    let h2 = hosts.iter().find(|h| h.id == "h2").unwrap();
+    assert!(!h2.alive);
+    assert_eq!(h2.state, "agent down, datapath answering");
+    // Kept across many probe rounds, well past the grace.
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        l.agent.probe_hosts().await;
+    }
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(peers_in(&l.dp), 2);
+    // Gone for good: its VTEP stops answering; dropped after the grace.
+    l.probe
+        .answers
+        .lock()
+        .unwrap()
+        .insert([198, 18, 0, 12].into(), Probe::Silent);
+    l.agent.probe_hosts().await;
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(peers_in(&l.dp), 2, "not before the grace ends");
+    tokio::time::sleep(crate::reconcile::liveness::Liveness::DOWN_AFTER).await;
+    l.agent.probe_hosts().await;
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(peers_in(&l.dp), 1, "h2 dropped, h3 kept");
+    let hosts = l.agent.hosts().await;
+    assert_eq!(hosts.iter().find(|h| h.id == "h2").unwrap().state, "dead");
+}
+
+#[tokio::test]
+async fn a_host_with_its_datapath_gone_is_dropped_at_once() {
+    use crate::probe::Probe;
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.unwrap();
+    remote(&l, "h2", [198, 18, 0, 12], "r2", false).await;
+    l.probe
+        .answers
+        .lock()
+        .unwrap()
+        .insert([198, 18, 0, 12].into(), Probe::NoDatapath);
+    l.publish_view().await;
+    l.agent.probe_hosts().await;
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(peers_in(&l.dp), 0);
+}
+
+#[tokio::test]
+async fn a_record_naming_another_host_is_reported_and_rewritten_not_obeyed() {
+    let l = lab().await;
+    let r = l.agent.attach(attach_req("c1")).await.unwrap();
+    let mut forged = r.endpoint.clone();
+    forged.host = "h9".into();
+    l.agent.store().put_endpoint(&forged).await.unwrap();
+    l.publish_view().await;
+    // Reported until repaired.
+    let peers = l.agent.peers(Some("net1")).await.unwrap();
+    assert!(
+        peers.networks[0].diff.iter().any(|d| d.contains("h9")),
+        "{peers:?}"
+    );
+    l.agent.reconcile_once().await.unwrap();
+    assert!(
+        l.dp.keys().contains(&("net1".into(), "c1".into())),
+        "live interface kept"
+    );
+    let rec = l
+        .agent
+        .store()
+        .endpoint("net1", "c1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.host, "h1");
+    assert_eq!(rec.ip, r.endpoint.ip);
+    let c = l.agent.counters();
+    assert_eq!(Counters::get(&c.record_conflicts), 1);
+    assert_eq!(Counters::get(&c.records_repaired), 1);
+    // Converged once the view shows the repair.
+    l.publish_view().await;
+    let peers = l.agent.peers(Some("net1")).await.unwrap();
+    assert!(peers.networks[0].diff.is_empty(), "{peers:?}");
+    // Nothing written while the record agrees.
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(Counters::get(&c.records_repaired), 1);
+}
+
+#[tokio::test]
+async fn a_deleted_record_is_written_again_with_its_address_claim() {
+    let l = lab().await;
+    let r = l.agent.attach(attach_req("c1")).await.unwrap();
+    l.agent.store().delete_endpoint("net1", "c1").await.unwrap();
+    assert_eq!(
+        l.agent
+            .store()
+            .addr_owner("net1", r.endpoint.ip)
+            .await
+            .unwrap(),
+        None
+    );
+    l.publish_view().await;
+    l.agent.reconcile_once().await.unwrap();
+    assert!(l.dp.keys().contains(&("net1".into(), "c1".into())));
+    assert_eq!(
+        l.agent.store().endpoint("net1", "c1").await.unwrap(),
+        Some(r.endpoint.clone())
+    );
+    assert_eq!(
+        l.agent
+            .store()
+            .addr_owner("net1", r.endpoint.ip)
+            .await
+            .unwrap(),
+        Some("c1".into())
+    );
+    // Its address taken meanwhile by another endpoint: reported, nothing overwritten.
+    l.agent.store().delete_endpoint("net1", "c1").await.unwrap();
+    let net = l.agent.store().network("net1").await.unwrap().unwrap();
+    l.agent
+        .store()
+        .allocate_addr(&net, Some(r.endpoint.ip), "thief")
+        .await
+        .unwrap();
+    l.publish_view().await;
+    l.agent.reconcile_once().await.unwrap();
+    assert!(
+        l.agent
+            .store()
+            .endpoint("net1", "c1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        l.agent
+            .store()
+            .addr_owner("net1", r.endpoint.ip)
+            .await
+            .unwrap(),
+        Some("thief".into())
+    );
+    assert!(
+        l.dp.keys().contains(&("net1".into(), "c1".into())),
+        "still not torn down"
+    );
+}

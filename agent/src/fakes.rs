@@ -1,0 +1,302 @@
+//! In-memory fakes of the side-effecting seams (datapath, gateway, names), so the agent's own
+//! logic runs in unit tests as a normal user over the embedded KV. Each records what it was
+//! asked and can be told to fail the next call of a kind.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use ipnetwork::Ipv4Network;
+use ovl_core::ClusterView;
+use ovl_datapath::{Attached, Desired, EndpointSpec, NetworkSpec};
+
+use crate::{
+    api::types::DnsLookup,
+    datapath::{Converged, Datapath, NetReport},
+    error::{AgentError, Result},
+    gateway::{self, Gateway, GatewayEndpoint, GatewayInfo, PortMap},
+    local::Attachment,
+    names::Names,
+    probe::{Probe, VtepProbe},
+};
+
+/// A probe whose answers the test sets per VTEP (`Silent` when unset).
+#[derive(Default)]
+pub struct FakeProbe {
+    /// Answers by VTEP.
+    pub answers: Mutex<BTreeMap<Ipv4Addr, Probe>>,
+}
+
+#[async_trait::async_trait]
+impl VtepProbe for FakeProbe {
+    async fn probe(&self, vtep: Ipv4Addr, _port: u16) -> Probe {
+        self.answers
+            .lock()
+            .unwrap()
+            .get(&vtep)
+            .copied()
+            .unwrap_or(Probe::Silent)
+    }
+}
+
+/// One endpoint the fake datapath holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakePort {
+    /// The network's spec at attach time.
+    pub spec: NetworkSpec,
+    /// The endpoint as asked.
+    pub ep: EndpointSpec,
+    /// The container end's name.
+    pub ifname: String,
+    /// Left in the host namespace for Docker.
+    pub unplugged: bool,
+}
+
+/// A datapath that keeps its endpoints in a map and converges by dropping the ones no longer
+/// desired, as the real ones do.
+#[derive(Default)]
+pub struct FakeDatapath {
+    /// Endpoints by (network, id).
+    pub ports: Mutex<BTreeMap<(String, String), FakePort>>,
+    /// The last desired state a pass converged to.
+    pub last: Mutex<Option<Desired>>,
+    /// Fails the next attach with this message.
+    pub fail_attach: Mutex<Option<String>>,
+    /// Fails the next detach with this message.
+    pub fail_detach: Mutex<Option<String>>,
+}
+
+impl FakeDatapath {
+    /// Keys of the endpoints held.
+    pub fn keys(&self) -> BTreeSet<(String, String)> {
+        self.ports.lock().unwrap().keys().cloned().collect()
+    }
+
+    fn take(slot: &Mutex<Option<String>>) -> Result<()> {
+        match slot.lock().unwrap().take() {
+            Some(m) => Err(AgentError::Datapath(m)),
+            None => Ok(()),
+        }
+    }
+
+    fn stale(&self, desired: &Desired) -> Vec<(String, String)> {
+        self.keys()
+            .into_iter()
+            .filter(|(n, id)| {
+                !desired
+                    .networks
+                    .get(n)
+                    .is_some_and(|d| d.local_endpoints.contains(id))
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Datapath for FakeDatapath {
+    fn mode(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn converge(&self, desired: &Desired) -> Result<Converged> {
+        let stale = self.stale(desired);
+        let mut ports = self.ports.lock().unwrap();
+        for k in &stale {
+            ports.remove(k);
+        }
+        *self.last.lock().unwrap() = Some(desired.clone());
+        Ok(Converged {
+            applied: stale.len(),
+            failed: Vec::new(),
+        })
+    }
+
+    async fn report(&self, desired: &Desired) -> Result<BTreeMap<String, NetReport>> {
+        let mut out: BTreeMap<String, NetReport> = BTreeMap::new();
+        for (n, id) in self.keys() {
+            out.entry(n).or_default().actual.push(format!("local {id}"));
+        }
+        for (n, id) in self.stale(desired) {
+            out.entry(n.clone())
+                .or_default()
+                .diff
+                .push(format!("{n}: remove endpoint {id}"));
+        }
+        Ok(out)
+    }
+
+    async fn attach(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
+        Self::take(&self.fail_attach)?;
+        let ifname = ep.ifname.clone().unwrap_or_else(|| "eth0".into());
+        self.ports.lock().unwrap().insert(
+            (spec.name.clone(), ep.endpoint_id.clone()),
+            FakePort {
+                spec: spec.clone(),
+                ep: ep.clone(),
+                ifname: ifname.clone(),
+                unplugged: false,
+            },
+        );
+        Ok(Attached {
+            ifname,
+            host_ifname: format!("ve-{}", ep.endpoint_id),
+            mac: ep.mac,
+        })
+    }
+
+    async fn attach_unplugged(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
+        let mut a = self.attach(spec, ep).await?;
+        if let Some(p) = self
+            .ports
+            .lock()
+            .unwrap()
+            .get_mut(&(spec.name.clone(), ep.endpoint_id.clone()))
+        {
+            p.unplugged = true;
+        }
+        a.ifname = ep.ifname.clone().unwrap_or_default();
+        Ok(a)
+    }
+
+    async fn detach(&self, network: &str, endpoint_id: &str) -> Result<()> {
+        Self::take(&self.fail_detach)?;
+        self.ports
+            .lock()
+            .unwrap()
+            .remove(&(network.to_string(), endpoint_id.to_string()));
+        Ok(())
+    }
+
+    async fn details(&self) -> serde_json::Value {
+        serde_json::json!({ "mode": "fake", "endpoints": self.keys().len() })
+    }
+}
+
+/// A gateway that hands out addresses from 172.18.0.0/16 in memory.
+#[derive(Default)]
+pub struct FakeGateway {
+    /// Attached keys with their interface.
+    pub attached: Mutex<BTreeMap<String, GatewayEndpoint>>,
+    /// Published ports by key.
+    pub ports: Mutex<BTreeMap<String, Vec<PortMap>>>,
+    /// Set up.
+    pub up: Mutex<bool>,
+    /// Fails the next attach with a port conflict on this port.
+    pub fail_attach: Mutex<Option<u16>>,
+}
+
+impl FakeGateway {
+    fn subnet() -> Ipv4Network {
+        "172.18.0.0/16".parse().expect("valid")
+    }
+}
+
+#[async_trait::async_trait]
+impl Gateway for FakeGateway {
+    fn info(&self) -> Option<GatewayInfo> {
+        self.up.lock().unwrap().then(|| GatewayInfo {
+            bridge: "ovl_gwbridge".into(),
+            subnet: Self::subnet(),
+            address: Ipv4Addr::new(172, 18, 0, 1),
+        })
+    }
+
+    fn published(&self) -> Vec<(String, PortMap)> {
+        self.ports
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(move |p| (k.clone(), *p)))
+            .collect()
+    }
+
+    async fn ensure_with(&self, _overlay_subnets: &[Ipv4Network]) -> gateway::Result<GatewayInfo> {
+        *self.up.lock().unwrap() = true;
+        Ok(self.info().expect("up"))
+    }
+
+    async fn attach(&self, key: &str, _netns: &Path) -> gateway::Result<GatewayEndpoint> {
+        if let Some(port) = self.fail_attach.lock().unwrap().take() {
+            return Err(gateway::Error::PortInUse {
+                host_port: port,
+                proto: gateway::Proto::Tcp,
+                endpoint: "someone".into(),
+            });
+        }
+        let mut a = self.attached.lock().unwrap();
+        let n = a.len() as u8 + 2;
+        let ep = a.entry(key.to_string()).or_insert_with(|| GatewayEndpoint {
+            ifname: "eth1".into(),
+            ip: Ipv4Network::new(Ipv4Addr::new(172, 18, 0, n), 16).expect("valid"),
+            mac: format!("02:42:ac:12:00:{n:02x}"),
+        });
+        Ok(ep.clone())
+    }
+
+    async fn detach(&self, key: &str) -> gateway::Result<()> {
+        self.attached.lock().unwrap().remove(key);
+        self.ports.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn publish(&self, key: &str, ports: &[PortMap]) -> gateway::Result<()> {
+        self.ports
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default()
+            .extend_from_slice(ports);
+        Ok(())
+    }
+
+    async fn unpublish(&self, key: &str) -> gateway::Result<()> {
+        self.ports.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn repair(&self) -> gateway::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// Names that remember the last pass.
+#[derive(Default)]
+pub struct FakeNames {
+    /// Passes run.
+    pub passes: Mutex<usize>,
+    /// The attachments of the last pass.
+    pub last_local: Mutex<Vec<Attachment>>,
+}
+
+#[async_trait::async_trait]
+impl Names for FakeNames {
+    async fn sync(
+        &self,
+        _view: &ClusterView,
+        local: &[Attachment],
+        _gw_addr: Option<Ipv4Addr>,
+    ) -> usize {
+        *self.passes.lock().unwrap() += 1;
+        *self.last_local.lock().unwrap() = local.to_vec();
+        0
+    }
+
+    async fn lookup(&self, networks: &[String], name: &str, from: &str) -> Result<DnsLookup> {
+        Ok(DnsLookup {
+            name: name.into(),
+            from: from.into(),
+            rcode: "NOERROR".into(),
+            answers: networks.to_vec(),
+            source: "fake".into(),
+        })
+    }
+
+    fn prepare_netns_etc(&self, _netns: &Path) -> std::io::Result<Option<PathBuf>> {
+        Ok(None)
+    }
+
+    async fn shutdown(&self) {}
+}
