@@ -51,7 +51,7 @@ impl Agent {
             ifname: None,
         };
         let key = (net.name.clone(), rec.id.clone());
-        let attached = match self.rec.plumb(&key, &spec, &ep, &plug).await {
+        let attached = match self.rec.plumb(&key, net, &spec, &ep, &plug).await {
             Ok(a) => a,
             Err(e) => {
                 if let AgentError::Rollback { cleanup, .. } = &e {
@@ -67,8 +67,19 @@ impl Agent {
             // namespace of its own for the gateway and names.
             Err(_) if !standalone => format!("docker-{}", rec.id),
             Err(e) => {
-                self.unplumb(&net.name, &rec.id, false).await?;
-                return Err(AgentError::io(format!("{}", netns.display()), e));
+                let err = AgentError::io(format!("{}", netns.display()), e);
+                let step = self
+                    .unplumb(&net.name, &rec.id, false)
+                    .await
+                    .err()
+                    .map(|u| format!("removing the interfaces of {}: {u}", rec.id));
+                return Err(self
+                    .undo(
+                        format!("attaching {} to {}", rec.id, net.name),
+                        err,
+                        vec![step],
+                    )
+                    .await);
             }
         };
         self.local.insert(Attachment {
@@ -81,6 +92,7 @@ impl Agent {
             // Docker's own resolver owns 127.0.0.11 in its containers.
             dns_listener: standalone,
         });
+        self.rec.settled(&key);
         self.kick();
         Ok(Plumbed {
             ifname: attached.ifname,

@@ -153,7 +153,6 @@ impl Agent {
 
     /// Publishes a new view (from the sync loop).
     pub fn publish(&self, v: ClusterView) {
-        self.rec.settle(&v);
         self.view.send_replace(Arc::new(v));
         self.kick.notify_one();
     }
@@ -217,7 +216,7 @@ impl Agent {
                 .map(|a| {
                     (
                         (a.endpoint.network.clone(), a.endpoint.id.clone()),
-                        Some(a.network),
+                        a.network,
                     )
                 })
                 .collect(),

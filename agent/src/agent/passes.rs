@@ -12,8 +12,10 @@ impl Agent {
     pub async fn reconcile_once(&self) -> Result<usize> {
         let view = self.view();
         self.check_records(&view).await;
-        let here = self.here(&view);
-        let done = self.rec.pass(&view, &self.me(), &here).await?;
+        let done = self
+            .rec
+            .pass(&view, &self.me(), || self.here(&view))
+            .await?;
         let c = &self.counters;
         Counters::add(&c.reconcile_passes, 1);
         Counters::add(&c.ops_applied, done.applied as u64);

@@ -62,6 +62,19 @@ impl Agent {
         }
         for s in suspects(&self.local.all(), view) {
             let what = s.describe();
+            // Under the datapath lock, and only if the endpoint is still attached: a detach
+            // removes the attachment under that lock before it deletes the record, so a
+            // record it just deleted is never written back.
+            let _g = self.rec.lock().await;
+            if self
+                .local
+                .get(&s.mine.network, &s.mine.id)
+                .as_ref()
+                .map(|a| &a.endpoint)
+                != Some(&s.mine)
+            {
+                continue;
+            }
             match self.store.repair_endpoint(&s.mine).await {
                 Ok(Repair::Agrees) => {}
                 Ok(Repair::Recreated) => {

@@ -46,9 +46,8 @@ pub type EndpointKey = (String, String);
 /// contradicts it is reported and repaired, never obeyed by tearing down a live interface.
 #[derive(Debug, Clone, Default)]
 pub struct Here {
-    /// Endpoints attached here (or being attached), with the network record kept locally
-    /// (`None` while being attached: the view has it).
-    pub endpoints: BTreeMap<EndpointKey, Option<NetworkRecord>>,
+    /// Endpoints attached here (or being attached), with the network record kept locally.
+    pub endpoints: BTreeMap<EndpointKey, NetworkRecord>,
     /// Hosts without a lease whose datapath still answers: their entries are kept.
     pub grace: BTreeSet<String>,
 }
@@ -62,9 +61,7 @@ pub fn desired(view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
     let mut nets: BTreeMap<&str, &NetworkRecord> =
         view.networks.iter().map(|(n, r)| (n.as_str(), r)).collect();
     for ((n, _), copy) in &here.endpoints {
-        if let Some(c) = copy {
-            nets.entry(n.as_str()).or_insert(c);
-        }
+        nets.entry(n.as_str()).or_insert(copy);
     }
     for net in nets.values() {
         let local: BTreeSet<String> = here
@@ -195,8 +192,9 @@ mod tests {
 
     /// What h1 has: endpoint `a` of net1, as the view records it.
     fn here() -> Here {
+        let net1 = view().networks["net1"].clone();
         Here {
-            endpoints: [(("net1".to_string(), "a".to_string()), None)].into(),
+            endpoints: [(("net1".to_string(), "a".to_string()), net1)].into(),
             grace: BTreeSet::new(),
         }
     }
@@ -264,7 +262,7 @@ mod tests {
         assert!(!n.local_endpoints.contains("ghost"));
         // The network record gone from the view: the local copy keeps it.
         let mut v = view();
-        let copy = v.networks.remove("net1");
+        let copy = v.networks.remove("net1").unwrap();
         let h = Here {
             endpoints: [(("net1".to_string(), "a".to_string()), copy)].into(),
             grace: BTreeSet::new(),
@@ -277,8 +275,9 @@ mod tests {
     #[test]
     fn pending_attach_counts_as_local() {
         let mut h = here();
+        let net2 = view().networks["net2"].clone();
         h.endpoints
-            .insert(("net2".to_string(), "new".to_string()), None);
+            .insert(("net2".to_string(), "new".to_string()), net2);
         let d = desired(&view(), &ME, &h);
         assert!(d.networks["net2"].local_endpoints.contains("new"));
         assert_eq!(d.networks["net2"].peers.len(), 1);

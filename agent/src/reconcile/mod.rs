@@ -17,7 +17,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ovl_core::ClusterView;
+use ovl_core::{ClusterView, NetworkRecord};
 use ovl_datapath::{Attached, Desired, EndpointSpec, MacAddr, NetworkSpec};
 
 use crate::{
@@ -42,8 +42,8 @@ pub struct Reconciler {
     dp: Arc<dyn Datapath>,
     /// Serialises datapath changes: passes, attaches and detaches never interleave.
     lock: tokio::sync::Mutex<()>,
-    /// Local endpoints being attached, counted as desired until the view shows them.
-    pending: Mutex<BTreeSet<EndpointKey>>,
+    /// Local endpoints being attached, counted as desired until they are recorded.
+    pending: Mutex<BTreeMap<EndpointKey, NetworkRecord>>,
     /// Peers already announced by gratuitous ARP: (network, address, MAC).
     announced: Mutex<BTreeSet<(String, Ipv4Addr, [u8; 6])>>,
 }
@@ -54,7 +54,7 @@ impl Reconciler {
         Reconciler {
             dp,
             lock: tokio::sync::Mutex::new(()),
-            pending: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(BTreeMap::new()),
             announced: Mutex::new(BTreeSet::new()),
         }
     }
@@ -70,26 +70,32 @@ impl Reconciler {
         self.lock.lock().await
     }
 
-    /// Forgets pending endpoints that `view` now shows.
-    pub fn settle(&self, view: &ClusterView) {
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .retain(|k| !view.endpoints.contains_key(k));
+    /// Ends the pending state of an endpoint [`Reconciler::plumb`] made, once the caller
+    /// recorded it among the host's attachments (which passes take local endpoints from).
+    pub fn settled(&self, key: &EndpointKey) {
+        self.pending.lock().expect("pending lock").remove(key);
     }
 
     fn desired(&self, view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
         let mut here = here.clone();
-        for k in self.pending.lock().expect("pending lock").iter() {
-            here.endpoints.entry(k.clone()).or_insert(None);
+        for (k, net) in self.pending.lock().expect("pending lock").iter() {
+            here.endpoints
+                .entry(k.clone())
+                .or_insert_with(|| net.clone());
         }
         desired::desired(view, me, &here)
     }
 
-    /// One pass towards the desired state of `view` given what this host knows (`here`).
-    pub async fn pass(&self, view: &ClusterView, me: &Me<'_>, here: &Here) -> Result<Converged> {
+    /// One pass towards the desired state of `view` given what this host knows, read by
+    /// `here` under the lock (an attach that finishes while the pass waits is seen).
+    pub async fn pass(
+        &self,
+        view: &ClusterView,
+        me: &Me<'_>,
+        here: impl FnOnce() -> Here,
+    ) -> Result<Converged> {
         let _g = self.lock.lock().await;
-        let want = self.desired(view, me, here);
+        let want = self.desired(view, me, &here());
         let done = self.dp.converge(&want).await?;
         self.announce_new_peers(&want).await;
         Ok(done)
@@ -108,12 +114,13 @@ impl Reconciler {
     }
 
     /// Plumbs endpoint `key` (the one verb of `overlayctl attach` and Docker's Join): marks it
-    /// pending so a concurrent pass keeps it, creates its interfaces, and on failure removes
-    /// whatever was made (a failure of that cleanup is logged and counted by the caller
-    /// through the returned error's context).
+    /// pending so a concurrent pass keeps it (until [`Reconciler::settled`]), creates its
+    /// interfaces, and on failure removes whatever was made (a cleanup that fails too is
+    /// returned as [`AgentError::Rollback`]).
     pub async fn plumb(
         &self,
         key: &EndpointKey,
+        net: &NetworkRecord,
         spec: &NetworkSpec,
         ep: &EndpointSpec,
         plug: &Plug,
@@ -121,7 +128,7 @@ impl Reconciler {
         self.pending
             .lock()
             .expect("pending lock")
-            .insert(key.clone());
+            .insert(key.clone(), net.clone());
         let _g = self.lock.lock().await;
         let r = match plug {
             Plug::IntoNetns => self.dp.attach(spec, ep).await,
