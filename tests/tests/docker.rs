@@ -1,7 +1,13 @@
-//! The Docker remote network + IPAM plugin against real dockerd 20.10 (Debian `docker.io`) on
-//! two lab hosts, busybox imported from `busybox-static`, etcd as the KV. Needs root; never
-//! skips. Each host's agent runs with `--docker-plugin` inside that host's dockerd mount
-//! namespace, so `/run/docker/plugins/ovl.sock` is the one that dockerd discovers.
+//! The Docker remote network + IPAM plugin against real dockerd on two lab hosts, on each of
+//! three engines: Debian 12's docker.io 20.10 (the machine's own), Debian 13's 26.1 and Debian
+//! unstable's 28.x (each from a debootstrapped tree of its release, `scripts/docker-rootfs.sh`),
+//! busybox imported from `busybox-static`, etcd as the KV. Needs root; never skips. Each host's
+//! agent runs with `--docker-plugin` inside that host's dockerd mount namespace (on 26 and 28:
+//! inside the release's root, like an agent installed on such a host), so
+//! `/run/docker/plugins/ovl.sock` is the one that dockerd discovers.
+//!
+//! One test per scenario and engine: `docker_two_hosts_{20,26,28}` (kernel datapath) and
+//! `docker_two_hosts_ebpf_{20,26,28}`; pick with a filter, e.g. `-- _28`.
 //! Run: `cargo build -p overlay-agent && cargo test -p ovl-tests --test docker -- --test-threads 1`.
 
 use std::{
@@ -17,7 +23,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use ovl_docker::testing::{Dockerd, DockerdOpts, require_root};
+use ovl_docker::testing::{Dockerd, DockerdOpts, Engine, require_root};
 use ovl_tests::*;
 use serde_json::Value;
 
@@ -83,8 +89,9 @@ fn stop_agent(h: &mut Host) {
 }
 
 impl DockerLab {
-    fn up(name: &str, datapath: &'static str) -> DockerLab {
+    fn up(name: &str, datapath: &'static str, engine: Engine) -> DockerLab {
         require_root();
+        let t0 = Instant::now();
         let mut cfg = LabConfig::new(name, 2);
         cfg.kv = KvKind::Etcd;
         cfg.start_agents = false;
@@ -100,8 +107,19 @@ impl DockerLab {
         };
         for i in 0..2 {
             let ns = me.lab().host(i).ns.clone();
-            let d = Dockerd::start(&ns, &work, DockerdOpts::for_host(i as u8 + 1))
-                .unwrap_or_else(|e| panic!("dockerd {ns}: {e}"));
+            // The agent's binary and its dirs (under `work`) keep their paths in a release tree.
+            let bin = me.lab().state.bin_dir.clone();
+            let opts = DockerdOpts::for_engine(i as u8 + 1, engine, &[&work, &bin]);
+            let d = Dockerd::start(&ns, &work, opts)
+                .unwrap_or_else(|e| panic!("dockerd {ns} ({engine}): {e}"));
+            if i == 0 {
+                let (v, api) = d.server_version().unwrap();
+                eprintln!("{name}: Docker Engine {v} (API {api}) from {engine}");
+                assert!(
+                    v.starts_with(&format!("{}.", engine.major())),
+                    "engine {engine} runs Docker {v}"
+                );
+            }
             d.import_busybox(IMAGE).unwrap();
             let dir = work.join(format!("agent-h{}", i + 1));
             me.hosts.push(Host {
@@ -114,6 +132,7 @@ impl DockerLab {
             fs::create_dir_all(&dir).unwrap();
             me.start_agent(i);
         }
+        eprintln!("{name}: lab up in {:?}", t0.elapsed());
         me
     }
 
@@ -386,10 +405,39 @@ fn can_ping(lab: &DockerLab, i: usize, c: &str, target: &str) -> bool {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
-fn docker_two_hosts() {
+fn docker_two_hosts_20() {
+    two_hosts("t6d20", Engine::Host);
+}
+
+#[test]
+fn docker_two_hosts_26() {
+    two_hosts("t6d26", Engine::Trixie);
+}
+
+#[test]
+fn docker_two_hosts_28() {
+    two_hosts("t6d28", Engine::Sid);
+}
+
+#[test]
+fn docker_two_hosts_ebpf_20() {
+    two_hosts_ebpf("t6e20", Engine::Host);
+}
+
+#[test]
+fn docker_two_hosts_ebpf_26() {
+    two_hosts_ebpf("t6e26", Engine::Trixie);
+}
+
+#[test]
+fn docker_two_hosts_ebpf_28() {
+    two_hosts_ebpf("t6e28", Engine::Sid);
+}
+
+fn two_hosts(name: &str, engine: Engine) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = DockerLab::up("t6dock", "kernel");
-    let mut lab = lab;
+    let t0 = Instant::now();
+    let mut lab = DockerLab::up(name, "kernel", engine);
 
     // Plain form on both hosts: one overlay.
     for i in 0..2 {
@@ -796,15 +844,16 @@ fn docker_two_hosts() {
             i + 1
         );
     }
+    eprintln!("{name}: scenario passed in {:?}", t0.elapsed());
 }
 
 /// The same user scenario on the eBPF fast path: cross-host traffic by address and by name,
 /// the outside world, a published port, an agent restart, a removal seen on the other host
 /// within a second, and nothing left in the BPF maps after `docker network rm`.
-#[test]
-fn docker_two_hosts_ebpf() {
+fn two_hosts_ebpf(name: &str, engine: Engine) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = DockerLab::up("t6ebpf", "ebpf");
+    let t0 = Instant::now();
+    let mut lab = DockerLab::up(name, "ebpf", engine);
     for i in 0..2 {
         assert_eq!(
             lab.ctl_json(i, &["datapath"])["mode"],
@@ -895,4 +944,5 @@ fn docker_two_hosts_ebpf() {
             i + 1
         );
     }
+    eprintln!("{name}: scenario passed in {:?}", t0.elapsed());
 }
