@@ -10,7 +10,8 @@
 //! Names: Engine API 1.44 (Docker 25) and later list every name Docker's own DNS answers for an
 //! endpoint in `DNSNames` (container name, `--network-alias` values, short ID, `--hostname`);
 //! since 26.0 `Aliases` holds the user's aliases only. Older engines (20.10: API 1.41) have no
-//! `DNSNames` and list the 12-character short ID among the `Aliases` of user-defined networks.
+//! `DNSNames` and list the container's hostname (by default its 12-character short ID) among
+//! the `Aliases` of user-defined networks.
 //! [`ContainerNames::aliases`] is taken from `DNSNames` where the engine sends it, from
 //! `Aliases` otherwise, without the short ID and the container name (see [`endpoint_aliases`]).
 //!
@@ -47,9 +48,9 @@ pub struct ContainerNames {
     pub container_id: String,
     /// Container name, without Docker's leading `/`.
     pub container_name: String,
-    /// The endpoint's names besides the container name: `--network-alias` values, and on
-    /// engines with `DNSNames` (API 1.44+) also a `--hostname` other than the short ID; never
-    /// the short ID. See [`endpoint_aliases`].
+    /// The endpoint's names besides the container name, as Docker's own DNS has them:
+    /// `--network-alias` values and a `--hostname` other than the short ID; never the short
+    /// ID. See [`endpoint_aliases`].
     pub aliases: Vec<String>,
     /// PID of the container's init process, while running.
     pub container_pid: Option<u32>,
@@ -709,6 +710,39 @@ mod tests {
             versioned(&u("unix://x/volumes"), "/v1.41").to_string(),
             "unix://x/v1.41/volumes"
         );
+    }
+
+    /// `docker inspect -f '{{json .NetworkSettings.Networks.dktbr}}' c1` for
+    /// `docker run --name c1 --hostname box1 --network dktbr --network-alias a1`, recorded from
+    /// each engine in the lab (crates/docker/tests/dockerd_lab.rs prints them).
+    const EP_20: &str = r#"{"IPAMConfig":null,"Links":null,"Aliases":["a1","d13554913fd4","box1"],"NetworkID":"c54474e1b4e4a53665da36e31b11b7a07c3a736f702ec85ba0d438e63caa3199","EndpointID":"022277fd475269d6221d1fdc856d043ef95304de6d003cd596c816de2786cd37","Gateway":"198.18.176.1","IPAddress":"198.18.176.2","IPPrefixLen":24,"IPv6Gateway":"","GlobalIPv6Address":"","GlobalIPv6PrefixLen":0,"MacAddress":"02:42:c6:12:b0:02","DriverOpts":null}"#;
+    const EP_26: &str = r#"{"IPAMConfig":null,"Links":null,"Aliases":["a1"],"MacAddress":"02:42:c6:12:b0:02","NetworkID":"8e143aa9bdc2271a8e15f3bfc94ce87a3e61bd11795cbbb9ee10f70c474f34c8","EndpointID":"3e809476aaefadc5a3171b0cc60738df5af965d7a32527bd266b79bfbe2eb32c","Gateway":"198.18.176.1","IPAddress":"198.18.176.2","IPPrefixLen":24,"IPv6Gateway":"","GlobalIPv6Address":"","GlobalIPv6PrefixLen":0,"DriverOpts":null,"DNSNames":["c1","a1","9ae0c3234b5e","box1"]}"#;
+    const EP_28: &str = r#"{"IPAMConfig":null,"Links":null,"Aliases":["a1"],"MacAddress":"da:ff:e1:33:22:a9","DriverOpts":null,"GwPriority":0,"NetworkID":"cebf49eb984b8cb148aea40d5ac13c1a325661563fefc17b2d19aa910322392b","EndpointID":"93f57bacf1e91baa92a054d5531dd03099580dc71cf6fd06388ede7126727119","Gateway":"198.18.176.1","IPAddress":"198.18.176.2","IPPrefixLen":24,"IPv6Gateway":"","GlobalIPv6Address":"","GlobalIPv6PrefixLen":0,"DNSNames":["c1","a1","80743270233b","box1"]}"#;
+
+    #[test]
+    fn names_from_dns_names_where_the_api_has_them() {
+        let ep = |j: &str| serde_json::from_str::<bollard::models::EndpointSettings>(j).unwrap();
+        // 20.10 (API 1.41): no DNSNames; Aliases carry the short ID and the hostname.
+        let id20 = format!("d13554913fd4{}", "0".repeat(52));
+        assert_eq!(
+            endpoint_aliases(&ep(EP_20), &id20, "c1"),
+            vec!["a1", "box1"]
+        );
+        // 26 and 28: DNSNames = name, aliases, short ID, hostname.
+        let id26 = format!("9ae0c3234b5e{}", "1".repeat(52));
+        assert_eq!(
+            endpoint_aliases(&ep(EP_26), &id26, "c1"),
+            vec!["a1", "box1"]
+        );
+        let id28 = format!("80743270233b{}", "2".repeat(52));
+        assert_eq!(
+            endpoint_aliases(&ep(EP_28), &id28, "c1"),
+            vec!["a1", "box1"]
+        );
+        // An empty DNSNames falls back to Aliases.
+        let mut e = ep(EP_26);
+        e.dns_names = Some(Vec::new());
+        assert_eq!(endpoint_aliases(&e, &id26, "c1"), vec!["a1"]);
     }
 
     #[test]
