@@ -362,6 +362,38 @@ impl DockerLab {
     }
 }
 
+/// `overlayctl attach` of a plain namespace on host 1, next to dockerd: it goes out through the
+/// agent's own gateway bridge, which this engine's firewall must let through (Docker sets the
+/// `filter FORWARD` policy to DROP; 28 moved its rules into `DOCKER-FORWARD` and adds raw-table
+/// drops for its own endpoints). The agent's exception sits in `DOCKER-USER`, the chain Docker
+/// keeps for users on every engine; everything else of the agent is in its own nft table.
+fn plain_namespace_goes_out(lab: &DockerLab, net: &str) {
+    let ns = lab.lab().add_container("plain").unwrap();
+    let sleeper = Killed(vec![nsspawn(&ns, &["sleep", "600"])]);
+    let pid = sleeper.0[0].id().to_string();
+    let reply = lab.ctl_json(0, &["attach", net, "--name", "plain", "--pid", &pid]);
+    assert!(reply["endpoint"]["ip"].is_string(), "{reply}");
+    let h1 = lab.lab().host(0).ns.clone();
+    let forward = stdout(&nsexec(&h1, &["iptables", "-S", "FORWARD"]));
+    within(
+        "a plain namespace reaches the outside through the agent's gateway",
+        Duration::from_secs(20),
+        || ping(&ns, xtask::lab::OUTSIDE_ADDR),
+    );
+    let user = stdout(&nsexec(&h1, &["iptables", "-S", "DOCKER-USER"]));
+    assert!(
+        user.contains("ovl_gwbridge"),
+        "the exception is in DOCKER-USER:\n{user}\nFORWARD:\n{forward}"
+    );
+    assert!(
+        forward.contains("-P FORWARD DROP"),
+        "Docker's FORWARD policy is DROP on every engine:\n{forward}"
+    );
+    eprintln!("h1 FORWARD:\n{forward}h1 DOCKER-USER:\n{user}");
+    lab.ctl_json(0, &["detach", net, "--name", "plain"]);
+    drop(sleeper);
+}
+
 /// One raw HTTP POST to the plugin socket: (status, body).
 fn plugin_post(sock: &Path, path: &str, body: &str) -> (u16, String) {
     let mut s = UnixStream::connect(sock).unwrap();
@@ -882,6 +914,7 @@ fn two_hosts_ebpf(name: &str, engine: Engine) {
     );
     assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
     lab.published_port_answers();
+    plain_namespace_goes_out(&lab, "fastnet");
     // The packets went through the programs.
     let dp = lab.ctl_json(1, &["datapath"]);
     let eps = dp["maps"]["local_endpoints"]
