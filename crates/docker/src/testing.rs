@@ -954,6 +954,70 @@ mod tests {
     }
 
     #[test]
+    fn engines_parse_and_name_their_trees() {
+        for (s, e) in [
+            ("20.10", Engine::Host),
+            ("bookworm", Engine::Host),
+            ("26", Engine::Trixie),
+            ("trixie", Engine::Trixie),
+            ("28", Engine::Sid),
+            ("unstable", Engine::Sid),
+        ] {
+            assert_eq!(Engine::parse(s).unwrap(), e, "{s}");
+        }
+        assert!(Engine::parse("27").is_err());
+        assert_eq!(Engine::Host.rootfs().unwrap(), None);
+        assert_eq!(
+            Engine::ALL.map(|e| (e.label(), e.release())),
+            [("20.10", None), ("26", Some("trixie")), ("28", Some("sid"))]
+        );
+    }
+
+    #[test]
+    fn shared_paths_are_bound_once_at_their_own_path() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            shared_roots(&[
+                p("/tmp/lab/h1"),
+                p("/work/t/debug"),
+                p("/tmp/lab"),
+                p("/tmp/lab")
+            ]),
+            vec![p("/tmp/lab"), p("/work/t/debug")]
+        );
+        // A sibling with a common string prefix is not under it.
+        assert_eq!(
+            shared_roots(&[p("/tmp/lab"), p("/tmp/lab2")]),
+            vec![p("/tmp/lab"), p("/tmp/lab2")]
+        );
+        let script = tree_script(
+            "h1",
+            Path::new("/var/cache/t/sid-x"),
+            Path::new("/tmp/lab/h1"),
+            &[p("/tmp/lab"), p("/work/it's")],
+            "exec dockerd\n",
+        );
+        let m = "/tmp/lab/h1/root/merged";
+        for line in [
+            format!(
+                "lowerdir='/var/cache/t/sid-x',upperdir='/tmp/lab/h1/root/upper',workdir='/tmp/lab/h1/root/work' '{m}'"
+            ),
+            format!("mount --bind '/tmp/lab' '{m}/tmp/lab'"),
+            format!(r"mount --bind '/work/it'\''s' '{m}/work/it'\''s'"),
+            format!("mount --bind '/tmp/lab/h1/etc-docker' '{m}'/etc/docker"),
+            "pivot_root . .oldroot".to_string(),
+            "umount -l /.oldroot".to_string(),
+        ] {
+            assert!(script.contains(&line), "{line}\n{script}");
+        }
+        // The daemon starts last, after the machine's root is gone from the namespace.
+        assert!(script.ends_with("exec dockerd\n"));
+        assert!(
+            script.find("pivot_root").unwrap() > script.find("mount --bind '/tmp/lab'").unwrap()
+        );
+    }
+
+    #[test]
     fn lab_addresses_stay_in_lab_ranges() {
         for i in 0..8 {
             let o = DockerdOpts::for_host(i);
