@@ -50,9 +50,10 @@ tree_of() {
   echo "$CACHE/$1-$hash"
 }
 
-# True when a process has the tree mounted (a lab engine runs in it).
+# True when a process has the tree mounted (a lab engine runs on it: it is the lower layer of
+# that host's overlay root, `lowerdir=TREE` in the mount's options).
 in_use() {
-  grep -qsF " $1 " /proc/[0-9]*/mountinfo 2>/dev/null
+  grep -qsF "$1" /proc/[0-9]*/mountinfo 2>/dev/null
 }
 
 build() {
