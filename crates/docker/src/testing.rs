@@ -82,12 +82,23 @@ impl Engine {
         }
     }
 
-    /// The engine's major version as the Engine API reports it (`Server.Version`).
+    /// The engine's major version as the Engine API reports it (`Server.Version`); for
+    /// [`Engine::Sid`] the lowest one expected (unstable moves on: a tree built later may
+    /// carry a newer engine).
     pub fn major(self) -> u32 {
         match self {
             Engine::Host => 20,
             Engine::Trixie => 26,
             Engine::Sid => 28,
+        }
+    }
+
+    /// Whether a daemon reporting `version` (`28.5.2+dfsg4`) is this engine.
+    pub fn runs(self, version: &str) -> bool {
+        let major = version_of(version).0;
+        match self {
+            Engine::Sid => major >= self.major(),
+            _ => major == self.major(),
         }
     }
 
@@ -135,6 +146,15 @@ impl Engine {
         }
         Ok(Some(path))
     }
+}
+
+/// `(major, minor)` of a Docker version string (`28.5.2+dfsg4` gives `(28, 5)`); zeros for
+/// what does not parse.
+pub fn version_of(v: &str) -> (u32, u32) {
+    let mut it = v
+        .split(['.', '+', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
 impl std::fmt::Display for Engine {
@@ -966,6 +986,12 @@ mod tests {
             assert_eq!(Engine::parse(s).unwrap(), e, "{s}");
         }
         assert!(Engine::parse("27").is_err());
+        assert_eq!(version_of("28.5.2+dfsg4"), (28, 5));
+        assert_eq!(version_of("20.10.24+dfsg1"), (20, 10));
+        assert_eq!(version_of("junk"), (0, 0));
+        assert!(Engine::Sid.runs("28.5.2+dfsg4") && Engine::Sid.runs("29.1.0"));
+        assert!(!Engine::Sid.runs("26.1.5") && !Engine::Trixie.runs("28.5.2"));
+        assert!(Engine::Host.runs("20.10.24+dfsg1") && !Engine::Host.runs("26.1.5"));
         assert_eq!(Engine::Host.rootfs().unwrap(), None);
         assert_eq!(
             Engine::ALL.map(|e| (e.label(), e.release())),

@@ -321,10 +321,7 @@ async fn each_engine_runs_from_its_root() {
             });
             pid = d.pid().unwrap();
             let (version, api) = d.server_version().unwrap();
-            assert!(
-                version.starts_with(&format!("{}.", engine.major())),
-                "{engine}: {version}"
-            );
+            assert!(engine.runs(&version), "{engine}: {version}");
             eprintln!("{engine}: Docker {version}, API {api}");
             // dockerd runs from the release's root, not the machine's (Debian 12).
             let osr = d.exec_in_mount_ns(["cat", "/etc/os-release"]).unwrap();
