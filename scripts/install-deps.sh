@@ -12,8 +12,9 @@ PACKAGES=(
   etcd-server etcd-client
   # peers that judge the datapath and the names
   iputils-ping iputils-arping iperf3 sockperf dnsutils dnsmasq-base dnsperf busybox-static socat curl
-  # Docker end-to-end tests and benchmarks
-  docker.io
+  # Docker end-to-end tests and benchmarks: Debian 12's engine, and debootstrap for the trees
+  # the newer engines run from (scripts/docker-rootfs.sh)
+  docker.io debootstrap
 )
 
 missing=()

@@ -9,6 +9,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 scripts/install-deps.sh
+# Root filesystems of Debian 13 and unstable for the Docker 26 and 28 tests (cached; rebuilt
+# only when their recipe changes).
+scripts/docker-rootfs.sh ensure trixie sid
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

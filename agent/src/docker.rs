@@ -788,6 +788,18 @@ impl DockerPlugin {
 
 #[async_trait::async_trait]
 impl PluginBackend for DockerPlugin {
+    /// Docker 28+ asks before each network: `Join` never returns a gateway (the way out is
+    /// Docker's `docker_gwbridge`), so Docker need not reserve one. It never does for our
+    /// networks anyway: `RequestPool` hands it the cluster network's gateway in `Data`, which
+    /// libnetwork takes without a `RequestAddress`; that address stays reserved in the KV
+    /// (`NetworkRecord::gateway`) whatever Docker is told here.
+    async fn gateway_alloc_check(
+        &self,
+        _req: ovl_docker::backend::GatewayCheck,
+    ) -> PluginResult<ovl_docker::backend::GatewaySkip> {
+        Ok(ovl_docker::backend::GatewaySkip { v4: true, v6: true })
+    }
+
     async fn request_pool(&self, req: PoolRequest) -> PluginResult<PoolAllocated> {
         if req.v6 {
             return Err(PluginError::Invalid(

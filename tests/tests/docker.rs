@@ -1,7 +1,13 @@
-//! The Docker remote network + IPAM plugin against real dockerd 20.10 (Debian `docker.io`) on
-//! two lab hosts, busybox imported from `busybox-static`, etcd as the KV. Needs root; never
-//! skips. Each host's agent runs with `--docker-plugin` inside that host's dockerd mount
-//! namespace, so `/run/docker/plugins/ovl.sock` is the one that dockerd discovers.
+//! The Docker remote network + IPAM plugin against real dockerd on two lab hosts, on each of
+//! three engines: Debian 12's docker.io 20.10 (the machine's own), Debian 13's 26.1 and Debian
+//! unstable's 28.x (each from a debootstrapped tree of its release, `scripts/docker-rootfs.sh`),
+//! busybox imported from `busybox-static`, etcd as the KV. Needs root; never skips. Each host's
+//! agent runs with `--docker-plugin` inside that host's dockerd mount namespace (on 26 and 28:
+//! inside the release's root, like an agent installed on such a host), so
+//! `/run/docker/plugins/ovl.sock` is the one that dockerd discovers.
+//!
+//! One test per scenario and engine: `docker_two_hosts_{20,26,28}` (kernel datapath) and
+//! `docker_two_hosts_ebpf_{20,26,28}`; pick with a filter, e.g. `-- _28`.
 //! Run: `cargo build -p overlay-agent && cargo test -p ovl-tests --test docker -- --test-threads 1`.
 
 use std::{
@@ -17,7 +23,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use ovl_docker::testing::{Dockerd, DockerdOpts, require_root};
+use ovl_docker::testing::{Dockerd, DockerdOpts, Engine, require_root};
 use ovl_tests::*;
 use serde_json::Value;
 
@@ -42,6 +48,25 @@ struct DockerLab {
 
 impl Drop for DockerLab {
     fn drop(&mut self) {
+        // Containers first, while the agents still answer Docker's Leave/DeleteEndpoint: with
+        // the plugin gone, dockerd retries each call for 30 s (a failed test would take minutes
+        // to clean up).
+        for h in &self.hosts {
+            if let Some(d) = &h.d
+                && let Ok(o) = d.docker(["ps", "-aq"])
+            {
+                let ids: Vec<String> = stdout(&o).split_whitespace().map(str::to_string).collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm".to_string(), "-f".to_string()];
+                    args.extend(ids);
+                    match d.docker(&args) {
+                        Ok(o) if !o.status.success() => eprintln!("docker rm -f: {}", stderr(&o)),
+                        Err(e) => eprintln!("docker rm -f: {e}"),
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
         for h in &mut self.hosts {
             stop_agent(h);
             if let Ok(keep) = std::env::var("OVL_KEEP_LOGS") {
@@ -83,8 +108,9 @@ fn stop_agent(h: &mut Host) {
 }
 
 impl DockerLab {
-    fn up(name: &str, datapath: &'static str) -> DockerLab {
+    fn up(name: &str, datapath: &'static str, engine: Engine) -> DockerLab {
         require_root();
+        let t0 = Instant::now();
         let mut cfg = LabConfig::new(name, 2);
         cfg.kv = KvKind::Etcd;
         cfg.start_agents = false;
@@ -100,8 +126,16 @@ impl DockerLab {
         };
         for i in 0..2 {
             let ns = me.lab().host(i).ns.clone();
-            let d = Dockerd::start(&ns, &work, DockerdOpts::for_host(i as u8 + 1))
-                .unwrap_or_else(|e| panic!("dockerd {ns}: {e}"));
+            // The agent's binary and its dirs (under `work`) keep their paths in a release tree.
+            let bin = me.lab().state.bin_dir.clone();
+            let opts = DockerdOpts::for_engine(i as u8 + 1, engine, &[&work, &bin]);
+            let d = Dockerd::start(&ns, &work, opts)
+                .unwrap_or_else(|e| panic!("dockerd {ns} ({engine}): {e}"));
+            if i == 0 {
+                let (v, api) = d.server_version().unwrap();
+                eprintln!("{name}: Docker Engine {v} (API {api}) from {engine}");
+                assert!(engine.runs(&v), "engine {engine} runs Docker {v}");
+            }
             d.import_busybox(IMAGE).unwrap();
             let dir = work.join(format!("agent-h{}", i + 1));
             me.hosts.push(Host {
@@ -114,6 +148,7 @@ impl DockerLab {
             fs::create_dir_all(&dir).unwrap();
             me.start_agent(i);
         }
+        eprintln!("{name}: lab up in {:?}", t0.elapsed());
         me
     }
 
@@ -343,6 +378,38 @@ impl DockerLab {
     }
 }
 
+/// `overlayctl attach` of a plain namespace on host 1, next to dockerd: it goes out through the
+/// agent's own gateway bridge, which this engine's firewall must let through (Docker sets the
+/// `filter FORWARD` policy to DROP; 28 moved its rules into `DOCKER-FORWARD` and adds raw-table
+/// drops for its own endpoints). The agent's exception sits in `DOCKER-USER`, the chain Docker
+/// keeps for users on every engine; everything else of the agent is in its own nft table.
+fn plain_namespace_goes_out(lab: &DockerLab, net: &str) {
+    let ns = lab.lab().add_container("plain").unwrap();
+    let sleeper = Killed(vec![nsspawn(&ns, &["sleep", "600"])]);
+    let pid = sleeper.0[0].id().to_string();
+    let reply = lab.ctl_json(0, &["attach", net, "--name", "plain", "--pid", &pid]);
+    assert!(reply["endpoint"]["ip"].is_string(), "{reply}");
+    let h1 = lab.lab().host(0).ns.clone();
+    let forward = stdout(&nsexec(&h1, &["iptables", "-S", "FORWARD"]));
+    within(
+        "a plain namespace reaches the outside through the agent's gateway",
+        Duration::from_secs(20),
+        || ping(&ns, xtask::lab::OUTSIDE_ADDR),
+    );
+    let user = stdout(&nsexec(&h1, &["iptables", "-S", "DOCKER-USER"]));
+    assert!(
+        user.contains("ovl_gwbridge"),
+        "the exception is in DOCKER-USER:\n{user}\nFORWARD:\n{forward}"
+    );
+    assert!(
+        forward.contains("-P FORWARD DROP"),
+        "Docker's FORWARD policy is DROP on every engine:\n{forward}"
+    );
+    eprintln!("h1 FORWARD:\n{forward}h1 DOCKER-USER:\n{user}");
+    lab.ctl_json(0, &["detach", net, "--name", "plain"]);
+    drop(sleeper);
+}
+
 /// One raw HTTP POST to the plugin socket: (status, body).
 fn plugin_post(sock: &Path, path: &str, body: &str) -> (u16, String) {
     let mut s = UnixStream::connect(sock).unwrap();
@@ -386,10 +453,39 @@ fn can_ping(lab: &DockerLab, i: usize, c: &str, target: &str) -> bool {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
-fn docker_two_hosts() {
+fn docker_two_hosts_20() {
+    two_hosts("t6d20", Engine::Host);
+}
+
+#[test]
+fn docker_two_hosts_26() {
+    two_hosts("t6d26", Engine::Trixie);
+}
+
+#[test]
+fn docker_two_hosts_28() {
+    two_hosts("t6d28", Engine::Sid);
+}
+
+#[test]
+fn docker_two_hosts_ebpf_20() {
+    two_hosts_ebpf("t6e20", Engine::Host);
+}
+
+#[test]
+fn docker_two_hosts_ebpf_26() {
+    two_hosts_ebpf("t6e26", Engine::Trixie);
+}
+
+#[test]
+fn docker_two_hosts_ebpf_28() {
+    two_hosts_ebpf("t6e28", Engine::Sid);
+}
+
+fn two_hosts(name: &str, engine: Engine) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = DockerLab::up("t6dock", "kernel");
-    let mut lab = lab;
+    let t0 = Instant::now();
+    let mut lab = DockerLab::up(name, "kernel", engine);
 
     // Plain form on both hosts: one overlay.
     for i in 0..2 {
@@ -796,15 +892,16 @@ fn docker_two_hosts() {
             i + 1
         );
     }
+    eprintln!("{name}: scenario passed in {:?}", t0.elapsed());
 }
 
 /// The same user scenario on the eBPF fast path: cross-host traffic by address and by name,
 /// the outside world, a published port, an agent restart, a removal seen on the other host
 /// within a second, and nothing left in the BPF maps after `docker network rm`.
-#[test]
-fn docker_two_hosts_ebpf() {
+fn two_hosts_ebpf(name: &str, engine: Engine) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = DockerLab::up("t6ebpf", "ebpf");
+    let t0 = Instant::now();
+    let mut lab = DockerLab::up(name, "ebpf", engine);
     for i in 0..2 {
         assert_eq!(
             lab.ctl_json(i, &["datapath"])["mode"],
@@ -833,6 +930,7 @@ fn docker_two_hosts_ebpf() {
     );
     assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
     lab.published_port_answers();
+    plain_namespace_goes_out(&lab, "fastnet");
     // The packets went through the programs.
     let dp = lab.ctl_json(1, &["datapath"]);
     let eps = dp["maps"]["local_endpoints"]
@@ -895,4 +993,103 @@ fn docker_two_hosts_ebpf() {
             i + 1
         );
     }
+    eprintln!("{name}: scenario passed in {:?}", t0.elapsed());
+}
+
+/// Issue 17, point 3 ("names through DNS, at once"; the agent side of it is not built yet):
+/// what users type, asserted as they expect it. Known to fail on every engine today, so the
+/// tests are ignored; run them with `-- --ignored docker_names_through_dns`. Each check's
+/// outcome is printed before the assertion, so one run shows all of them.
+#[test]
+#[ignore = "issue 17 (3): Docker's 127.0.0.11 does not know names on other hosts yet"]
+fn docker_names_through_dns_20() {
+    names_through_dns("t6n20", Engine::Host);
+}
+
+#[test]
+#[ignore = "issue 17 (3): Docker's 127.0.0.11 does not know names on other hosts yet"]
+fn docker_names_through_dns_26() {
+    names_through_dns("t6n26", Engine::Trixie);
+}
+
+#[test]
+#[ignore = "issue 17 (3): Docker's 127.0.0.11 does not know names on other hosts yet"]
+fn docker_names_through_dns_28() {
+    names_through_dns("t6n28", Engine::Sid);
+}
+
+fn names_through_dns(name: &str, engine: Engine) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = DockerLab::up(name, "kernel", engine);
+    for i in 0..2 {
+        lab.create_network(i, "appnet");
+    }
+    lab.run_web("appnet");
+    lab.run_sleeper(1, "client", "appnet");
+    let web_ip = ip_of(&lab, 0, "web", "appnet");
+    within(
+        "client's /etc/hosts names web",
+        Duration::from_secs(20),
+        || {
+            lab.docker(1, &["exec", "client", "cat", "/etc/hosts"])
+                .contains("web.appnet")
+        },
+    );
+    let mut results: Vec<(String, bool, String)> = Vec::new();
+    let mut check = |what: &str, o: Output, want: &str| {
+        let text = format!("rc={} {}{}", o.status, stdout(&o), stderr(&o));
+        let ok = o.status.success() && stdout(&o).contains(want);
+        results.push((what.to_string(), ok, text));
+    };
+    // Through Docker's resolver (127.0.0.11), from a running container on host 2.
+    for n in ["web", "web.appnet", "webalias"] {
+        let t = Instant::now();
+        let o = lab.docker_try(1, &["exec", "client", "nslookup", n]);
+        check(&format!("nslookup {n} (in {:?})", t.elapsed()), o, &web_ip);
+    }
+    // The README's example on host 2, first try: /etc/hosts and DNS, right after the start.
+    let o = lab.docker_try(
+        1,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "appnet",
+            IMAGE,
+            "ping",
+            "-c1",
+            "-W2",
+            "web.appnet",
+        ],
+    );
+    check("docker run --rm ... ping -c1 web.appnet", o, &web_ip);
+    let o = lab.docker_try(
+        1,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "appnet",
+            IMAGE,
+            "nslookup",
+            "web.appnet",
+        ],
+    );
+    check("docker run --rm ... nslookup web.appnet", o, &web_ip);
+    for (what, ok, text) in &results {
+        eprintln!(
+            "{name} [{engine}] {}: {what}\n    {}",
+            if *ok { "ok" } else { "FAILS" },
+            text.trim().replace('\n', "\n    ")
+        );
+    }
+    assert!(
+        results.iter().all(|r| r.1),
+        "{name} [{engine}]: names through Docker's DNS fail: {:?}",
+        results
+            .iter()
+            .filter(|r| !r.1)
+            .map(|r| &r.0)
+            .collect::<Vec<_>>()
+    );
 }

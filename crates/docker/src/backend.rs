@@ -79,6 +79,28 @@ pub struct CreateNetwork {
     pub raw_options: OptionMap,
 }
 
+/// `NetworkDriver.GwAllocCheck` (Docker 28+): asked before a network's pools are allocated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayCheck {
+    /// `-o k=v` options.
+    pub generic: BTreeMap<String, String>,
+    /// `--internal`.
+    pub internal: bool,
+    /// `--ipv6`.
+    pub enable_ipv6: bool,
+    /// All options as received.
+    pub raw_options: OptionMap,
+}
+
+/// The answer to [`GatewayCheck`]: which gateway addresses Docker need not reserve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewaySkip {
+    /// Skip the IPv4 gateway.
+    pub v4: bool,
+    /// Skip the IPv6 gateway.
+    pub v6: bool,
+}
+
 /// `NetworkDriver.AllocateNetwork` (swarm managers only; never seen with `Scope: local`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllocateNetwork {
@@ -333,6 +355,16 @@ pub trait PluginBackend: Send + Sync {
     /// `NetworkDriver.DeleteNetwork`.
     async fn delete_network(&self, network_id: String) -> PluginResult<()>;
 
+    /// `NetworkDriver.GwAllocCheck` (Docker 28+): may Docker skip reserving a gateway address
+    /// for a network with these options? A driver whose `Join` never returns a gateway answers
+    /// yes. Default: no (what Docker assumes of drivers without the capability).
+    ///
+    /// Docker skips only its own gateway `RequestAddress`: a gateway that `RequestPool`
+    /// returns (in `Data`) or that the user gives with `--gateway` is used all the same.
+    async fn gateway_alloc_check(&self, _req: GatewayCheck) -> PluginResult<GatewaySkip> {
+        Ok(GatewaySkip::default())
+    }
+
     /// `NetworkDriver.AllocateNetwork` (swarm only). Default: no options.
     async fn allocate_network(
         &self,
@@ -375,6 +407,10 @@ pub trait PluginBackend: Send + Sync {
 
     /// `NetworkDriver.ProgramExternalConnectivity`: only called for endpoints whose `Join`
     /// returned a gateway. Default: nothing to do.
+    ///
+    /// Must be idempotent: Docker 29 repeats it whenever its gateway selection runs, and
+    /// `RevokeExternalConnectivity` may come late (after `Leave`, or for an endpoint already
+    /// deleted): both must succeed whatever was programmed before.
     async fn program_external_connectivity(&self, _req: ExternalConnectivity) -> PluginResult<()> {
         Ok(())
     }

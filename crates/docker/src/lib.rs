@@ -11,8 +11,8 @@
 //! * [`watcher`]: follows the Engine API (`/containers`, `/events`) and reports container names,
 //!   aliases and sandboxes of endpoints on `ovl` networks, which the plugin protocol never
 //!   carries.
-//! * [`testing`]: a harness that runs real dockerd 20.10 instances as lab hosts inside network
-//!   namespaces, for privileged end-to-end tests.
+//! * `testing` (feature `testing`, off by default): a harness that runs real dockerd (20.10, 26,
+//!   28) as lab hosts inside network namespaces, for privileged end-to-end tests.
 //!
 //! Protocol facts this crate relies on (captured from dockerd 20.10.24):
 //! * Handshake once per daemon and plugin name: `Plugin.Activate`, then
@@ -33,6 +33,7 @@ pub mod error;
 pub mod identity;
 pub mod options;
 pub mod server;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod watcher;
 pub mod wire;

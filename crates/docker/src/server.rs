@@ -212,6 +212,13 @@ pub async fn dispatch(backend: &dyn PluginBackend, path: &str, body: &[u8]) -> R
         us = start.elapsed().as_micros() as u64,
         "plugin call served"
     );
+    // The exact bodies, for comparing engines (`OVERLAY_LOG=ovl_docker=trace`).
+    tracing::trace!(
+        method,
+        request = %String::from_utf8_lossy(body),
+        response = %String::from_utf8_lossy(&reply.body),
+        "plugin call bodies"
+    );
     reply
 }
 
@@ -260,7 +267,26 @@ async fn dispatch_inner(backend: &dyn PluginBackend, method: &str, body: &[u8]) 
         "NetworkDriver.GetCapabilities" => Ok(Reply::ok(&CapabilitiesResponse {
             scope: SCOPE.to_string(),
             connectivity_scope: CONNECTIVITY_SCOPE.to_string(),
+            gw_alloc_checker: true,
         })),
+        "NetworkDriver.GwAllocCheck" => {
+            let r: GwAllocCheckRequest = parse(method, body)?;
+            let req = GatewayCheck {
+                generic: options::generic_options(&r.options)?,
+                internal: options::internal(&r.options)?,
+                enable_ipv6: options::enable_ipv6(&r.options)?,
+                raw_options: r.options,
+            };
+            done(
+                backend
+                    .gateway_alloc_check(req)
+                    .await
+                    .map(|skip| GwAllocCheckResponse {
+                        skip_ipv4: skip.v4,
+                        skip_ipv6: skip.v6,
+                    }),
+            )
+        }
         "NetworkDriver.CreateNetwork" => {
             let r: CreateNetworkRequest = parse(method, body)?;
             let req = CreateNetwork {

@@ -1,5 +1,10 @@
-//! A lab harness that runs a real `dockerd` (Debian `docker.io`, 20.10) as one simulated host
-//! inside a network namespace, for privileged end-to-end tests. Not for production use.
+//! A lab harness that runs a real `dockerd` as one simulated host inside a network namespace,
+//! for privileged end-to-end tests. Behind the `testing` feature: not part of the agent.
+//!
+//! Three engines ([`Engine`]): this machine's own Debian 12 `docker.io` (20.10), and the
+//! `docker.io` of Debian 13 (26.1) and of Debian unstable (28.x), each run from a debootstrapped
+//! root filesystem of its release (`scripts/docker-rootfs.sh`, cached under
+//! `/var/cache/ovl-docker-rootfs`, built on first use and whenever its recipe changes).
 //!
 //! What it does (measured-here.md, "Several Docker engines on one machine"):
 //!
@@ -8,12 +13,20 @@
 //! 2. SCRIPT mounts a private tmpfs on `/run` (own `/run/docker/plugins`, containerd socket,
 //!    xtables lock), bind-mounts `WORKDIR/etc-docker` on `/etc/docker` (own key.json, own
 //!    `plugins/*.spec`), mounts a fresh sysfs (so `/sys/class/net` matches the netns) with the
-//!    cgroup hierarchies moved back under it, then `exec`s dockerd with per-host `--data-root`
+//!    machine's cgroup hierarchies under it, then `exec`s dockerd with per-host `--data-root`
 //!    (on disk under WORKDIR), `--exec-root` (in the private `/run`), `--pidfile`,
 //!    `-H unix://WORKDIR/docker.sock` (reachable from the test process),
 //!    `--config-file` (an empty `{}`), `--cgroup-parent`, `--bip`, `--default-address-pool`
 //!    and `--dns`.
-//! 3. Everything dockerd mounts lives in its private mount namespace, so it disappears with the
+//! 3. For a release tree, SCRIPT first mounts an overlay of the cached tree (read-only lower
+//!    layer, a per-host upper layer under WORKDIR: the cache is never written) and builds the
+//!    host's root there: private `/run`, `proc`, a fresh `sysfs` with `/sys/fs/cgroup` bound in,
+//!    `/dev`, the per-host `/etc/docker`, and WORKDIR plus [`DockerdOpts::shared`] bound at
+//!    their own paths (so sockets, logs, the agent's binary and its run dir have the same
+//!    path inside and outside). Then it `pivot_root`s into it: a plain `chroot` is not enough
+//!    (`docker import` fails remounting `/`, and `docker exec` processes land on the machine's
+//!    real root). The docker CLI of that release runs inside the same mount namespace.
+//! 4. Everything dockerd mounts lives in its private mount namespace, so it disappears with the
 //!    namespace's last process. [`Dockerd::stop`] removes containers, sends SIGTERM to dockerd,
 //!    then kills (by PID) every process still in that mount namespace (containerd, shims,
 //!    container processes: all started by us), and removes WORKDIR.
@@ -24,9 +37,9 @@
 //!
 //! The plugin socket must be visible in dockerd's mount namespace. Two ways:
 //! [`Dockerd::spawn_in_host`] runs the agent inside that namespace (it then binds
-//! `/run/docker/plugins/ovl.sock`), or [`Dockerd::install_plugin_spec`] writes
-//! `/etc/docker/plugins/NAME.spec` pointing at a socket under WORKDIR that a process in the
-//! root mount namespace serves.
+//! `/run/docker/plugins/ovl.sock`; with a release tree, its binary must sit under a shared
+//! path), or [`Dockerd::install_plugin_spec`] writes `/etc/docker/plugins/NAME.spec` pointing
+//! at a socket under WORKDIR that a process in the root mount namespace serves.
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -38,6 +51,117 @@ use crate::error::DockerError;
 
 /// Debian's docker CLI, which matches the daemon's version; falls back to `docker` on `PATH`.
 pub const DOCKER_CLI: &str = "/usr/bin/docker";
+
+/// The script that builds and caches the release trees.
+const ROOTFS_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../scripts/docker-rootfs.sh"
+);
+
+/// Which Docker engine a lab host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Engine {
+    /// This machine's own `docker.io` (Debian 12: Engine 20.10, API 1.41), from its own root.
+    Host,
+    /// Debian 13's `docker.io` (Engine 26.1, Compose 2.26), from a `trixie` tree.
+    Trixie,
+    /// Debian unstable's `docker.io` (Engine 28.x, Compose 2.40 in 2026), from a `sid` tree.
+    Sid,
+}
+
+impl Engine {
+    /// Every engine, oldest first.
+    pub const ALL: [Engine; 3] = [Engine::Host, Engine::Trixie, Engine::Sid];
+
+    /// Short label: `20.10`, `26`, `28`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Engine::Host => "20.10",
+            Engine::Trixie => "26",
+            Engine::Sid => "28",
+        }
+    }
+
+    /// The engine's major version as the Engine API reports it (`Server.Version`); for
+    /// [`Engine::Sid`] the lowest one expected (unstable moves on: a tree built later may
+    /// carry a newer engine).
+    pub fn major(self) -> u32 {
+        match self {
+            Engine::Host => 20,
+            Engine::Trixie => 26,
+            Engine::Sid => 28,
+        }
+    }
+
+    /// Whether a daemon reporting `version` (`28.5.2+dfsg4`) is this engine.
+    pub fn runs(self, version: &str) -> bool {
+        let major = version_of(version).0;
+        match self {
+            Engine::Sid => major >= self.major(),
+            _ => major == self.major(),
+        }
+    }
+
+    /// The Debian release whose tree it runs from (`None`: the machine's own root).
+    pub fn release(self) -> Option<&'static str> {
+        match self {
+            Engine::Host => None,
+            Engine::Trixie => Some("trixie"),
+            Engine::Sid => Some("sid"),
+        }
+    }
+
+    /// Parses `20.10`/`20`/`bookworm`/`host`, `26`/`trixie`, `28`/`sid`/`unstable`.
+    pub fn parse(s: &str) -> Result<Self, DockerError> {
+        match s.trim() {
+            "20.10" | "20" | "bookworm" | "host" => Ok(Engine::Host),
+            "26" | "26.1" | "trixie" => Ok(Engine::Trixie),
+            "28" | "sid" | "unstable" => Ok(Engine::Sid),
+            other => Err(DockerError::Harness(format!(
+                "unknown Docker engine {other:?}: use 20.10, 26 or 28"
+            ))),
+        }
+    }
+
+    /// The release tree of this engine, built (by `scripts/docker-rootfs.sh ensure`) if it is
+    /// missing or its recipe changed; `None` for [`Engine::Host`].
+    pub fn rootfs(self) -> Result<Option<PathBuf>, DockerError> {
+        let Some(release) = self.release() else {
+            return Ok(None);
+        };
+        let out = check(
+            run(
+                std::process::Command::new("bash").args([ROOTFS_SCRIPT, "ensure", release]),
+                "docker-rootfs.sh",
+            )?,
+            &format!("scripts/docker-rootfs.sh ensure {release}"),
+        )?;
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let path = PathBuf::from(path);
+        if !path.join(".ovl-rootfs").exists() {
+            return Err(DockerError::Harness(format!(
+                "docker-rootfs.sh printed {}, which is not a built tree",
+                path.display()
+            )));
+        }
+        Ok(Some(path))
+    }
+}
+
+/// `(major, minor)` of a Docker version string (`28.5.2+dfsg4` gives `(28, 5)`); zeros for
+/// what does not parse.
+pub fn version_of(v: &str) -> (u32, u32) {
+    let mut it = v
+        .split(['.', '+', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
 
 /// Options of one lab dockerd.
 #[derive(Debug, Clone)]
@@ -53,6 +177,12 @@ pub struct DockerdOpts {
     pub extra_args: Vec<String>,
     /// How long to wait for the API to answer.
     pub start_timeout: Duration,
+    /// The engine to run.
+    pub engine: Engine,
+    /// Directories of the machine bound at the same path in a release tree (WORKDIR always
+    /// is), e.g. the agent's binary directory and its run and state dirs. Ignored for
+    /// [`Engine::Host`], which sees the machine's root anyway.
+    pub shared: Vec<PathBuf>,
 }
 
 impl DockerdOpts {
@@ -70,6 +200,17 @@ impl DockerdOpts {
             dns: None,
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(90),
+            engine: Engine::Host,
+            shared: Vec::new(),
+        }
+    }
+
+    /// Like [`DockerdOpts::for_host`], for `engine`, with `shared` bound into its tree.
+    pub fn for_engine(index: u8, engine: Engine, shared: &[&Path]) -> Self {
+        Self {
+            engine,
+            shared: shared.iter().map(|p| p.to_path_buf()).collect(),
+            ..Self::for_host(index)
         }
     }
 
@@ -95,6 +236,9 @@ pub struct Dockerd {
     child: Option<std::process::Child>,
     script: String,
     start_timeout: Duration,
+    engine: Engine,
+    /// The release tree, for engines that run from one.
+    rootfs: Option<PathBuf>,
 }
 
 fn run(cmd: &mut std::process::Command, what: &str) -> Result<Output, DockerError> {
@@ -159,6 +303,16 @@ impl Dockerd {
             )));
         }
         let dns = opts.dns_addr()?;
+        for p in &opts.shared {
+            if !p.is_absolute() || !p.is_dir() {
+                return Err(DockerError::Harness(format!(
+                    "shared path {} must be an existing absolute directory",
+                    p.display()
+                )));
+            }
+        }
+        // Before anything is created: building a tree can take minutes, and can fail.
+        let rootfs = opts.engine.rootfs()?;
         let dir = workdir.join(host_netns_name);
         if dir.exists() {
             return Err(DockerError::Harness(format!(
@@ -166,7 +320,11 @@ impl Dockerd {
                 dir.display()
             )));
         }
-        for sub in ["data", "etc-docker/plugins", "cgroup-stage", "cli"] {
+        let mut subs = vec!["data", "etc-docker/plugins", "cgroup-stage", "cli"];
+        if rootfs.is_some() {
+            subs.extend(["root/upper", "root/work", "root/merged"]);
+        }
+        for sub in subs {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| DockerError::io(format!("creating {}", dir.join(sub).display()), e))?;
         }
@@ -189,22 +347,29 @@ impl Dockerd {
             "--userland-proxy=false".to_string(),
         ];
         args.extend(opts.extra_args.iter().map(|a| shell_quote(a)));
+        let daemon = format!("exec dockerd {}\n", args.join(" "));
         // Mounts happen in the new, private mount namespace only.
-        let script = format!(
-            "set -e\n\
-             hostname {host}\n\
-             mount -t tmpfs -o mode=755 tmpfs /run\n\
-             mkdir -p /run/docker/plugins /run/lock\n\
-             mount --bind {etc} /etc/docker\n\
-             mount --rbind /sys/fs/cgroup {stage}\n\
-             mount -t sysfs sysfs /sys\n\
-             mount --move {stage} /sys/fs/cgroup\n\
-             exec dockerd {args}\n",
-            host = shell_quote(host_netns_name),
-            etc = q(&dir.join("etc-docker")),
-            stage = q(&dir.join("cgroup-stage")),
-            args = args.join(" "),
-        );
+        let script = match &rootfs {
+            None => format!(
+                "set -e\n\
+                 hostname {host}\n\
+                 mount -t tmpfs -o mode=755 tmpfs /run\n\
+                 mkdir -p /run/docker/plugins /run/lock\n\
+                 mount --bind {etc} /etc/docker\n\
+                 mount --rbind /sys/fs/cgroup {stage}\n\
+                 mount -t sysfs sysfs /sys\n\
+                 mount --move {stage} /sys/fs/cgroup\n\
+                 {daemon}",
+                host = shell_quote(host_netns_name),
+                etc = q(&dir.join("etc-docker")),
+                stage = q(&dir.join("cgroup-stage")),
+            ),
+            Some(tree) => {
+                let mut shared = vec![dir.clone()];
+                shared.extend(opts.shared.iter().cloned());
+                tree_script(host_netns_name, tree, &dir, &shared_roots(&shared), &daemon)
+            }
+        };
         let mut d = Self {
             host: host_netns_name.to_string(),
             workdir: dir,
@@ -213,6 +378,8 @@ impl Dockerd {
             child: None,
             script,
             start_timeout: opts.start_timeout,
+            engine: opts.engine,
+            rootfs,
         };
         // From here on, Drop cleans up whatever happens.
         d.launch()?;
@@ -335,12 +502,54 @@ impl Dockerd {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut cmd = std::process::Command::new(docker_cli());
+        let mut cmd = self.cli_command()?;
         cmd.arg("-H")
             .arg(format!("unix://{}", self.socket_path().display()))
             .args(args)
             .env("DOCKER_CONFIG", self.workdir.join("cli"));
         run(&mut cmd, "docker")
+    }
+
+    /// The docker CLI matching this engine: the machine's for [`Engine::Host`], the release
+    /// tree's (run inside dockerd's mount namespace: its root is the tree) otherwise.
+    fn cli_command(&self) -> Result<std::process::Command, DockerError> {
+        if self.rootfs.is_none() {
+            return Ok(std::process::Command::new(docker_cli()));
+        }
+        let pid = self
+            .pid
+            .ok_or_else(|| DockerError::Harness("dockerd is not running".into()))?;
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(pid.to_string())
+            .args(["-m", "--", "docker"]);
+        Ok(cmd)
+    }
+
+    /// The engine this daemon runs.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The release tree this daemon runs from (`None` for [`Engine::Host`]).
+    pub fn rootfs(&self) -> Option<&Path> {
+        self.rootfs.as_deref()
+    }
+
+    /// The daemon's version and API version, as it reports them (`26.1.5`, `1.45`).
+    pub fn server_version(&self) -> Result<(String, String), DockerError> {
+        let v = self.docker_ok([
+            "version",
+            "--format",
+            "{{.Server.Version}} {{.Server.APIVersion}}",
+        ])?;
+        let mut it = v.split_whitespace();
+        match (it.next(), it.next()) {
+            (Some(a), Some(b)) => Ok((a.to_string(), b.to_string())),
+            _ => Err(DockerError::Harness(format!(
+                "docker version printed {v:?}"
+            ))),
+        }
     }
 
     /// Like [`Dockerd::docker`], but a non-zero exit is an error carrying the output.
@@ -608,6 +817,72 @@ impl Dockerd {
     }
 }
 
+/// The outermost of `paths`: a path under another one is already bound with it.
+fn shared_roots(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut sorted: Vec<PathBuf> = paths.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in sorted {
+        if !out.iter().any(|o| p.starts_with(o)) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The start script for a release tree: an overlay of `tree` under `dir/root` (the cache stays
+/// read-only), the host's root built there, `pivot_root` into it, then `daemon`.
+fn tree_script(host: &str, tree: &Path, dir: &Path, shared: &[PathBuf], daemon: &str) -> String {
+    let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    let root = dir.join("root");
+    let m = root.join("merged");
+    let under = |p: &Path| {
+        let rel = p.strip_prefix("/").unwrap_or(p);
+        q(&m.join(rel))
+    };
+    let mut s = format!(
+        "set -e\n\
+         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+         hostname {host}\n\
+         mount -t overlay overlay -o lowerdir={tree},upperdir={upper},workdir={work} {m}\n\
+         mount -t tmpfs -o mode=755 tmpfs {m}/run\n\
+         mkdir -p {m}/run/docker/plugins {m}/run/lock\n\
+         mount -t proc proc {m}/proc\n\
+         mount -t sysfs sysfs {m}/sys\n\
+         mount --rbind /sys/fs/cgroup {m}/sys/fs/cgroup\n\
+         mount --rbind /dev {m}/dev\n\
+         mkdir -p {m}/etc/docker\n\
+         mount --bind {etc} {m}/etc/docker\n",
+        host = shell_quote(host),
+        tree = q(tree),
+        upper = q(&root.join("upper")),
+        work = q(&root.join("work")),
+        m = q(&m),
+        etc = q(&dir.join("etc-docker")),
+    );
+    for p in shared {
+        s.push_str(&format!(
+            "mkdir -p {t}\nmount --bind {p} {t}\n",
+            p = q(p),
+            t = under(p)
+        ));
+    }
+    // After pivot_root, the machine's root is unmounted from this namespace: only what was
+    // bound above stays reachable.
+    s.push_str(&format!(
+        "mkdir -p {m}/.oldroot\n\
+         cd {m}\n\
+         pivot_root . .oldroot\n\
+         cd /\n\
+         umount -l /.oldroot\n\
+         rmdir /.oldroot\n\
+         {daemon}",
+        m = q(&m),
+    ));
+    s
+}
+
 impl Drop for Dockerd {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
@@ -696,6 +971,76 @@ mod tests {
         let mut bad = DockerdOpts::for_host(0);
         bad.bip = "nonsense".into();
         assert!(bad.dns_addr().is_err());
+    }
+
+    #[test]
+    fn engines_parse_and_name_their_trees() {
+        for (s, e) in [
+            ("20.10", Engine::Host),
+            ("bookworm", Engine::Host),
+            ("26", Engine::Trixie),
+            ("trixie", Engine::Trixie),
+            ("28", Engine::Sid),
+            ("unstable", Engine::Sid),
+        ] {
+            assert_eq!(Engine::parse(s).unwrap(), e, "{s}");
+        }
+        assert!(Engine::parse("27").is_err());
+        assert_eq!(version_of("28.5.2+dfsg4"), (28, 5));
+        assert_eq!(version_of("20.10.24+dfsg1"), (20, 10));
+        assert_eq!(version_of("junk"), (0, 0));
+        assert!(Engine::Sid.runs("28.5.2+dfsg4") && Engine::Sid.runs("29.1.0"));
+        assert!(!Engine::Sid.runs("26.1.5") && !Engine::Trixie.runs("28.5.2"));
+        assert!(Engine::Host.runs("20.10.24+dfsg1") && !Engine::Host.runs("26.1.5"));
+        assert_eq!(Engine::Host.rootfs().unwrap(), None);
+        assert_eq!(
+            Engine::ALL.map(|e| (e.label(), e.release())),
+            [("20.10", None), ("26", Some("trixie")), ("28", Some("sid"))]
+        );
+    }
+
+    #[test]
+    fn shared_paths_are_bound_once_at_their_own_path() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            shared_roots(&[
+                p("/tmp/lab/h1"),
+                p("/work/t/debug"),
+                p("/tmp/lab"),
+                p("/tmp/lab")
+            ]),
+            vec![p("/tmp/lab"), p("/work/t/debug")]
+        );
+        // A sibling with a common string prefix is not under it.
+        assert_eq!(
+            shared_roots(&[p("/tmp/lab"), p("/tmp/lab2")]),
+            vec![p("/tmp/lab"), p("/tmp/lab2")]
+        );
+        let script = tree_script(
+            "h1",
+            Path::new("/var/cache/t/sid-x"),
+            Path::new("/tmp/lab/h1"),
+            &[p("/tmp/lab"), p("/work/it's")],
+            "exec dockerd\n",
+        );
+        let m = "/tmp/lab/h1/root/merged";
+        for line in [
+            format!(
+                "lowerdir='/var/cache/t/sid-x',upperdir='/tmp/lab/h1/root/upper',workdir='/tmp/lab/h1/root/work' '{m}'"
+            ),
+            format!("mount --bind '/tmp/lab' '{m}/tmp/lab'"),
+            format!(r"mount --bind '/work/it'\''s' '{m}/work/it'\''s'"),
+            format!("mount --bind '/tmp/lab/h1/etc-docker' '{m}'/etc/docker"),
+            "pivot_root . .oldroot".to_string(),
+            "umount -l /.oldroot".to_string(),
+        ] {
+            assert!(script.contains(&line), "{line}\n{script}");
+        }
+        // The daemon starts last, after the machine's root is gone from the namespace.
+        assert!(script.ends_with("exec dockerd\n"));
+        assert!(
+            script.find("pivot_root").unwrap() > script.find("mount --bind '/tmp/lab'").unwrap()
+        );
     }
 
     #[test]

@@ -7,9 +7,16 @@
 //! re-inspects the affected container. A [`WatchEvent::Synced`] marks each completed full
 //! listing, so a consumer may drop entries it did not hear about since then.
 //!
-//! Aliases: for user-defined networks dockerd 20.10 lists the container's 12-character short ID
-//! among the endpoint's aliases. [`ContainerNames::aliases`] leaves it out (and the container
-//! name itself), keeping only the user's `--network-alias` values.
+//! Names: Engine API 1.44 (Docker 25) and later list every name Docker's own DNS answers for an
+//! endpoint in `DNSNames` (container name, `--network-alias` values, short ID, `--hostname`);
+//! since 26.0 `Aliases` holds the user's aliases only. Older engines (20.10: API 1.41) have no
+//! `DNSNames` and list the container's hostname (by default its 12-character short ID) among
+//! the `Aliases` of user-defined networks.
+//! [`ContainerNames::aliases`] is taken from `DNSNames` where the engine sends it, from
+//! `Aliases` otherwise, without the short ID and the container name (see [`endpoint_aliases`]).
+//!
+//! API version: the clients negotiate (`/version`) and then speak the daemon's version when it
+//! is older than ours (20.10 serves 1.41 and refuses newer clients).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -41,7 +48,9 @@ pub struct ContainerNames {
     pub container_id: String,
     /// Container name, without Docker's leading `/`.
     pub container_name: String,
-    /// `--network-alias` values (without the short-ID alias Docker adds).
+    /// The endpoint's names besides the container name, as Docker's own DNS has them:
+    /// `--network-alias` values and a `--hostname` other than the short ID; never the short
+    /// ID. See [`endpoint_aliases`].
     pub aliases: Vec<String>,
     /// PID of the container's init process, while running.
     pub container_pid: Option<u32>,
@@ -181,25 +190,60 @@ fn connect(socket: &Path, timeout_s: u64) -> Result<Docker, DockerError> {
     .map_err(|e| DockerError::engine(format!("connecting to {}", socket.display()), e))
 }
 
+/// A client for the dockerd at `socket` speaking the negotiated API version: the lower of the
+/// daemon's and the one our models are for (bollard's default).
+///
+/// bollard 0.21.1 negotiates (`/version`) but then sends every request without the `/vX.Y`
+/// prefix (its URL join drops it; fixed upstream after 0.21.1, bollard#737), so the daemon
+/// would answer in its own newest version. The request modifier puts the prefix back.
+async fn negotiated(socket: &Path, timeout_s: u64) -> Result<Docker, DockerError> {
+    let d = connect(socket, timeout_s)?
+        .negotiate_version()
+        .await
+        .map_err(|e| DockerError::engine("negotiating the API version", e))?;
+    let v = d.client_version();
+    let prefix = format!("/v{}.{}", v.major_version, v.minor_version);
+    Ok(d.with_request_modifier(move |mut req| {
+        let uri = versioned(req.uri(), &prefix);
+        *req.uri_mut() = uri;
+        req
+    }))
+}
+
+/// `uri` with the API version `prefix` (`/v1.41`) in front of its path, unless it has one.
+pub(crate) fn versioned(uri: &hyper::Uri, prefix: &str) -> hyper::Uri {
+    let path = uri.path();
+    let has_version = path
+        .strip_prefix("/v")
+        .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()));
+    if has_version {
+        return uri.clone();
+    }
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut parts = uri.clone().into_parts();
+    match format!("{prefix}{pq}").parse() {
+        Ok(p) => {
+            parts.path_and_query = Some(p);
+            hyper::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+        }
+        Err(_) => uri.clone(),
+    }
+}
+
 impl DockerWatcher {
     /// A watcher of the dockerd at `socket` for networks of driver [`DRIVER_NAME`]. The API
-    /// version is negotiated (dockerd 20.10 serves 1.41 and refuses newer clients).
+    /// version is negotiated (dockerd 20.10 serves 1.41 and refuses newer clients) and sent
+    /// with every request.
     pub async fn connect(socket: &Path) -> Result<Self, DockerError> {
         Self::connect_driver(socket, DRIVER_NAME).await
     }
 
     /// Like [`DockerWatcher::connect`] for another driver name.
     pub async fn connect_driver(socket: &Path, driver: &str) -> Result<Self, DockerError> {
-        let api = connect(socket, 30)?
-            .negotiate_version()
-            .await
-            .map_err(|e| DockerError::engine("negotiating the API version", e))?;
+        let api = negotiated(socket, 30).await?;
         // The event stream is one long request: no per-request timeout (reconnects handle a
         // dead daemon).
-        let events = connect(socket, 10 * 365 * 86400)?
-            .negotiate_version()
-            .await
-            .map_err(|e| DockerError::engine("negotiating the API version", e))?;
+        let events = negotiated(socket, 10 * 365 * 86400).await?;
         Ok(Self {
             socket: socket.to_path_buf(),
             driver: driver.to_string(),
@@ -275,11 +319,7 @@ impl DockerWatcher {
                     info.name
                 },
                 container_id: container_id.clone(),
-                aliases: user_aliases(
-                    ep.aliases.as_deref().unwrap_or_default(),
-                    &container_id,
-                    &container_name,
-                ),
+                aliases: endpoint_aliases(&ep, &container_id, &container_name),
                 container_name: container_name.clone(),
                 container_pid: pid,
                 sandbox_key: sandbox_key.clone(),
@@ -340,7 +380,7 @@ impl DockerWatcher {
         };
         Ok(Some(EarlyNames {
             container_id: container.to_string(),
-            aliases: user_aliases(ep.aliases.as_deref().unwrap_or_default(), container, &name),
+            aliases: endpoint_aliases(ep, container, &name),
             container_name: name,
             network_id: network_id.to_string(),
             network_name,
@@ -519,6 +559,21 @@ impl DockerWatcher {
     }
 }
 
+/// The names of endpoint `ep` besides the container name: from `DNSNames` (API 1.44+, what
+/// Docker's own DNS answers for it) when the engine sends it, else from `Aliases`; without the
+/// short ID and the container name, sorted.
+pub fn endpoint_aliases(
+    ep: &bollard::models::EndpointSettings,
+    container_id: &str,
+    container_name: &str,
+) -> Vec<String> {
+    let names = match ep.dns_names.as_deref() {
+        Some(n) if !n.is_empty() => n,
+        _ => ep.aliases.as_deref().unwrap_or_default(),
+    };
+    user_aliases(names, container_id, container_name)
+}
+
 /// The user's aliases: without the container's short-ID alias (any prefix of the ID of at
 /// least 12 characters) and without the container name.
 pub fn user_aliases(aliases: &[String], container_id: &str, container_name: &str) -> Vec<String> {
@@ -537,6 +592,158 @@ pub fn user_aliases(aliases: &[String], container_id: &str, container_name: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A fake Engine API on a unix socket that serves API `version` and, like dockerd, refuses
+    /// requests for a newer one. Records each request line.
+    async fn fake_engine(
+        sock: &Path,
+        version: &'static str,
+    ) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::UnixListener::bind(sock).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let line = head.lines().next().unwrap_or_default().to_string();
+                    let path = line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                    log.lock().unwrap().push(line);
+                    let asked = path
+                        .strip_prefix("/v")
+                        .and_then(|p| p.split('/').next())
+                        .map(str::to_string);
+                    let newer = |a: &str| {
+                        let v = |x: &str| {
+                            let (m, n) = x.split_once('.').unwrap_or((x, "0"));
+                            (m.parse::<u32>().unwrap_or(0), n.parse::<u32>().unwrap_or(0))
+                        };
+                        v(a) > v(version)
+                    };
+                    let (status, body) = match asked {
+                        Some(a) if newer(&a) => (
+                            "400 Bad Request",
+                            format!(
+                                r#"{{"message":"client version {a} is too new. Maximum supported API version is {version}"}}"#
+                            ),
+                        ),
+                        _ if path.ends_with("/version") => (
+                            "200 OK",
+                            format!(
+                                r#"{{"Version":"20.10.24","ApiVersion":"{version}","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64"}}"#
+                            ),
+                        ),
+                        _ if path.contains("/containers/json") => ("200 OK", "[]".to_string()),
+                        _ => (
+                            "404 Not Found",
+                            r#"{"message":"page not found"}"#.to_string(),
+                        ),
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nApi-Version: {version}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (seen, task)
+    }
+
+    /// Against an engine that serves API 1.41 (Docker 20.10) and refuses newer clients, the
+    /// watcher negotiates and then speaks 1.41; against 1.51 (Docker 28) it speaks 1.51.
+    #[tokio::test]
+    async fn negotiates_the_api_version() {
+        for version in ["1.41", "1.45", "1.51"] {
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("docker.sock");
+            let (seen, task) = fake_engine(&sock, version).await;
+            let w = DockerWatcher::connect(&sock).await.unwrap();
+            assert!(w.snapshot().await.unwrap().is_empty());
+            let lines = seen.lock().unwrap().clone();
+            let list = lines
+                .iter()
+                .find(|l| l.contains("/containers/json"))
+                .unwrap_or_else(|| panic!("{lines:?}"));
+            assert!(
+                list.contains(&format!("/v{version}/containers/json")),
+                "{version}: {lines:?}"
+            );
+            task.abort();
+        }
+    }
+
+    #[test]
+    fn version_prefix() {
+        let u = |s: &str| s.parse::<hyper::Uri>().unwrap();
+        assert_eq!(
+            versioned(&u("unix://2f72756e/containers/json?all=false"), "/v1.41").to_string(),
+            "unix://2f72756e/v1.41/containers/json?all=false"
+        );
+        assert_eq!(
+            versioned(&u("/events?since=1"), "/v1.51").to_string(),
+            "/v1.51/events?since=1"
+        );
+        // Already versioned (a fixed bollard): unchanged; a path merely starting with v: not.
+        assert_eq!(
+            versioned(&u("unix://x/v1.45/version"), "/v1.41").to_string(),
+            "unix://x/v1.45/version"
+        );
+        assert_eq!(
+            versioned(&u("unix://x/volumes"), "/v1.41").to_string(),
+            "unix://x/v1.41/volumes"
+        );
+    }
+
+    /// `docker inspect -f '{{json .NetworkSettings.Networks.dktbr}}' c1` for
+    /// `docker run --name c1 --hostname box1 --network dktbr --network-alias a1`, recorded from
+    /// each engine in the lab (crates/docker/tests/dockerd_lab.rs prints them).
+    const EP_20: &str = r#"{"IPAMConfig":null,"Links":null,"Aliases":["a1","d13554913fd4","box1"],"NetworkID":"c54474e1b4e4a53665da36e31b11b7a07c3a736f702ec85ba0d438e63caa3199","EndpointID":"022277fd475269d6221d1fdc856d043ef95304de6d003cd596c816de2786cd37","Gateway":"198.18.176.1","IPAddress":"198.18.176.2","IPPrefixLen":24,"IPv6Gateway":"","GlobalIPv6Address":"","GlobalIPv6PrefixLen":0,"MacAddress":"02:42:c6:12:b0:02","DriverOpts":null}"#;
+    const EP_26: &str = r#"{"IPAMConfig":null,"Links":null,"Aliases":["a1"],"MacAddress":"02:42:c6:12:b0:02","NetworkID":"8e143aa9bdc2271a8e15f3bfc94ce87a3e61bd11795cbbb9ee10f70c474f34c8","EndpointID":"3e809476aaefadc5a3171b0cc60738df5af965d7a32527bd266b79bfbe2eb32c","Gateway":"198.18.176.1","IPAddress":"198.18.176.2","IPPrefixLen":24,"IPv6Gateway":"","GlobalIPv6Address":"","GlobalIPv6PrefixLen":0,"DriverOpts":null,"DNSNames":["c1","a1","9ae0c3234b5e","box1"]}"#;
+    const EP_28: &str = r#"{"IPAMConfig":null,"Links":null,"Aliases":["a1"],"MacAddress":"da:ff:e1:33:22:a9","DriverOpts":null,"GwPriority":0,"NetworkID":"cebf49eb984b8cb148aea40d5ac13c1a325661563fefc17b2d19aa910322392b","EndpointID":"93f57bacf1e91baa92a054d5531dd03099580dc71cf6fd06388ede7126727119","Gateway":"198.18.176.1","IPAddress":"198.18.176.2","IPPrefixLen":24,"IPv6Gateway":"","GlobalIPv6Address":"","GlobalIPv6PrefixLen":0,"DNSNames":["c1","a1","80743270233b","box1"]}"#;
+
+    #[test]
+    fn names_from_dns_names_where_the_api_has_them() {
+        let ep = |j: &str| serde_json::from_str::<bollard::models::EndpointSettings>(j).unwrap();
+        // 20.10 (API 1.41): no DNSNames; Aliases carry the short ID and the hostname.
+        let id20 = format!("d13554913fd4{}", "0".repeat(52));
+        assert_eq!(
+            endpoint_aliases(&ep(EP_20), &id20, "c1"),
+            vec!["a1", "box1"]
+        );
+        // 26 and 28: DNSNames = name, aliases, short ID, hostname.
+        let id26 = format!("9ae0c3234b5e{}", "1".repeat(52));
+        assert_eq!(
+            endpoint_aliases(&ep(EP_26), &id26, "c1"),
+            vec!["a1", "box1"]
+        );
+        let id28 = format!("80743270233b{}", "2".repeat(52));
+        assert_eq!(
+            endpoint_aliases(&ep(EP_28), &id28, "c1"),
+            vec!["a1", "box1"]
+        );
+        // An empty DNSNames falls back to Aliases.
+        let mut e = ep(EP_26);
+        e.dns_names = Some(Vec::new());
+        assert_eq!(endpoint_aliases(&e, &id26, "c1"), vec!["a1"]);
+    }
 
     #[test]
     fn aliases_drop_short_id_and_name() {

@@ -71,6 +71,34 @@ pub struct CapabilitiesResponse {
         skip_serializing_if = "is_empty"
     )]
     pub connectivity_scope: String,
+    /// Docker 28+: the driver answers `NetworkDriver.GwAllocCheck` before each network is
+    /// created. Older engines ignore the field.
+    #[serde(rename = "GwAllocChecker", default, skip_serializing_if = "is_false")]
+    pub gw_alloc_checker: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `POST /NetworkDriver.GwAllocCheck` (Docker 28+, only to drivers that report
+/// `GwAllocChecker`): sent before `IpamDriver.RequestPool` of a new network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GwAllocCheckRequest {
+    /// The network's options, in the same form as in `CreateNetwork`.
+    #[serde(rename = "Options", default, deserialize_with = "null_default")]
+    pub options: OptionMap,
+}
+
+/// Response to `GwAllocCheck`: whether Docker may skip reserving a gateway address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GwAllocCheckResponse {
+    /// Do not reserve an IPv4 gateway (unless the user gave `--gateway`).
+    #[serde(rename = "SkipIPv4", default)]
+    pub skip_ipv4: bool,
+    /// Do not reserve an IPv6 gateway (unless the user gave `--gateway`).
+    #[serde(rename = "SkipIPv6", default)]
+    pub skip_ipv6: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //! each running a busybox container on its default bridge; everything is removed afterwards.
 //! Needs root, `docker.io` and `busybox-static`. Run: `cargo test -p ovl-docker --test dockerd_lab`.
 
-use ovl_docker::testing::{Dockerd, DockerdOpts, NetnsGuard, require_root};
+use ovl_docker::testing::{Dockerd, DockerdOpts, Engine, NetnsGuard, require_root};
 use ovl_docker::{ContainerNames, DockerWatcher, EarlyNames, WatchEvent};
 
 fn mounts_mentioning(s: &str) -> Vec<String> {
@@ -278,4 +278,127 @@ async fn watcher_survives_dockerd_restart() {
     );
     task.abort();
     tokio::task::block_in_place(|| d.stop()).unwrap();
+}
+
+/// Each engine: 20.10 from the machine's root, 26 and 28 from their release trees (their own
+/// root, CLI and Compose v2); containers work; the watcher negotiates the engine's API version
+/// and takes names from `DNSNames` where the engine has it; afterwards no process, mount or
+/// file is left and the cached tree is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_engine_runs_from_its_root() {
+    require_root();
+    for (engine, ns_name, os) in [
+        (Engine::Host, "dkt-r20", "bookworm"),
+        (Engine::Trixie, "dkt-r26", "trixie"),
+        (Engine::Sid, "dkt-r28", "sid"),
+    ] {
+        let work = tempfile::Builder::new()
+            .prefix("dkt-tree-")
+            .tempdir()
+            .unwrap();
+        let work_path = work.path().to_path_buf();
+        // The machine's root for 20.10: only its listing is compared.
+        let tree = tokio::task::block_in_place(|| engine.rootfs())
+            .unwrap()
+            .unwrap_or_else(|| "/".into());
+        let tree_listing = |t: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(t)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = tree_listing(&tree);
+        let pid;
+        {
+            let ns = NetnsGuard::create(ns_name).unwrap();
+            let opts = DockerdOpts::for_engine(6, engine, &[]);
+            let d = tokio::task::block_in_place(|| {
+                let d = Dockerd::start(ns.name(), work.path(), opts).unwrap();
+                d.import_busybox("dkt/busybox:latest").unwrap();
+                d
+            });
+            pid = d.pid().unwrap();
+            let (version, api) = d.server_version().unwrap();
+            assert!(engine.runs(&version), "{engine}: {version}");
+            eprintln!("{engine}: Docker {version}, API {api}");
+            // dockerd runs from the release's root, not the machine's (Debian 12).
+            let osr = d.exec_in_mount_ns(["cat", "/etc/os-release"]).unwrap();
+            let osr = String::from_utf8_lossy(&osr.stdout).to_string();
+            assert!(osr.contains(os), "{engine}: {osr}");
+            let seen = std::fs::read_to_string(format!("/proc/{pid}/root/etc/os-release")).unwrap();
+            assert_eq!(seen, osr);
+            let ours = std::fs::read_to_string("/etc/os-release").unwrap();
+            if engine == Engine::Host {
+                assert_eq!(ours, osr);
+            } else {
+                assert_ne!(ours, osr, "{engine} must not run from the machine's root");
+                // Compose v2 of that release (Debian 12 has only the Python v1).
+                let compose = d.docker_ok(["compose", "version", "--short"]).unwrap();
+                assert!(compose.starts_with('2'), "{engine}: compose {compose}");
+            }
+            // Containers run; a custom hostname and an alias on a user network.
+            tokio::task::block_in_place(|| {
+                d.docker_ok(["network", "create", "dktbr"]).unwrap();
+                d.docker_ok([
+                    "run",
+                    "-d",
+                    "--name",
+                    "c1",
+                    "--hostname",
+                    "box1",
+                    "--network",
+                    "dktbr",
+                    "--network-alias",
+                    "a1",
+                    "dkt/busybox:latest",
+                    "sleep",
+                    "3600",
+                ])
+                .unwrap();
+            });
+            let hosts = d.docker_ok(["exec", "c1", "cat", "/etc/hosts"]).unwrap();
+            assert!(hosts.contains("box1"), "{hosts}");
+            let w = DockerWatcher::connect_driver(&d.socket_path(), "bridge")
+                .await
+                .unwrap();
+            let snap = w.snapshot().await.unwrap();
+            assert_eq!(snap.len(), 1, "{snap:?}");
+            // The alias and the custom hostname, as Docker's DNS has them: from DNSNames on
+            // API 1.44+, from Aliases on 20.10 (which lists the hostname there; by default the
+            // hostname is the short ID, which is left out).
+            assert_eq!(snap[0].aliases, vec!["a1".to_string(), "box1".to_string()]);
+            // The raw inspect, for the record (the watcher's fixtures come from such output).
+            let raw = d
+                .docker_ok([
+                    "inspect",
+                    "-f",
+                    "{{json .NetworkSettings.Networks.dktbr}}",
+                    "c1",
+                ])
+                .unwrap();
+            eprintln!("{engine}: endpoint settings {raw}");
+            drop(d);
+            drop(ns);
+        }
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+        // No process anywhere still has this host's mounts (the overlay root names WORKDIR).
+        let work_str = work_path.to_string_lossy().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(mi) = std::fs::read_to_string(e.path().join("mountinfo")) {
+                assert!(
+                    !mi.contains(&work_str),
+                    "{:?} still mounts {work_str}",
+                    e.path()
+                );
+            }
+        }
+        assert!(std::fs::read_dir(&work_path).unwrap().next().is_none());
+        assert_eq!(
+            before,
+            tree_listing(&tree),
+            "{engine}: the cached tree changed"
+        );
+    }
 }

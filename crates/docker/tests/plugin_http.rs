@@ -90,7 +90,10 @@ async fn handshake() {
     }
     let (st, _, v) = h.post("NetworkDriver.GetCapabilities", "null").await;
     assert_eq!(st, 200);
-    assert_eq!(v, json!({"Scope": "local", "ConnectivityScope": "global"}));
+    assert_eq!(
+        v,
+        json!({"Scope": "local", "ConnectivityScope": "global", "GwAllocChecker": true})
+    );
     let (_, _, v) = h.post("IpamDriver.GetCapabilities", "null").await;
     assert_eq!(
         v,
@@ -500,4 +503,189 @@ async fn bind_replaces_stale_and_refuses_live_or_foreign_files() {
         other => panic!("expected NotASocket, got {other:?}"),
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+/// A backend implementing only what the protocol requires: the trait's defaults answer the
+/// optional calls (as the agent's backend does for external connectivity).
+struct Minimal;
+
+#[async_trait::async_trait]
+impl ovl_docker::PluginBackend for Minimal {
+    async fn request_pool(
+        &self,
+        _: ovl_docker::backend::PoolRequest,
+    ) -> ovl_docker::PluginResult<ovl_docker::backend::PoolAllocated> {
+        Err(ovl_docker::PluginError::Internal("unused".into()))
+    }
+    async fn release_pool(&self, _: String) -> ovl_docker::PluginResult<()> {
+        Ok(())
+    }
+    async fn request_address(
+        &self,
+        _: ovl_docker::backend::AddressRequest,
+    ) -> ovl_docker::PluginResult<ovl_docker::backend::AddressAllocated> {
+        Err(ovl_docker::PluginError::Internal("unused".into()))
+    }
+    async fn release_address(
+        &self,
+        _: ovl_docker::backend::AddressRelease,
+    ) -> ovl_docker::PluginResult<()> {
+        Ok(())
+    }
+    async fn create_network(
+        &self,
+        _: ovl_docker::backend::CreateNetwork,
+    ) -> ovl_docker::PluginResult<()> {
+        Ok(())
+    }
+    async fn delete_network(&self, _: String) -> ovl_docker::PluginResult<()> {
+        Ok(())
+    }
+    async fn create_endpoint(
+        &self,
+        _: ovl_docker::backend::CreateEndpoint,
+    ) -> ovl_docker::PluginResult<ovl_docker::backend::EndpointCreated> {
+        Ok(Default::default())
+    }
+    async fn delete_endpoint(
+        &self,
+        _: ovl_docker::backend::EndpointRef,
+    ) -> ovl_docker::PluginResult<()> {
+        Ok(())
+    }
+    async fn join(
+        &self,
+        _: ovl_docker::backend::Join,
+    ) -> ovl_docker::PluginResult<ovl_docker::backend::Joined> {
+        Err(ovl_docker::PluginError::Internal("unused".into()))
+    }
+    async fn leave(&self, _: ovl_docker::backend::EndpointRef) -> ovl_docker::PluginResult<()> {
+        Ok(())
+    }
+}
+
+/// `GwAllocCheck` as Docker 28.5 sends it (the network's options, captured from dockerd
+/// 28.5.2 in the lab: `docker network create -d ovl --ipam-driver ovl -o k=v --internal N`).
+const GW_ALLOC_CHECK_28: &str = r#"{"Options":{"com.docker.network.enable_ipv4":true,"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{"k":"v"},"com.docker.network.internal":true}}"#;
+
+#[tokio::test]
+async fn gateway_alloc_check() {
+    let h = Harness::start().await;
+    let (st, _, v) = h
+        .post("NetworkDriver.GwAllocCheck", GW_ALLOC_CHECK_28)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v, json!({"SkipIPv4": true, "SkipIPv6": true}));
+    let calls = h.rec.take();
+    let [Call::GwAllocCheck(c)] = calls.as_slice() else {
+        panic!("{calls:?}")
+    };
+    assert!(c.internal && !c.enable_ipv6);
+    assert_eq!(c.generic.get("k").map(String::as_str), Some("v"));
+    // Tolerant of nulls (Go nil maps), strict on types.
+    for body in ["null", "", r#"{"Options":null}"#] {
+        let (st, _, v) = h.post("NetworkDriver.GwAllocCheck", body).await;
+        assert_eq!((st, v), (200, json!({"SkipIPv4": true, "SkipIPv6": true})));
+    }
+    h.rec.take();
+    for bad in [
+        r#"{"Options":[]}"#,
+        r#"{"Options":{"com.docker.network.internal":"maybe"}}"#,
+        r#"{"Options":{"com.docker.network.generic":7}}"#,
+    ] {
+        let (st, _, v) = h.post("NetworkDriver.GwAllocCheck", bad).await;
+        assert_eq!(st, 400, "{bad}: {v}");
+        assert!(!v["Err"].as_str().unwrap().is_empty());
+    }
+    assert!(h.rec.names().is_empty(), "bad input reached the backend");
+    h.shutdown().await;
+
+    // The trait's default: no skip (what Docker assumes of a driver without the capability).
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("min.sock");
+    let server = PluginServer::bind(&sock).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_until(Arc::new(Minimal), async {
+        let _ = rx.await;
+    }));
+    let (st, _, v) = raw(
+        &sock,
+        "POST",
+        "NetworkDriver.GwAllocCheck",
+        GW_ALLOC_CHECK_28,
+    )
+    .await;
+    assert_eq!(
+        (st, v),
+        (200, json!({"SkipIPv4": false, "SkipIPv6": false}))
+    );
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// Docker 29 repeats `ProgramExternalConnectivity` whenever its gateway selection runs and may
+/// send `RevokeExternalConnectivity` late (after `Leave`/`DeleteEndpoint`, Options as saved at
+/// Join plus `NoProxy6To4`): every such call succeeds, on the recording backend and with the
+/// trait's defaults (which the agent uses: its `Join` returns no gateway).
+#[tokio::test]
+async fn external_connectivity_is_idempotent() {
+    let program = format!(
+        r#"{{"NetworkID":"{NID}","EndpointID":"{EID}","Options":{{"com.docker.network.endpoint.exposedports":[{{"Proto":6,"Port":80}}],"com.docker.network.portmap":[{{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":18080,"HostPortEnd":18080}}],"com.docker.network.NoProxy6To4":true}}}}"#
+    );
+    let revoke = format!(r#"{{"NetworkID":"{NID}","EndpointID":"{EID}"}}"#);
+    let sequence = [
+        ("NetworkDriver.RevokeExternalConnectivity", revoke.as_str()), // before any Program
+        (
+            "NetworkDriver.ProgramExternalConnectivity",
+            program.as_str(),
+        ),
+        (
+            "NetworkDriver.ProgramExternalConnectivity",
+            program.as_str(),
+        ), // repeated
+        ("NetworkDriver.Leave", revoke.as_str()),
+        ("NetworkDriver.DeleteEndpoint", revoke.as_str()),
+        ("NetworkDriver.RevokeExternalConnectivity", revoke.as_str()), // late
+        ("NetworkDriver.RevokeExternalConnectivity", revoke.as_str()), // and again
+    ];
+    let h = Harness::start().await;
+    for (method, body) in sequence {
+        let (st, _, v) = h.post(method, body).await;
+        assert_eq!((st, &v), (200, &json!({})), "{method}");
+    }
+    let calls = h.rec.take();
+    let programs: Vec<_> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Program(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(programs.len(), 2);
+    assert_eq!(programs[0], programs[1]);
+    assert_eq!(programs[0].port_map[0].host_port, 18080);
+    h.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("min.sock");
+    let server = PluginServer::bind(&sock).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_until(Arc::new(Minimal), async {
+        let _ = rx.await;
+    }));
+    for (method, body) in sequence {
+        let (st, _, v) = raw(&sock, "POST", method, body).await;
+        assert_eq!((st, &v), (200, &json!({})), "{method}");
+    }
+    // Malformed ones are still refused.
+    let (st, _, _) = raw(
+        &sock,
+        "POST",
+        "NetworkDriver.ProgramExternalConnectivity",
+        r#"{"NetworkID":"x","EndpointID":""}"#,
+    )
+    .await;
+    assert_eq!(st, 400);
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
 }

@@ -33,6 +33,7 @@ pub enum Call {
     Revoke(EndpointRef),
     AllocateNetwork(AllocateNetwork),
     FreeNetwork(String),
+    GwAllocCheck(GatewayCheck),
 }
 
 impl Call {
@@ -55,6 +56,7 @@ impl Call {
             Call::Revoke(_) => "RevokeExternalConnectivity",
             Call::AllocateNetwork(_) => "AllocateNetwork",
             Call::FreeNetwork(_) => "FreeNetwork",
+            Call::GwAllocCheck(_) => "GwAllocCheck",
         }
     }
 }
@@ -239,6 +241,12 @@ impl PluginBackend for Recorder {
         self.log(Call::DeleteNetwork(network_id.clone()));
         self.state.lock().unwrap().networks.remove(&network_id);
         Ok(())
+    }
+
+    async fn gateway_alloc_check(&self, req: GatewayCheck) -> PluginResult<GatewaySkip> {
+        self.log(Call::GwAllocCheck(req));
+        // Like the agent: Join returns no gateway unless a test asks for one.
+        Ok(GatewaySkip { v4: true, v6: true })
     }
 
     async fn allocate_network(
