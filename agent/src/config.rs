@@ -68,6 +68,10 @@ pub struct Cli {
     /// Serve the Docker remote network + IPAM plugin at /run/docker/plugins/ovl.sock.
     #[arg(long, env = "OVERLAY_DOCKER_PLUGIN")]
     pub docker_plugin: bool,
+    /// With `--docker-plugin`: do not create the cluster's networks in this host's dockerd
+    /// (each host then creates the networks it uses itself, as before).
+    #[arg(long, env = "OVERLAY_NO_DOCKER_NETWORK_SYNC")]
+    pub no_docker_network_sync: bool,
     /// With `--datapath ebpf`: run the kernel datapath if BPF cannot be used on this host
     /// (the reason is logged and shown in status).
     #[arg(long, env = "OVERLAY_DATAPATH_FALLBACK")]
@@ -113,6 +117,8 @@ pub struct FileConfig {
     gw_subnet: Option<String>,
     #[serde(alias = "docker_plugin")]
     docker_plugin: Option<bool>,
+    #[serde(alias = "docker_network_sync")]
+    docker_network_sync: Option<bool>,
     #[serde(alias = "datapath_fallback")]
     datapath_fallback: Option<bool>,
     #[serde(alias = "vxlan_port")]
@@ -148,6 +154,8 @@ pub struct Settings {
     pub gw_subnet: Option<Ipv4Network>,
     /// Serve the Docker plugin.
     pub docker_plugin: bool,
+    /// Keep every cluster network present in this host's dockerd.
+    pub docker_network_sync: bool,
     /// Fall back to the kernel datapath when eBPF cannot run.
     pub datapath_fallback: bool,
     /// UDP port of VXLAN.
@@ -295,6 +303,8 @@ impl Settings {
                 .unwrap_or_else(|| "/var/lib/overlay-agent".into()),
             gw_subnet,
             docker_plugin: cli.docker_plugin || file.docker_plugin.unwrap_or(false),
+            docker_network_sync: !cli.no_docker_network_sync
+                && file.docker_network_sync.unwrap_or(true),
             datapath_fallback: cli.datapath_fallback || file.datapath_fallback.unwrap_or(false),
             vxlan_port,
             metrics_addr,

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use ipnetwork::Ipv4Network;
@@ -14,11 +14,14 @@ use ovl_core::ClusterView;
 use ovl_datapath::{Attached, Desired, EndpointSpec, NetworkSpec};
 
 use crate::{
+    agent::{Agent, Services},
     api::types::DnsLookup,
+    config::{Cli, Settings},
     datapath::{Converged, Datapath, NetReport},
     error::{AgentError, Result},
     gateway::{self, Gateway, GatewayEndpoint, GatewayInfo, PortMap},
     local::Attachment,
+    local::LocalState,
     names::Names,
     probe::{Probe, VtepProbe},
 };
@@ -299,4 +302,72 @@ impl Names for FakeNames {
     }
 
     async fn shutdown(&self) {}
+}
+
+/// An agent over the embedded KV and the fakes above, as a unit test drives it.
+pub struct TestAgent {
+    /// The agent.
+    pub agent: Arc<Agent>,
+    /// Its datapath.
+    pub dp: Arc<FakeDatapath>,
+    /// Its gateway.
+    pub gw: Arc<FakeGateway>,
+    /// Its names service.
+    pub names: Arc<FakeNames>,
+    /// Its VTEP probe.
+    pub probe: Arc<FakeProbe>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestAgent {
+    /// Agent `host` with VTEP `addr`, on the embedded KV at `kv` (shared by several test
+    /// agents: one cluster) or a fresh one.
+    pub async fn new(host: &str, addr: &str, kv: Option<&Path>) -> TestAgent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = Settings::resolve(Cli {
+            host_id: Some(host.into()),
+            advertise_addr: Some(addr.into()),
+            run_dir: Some(dir.path().join("run")),
+            state_dir: Some(dir.path().join("state")),
+            ..Default::default()
+        })
+        .expect("settings");
+        let kv_path = kv
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("kv.sqlite"));
+        let kv = ovl_kv::open(None, &kv_path).await.expect("embedded KV");
+        let dp = Arc::new(FakeDatapath::default());
+        let gw = Arc::new(FakeGateway::default());
+        let names = Arc::new(FakeNames::default());
+        let probe = Arc::new(FakeProbe::default());
+        std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
+        let local = LocalState::load(dir.path().join("state/local.json")).expect("local state");
+        let agent = Agent::new(
+            settings,
+            kv,
+            1500,
+            Services {
+                datapath: dp.clone(),
+                gateway: gw.clone(),
+                names: names.clone(),
+                probe: probe.clone(),
+            },
+            local,
+        );
+        TestAgent {
+            agent,
+            dp,
+            gw,
+            names,
+            probe,
+            _dir: dir,
+        }
+    }
+
+    /// Publishes the KV's current state as the agent's view (what the sync loop does).
+    pub async fn publish_view(&self) {
+        let v = self.agent.store().view().await.expect("view");
+        self.agent.publish(v);
+        self.agent.set_ready();
+    }
 }

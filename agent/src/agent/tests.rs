@@ -1,77 +1,25 @@
 //! The agent's operations as a user calls them, over the embedded KV and the fakes of
 //! `crate::fakes`: no root, no kernel.
 
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
 use ovl_core::store::NetworkRequest;
 
-use super::{Agent, Services};
 use crate::{
     api::types::{AttachRequest, DetachRequest},
-    config::{Cli, Settings},
     counters::Counters,
     error::AgentError,
-    fakes::{FakeDatapath, FakeGateway, FakeNames, FakeProbe},
-    local::LocalState,
+    fakes::{FakeDatapath, TestAgent as Lab},
     reconcile::Plug,
 };
-
-struct Lab {
-    agent: Arc<Agent>,
-    dp: Arc<FakeDatapath>,
-    gw: Arc<FakeGateway>,
-    names: Arc<FakeNames>,
-    probe: Arc<FakeProbe>,
-    _dir: tempfile::TempDir,
-}
 
 /// A namespace file that exists for any user: the fakes never enter it.
 fn netns() -> PathBuf {
     PathBuf::from("/proc/self/ns/net")
 }
 
-async fn lab_on(dir: tempfile::TempDir, host: &str, addr: &str) -> Lab {
-    let settings = Settings::resolve(Cli {
-        host_id: Some(host.into()),
-        advertise_addr: Some(addr.into()),
-        run_dir: Some(dir.path().join("run")),
-        state_dir: Some(dir.path().join("state")),
-        ..Default::default()
-    })
-    .expect("settings");
-    let kv = ovl_kv::open(None, &dir.path().join("kv.sqlite"))
-        .await
-        .expect("embedded KV");
-    let dp = Arc::new(FakeDatapath::default());
-    let gw = Arc::new(FakeGateway::default());
-    let names = Arc::new(FakeNames::default());
-    let probe = Arc::new(FakeProbe::default());
-    std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    let local = LocalState::load(dir.path().join("state/local.json")).unwrap();
-    let agent = Agent::new(
-        settings,
-        kv,
-        1500,
-        Services {
-            datapath: dp.clone(),
-            gateway: gw.clone(),
-            names: names.clone(),
-            probe: probe.clone(),
-        },
-        local,
-    );
-    Lab {
-        agent,
-        dp,
-        gw,
-        names,
-        probe,
-        _dir: dir,
-    }
-}
-
 async fn lab() -> Lab {
-    let l = lab_on(tempfile::tempdir().unwrap(), "h1", "198.18.0.11").await;
+    let l = Lab::new("h1", "198.18.0.11", None).await;
     l.agent
         .create_network(NetworkRequest {
             name: "net1".into(),
@@ -88,14 +36,6 @@ fn attach_req(name: &str) -> AttachRequest {
         name: name.into(),
         netns: Some(netns()),
         ..Default::default()
-    }
-}
-
-impl Lab {
-    async fn publish_view(&self) {
-        let v = self.agent.store().view().await.expect("view");
-        self.agent.publish(v);
-        self.agent.set_ready();
     }
 }
 

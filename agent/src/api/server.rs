@@ -66,6 +66,11 @@ pub fn router() -> Router<Arc<Agent>> {
             get(|State(a): Shared| async move { a.networks().await.map(Json) }).post(
                 |State(a): Shared, b: Bytes| async move {
                     let req: NetworkRequest = body(&b)?;
+                    if req.reservation.is_some() {
+                        return Err(AgentError::Invalid(
+                            "reservation: only the Docker plugin binds reserved subnets".into(),
+                        ));
+                    }
                     a.create_network(req).await.map(Json)
                 },
             ),

@@ -90,6 +90,9 @@ enum NetCmd {
         /// Container MTU (default: underlay MTU - 50 on each host).
         #[arg(long)]
         mtu: Option<u32>,
+        /// A label `KEY=VALUE`, shown by `docker network inspect` on every host (repeatable).
+        #[arg(long = "label", value_parser = key_value)]
+        labels: Vec<(String, String)>,
     },
     /// List networks.
     Ls,
@@ -293,6 +296,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             vni,
             internal,
             mtu,
+            labels,
         }) => {
             let req = NetworkRequest {
                 name,
@@ -301,6 +305,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 vni,
                 internal,
                 mtu,
+                labels: labels.into_iter().collect(),
+                ..Default::default()
             };
             let n: NetworkInfo = c.post("/v1/networks", &req).await?;
             print(json, &n, |n| {
@@ -450,5 +456,13 @@ fn main() -> ExitCode {
             eprintln!("overlayctl: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Parses `KEY=VALUE` (a key is never empty).
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
 }

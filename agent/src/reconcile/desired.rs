@@ -168,6 +168,8 @@ mod tests {
                     gateway: "10.10.0.1".parse().unwrap(),
                     internal: false,
                     mtu: None,
+                    labels: Default::default(),
+                    options: Default::default(),
                 },
             );
         }

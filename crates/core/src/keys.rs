@@ -8,7 +8,11 @@
 //! /ovl/v1/subnets                   index: every network's subnet (one key, CAS-updated)
 //! /ovl/v1/addrs/<net>/<ip>          claim: the endpoint (or "gateway") holding the address
 //! /ovl/v1/endpoints/<net>/<id>      EndpointRecord
+//! /ovl/v1/docker/pools/<token>      DockerPool: a Docker RequestPool not bound to a name yet
 //! ```
+//!
+//! The subnet index holds every network's subnet by network name, and each reserved
+//! [`crate::DockerPool`]'s subnet under `pending:<token>`.
 
 use std::net::Ipv4Addr;
 
@@ -28,6 +32,13 @@ pub const SUBNETS: &str = "/ovl/v1/subnets";
 pub const ADDRS: &str = "/ovl/v1/addrs/";
 /// Prefix of endpoint records.
 pub const ENDPOINTS: &str = "/ovl/v1/endpoints/";
+/// Prefix of Docker pool reservations.
+pub const DOCKER_POOLS: &str = "/ovl/v1/docker/pools/";
+
+/// Key of a Docker pool reservation.
+pub fn docker_pool(token: &str) -> String {
+    format!("{DOCKER_POOLS}{token}")
+}
 
 /// Key of a host record.
 pub fn host(id: &str) -> String {

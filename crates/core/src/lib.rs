@@ -14,6 +14,8 @@ pub mod model;
 pub mod store;
 pub mod view;
 
-pub use model::{AliveRecord, EndpointRecord, HostRecord, MacAddr, NetworkRecord, PortMap, Proto};
+pub use model::{
+    AliveRecord, DockerPool, EndpointRecord, HostRecord, MacAddr, NetworkRecord, PortMap, Proto,
+};
 pub use store::{ClusterStore, Repair, StoreError};
 pub use view::ClusterView;

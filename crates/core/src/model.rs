@@ -1,6 +1,6 @@
 //! Records stored in the KV, and the naming rules they obey.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr};
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,59 @@ pub struct NetworkRecord {
     pub internal: bool,
     /// Container MTU override; `None` = each host's underlay MTU - 50.
     pub mtu: Option<u32>,
+    /// Labels, as `docker network inspect` shows them on every host (Compose keeps its
+    /// project, network and config-hash labels here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Driver options given at creation (`docker network create -o K=V`), replayed on every
+    /// host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// A subnet a Docker `RequestPool` reserved before the network's name was known (the plugin
+/// protocol carries no name there). It holds its subnet in the subnet index, under its own
+/// owner key, not as a network: nothing else sees it, and it becomes the network's subnet or
+/// goes away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerPool {
+    /// The token in the PoolID.
+    pub token: String,
+    /// Host that reserved it.
+    pub host: String,
+    /// The reserved subnet.
+    pub subnet: Ipv4Network,
+    /// `--gateway`, when given.
+    pub gateway: Option<Ipv4Addr>,
+    /// `--ipam-opt ovl.network=NAME` (a name not yet in the KV at `RequestPool`).
+    pub name: Option<String>,
+    /// Docker's NetworkID on `host`, once `CreateNetwork` came.
+    pub network_id: Option<String>,
+    /// `--internal`.
+    pub internal: bool,
+    /// `-o com.docker.network.driver.mtu`.
+    pub mtu: Option<u32>,
+    /// `-o` options as given.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// The cluster network it was bound to.
+    pub bound: Option<String>,
+    /// Unix time (seconds) of the reservation, to release ones Docker never used.
+    #[serde(default)]
+    pub since: u64,
+}
+
+impl DockerPool {
+    /// The owner of its subnet in the subnet index (`pending:<token>`: no network name has
+    /// a colon).
+    pub fn reservation(&self) -> String {
+        reservation_owner(&self.token)
+    }
+}
+
+/// The subnet-index owner of a reservation with `token`.
+pub fn reservation_owner(token: &str) -> String {
+    format!("pending:{token}")
 }
 
 /// Transport protocol of a published port.

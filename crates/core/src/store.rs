@@ -17,7 +17,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{
     ipam::{self, SubnetPool},
     keys,
-    model::{self, AliveRecord, EndpointRecord, HostRecord, NetworkRecord},
+    model::{self, AliveRecord, DockerPool, EndpointRecord, HostRecord, NetworkRecord},
     view::ClusterView,
 };
 
@@ -73,6 +73,16 @@ pub struct NetworkRequest {
     pub internal: bool,
     /// Container MTU override.
     pub mtu: Option<u32>,
+    /// Labels (see [`NetworkRecord::labels`]).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Driver options (see [`NetworkRecord::options`]).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// A subnet reservation (`pending:<token>`, see [`crate::DockerPool`]) this network takes
+    /// over: its subnet must be `subnet`, and the reservation is gone once the network exists.
+    #[serde(default)]
+    pub reservation: Option<String>,
 }
 
 /// The cluster state in the KV, typed.
@@ -252,12 +262,25 @@ impl ClusterStore {
                 )));
             }
             let (mut index, index_rev) = self.subnet_index().await?;
+            if let Some(r) = &req.reservation {
+                match (index.get(r), req.subnet) {
+                    (Some(held), Some(s)) if *held == s => {}
+                    (held, _) => {
+                        return Err(StoreError::Conflict(format!(
+                            "reservation {r} does not hold subnet {:?} (it holds {held:?})",
+                            req.subnet
+                        )));
+                    }
+                }
+                index.remove(r);
+            }
             let subnet = match req.subnet {
                 Some(s) => {
                     if let Some((other, os)) = index.iter().find(|(_, os)| ipam::overlaps(**os, s))
                     {
                         return Err(StoreError::Conflict(format!(
-                            "subnet {s} overlaps network {other} ({os})"
+                            "subnet {s} overlaps {} ({os})",
+                            describe_owner(other)
                         )));
                     }
                     s
@@ -303,6 +326,8 @@ impl ClusterStore {
                 gateway,
                 internal: req.internal,
                 mtu: req.mtu,
+                labels: req.labels.clone(),
+                options: req.options.clone(),
             };
             index.insert(name.clone(), subnet);
             let applied = self
@@ -346,6 +371,162 @@ impl ClusterStore {
 
     async fn subnet_index(&self) -> Result<(BTreeMap<String, Ipv4Network>, i64)> {
         Ok(self.get_json(keys::SUBNETS).await?.unwrap_or_default())
+    }
+
+    // ---- subnet reservations (Docker pools not bound to a name yet) ----
+
+    /// Reserves `want` (or the next free subnet of the pool) for `owner` (`pending:<token>`)
+    /// in the subnet index, without a network: no VNI, nothing in listings. Idempotent for
+    /// the same owner and subnet.
+    pub async fn reserve_subnet(
+        &self,
+        owner: &str,
+        want: Option<Ipv4Network>,
+    ) -> Result<Ipv4Network> {
+        if !owner.contains(':') {
+            return Err(StoreError::Invalid(format!(
+                "reservation owner {owner:?} could be taken for a network name"
+            )));
+        }
+        if let Some(s) = want {
+            ipam::check_subnet(s).map_err(StoreError::Invalid)?;
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut index, index_rev) = self.subnet_index().await?;
+            if let Some(held) = index.get(owner) {
+                if want.is_none_or(|w| w == *held) {
+                    return Ok(*held);
+                }
+                return Err(StoreError::Conflict(format!(
+                    "{owner} already holds {held}"
+                )));
+            }
+            let subnet = match want {
+                Some(s) => {
+                    if let Some((other, os)) = index.iter().find(|(_, os)| ipam::overlaps(**os, s))
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "subnet {s} overlaps {} ({os})",
+                            describe_owner(other)
+                        )));
+                    }
+                    s
+                }
+                None => {
+                    let used: Vec<_> = index.values().copied().collect();
+                    ipam::next_subnet(self.pool, &used).ok_or_else(|| {
+                        StoreError::Exhausted(format!(
+                            "no free /{} left in pool {}",
+                            self.pool.prefix, self.pool.pool
+                        ))
+                    })?
+                }
+            };
+            index.insert(owner.to_string(), subnet);
+            if self
+                .kv
+                .cas(keys::SUBNETS, &encode(&index), index_rev, None)
+                .await?
+                .is_some()
+            {
+                return Ok(subnet);
+            }
+        }
+        Err(StoreError::Contention(format!(
+            "reserving a subnet for {owner}"
+        )))
+    }
+
+    /// Drops `owner`'s reservation (idempotent; a network's entry is never dropped here).
+    pub async fn release_subnet(&self, owner: &str) -> Result<()> {
+        if !owner.contains(':') {
+            return Err(StoreError::Invalid(format!(
+                "{owner:?} is a network, not a reservation"
+            )));
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut index, index_rev) = self.subnet_index().await?;
+            if index.remove(owner).is_none() {
+                return Ok(());
+            }
+            if self
+                .kv
+                .cas(keys::SUBNETS, &encode(&index), index_rev, None)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Contention(format!("releasing {owner}")))
+    }
+
+    /// The reservations in the subnet index: owner -> subnet.
+    pub async fn reservations(&self) -> Result<BTreeMap<String, Ipv4Network>> {
+        Ok(self
+            .subnet_index()
+            .await?
+            .0
+            .into_iter()
+            .filter(|(o, _)| o.contains(':'))
+            .collect())
+    }
+
+    // ---- Docker pools ----
+
+    /// One Docker pool record with its revision.
+    pub async fn docker_pool(&self, token: &str) -> Result<Option<(DockerPool, i64)>> {
+        self.get_json(&keys::docker_pool(token)).await
+    }
+
+    /// Writes a Docker pool record.
+    pub async fn put_docker_pool(&self, pool: &DockerPool) -> Result<()> {
+        self.kv
+            .put(&keys::docker_pool(&pool.token), &encode(pool), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Every Docker pool record.
+    pub async fn docker_pools(&self) -> Result<Vec<DockerPool>> {
+        self.list_json(keys::DOCKER_POOLS).await
+    }
+
+    /// Removes a Docker pool record and its subnet reservation (idempotent).
+    pub async fn delete_docker_pool(&self, pool: &DockerPool) -> Result<()> {
+        self.release_subnet(&pool.reservation()).await?;
+        self.kv.delete(&keys::docker_pool(&pool.token)).await?;
+        Ok(())
+    }
+
+    /// Sets a network's labels and options (how Docker shows it on every host), once its
+    /// creator knows them. Returns whether the record changed.
+    pub async fn set_network_labels(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((mut rec, rev)) = self.get_json::<NetworkRecord>(&keys::network(name)).await?
+            else {
+                return Err(StoreError::NotFound(format!("network {name} not found")));
+            };
+            if rec.labels == *labels && rec.options == *options {
+                return Ok(false);
+            }
+            rec.labels = labels.clone();
+            rec.options = options.clone();
+            if self
+                .kv
+                .cas(&keys::network(name), &encode(&rec), rev, None)
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Contention(format!("labelling network {name}")))
     }
 
     /// Deletes a network; refused while it has endpoints.
@@ -669,6 +850,14 @@ pub enum Repair {
         /// The other endpoint.
         owner: String,
     },
+}
+
+/// How a subnet-index owner reads in messages.
+fn describe_owner(owner: &str) -> String {
+    match owner.strip_prefix("pending:") {
+        Some(token) => format!("a Docker pool being created (reservation {token})"),
+        None => format!("network {owner}"),
+    }
 }
 
 impl EndpointRecord {

@@ -8,6 +8,8 @@
 //! * [`identity`]: how a per-host Docker network (Scope `local`, no name in any plugin call) is
 //!   mapped to the cluster-wide network name. Read its module docs before implementing the
 //!   backend.
+//! * [`engine`]: the networks of a dockerd through its Engine API (list, inspect, create,
+//!   remove), for making a network created on one host present on every host.
 //! * [`watcher`]: follows the Engine API (`/containers`, `/events`) and reports container names,
 //!   aliases and sandboxes of endpoints on `ovl` networks, which the plugin protocol never
 //!   carries.
@@ -29,6 +31,7 @@
 //!   `docker network create` returns it does (see [`identity`]).
 
 pub mod backend;
+pub mod engine;
 pub mod error;
 pub mod identity;
 pub mod options;

@@ -258,6 +258,11 @@ impl DockerWatcher {
         self.names.clone()
     }
 
+    /// The network API of the same dockerd.
+    pub fn networks(&self) -> crate::engine::EngineNetworks {
+        crate::engine::EngineNetworks::new(self.api.clone())
+    }
+
     /// Shortcut for [`NetworkNames::resolve`].
     pub async fn network_name(&self, network_id: &str) -> Result<Option<String>, DockerError> {
         self.names.resolve(network_id).await
