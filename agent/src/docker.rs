@@ -162,7 +162,7 @@ impl NetCache {
         let tmp = self.path.with_extension("json.tmp");
         let res = serde_json::to_vec_pretty(m)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|b| crate::perms::write_private(&tmp, b))
             .and_then(|_| std::fs::rename(&tmp, &self.path));
         if let Err(e) = res {
             tracing::error!(path = %self.path.display(), error = %e, "saving the Docker network cache");
@@ -243,7 +243,7 @@ impl DeferredOps {
         let tmp = self.path.with_extension("json.tmp");
         let res = serde_json::to_vec_pretty(ops)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|b| crate::perms::write_private(&tmp, b))
             .and_then(|_| std::fs::rename(&tmp, &self.path));
         if let Err(e) = res {
             tracing::error!(path = %self.path.display(), error = %e, "saving deferred Docker operations");
@@ -1295,7 +1295,13 @@ pub async fn run(agent: Arc<Agent>) {
     tokio::spawn(plugin.clone().bind_loop());
     let path = Path::new(PLUGIN_SOCKET);
     loop {
-        match ovl_docker::serve(path, plugin.clone()).await {
+        match ovl_docker::server::serve_with(
+            path,
+            plugin.clone(),
+            plugin.agent.settings.socket_group,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
                 tracing::error!(socket = PLUGIN_SOCKET, error = %e, "Docker plugin server failed; retrying");

@@ -5,6 +5,7 @@
 //! - [`agent`]: the service object every entry point calls (KV through `ovl-core`);
 //! - [`api`]: the control API on the unix socket: wire types, server routes, client;
 //! - [`local`]: what this host attached, persisted (works while the KV is down);
+//! - [`perms`]: private state files and sockets created with their final mode;
 //! - [`registry`]: this host's record and lease in the KV;
 //! - [`sync`]: the cluster view kept current from the KV (list + watch + relist);
 //! - [`datapath`]: the seam to the kernel and eBPF datapaths;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod local;
 pub mod metrics;
 pub mod names;
+pub mod perms;
 pub mod reconcile;
 pub mod registry;
 pub mod sync;
