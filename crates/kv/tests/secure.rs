@@ -409,6 +409,24 @@ async fn three_members_over_tls() -> Result<()> {
     Ok(())
 }
 
+/// A user for a cluster without authentication is refused, not silently ignored: the
+/// operator meant the cluster to check who writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_for_a_cluster_without_auth_is_refused() -> Result<()> {
+    let pki = Pki::new(&[AGENT, "root"])?;
+    let probe = pki.security("ca.pem", Some("root"), None)?;
+    let cluster = EtcdCluster::start_tls(1, pki.member(), probe).await?;
+    let url = cluster.url();
+    let with_user = pki.security("ca.pem", Some(AGENT), Some((AGENT, AGENT_PASSWORD)))?;
+    let r = ovl_kv::open_with(Some(&url), Path::new("/x"), &with_user).await;
+    let reason = refused_reason(r)?;
+    ensure!(reason.contains("authentication disabled"), "{reason}");
+    // Positive control: the certificate alone is fine there.
+    let cert_only = pki.security("ca.pem", Some(AGENT), None)?;
+    ovl_kv::open_with(Some(&url), Path::new("/x"), &cert_only).await?;
+    Ok(())
+}
+
 /// An `etcds://` cluster that does not answer at start is not an error (as with plain etcd):
 /// the first request that reaches it checks the credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
