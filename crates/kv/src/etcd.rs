@@ -1010,6 +1010,58 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_told_from_outages() {
+        let code = |c, m: &str| refusal(&status(tonic::Status::new(c, m)));
+        assert_eq!(
+            code(
+                tonic::Code::Unauthenticated,
+                "etcdserver: invalid auth token"
+            ),
+            Some(Refusal::Token)
+        );
+        let final_with = |r: Option<Refusal>, want: &str| match r {
+            Some(Refusal::Final(why)) => assert!(why.contains(want), "{why}"),
+            other => panic!("expected a refusal with {want:?}, got {other:?}"),
+        };
+        final_with(
+            code(
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            "/ovl/",
+        );
+        final_with(
+            code(
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            "wrong user name or password",
+        );
+        final_with(
+            code(
+                tonic::Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            "gave no user",
+        );
+        final_with(
+            code(
+                tonic::Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            "authentication disabled",
+        );
+        // Outages and ordinary errors are not refusals.
+        assert_eq!(code(tonic::Code::Unavailable, "tcp connect error"), None);
+        assert_eq!(code(tonic::Code::InvalidArgument, "etcdserver: bad"), None);
+        // A TLS error under the status, as tonic reports a failed handshake.
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let st = tonic::Status::from_error(Box::new(io));
+        final_with(refusal(&status(st)), "not signed by the CA");
+    }
+
+    #[test]
     fn lost_writes_settle_from_what_the_key_holds() {
         let at = |value: &[u8], rev: Revision| KvEntry {
             key: "/k".into(),
