@@ -17,8 +17,11 @@ pub mod dns;
 pub mod plugin;
 pub mod records;
 
+/// A target's check: panics when a property fails.
+pub type Check = fn(&[u8]);
+
 /// The targets by name (the corpus directories), with their checks.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Check); 4] = [
     ("dns_request", dns::check),
     ("plugin_body", plugin::check),
     ("api_body", api::check),
