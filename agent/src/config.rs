@@ -48,10 +48,31 @@ pub struct Cli {
     /// Underlay address other hosts reach this one at (the VTEP).
     #[arg(long, env = "OVERLAY_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
-    /// KV store: `etcd://HOST:PORT[,HOST:PORT...]` or `embedded:///path/kv.sqlite`
-    /// (default: embedded, under the state dir).
+    /// KV store: `etcd://HOST:PORT[,HOST:PORT...]`, `etcds://...` (TLS) or
+    /// `embedded:///path/kv.sqlite` (default: embedded, under the state dir).
     #[arg(long, env = "OVERLAY_KV")]
     pub kv: Option<String>,
+    /// With `etcds://`: PEM file of the CA(s) that sign the etcd members' certificates
+    /// (default: the system's trusted roots).
+    #[arg(long, env = "OVERLAY_KV_CA")]
+    pub kv_ca: Option<PathBuf>,
+    /// With `etcds://`: PEM client certificate for etcd's client-certificate authentication.
+    #[arg(long, env = "OVERLAY_KV_CERT")]
+    pub kv_cert: Option<PathBuf>,
+    /// With `etcds://`: PEM private key of `--kv-cert`.
+    #[arg(long, env = "OVERLAY_KV_KEY")]
+    pub kv_key: Option<PathBuf>,
+    /// With `etcds://`: etcd user name (the password comes from `--kv-password-file` or the
+    /// environment variable `OVERLAY_KV_PASSWORD`, never from the command line).
+    #[arg(long, env = "OVERLAY_KV_USER")]
+    pub kv_user: Option<String>,
+    /// File whose first line is the etcd user's password.
+    #[arg(long, env = "OVERLAY_KV_PASSWORD_FILE")]
+    pub kv_password_file: Option<PathBuf>,
+    /// Group owner of the control socket and the Docker plugin socket (a name or a GID); the
+    /// control socket is then mode 0660 instead of 0600.
+    #[arg(long, env = "OVERLAY_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
     /// Datapath: kernel (default) or ebpf.
     #[arg(long, env = "OVERLAY_DATAPATH", value_enum)]
     pub datapath: Option<DatapathMode>,
@@ -108,6 +129,18 @@ pub struct FileConfig {
     #[serde(alias = "advertise_addr")]
     advertise_addr: Option<String>,
     kv: Option<String>,
+    #[serde(alias = "kv_ca")]
+    kv_ca: Option<PathBuf>,
+    #[serde(alias = "kv_cert")]
+    kv_cert: Option<PathBuf>,
+    #[serde(alias = "kv_key")]
+    kv_key: Option<PathBuf>,
+    #[serde(alias = "kv_user")]
+    kv_user: Option<String>,
+    #[serde(alias = "kv_password_file")]
+    kv_password_file: Option<PathBuf>,
+    #[serde(alias = "socket_group")]
+    socket_group: Option<String>,
     datapath: Option<DatapathMode>,
     #[serde(alias = "run_dir")]
     run_dir: Option<PathBuf>,
@@ -144,6 +177,10 @@ pub struct Settings {
     pub advertise_addr: Ipv4Addr,
     /// KV URL (`None`: embedded under the state dir).
     pub kv: Option<String>,
+    /// TLS material and credentials for `etcds://` (read and checked at start).
+    pub kv_security: ovl_kv::EtcdSecurity,
+    /// Group owner (GID) of the control and plugin sockets.
+    pub socket_group: Option<u32>,
     /// Datapath mode.
     pub datapath: DatapathMode,
     /// Runtime directory.
@@ -190,6 +227,15 @@ impl Settings {
 
     /// Merges flags/env with the config file (if any) and defaults, and validates.
     pub fn resolve(cli: Cli) -> Result<Settings, ConfigError> {
+        Self::resolve_with_env(cli, |name| std::env::var(name).ok())
+    }
+
+    /// [`Settings::resolve`] reading the variables that are not flags (`OVERLAY_KV_PASSWORD`)
+    /// through `env`.
+    pub fn resolve_with_env(
+        cli: Cli,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         let file = match &cli.config {
             Some(p) => load_file(p)?,
             None => FileConfig::default(),
@@ -221,9 +267,29 @@ impl Settings {
             )));
         }
         let kv = cli.kv.or(file.kv);
-        if let Some(url) = &kv {
-            ovl_kv::parse_url(url).map_err(|e| ConfigError(e.to_string()))?;
-        }
+        let kv_url = match &kv {
+            Some(url) => Some(ovl_kv::parse_url(url).map_err(|e| ConfigError(e.to_string()))?),
+            None => None,
+        };
+        let kv_security = kv_security(
+            kv_url.as_ref(),
+            KvFlags {
+                ca: cli.kv_ca.or(file.kv_ca),
+                cert: cli.kv_cert.or(file.kv_cert),
+                key: cli.kv_key.or(file.kv_key),
+                user: cli.kv_user.or(file.kv_user),
+                password_file: cli.kv_password_file,
+                password_env: env(KV_PASSWORD_ENV),
+                password_file_in_config: file.kv_password_file,
+            },
+        )?;
+        let socket_group = match cli.socket_group.or(file.socket_group) {
+            Some(g) => Some(
+                crate::perms::group_id(&g)
+                    .map_err(|e| ConfigError(format!("invalid --socket-group: {e}")))?,
+            ),
+            None => None,
+        };
         let gw_subnet = match cli.gw_subnet.or(file.gw_subnet) {
             Some(s) => Some(parse_subnet("--gw-subnet", &s)?),
             None => None,
@@ -289,6 +355,8 @@ impl Settings {
             host_id,
             advertise_addr,
             kv,
+            kv_security,
+            socket_group,
             datapath: cli
                 .datapath
                 .or(file.datapath)
@@ -313,6 +381,96 @@ impl Settings {
             subnet_pool,
         })
     }
+}
+
+/// The environment variable that may hold the etcd password (a flag would show in `ps`).
+pub const KV_PASSWORD_ENV: &str = "OVERLAY_KV_PASSWORD";
+
+/// The KV security settings as given, before they are read and checked.
+struct KvFlags {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    user: Option<String>,
+    /// `--kv-password-file` or `OVERLAY_KV_PASSWORD_FILE`.
+    password_file: Option<PathBuf>,
+    /// `OVERLAY_KV_PASSWORD`.
+    password_env: Option<String>,
+    /// `kv-password-file` in the config file.
+    password_file_in_config: Option<PathBuf>,
+}
+
+/// Reads and checks the TLS files and the password, and that they fit the KV URL: files
+/// and credentials only with `etcds://`, a user only with a password and the other way round.
+fn kv_security(
+    url: Option<&ovl_kv::KvUrl>,
+    f: KvFlags,
+) -> Result<ovl_kv::EtcdSecurity, ConfigError> {
+    use ovl_kv::secure::{Password, load_ca, load_identity, load_password};
+    let err = |flag: &str, e: ovl_kv::KvError| ConfigError(format!("invalid {flag}: {e}"));
+    // Flags, then the environment, then the file (the flag's own variable counts as the flag).
+    let password = match (f.password_file, f.password_env, f.password_file_in_config) {
+        (Some(p), _, _) => Some(load_password(&p).map_err(|e| err("--kv-password-file", e))?),
+        (None, Some(pw), _) if pw.is_empty() => {
+            return Err(ConfigError(format!("{KV_PASSWORD_ENV} is set but empty")));
+        }
+        (None, Some(pw), _) => Some(Password::new(pw)),
+        (None, None, Some(p)) => {
+            Some(load_password(&p).map_err(|e| err("kv-password-file (config file)", e))?)
+        }
+        (None, None, None) => None,
+    };
+    let tls_given = f.ca.is_some() || f.cert.is_some() || f.key.is_some();
+    let creds_given = f.user.is_some() || password.is_some();
+    match url {
+        Some(ovl_kv::KvUrl::Etcd { tls: true, .. }) => {}
+        Some(ovl_kv::KvUrl::Etcd { tls: false, .. }) if creds_given => {
+            return Err(ConfigError(
+                "--kv-user and its password need --kv etcds://... (TLS): over etcd:// the \
+                 password would cross the network in clear text"
+                    .into(),
+            ));
+        }
+        _ if tls_given || creds_given => {
+            return Err(ConfigError(
+                "--kv-ca, --kv-cert, --kv-key, --kv-user and a KV password need \
+                 --kv etcds://HOST:PORT[,...]"
+                    .into(),
+            ));
+        }
+        _ => return Ok(ovl_kv::EtcdSecurity::default()),
+    }
+    let user = match (f.user, password) {
+        (Some(u), Some(p)) if !u.is_empty() => Some((u, p)),
+        (Some(_), Some(_)) => return Err(ConfigError("invalid --kv-user: empty".into())),
+        (Some(u), None) => {
+            return Err(ConfigError(format!(
+                "--kv-user {u:?} needs a password: --kv-password-file FILE or {KV_PASSWORD_ENV}"
+            )));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError(
+                "a KV password was given but no --kv-user".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let identity = match (f.cert, f.key) {
+        (Some(c), Some(k)) => {
+            Some(load_identity(&c, &k).map_err(|e| err("--kv-cert/--kv-key", e))?)
+        }
+        (None, None) => None,
+        _ => return Err(ConfigError("--kv-cert and --kv-key go together".into())),
+    };
+    let ca_pem = match f.ca {
+        Some(p) => Some(load_ca(&p).map_err(|e| err("--kv-ca", e))?),
+        None => None,
+    };
+    Ok(ovl_kv::EtcdSecurity {
+        ca_pem,
+        identity,
+        user,
+    })
 }
 
 fn parse_subnet(flag: &str, s: &str) -> Result<Ipv4Network, ConfigError> {
@@ -429,5 +587,135 @@ mod tests {
         assert!(e.0.contains("bogus"), "{e}");
         let e = Settings::resolve(cli(&["--config", "/nonexistent/agent.toml"])).unwrap_err();
         assert!(e.0.contains("/nonexistent/agent.toml"));
+    }
+
+    /// A CA and a client certificate with its key (and a key of another pair), as files.
+    fn pki(dir: &Path) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["ovl-agent".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(dir.join("agent.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("agent-key.pem"), key.serialize_pem()).unwrap();
+        let other = KeyPair::generate().unwrap();
+        std::fs::write(dir.join("other-key.pem"), other.serialize_pem()).unwrap();
+        std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+    }
+
+    #[test]
+    fn etcd_tls_and_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let f = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        let base = ["--host-id", "h1", "--advertise-addr", "198.18.0.11"];
+        let tls = [
+            "--kv".to_string(),
+            "etcds://198.18.0.1:2379,198.18.0.2:2379".into(),
+            "--kv-ca".into(),
+            f("ca.pem"),
+            "--kv-cert".into(),
+            f("agent.pem"),
+            "--kv-key".into(),
+            f("agent-key.pem"),
+        ];
+        let no_env = |_: &str| None;
+        let with = |extra: &[String], env: &dyn Fn(&str) -> Option<String>| {
+            let mut a: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            a.extend_from_slice(extra);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            Settings::resolve_with_env(cli(&a), env)
+        };
+        let user = ["--kv-user".to_string(), "ovl-agent".into()];
+        let pwfile = ["--kv-password-file".to_string(), f("pw")];
+
+        // Flags.
+        let s = with(&[&tls[..], &user, &pwfile].concat(), &no_env).unwrap();
+        let sec = &s.kv_security;
+        assert!(sec.ca_pem.is_some() && sec.identity.is_some());
+        let (u, p) = sec.user.as_ref().unwrap();
+        assert_eq!((u.as_str(), p.expose()), ("ovl-agent", "s3cret"));
+        let dbg = format!("{s:?}");
+        assert!(
+            !dbg.contains("s3cret") && !dbg.contains("PRIVATE KEY"),
+            "{dbg}"
+        );
+
+        // The password from the environment; a password file given as a flag wins.
+        let env = |k: &str| (k == "OVERLAY_KV_PASSWORD").then(|| "from-env".to_string());
+        let s = with(&[&tls[..], &user].concat(), &env).unwrap();
+        assert_eq!(s.kv_security.user.unwrap().1.expose(), "from-env");
+        let s = with(&[&tls[..], &user, &pwfile].concat(), &env).unwrap();
+        assert_eq!(s.kv_security.user.unwrap().1.expose(), "s3cret");
+
+        // Everything from the config file.
+        let toml = dir.path().join("agent.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "kv = \"etcds://198.18.0.1:2379\"\nkv-ca = \"{}\"\nkv_cert = \"{}\"\n\
+                 kv-key = \"{}\"\nkv-user = \"ovl-agent\"\nkv-password-file = \"{}\"\n\
+                 socket-group = \"0\"\n",
+                f("ca.pem"),
+                f("agent.pem"),
+                f("agent-key.pem"),
+                f("pw")
+            ),
+        )
+        .unwrap();
+        let s = with(&["--config".into(), toml.to_str().unwrap().into()], &no_env).unwrap();
+        assert!(s.kv_security.identity.is_some());
+        assert_eq!(s.kv_security.user.unwrap().1.expose(), "s3cret");
+        assert_eq!(s.socket_group, Some(0));
+        // The environment's password beats the config file's password file.
+        let s = with(&["--config".into(), toml.to_str().unwrap().into()], &env).unwrap();
+        assert_eq!(s.kv_security.user.unwrap().1.expose(), "from-env");
+
+        // Refused, with reasons.
+        let bad = |extra: Vec<String>, env: &dyn Fn(&str) -> Option<String>| {
+            let e = with(&extra, env).unwrap_err().0;
+            assert!(!e.contains('\n'), "one line: {e}");
+            e
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(bad([&tls[..], &user].concat(), &no_env).contains("needs a password"));
+        assert!(bad([&tls[..], &pwfile].concat(), &no_env).contains("no --kv-user"));
+        assert!(
+            bad(
+                [&s(&["--kv", "etcd://h:1"]), &user[..], &pwfile].concat(),
+                &no_env
+            )
+            .contains("clear text")
+        );
+        assert!(bad([&s(&["--kv-ca"]), &[f("ca.pem")][..]].concat(), &no_env).contains("etcds://"));
+        let mut half = tls.to_vec();
+        half.truncate(6);
+        assert!(bad(half, &no_env).contains("go together"));
+        let mut wrong_key = tls.to_vec();
+        wrong_key[7] = f("other-key.pem");
+        let e = bad(wrong_key, &no_env);
+        assert!(
+            e.contains("--kv-cert/--kv-key") && e.contains("does not belong"),
+            "{e}"
+        );
+        let mut not_ca = tls.to_vec();
+        not_ca[3] = f("pw");
+        assert!(bad(not_ca, &no_env).contains("invalid --kv-ca"));
+        let mut missing = tls.to_vec();
+        missing[3] = f("nope.pem");
+        assert!(bad(missing, &no_env).contains("nope.pem"));
+        let empty = |k: &str| (k == "OVERLAY_KV_PASSWORD").then(String::new);
+        assert!(bad([&tls[..], &user].concat(), &empty).contains("empty"));
+        let e = bad(s(&["--socket-group", "ovl-no-such-group"]), &no_env);
+        assert!(
+            e.contains("--socket-group") && e.contains("no such group"),
+            "{e}"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Start-up and shutdown of the daemon.
 //!
-//! Start: directories, underlay MTU, KV (never fatal when the KV is merely unreachable: the
-//! loops retry with backoff and `status` says so), control socket, background loops.
+//! Start: directories (the state dir private to root), underlay MTU, KV (never fatal when the
+//! KV is merely unreachable: the loops retry with backoff and `status` says so; fatal, with
+//! exit code 2, when etcd refuses our TLS material or credentials), control socket,
+//! background loops.
 //! Shutdown on SIGTERM/SIGINT: stop serving, remove the socket, and leave the datapath
 //! exactly as it is, so traffic keeps flowing until the next agent adopts it.
 
@@ -13,15 +15,21 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     agent::{Agent, Services},
     api,
-    config::Settings,
+    config::{ConfigError, Settings},
     local::LocalState,
     tasks,
 };
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT. A [`ConfigError`] in the returned error's chain
+/// is a settings problem found at start (the binary exits with code 2).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    for dir in [&settings.run_dir, &settings.state_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&settings.run_dir)
+        .with_context(|| format!("creating {}", settings.run_dir.display()))?;
+    // The state dir holds the topology: root only, also for files older agents left open.
+    let tightened = crate::perms::private_dir(&settings.state_dir)
+        .with_context(|| format!("making {} private", settings.state_dir.display()))?;
+    if !tightened.is_empty() {
+        tracing::info!(paths = ?tightened, "made state files readable by root only");
     }
     let mtu = ovl_datapath::underlay_mtu(settings.advertise_addr).with_context(|| {
         format!(
@@ -29,9 +37,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             settings.advertise_addr
         )
     })?;
-    let kv = ovl_kv::open(settings.kv.as_deref(), &settings.embedded_kv_path())
-        .await
-        .context("opening the KV store")?;
+    let kv = ovl_kv::open_with(
+        settings.kv.as_deref(),
+        &settings.embedded_kv_path(),
+        &settings.kv_security,
+    )
+    .await
+    .map_err(|e| match e {
+        ovl_kv::KvError::Refused { .. } | ovl_kv::KvError::InvalidMaterial(_) => {
+            anyhow::Error::new(ConfigError(e.to_string()))
+        }
+        e => anyhow::Error::new(e).context("opening the KV store"),
+    })?;
     tracing::info!(
         host = %settings.host_id,
         vtep = %settings.advertise_addr,
@@ -41,7 +58,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "starting"
     );
     let socket = settings.socket_path();
-    let listener = api::server::bind(&socket)
+    let listener = api::server::bind_with(&socket, settings.socket_group)
         .await
         .with_context(|| format!("binding the control socket {}", socket.display()))?;
     let dp = crate::datapath::open(&settings).await?;

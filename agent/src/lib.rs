@@ -11,7 +11,7 @@
 //! - the seams over side effects, each a trait with its real implementation (fakes in the
 //!   unit tests): [`datapath`] (kernel and eBPF), [`gateway`], [`names`], [`probe`];
 //! - leaves: [`config`] (settings, pure), [`local`] (what this host attached, persisted),
-//!   [`counters`], [`error`].
+//!   [`counters`], [`error`], [`perms`] (private state files and sockets).
 
 pub mod agent;
 pub mod api;
@@ -26,6 +26,7 @@ pub mod fakes;
 pub mod gateway;
 pub mod local;
 pub mod names;
+pub mod perms;
 pub mod probe;
 pub mod reconcile;
 pub mod tasks;

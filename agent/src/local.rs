@@ -83,7 +83,7 @@ impl LocalState {
         let tmp = self.path.with_extension("json.tmp");
         let res = serde_json::to_vec_pretty(map)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|b| crate::perms::write_private(&tmp, b))
             .and_then(|_| std::fs::rename(&tmp, &self.path));
         if let Err(e) = res {
             tracing::error!(path = %self.path.display(), error = %e, "saving local state");

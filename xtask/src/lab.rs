@@ -42,7 +42,15 @@ pub enum KvKind {
     Embedded,
     /// A real etcd in the underlay namespace.
     Etcd,
+    /// The same etcd over TLS with client certificates and RBAC, set up as the README's
+    /// least-privilege section says: auth enabled, a role `ovl` with readwrite on `/ovl/`
+    /// only, a user `ovl-agent` holding it. Agents connect with a CA, a client certificate
+    /// and the user's password (files under `<lab dir>/pki`).
+    Etcds,
 }
+
+/// The etcd user the lab's agents log in as ([`KvKind::Etcds`]).
+pub const KV_USER: &str = "ovl-agent";
 
 /// Datapath of the lab's hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -218,6 +226,7 @@ impl Lab {
         let kv_url = match cfg.kv {
             KvKind::Embedded => format!("embedded://{}", dir.join("kv.sqlite").display()),
             KvKind::Etcd => format!("etcd://{UNDERLAY_GW}:2379"),
+            KvKind::Etcds => format!("etcds://{UNDERLAY_GW}:2379"),
         };
         let hosts = (1..=cfg.hosts)
             .map(|i| {
@@ -333,8 +342,14 @@ impl Lab {
             fs::create_dir_all(&h.run_dir)?;
             fs::create_dir_all(&h.state_dir)?;
         }
-        if self.state.kv == KvKind::Etcd {
-            self.start_etcd()?;
+        match self.state.kv {
+            KvKind::Embedded => {}
+            KvKind::Etcd => self.start_etcd()?,
+            KvKind::Etcds => {
+                self.make_pki()?;
+                self.start_etcd()?;
+                self.secure_etcd()?;
+            }
         }
         if start_agents {
             for i in 0..self.state.hosts.len() {
@@ -395,8 +410,23 @@ impl Lab {
             .create(true)
             .append(true)
             .open(self.state.dir.join("etcd.log"))?;
-        let client = format!("http://{UNDERLAY_GW}:2379");
-        let child = in_ns(&ul, "etcd")
+        let tls = self.state.kv == KvKind::Etcds;
+        let client = format!(
+            "{}://{UNDERLAY_GW}:2379",
+            if tls { "https" } else { "http" }
+        );
+        let mut etcd = in_ns(&ul, "etcd");
+        if tls {
+            let pki = self.pki_dir();
+            etcd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(pki.join("ca.pem"))
+                .arg("--cert-file")
+                .arg(pki.join("etcd.pem"))
+                .arg("--key-file")
+                .arg(pki.join("etcd-key.pem"));
+        }
+        let child = etcd
             .args(["--name", "lab", "--data-dir"])
             .arg(&data)
             .args([
@@ -418,19 +448,106 @@ impl Lab {
         self.state.etcd_pid = Some(pid);
         self.save()?;
         wait_for("etcd to answer", Duration::from_secs(20), || {
-            let out = in_ns(&ul, "etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args([
-                    "--endpoints",
-                    &client,
-                    "--dial-timeout=1s",
-                    "endpoint",
-                    "health",
-                ])
+            let out = self
+                .etcdctl()
+                .args(["--dial-timeout=1s", "endpoint", "health"])
                 .output()
                 .ok()?;
             out.status.success().then_some(())
         })
+    }
+
+    /// `etcdctl` in the underlay namespace, talking to the lab's etcd (over TLS as root, by
+    /// the `root` client certificate, for [`KvKind::Etcds`]).
+    pub fn etcdctl(&self) -> Command {
+        let ul = ns_name(&self.state.name, "ul");
+        let mut c = in_ns(&ul, "etcdctl");
+        c.env("ETCDCTL_API", "3");
+        if self.state.kv == KvKind::Etcds {
+            let pki = self.pki_dir();
+            c.arg(format!("--endpoints=https://{UNDERLAY_GW}:2379"))
+                .arg(format!("--cacert={}", pki.join("ca.pem").display()))
+                .arg(format!("--cert={}", pki.join("root.pem").display()))
+                .arg(format!("--key={}", pki.join("root-key.pem").display()));
+        } else {
+            c.arg(format!("--endpoints=http://{UNDERLAY_GW}:2379"));
+        }
+        c
+    }
+
+    /// Where the TLS files of [`KvKind::Etcds`] are.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.state.dir.join("pki")
+    }
+
+    /// The CA, etcd's certificate, the `root` client certificate (etcd maps its common name to
+    /// the root user), the agents' client certificate and the agents' password file.
+    fn make_pki(&self) -> Result<()> {
+        let dir = self.pki_dir();
+        let pki = crate::pki::Pki::create(&dir, &format!("{}-ca", self.state.name))?;
+        pki.issue("etcd", "etcd", &[UNDERLAY_GW, "127.0.0.1", "localhost"])?;
+        pki.issue("root", "root", &[])?;
+        // Not an etcd user name: the agents prove who they are by password.
+        pki.issue("agent", "ovl-lab-host", &[])?;
+        let password: String = format!("pw-{}-{}", self.state.name, std::process::id());
+        write_private(&dir.join("agent-password"), &format!("{password}\n"))
+    }
+
+    /// The least-privilege RBAC of the README, by etcdctl: root user, role `ovl` with
+    /// readwrite on the prefix `/ovl/`, user `ovl-agent` with that role; then auth on.
+    fn secure_etcd(&self) -> Result<()> {
+        let password = fs::read_to_string(self.pki_dir().join("agent-password"))?;
+        let password = password.trim_end();
+        let root_pw = format!("root-{password}");
+        let steps: [&[&str]; 7] = [
+            &["user", "add", "root", "--new-user-password", &root_pw],
+            &["user", "grant-role", "root", "root"],
+            &["role", "add", "ovl"],
+            &[
+                "role",
+                "grant-permission",
+                "ovl",
+                "--prefix=true",
+                "readwrite",
+                "/ovl/",
+            ],
+            &["user", "add", KV_USER, "--new-user-password", password],
+            &["user", "grant-role", KV_USER, "ovl"],
+            &["auth", "enable"],
+        ];
+        for step in steps {
+            let out = self.etcdctl().args(step).output()?;
+            if !out.status.success() {
+                bail!(
+                    "etcdctl {}: {}",
+                    step.first().unwrap_or(&""),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The `--kv*` arguments of the lab's agents.
+    pub fn kv_args(&self) -> Vec<String> {
+        let mut args = vec!["--kv".to_string(), self.state.kv_url.clone()];
+        if self.state.kv == KvKind::Etcds {
+            let pki = self.pki_dir();
+            let f = |n: &str| pki.join(n).display().to_string();
+            args.extend([
+                "--kv-ca".into(),
+                f("ca.pem"),
+                "--kv-cert".into(),
+                f("agent.pem"),
+                "--kv-key".into(),
+                f("agent-key.pem"),
+                "--kv-user".into(),
+                KV_USER.into(),
+                "--kv-password-file".into(),
+                f("agent-password"),
+            ]);
+        }
+        args
     }
 
     /// Stops etcd (SIGTERM, then SIGKILL).
@@ -451,14 +568,8 @@ impl Lab {
             .open(&h.log)?;
         let agent = self.state.bin_dir.join("overlay-agent");
         let child = in_ns(&h.ns, agent.to_str().expect("utf-8 path"))
-            .args([
-                "--host-id",
-                &h.id,
-                "--advertise-addr",
-                &h.addr,
-                "--kv",
-                &self.state.kv_url,
-            ])
+            .args(["--host-id", &h.id, "--advertise-addr", &h.addr])
+            .args(self.kv_args())
             .args(["--datapath", &h.datapath])
             .arg("--run-dir")
             .arg(&h.run_dir)
@@ -675,4 +786,17 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -1,6 +1,6 @@
 //! Routes of the control API, each a thin translation to an [`Agent`] call.
 
-use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -121,19 +121,21 @@ pub fn router() -> Router<Arc<Agent>> {
 /// Binds the control socket: refuses if another agent answers on it, replaces a stale file,
 /// and restricts it to its owner (mode 0600).
 pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    bind_with(path, None).await
+}
+
+/// [`bind`], and with a group (`--socket-group`) the socket is also that group's, mode 0660.
+/// It appears at `path` with its final owner and mode ([`crate::perms::bind_socket`]).
+pub async fn bind_with(path: &Path, gid: Option<u32>) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("another agent is serving {}", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
+    if path.exists() && tokio::net::UnixStream::connect(path).await.is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another agent is serving {}", path.display()),
+        ));
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    crate::perms::bind_socket(path, mode, gid)
 }

@@ -1,7 +1,7 @@
 //! `overlay-agent`: the per-host daemon. See `overlay-agent --help`.
 
 use clap::Parser;
-use overlay_agent::config::{Cli, Settings};
+use overlay_agent::config::{Cli, ConfigError, KV_PASSWORD_ENV, Settings};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +31,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // The password is in the settings now; children (nft, ip) need not inherit it.
+    // SAFETY: no other thread exists yet (the runtime is built below), so nothing reads the
+    // environment concurrently.
+    unsafe { std::env::remove_var(KV_PASSWORD_ENV) };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("OVERLAY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -44,6 +48,12 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     match rt.block_on(overlay_agent::daemon::run(settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Settings only the running system can judge (etcd refusing our TLS material or
+        // credentials, an unknown group): one line, exit code 2 like any bad setting.
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("overlay-agent: {e}");
+            std::process::ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("overlay-agent: {e:#}");
             std::process::ExitCode::FAILURE

@@ -14,7 +14,7 @@ fn save_json<T: Serialize>(path: &std::path::Path, value: &T, what: &str) {
     let tmp = path.with_extension("json.tmp");
     let res = serde_json::to_vec_pretty(value)
         .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|b| crate::perms::write_private(&tmp, b))
         .and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = res {
         tracing::error!(path = %path.display(), error = %e, "saving {what}");

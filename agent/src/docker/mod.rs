@@ -195,7 +195,8 @@ pub async fn run(agent: Arc<Agent>) {
     tokio::spawn(plugin.clone().housekeeping());
     let path = Path::new(PLUGIN_SOCKET);
     loop {
-        match ovl_docker::serve(path, plugin.clone()).await {
+        let group = plugin.agent.settings().socket_group;
+        match ovl_docker::server::serve_with(path, plugin.clone(), group).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::error!(socket = PLUGIN_SOCKET, error = %e, "Docker plugin server failed; retrying");

@@ -625,6 +625,13 @@ impl PluginServer {
     /// `ovl`): creates the parent directory, replaces a stale socket left by a dead process,
     /// refuses to replace a live socket or a non-socket file, and sets mode 0660.
     pub async fn bind(socket_path: &Path) -> Result<Self, DockerError> {
+        Self::bind_with(socket_path, None).await
+    }
+
+    /// [`PluginServer::bind`] with group owner `gid` (dockerd runs as root; the group lets
+    /// other tools talk to the plugin). The socket is bound under a temporary name, given its
+    /// group and mode 0660, then renamed into place: nobody finds it with other permissions.
+    pub async fn bind_with(socket_path: &Path, gid: Option<u32>) -> Result<Self, DockerError> {
         if let Some(parent) = socket_path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -651,11 +658,35 @@ impl PluginServer {
                 ));
             }
         }
-        let listener = UnixListener::bind(socket_path)
-            .map_err(|e| DockerError::io(format!("binding {}", socket_path.display()), e))?;
-        tokio::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o660))
-            .await
-            .map_err(|e| DockerError::io(format!("chmod {}", socket_path.display()), e))?;
+        let name = socket_path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let tmp = socket_path.with_file_name(format!(".{name}.{}.new", std::process::id()));
+        match tokio::fs::remove_file(&tmp).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(DockerError::io(format!("removing {}", tmp.display()), e));
+            }
+            _ => {}
+        }
+        let listener = UnixListener::bind(&tmp)
+            .map_err(|e| DockerError::io(format!("binding {}", tmp.display()), e))?;
+        let placed = (|| {
+            if gid.is_some() {
+                std::os::unix::fs::chown(&tmp, None, gid)?;
+            }
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+            std::fs::rename(&tmp, socket_path)
+        })();
+        if let Err(e) = placed {
+            if let Err(rm) = std::fs::remove_file(&tmp) {
+                tracing::warn!(path = %tmp.display(), error = %rm, "removing a half-made socket");
+            }
+            return Err(DockerError::io(
+                format!("placing {} (group, mode 0660)", socket_path.display()),
+                e,
+            ));
+        }
         Ok(Self {
             listener,
             path: socket_path.to_path_buf(),
@@ -725,7 +756,19 @@ impl PluginServer {
 
 /// Binds `socket_path` (see [`PluginServer::bind`]) and serves `backend` forever.
 pub async fn serve(socket_path: &Path, backend: Arc<dyn PluginBackend>) -> Result<(), DockerError> {
-    PluginServer::bind(socket_path).await?.run(backend).await
+    serve_with(socket_path, backend, None).await
+}
+
+/// [`serve`] with the socket's group owner (see [`PluginServer::bind_with`]).
+pub async fn serve_with(
+    socket_path: &Path,
+    backend: Arc<dyn PluginBackend>,
+    gid: Option<u32>,
+) -> Result<(), DockerError> {
+    PluginServer::bind_with(socket_path, gid)
+        .await?
+        .run(backend)
+        .await
 }
 
 async fn handle(backend: Arc<dyn PluginBackend>, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -689,3 +689,30 @@ async fn external_connectivity_is_idempotent() {
     let _ = tx.send(());
     task.await.unwrap().unwrap();
 }
+
+/// The plugin socket appears with mode 0660 and, given one, its group; a client reaches it.
+#[tokio::test]
+async fn bind_with_group_sets_owner_and_mode() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ovl.sock");
+    // A group this process may give a file to: any as root (daemon, GID 1), else its own.
+    let me = std::fs::metadata("/proc/self").unwrap();
+    let gid = if me.uid() == 0 { 1 } else { me.gid() };
+    let server = PluginServer::bind_with(&sock, Some(gid)).await.unwrap();
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+    assert!(tokio::net::UnixStream::connect(&sock).await.is_ok());
+    drop(server);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "no temporary socket left: {left:?}");
+    // Without a group: mode 0660, the process's group.
+    let other = dir.path().join("plain.sock");
+    let _s = PluginServer::bind(&other).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&other).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+}

@@ -61,14 +61,29 @@ impl State {
         }
     }
 
-    /// Writes the state file atomically.
+    /// Writes the state file atomically, readable by its owner only (it maps containers to
+    /// addresses and published ports): mode 0600 in a directory of mode 0700.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir)
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| Error::io(format!("creating state dir {}", dir.display()), e))?;
         let path = dir.join(STATE_FILE);
         let tmp: PathBuf = dir.join(format!("{STATE_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(self).expect("state serializes");
-        std::fs::write(&tmp, bytes)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                f.write_all(&bytes)
+            })
             .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &path)
             .map_err(|e| Error::io(format!("renaming {} into place", tmp.display()), e))
@@ -232,6 +247,11 @@ mod tests {
         let back = State::load(&dir).unwrap();
         assert_eq!(back, st);
         assert_eq!(back.published().len(), 1);
+        // Topology: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
+        assert_eq!(mode(&dir), 0o700);
         std::fs::write(dir.join(STATE_FILE), b"{not json").unwrap();
         assert!(matches!(State::load(&dir), Err(Error::State { .. })));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -355,6 +355,39 @@ impl From<rusqlite::Error> for WriteErr {
     }
 }
 
+/// Makes the database readable by its owner only: creates it empty with mode 0600 (SQLite
+/// gives its `-wal` and `-shm` files the database's mode) and takes group and other bits
+/// away from an existing database and its `-wal` and `-shm` files. The store holds the whole
+/// cluster's topology.
+fn private_files(db: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |what: &str, e: std::io::Error| {
+        KvError::Backend(format!("embedded store {}: {what}: {e}", db.display()))
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(|e| fail("create", e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        let mode = match std::fs::metadata(&path) {
+            Ok(m) => m.permissions().mode(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(fail("inspect", e)),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7700))
+                .map_err(|e| fail(&format!("restrict {}", path.display()), e))?;
+            tracing::info!(path = %path.display(), "made the KV file readable by its owner only");
+        }
+    }
+    Ok(())
+}
+
 impl EmbeddedKv {
     /// Opens (creating if needed) the store at `path` with default options.
     pub async fn open(path: &Path) -> Result<Self> {
@@ -376,6 +409,7 @@ impl EmbeddedKv {
                     ))
                 })?;
             }
+            private_files(&p)?;
             let mut conn = connect(&p, &o)?;
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)

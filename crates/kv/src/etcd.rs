@@ -8,12 +8,25 @@
 //! Watches run in a background task that re-creates the etcd watch after any stream error,
 //! from the revision after the last one delivered, so the consumer sees every event exactly
 //! once and in order across member restarts and failovers.
+//!
+//! Over TLS (`etcds://`) with a user, the client authenticates lazily, before the first request
+//! that needs a token, and again whenever etcd says the token is no longer valid (tokens are
+//! lost when a member restarts). Refusals (a failed TLS handshake, a wrong password, a missing
+//! permission) are [`KvError::Refused`] and are never retried.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, Error as EtcdError, EventType,
-    GetOptions, KeyValue, PutOptions, Txn, TxnOp as EtcdTxnOp, WatchOptions,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, Error as EtcdError,
+    EventType, GetOptions, Identity as TlsIdentity, KeyValue, PutOptions, TlsOptions, Txn,
+    TxnOp as EtcdTxnOp, WatchOptions,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,6 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::{
     Compare, Kv, KvEntry, KvError, LeaseId, Listing, Result, Revision, TxnOp, WatchEvent,
     WatchStream,
+    secure::{EtcdSecurity, Password, Probe, probe, tls_failure},
 };
 
 /// Deadline of one request (including waiting for a usable connection).
@@ -33,8 +47,9 @@ const DEFAULT_SERVER_LIMIT: usize = 1536 * 1024;
 const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(2);
 /// Pause between attempts when an endpoint refuses connections.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
-/// A key that is never written; reading it is the health probe.
-const HEALTH_KEY: &str = "/ovl-kv/health-probe";
+/// A key that is never written; reading it is the health probe. It lies under the project's
+/// prefix `/ovl/`, so a role limited to that prefix may read it.
+const HEALTH_KEY: &str = "/ovl/kv-health-probe";
 /// How often a write whose answer was lost is checked and sent again.
 const SETTLE_ATTEMPTS: usize = 3;
 
@@ -47,12 +62,25 @@ enum Resend {
     IfNotSent,
 }
 
+/// A user and password, and whether the client holds a token for them.
+struct Auth {
+    user: String,
+    password: Password,
+    /// Set once authenticated; cleared when etcd says the token is invalid.
+    authed: AtomicBool,
+    /// One authentication at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
 /// The etcd backend. Cloning the inner client is cheap; all methods are safe concurrently.
 #[derive(Clone)]
 pub struct EtcdKv {
     client: Client,
     endpoints: Vec<String>,
     describe: String,
+    auth: Option<Arc<Auth>>,
+    /// The TLS material (`etcds://`), for [`EtcdKv::verify`]'s direct probe.
+    tls: Option<Arc<EtcdSecurity>>,
 }
 
 impl std::fmt::Debug for EtcdKv {
@@ -79,6 +107,50 @@ fn is_unreachable(e: &EtcdError) -> bool {
         }
         _ => false,
     }
+}
+
+/// How etcd refused a request, if it did.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The token is unknown or expired: authenticate again and retry.
+    Token,
+    /// A definite refusal: TLS, credentials or permissions.
+    Final(String),
+}
+
+fn refusal(e: &EtcdError) -> Option<Refusal> {
+    let source: Option<&(dyn std::error::Error + 'static)> = match e {
+        EtcdError::GRpcStatus(s) => Some(s),
+        EtcdError::TransportError(t) => Some(t),
+        EtcdError::IoError(io) => Some(io),
+        _ => None,
+    };
+    if let Some(why) = source.and_then(tls_failure) {
+        return Some(Refusal::Final(why));
+    }
+    let EtcdError::GRpcStatus(s) = e else {
+        return None;
+    };
+    let msg = s.message();
+    Some(match s.code() {
+        tonic::Code::Unauthenticated => Refusal::Token,
+        tonic::Code::PermissionDenied => Refusal::Final(format!(
+            "permission denied ({msg}): the user's role must grant readwrite on the keys this \
+             agent uses (the prefix /ovl/)"
+        )),
+        _ if msg.contains("authentication failed") => Refusal::Final(format!(
+            "authentication failed: wrong user name or password ({msg})"
+        )),
+        _ if msg.contains("user name is empty") => Refusal::Final(format!(
+            "the cluster has authentication enabled and we gave no user ({msg}): give a user \
+             and password, or a client certificate whose common name is an etcd user"
+        )),
+        _ if msg.contains("authentication is not enabled") => Refusal::Final(format!(
+            "a user was given but the cluster has authentication disabled ({msg}): enable it \
+             (etcdctl auth enable) or drop the user"
+        )),
+        _ => return None,
+    })
 }
 
 /// Whether the request failed before reaching any etcd member (connection not established),
@@ -177,9 +249,51 @@ fn compare(key: &str, expected: Revision) -> EtcdCompare {
 impl EtcdKv {
     /// Builds a client for `endpoints` (`host:port`). Does not contact the cluster.
     pub async fn connect(endpoints: Vec<String>) -> Result<Self> {
-        let describe = format!("etcd://{}", endpoints.join(","));
-        let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
-        let opts = ConnectOptions::new()
+        Self::build(endpoints, None, None).await
+    }
+
+    /// Builds a TLS client for `endpoints` with `security`'s material and credentials. Does
+    /// not contact the cluster ([`EtcdKv::verify`] does).
+    pub async fn connect_tls(endpoints: Vec<String>, security: &EtcdSecurity) -> Result<Self> {
+        let mut tls = TlsOptions::new()
+            // etcd negotiates h2 by ALPN; older members may not, and gRPC is HTTP/2 anyway.
+            .assume_http2(true)
+            .timeout(CONNECT_TIMEOUT);
+        tls = match &security.ca_pem {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+            None => tls.with_native_roots(),
+        };
+        if let Some(id) = &security.identity {
+            tls = tls.identity(TlsIdentity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        let auth = security.user.as_ref().map(|(user, password)| {
+            Arc::new(Auth {
+                user: user.clone(),
+                password: password.clone(),
+                authed: AtomicBool::new(false),
+                lock: tokio::sync::Mutex::new(()),
+            })
+        });
+        let mut kv = Self::build(endpoints, Some(tls), auth).await?;
+        kv.tls = Some(Arc::new(security.clone()));
+        Ok(kv)
+    }
+
+    async fn build(
+        endpoints: Vec<String>,
+        tls: Option<TlsOptions>,
+        auth: Option<Arc<Auth>>,
+    ) -> Result<Self> {
+        let (scheme, prefix) = match tls {
+            Some(_) => ("etcds", "https"),
+            None => ("etcd", "http"),
+        };
+        let describe = format!("{scheme}://{}", endpoints.join(","));
+        let urls: Vec<String> = endpoints
+            .iter()
+            .map(|e| format!("{prefix}://{e}"))
+            .collect();
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             // Detect a dead member on idle connections (watches) within a few seconds.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
@@ -188,6 +302,11 @@ impl EtcdKv {
             // serving stale data, so the balancer and the watch resume move elsewhere.
             .with_require_leader(true)
             .with_tcp_keepalive(Duration::from_secs(10));
+        if let Some(tls) = tls {
+            opts = opts.with_tls(tls);
+        }
+        // No user in the options: etcd-client would authenticate inside `connect`, which must
+        // not need the cluster. `ensure_auth` does it before the first request instead.
         let client = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&urls, Some(opts)))
             .await
             .map_err(|_| KvError::Unreachable {
@@ -199,7 +318,83 @@ impl EtcdKv {
             client,
             endpoints,
             describe,
+            auth,
+            tls: None,
         })
+    }
+
+    /// Asks the cluster once whether it accepts this client (TLS, credentials, permission to
+    /// read under `/ovl/`). A refusal is an error; a cluster that does not answer is not (it
+    /// is logged, and the first request that reaches it checks again).
+    pub async fn verify(&self) -> Result<()> {
+        let check = self
+            .call(
+                "checking the TLS material and credentials",
+                None,
+                Resend::Always,
+                |mut c| async move {
+                    c.get(HEALTH_KEY, Some(GetOptions::new().with_count_only()))
+                        .await
+                        .map(|_| ())
+                },
+            )
+            .await;
+        let e = match check {
+            Ok(()) => return Ok(()),
+            Err(e @ KvError::Refused { .. }) => return Err(e),
+            Err(e) => e,
+        };
+        // gRPC reports a client certificate that a TLS 1.3 server rejects as a closed
+        // connection, like an outage: ask the members directly.
+        if let Some(security) = &self.tls {
+            for ep in &self.endpoints {
+                if let Probe::Refused(why) = probe(ep, security, REQUEST_TIMEOUT).await {
+                    return Err(self.refused(&format!("TLS with {ep}"), why));
+                }
+            }
+        }
+        tracing::warn!(error = %e, "could not check the KV credentials at start; \
+            the first request that reaches the cluster checks them");
+        Ok(())
+    }
+
+    /// Authenticates if a user is configured and the client holds no valid token.
+    async fn ensure_auth(&self) -> Result<(), EtcdError> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        if auth.authed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = auth.lock.lock().await;
+        if auth.authed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let creds = (auth.user.clone(), auth.password.expose().to_string());
+        // The client's clones share the token and credentials: this updates them all.
+        self.client.clone().update_user(Some(creds)).await?;
+        auth.authed.store(true, Ordering::Release);
+        tracing::debug!(user = %auth.user, store = %self.describe, "authenticated to etcd");
+        Ok(())
+    }
+
+    /// Forgets the token, so the next request authenticates again. `false` if there is no
+    /// user to authenticate as.
+    fn drop_token(&self) -> bool {
+        match &self.auth {
+            Some(a) => {
+                a.authed.store(false, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn refused(&self, what: &str, reason: impl std::fmt::Display) -> KvError {
+        KvError::Refused {
+            store: self.describe.clone(),
+            reason: format!("{what}: {reason}"),
+        }
     }
 
     fn unreachable(&self, what: &str, reason: impl std::fmt::Display) -> KvError {
@@ -244,8 +439,26 @@ impl EtcdKv {
         Fut: Future<Output = Result<T, EtcdError>>,
     {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let mut reauthed = false;
         loop {
-            match tokio::time::timeout_at(deadline, f(self.client.clone())).await {
+            let attempt = async {
+                self.ensure_auth().await?;
+                f(self.client.clone()).await
+            };
+            let outcome = tokio::time::timeout_at(deadline, attempt).await;
+            if let Ok(Err(e)) = &outcome {
+                match refusal(e) {
+                    // A token lost to a member restart or expiry: once more with a new one.
+                    Some(Refusal::Token) if !reauthed && self.drop_token() => {
+                        reauthed = true;
+                        continue;
+                    }
+                    Some(Refusal::Token) => return Err(self.refused(what, e)),
+                    Some(Refusal::Final(why)) => return Err(self.refused(what, why)),
+                    None => {}
+                }
+            }
+            match outcome {
                 Err(_) => {
                     return Err(self.unreachable(
                         what,
@@ -601,6 +814,14 @@ impl Watch {
     /// Creates the etcd watch from `next` and waits for its confirmation. Returns the stream
     /// and anything to deliver before reading it (a compaction error, if any).
     async fn establish(&mut self) -> Result<(etcd_client::WatchStream, Vec<Item>)> {
+        match self.establish_once().await {
+            // Possibly a token etcd no longer knows: once more, authenticating first.
+            Err(KvError::Refused { .. }) if self.kv.drop_token() => self.establish_once().await,
+            other => other,
+        }
+    }
+
+    async fn establish_once(&mut self) -> Result<(etcd_client::WatchStream, Vec<Item>)> {
         let mut opts = if self.prefix.is_empty() {
             WatchOptions::new().with_all_keys()
         } else {
@@ -629,7 +850,18 @@ impl Watch {
         if let Some(item) = self.compaction(&first) {
             return Ok((stream, vec![item]));
         }
-        if !first.created() {
+        if first.canceled() && first.cancel_reason().contains("permission denied") {
+            // etcd answers a watch it does not permit (an invalid token too) with a canceled
+            // creation.
+            return Err(self.kv.refused(
+                &format!("watch {prefix}"),
+                format!(
+                    "{} (the user's role must grant read on the prefix)",
+                    first.cancel_reason()
+                ),
+            ));
+        }
+        if !first.created() || first.canceled() {
             return Err(KvError::Backend(format!(
                 "{}: unexpected first watch response (canceled: {}, reason: {:?})",
                 self.kv.describe,
@@ -775,6 +1007,58 @@ mod tests {
         assert!(!is_unreachable(&lease));
         let big = status(tonic::Status::unknown("etcdserver: request is too large"));
         assert!(!is_unreachable(&big));
+    }
+
+    #[test]
+    fn refusals_are_told_from_outages() {
+        let code = |c, m: &str| refusal(&status(tonic::Status::new(c, m)));
+        assert_eq!(
+            code(
+                tonic::Code::Unauthenticated,
+                "etcdserver: invalid auth token"
+            ),
+            Some(Refusal::Token)
+        );
+        let final_with = |r: Option<Refusal>, want: &str| match r {
+            Some(Refusal::Final(why)) => assert!(why.contains(want), "{why}"),
+            other => panic!("expected a refusal with {want:?}, got {other:?}"),
+        };
+        final_with(
+            code(
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            "/ovl/",
+        );
+        final_with(
+            code(
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            "wrong user name or password",
+        );
+        final_with(
+            code(
+                tonic::Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            "gave no user",
+        );
+        final_with(
+            code(
+                tonic::Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            "authentication disabled",
+        );
+        // Outages and ordinary errors are not refusals.
+        assert_eq!(code(tonic::Code::Unavailable, "tcp connect error"), None);
+        assert_eq!(code(tonic::Code::InvalidArgument, "etcdserver: bad"), None);
+        // A TLS error under the status, as tonic reports a failed handshake.
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let st = tonic::Status::from_error(Box::new(io));
+        final_with(refusal(&status(st)), "not signed by the CA");
     }
 
     #[test]

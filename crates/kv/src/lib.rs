@@ -1,6 +1,8 @@
 //! The KV layer: one trait, [`Kv`], with two backends.
 //!
-//! - `etcd://h1:2379,h2:2379`: etcd v3, the distributed engine for real clusters.
+//! - `etcd://h1:2379,h2:2379`: etcd v3, the distributed engine for real clusters;
+//!   `etcds://...` is the same over TLS, with the material and credentials of
+//!   [`secure::EtcdSecurity`] given to [`open_with`].
 //! - the embedded store (the default when no URL is given): a SQLite file in WAL mode, safe
 //!   for several agents on **one machine** (the lab) and not meant for real multi-host use.
 //!
@@ -9,7 +11,8 @@
 //! Compare-and-swap and watches are defined in terms of those revisions, so code above this
 //! layer never knows which backend it talks to.
 //!
-//! This crate may touch the network (etcd) and the filesystem (SQLite) and nothing else.
+//! This crate may touch the network (etcd) and the filesystem (SQLite, and the TLS and
+//! password files [`secure`] reads) and nothing else.
 
 #![warn(missing_docs)]
 
@@ -24,6 +27,9 @@ use futures::Stream;
 
 pub mod embedded;
 pub mod etcd;
+pub mod secure;
+
+pub use secure::EtcdSecurity;
 
 /// A store-wide revision. Every successful write increases it by at least one.
 pub type Revision = i64;
@@ -166,6 +172,21 @@ pub enum KvError {
         /// The limit.
         limit: usize,
     },
+    /// The store answered but refused this client: a TLS handshake that failed (a CA that
+    /// did not sign the server's certificate, a client certificate the server does not
+    /// trust), an authentication that failed, or a permission the client's role lacks.
+    /// Retrying does not help; the operator must fix the settings or the cluster's roles.
+    #[error("KV store {store} refused us: {reason}")]
+    Refused {
+        /// Which store (URL).
+        store: String,
+        /// Why, in words an operator can act on.
+        reason: String,
+    },
+    /// A TLS file or password given for the store is unusable (missing, not PEM, a key that
+    /// does not belong to its certificate); found before any connection.
+    #[error("{0}")]
+    InvalidMaterial(String),
     /// Any other backend failure, with context.
     #[error("KV backend error: {0}")]
     Backend(String),
@@ -176,6 +197,12 @@ impl KvError {
     /// definite answer.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, KvError::Unreachable { .. })
+    }
+
+    /// Whether the store refused this client (TLS, authentication or permission): a
+    /// settings problem, not an outage.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, KvError::Refused { .. })
     }
 }
 
@@ -250,10 +277,13 @@ pub trait Kv: Send + Sync + 'static {
 /// A parsed `--kv` URL: which backend to open and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvUrl {
-    /// `etcd://h1:2379,h2:2379`: an etcd v3 cluster reached through any of its endpoints.
+    /// `etcd://h1:2379,h2:2379`: an etcd v3 cluster reached through any of its endpoints;
+    /// `etcds://...`: the same over TLS.
     Etcd {
         /// `host:port` of each endpoint, in the order given.
         endpoints: Vec<String>,
+        /// `etcds://`: TLS to every endpoint.
+        tls: bool,
     },
     /// `embedded:///abs/path.db`: the SQLite store at an absolute path (one machine only).
     Embedded {
@@ -315,17 +345,24 @@ fn check_endpoint(ep: &str) -> std::result::Result<(), String> {
 
 /// Parses a `--kv` URL without touching the network or the filesystem.
 ///
-/// Accepted forms: `etcd://HOST:PORT[,HOST:PORT...]` and `embedded:///ABSOLUTE/PATH`.
+/// Accepted forms: `etcd://HOST:PORT[,HOST:PORT...]`, `etcds://HOST:PORT[,...]` (TLS) and
+/// `embedded:///ABSOLUTE/PATH`.
 /// Anything else is [`KvError::InvalidUrl`] with a one-line reason.
 pub fn parse_url(url: &str) -> Result<KvUrl> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| invalid(url, "expected etcd://HOST:PORT[,...] or embedded:///PATH"))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        invalid(
+            url,
+            "expected etcd://HOST:PORT[,...], etcds://HOST:PORT[,...] or embedded:///PATH",
+        )
+    })?;
     match scheme {
-        "etcd" => {
+        "etcd" | "etcds" => {
             let rest = rest.strip_suffix('/').unwrap_or(rest);
             if rest.is_empty() {
-                return Err(invalid(url, "no endpoint given (etcd://HOST:PORT[,...])"));
+                return Err(invalid(
+                    url,
+                    format!("no endpoint given ({scheme}://HOST:PORT[,...])"),
+                ));
             }
             let mut endpoints = Vec::new();
             for ep in rest.split(',') {
@@ -334,7 +371,10 @@ pub fn parse_url(url: &str) -> Result<KvUrl> {
                     endpoints.push(ep.to_string());
                 }
             }
-            Ok(KvUrl::Etcd { endpoints })
+            Ok(KvUrl::Etcd {
+                endpoints,
+                tls: scheme == "etcds",
+            })
         }
         "embedded" => {
             if rest.is_empty() {
@@ -359,10 +399,13 @@ pub fn parse_url(url: &str) -> Result<KvUrl> {
                 path: PathBuf::from(rest),
             })
         }
-        "" => Err(invalid(url, "missing scheme (etcd:// or embedded://)")),
+        "" => Err(invalid(
+            url,
+            "missing scheme (etcd://, etcds:// or embedded://)",
+        )),
         other => Err(invalid(
             url,
-            format!("unknown scheme {other:?} (expected etcd or embedded)"),
+            format!("unknown scheme {other:?} (expected etcd, etcds or embedded)"),
         )),
     }
 }
@@ -374,15 +417,62 @@ pub fn parse_url(url: &str) -> Result<KvUrl> {
 /// fails fast with [`KvError::Unreachable`] until the cluster answers. Opening the embedded
 /// store creates the file (and its parent directory) if needed.
 pub async fn open(url: Option<&str>, default_path: &Path) -> Result<Arc<dyn Kv>> {
+    open_with(url, default_path, &EtcdSecurity::default()).await
+}
+
+/// [`open`] with TLS material and credentials for etcd.
+///
+/// `security` must be empty unless the URL is `etcds://` (TLS), except that a plain
+/// `etcd://` URL refuses a password too: it would travel in clear text. With `etcds://` the
+/// cluster is asked once, within [`etcd::REQUEST_TIMEOUT`], whether it accepts us: a TLS
+/// handshake or authentication it refuses is [`KvError::Refused`] (the caller should stop);
+/// a cluster that does not answer is not an error, as with plain etcd (the first request that
+/// reaches it checks again).
+pub async fn open_with(
+    url: Option<&str>,
+    default_path: &Path,
+    security: &EtcdSecurity,
+) -> Result<Arc<dyn Kv>> {
     let parsed = match url {
         Some(u) => parse_url(u)?,
         None => KvUrl::Embedded {
             path: default_path.to_path_buf(),
         },
     };
+    check_security(&parsed, security)?;
     match parsed {
-        KvUrl::Etcd { endpoints } => Ok(Arc::new(etcd::EtcdKv::connect(endpoints).await?)),
+        KvUrl::Etcd {
+            endpoints,
+            tls: false,
+        } => Ok(Arc::new(etcd::EtcdKv::connect(endpoints).await?)),
+        KvUrl::Etcd {
+            endpoints,
+            tls: true,
+        } => {
+            let kv = etcd::EtcdKv::connect_tls(endpoints, security).await?;
+            kv.verify().await?;
+            Ok(Arc::new(kv))
+        }
         KvUrl::Embedded { path } => Ok(Arc::new(embedded::EmbeddedKv::open(&path).await?)),
+    }
+}
+
+/// Refuses TLS material or credentials that the URL would not use (or would send in clear).
+pub fn check_security(url: &KvUrl, security: &EtcdSecurity) -> Result<()> {
+    let refuse = |why: &str| Err(KvError::InvalidMaterial(why.to_string()));
+    match url {
+        KvUrl::Etcd { tls: true, .. } => Ok(()),
+        _ if security.is_empty() => Ok(()),
+        KvUrl::Etcd { tls: false, .. } if security.user.is_some() => refuse(
+            "a KV user and password need TLS: use etcds://, or the password would cross the \
+             network in clear text",
+        ),
+        KvUrl::Etcd { tls: false, .. } => {
+            refuse("a CA, client certificate or key needs an etcds:// KV URL")
+        }
+        KvUrl::Embedded { .. } => {
+            refuse("TLS files and KV credentials apply to etcd (etcds://), not the embedded store")
+        }
     }
 }
 
@@ -402,28 +492,70 @@ mod tests {
         assert_eq!(
             parse_url("etcd://h1:2379,h2:2379").unwrap(),
             KvUrl::Etcd {
-                endpoints: vec!["h1:2379".into(), "h2:2379".into()]
+                endpoints: vec!["h1:2379".into(), "h2:2379".into()],
+                tls: false,
             }
         );
         assert_eq!(
             parse_url("etcd://127.0.0.1:2379/").unwrap(),
             KvUrl::Etcd {
-                endpoints: vec!["127.0.0.1:2379".into()]
+                endpoints: vec!["127.0.0.1:2379".into()],
+                tls: false,
             }
         );
         assert_eq!(
             parse_url("etcd://[::1]:2379,[fd00::2]:2380").unwrap(),
             KvUrl::Etcd {
-                endpoints: vec!["[::1]:2379".into(), "[fd00::2]:2380".into()]
+                endpoints: vec!["[::1]:2379".into(), "[fd00::2]:2380".into()],
+                tls: false,
             }
         );
         // Duplicates collapse, order is kept.
         assert_eq!(
             parse_url("etcd://b:1,a:2,b:1").unwrap(),
             KvUrl::Etcd {
-                endpoints: vec!["b:1".into(), "a:2".into()]
+                endpoints: vec!["b:1".into(), "a:2".into()],
+                tls: false,
             }
         );
+    }
+
+    #[test]
+    fn parses_etcds_urls() {
+        assert_eq!(
+            parse_url("etcds://h1:2379,[::1]:2379").unwrap(),
+            KvUrl::Etcd {
+                endpoints: vec!["h1:2379".into(), "[::1]:2379".into()],
+                tls: true,
+            }
+        );
+        assert!(reason("etcds://").contains("etcds://HOST:PORT"));
+        assert!(reason("etcds://h1").contains("no port"));
+    }
+
+    #[test]
+    fn security_settings_must_fit_the_url() {
+        let plain = parse_url("etcd://h:1").unwrap();
+        let tls = parse_url("etcds://h:1").unwrap();
+        let embedded = parse_url("embedded:///x/kv.db").unwrap();
+        let none = EtcdSecurity::default();
+        let user = EtcdSecurity {
+            user: Some(("u".into(), secure::Password::new("p"))),
+            ..Default::default()
+        };
+        let ca = EtcdSecurity {
+            ca_pem: Some(b"pem".to_vec()),
+            ..Default::default()
+        };
+        for url in [&plain, &tls, &embedded] {
+            check_security(url, &none).unwrap();
+        }
+        check_security(&tls, &user).unwrap();
+        check_security(&tls, &ca).unwrap();
+        let msg = |u, s| check_security(u, s).unwrap_err().to_string();
+        assert!(msg(&plain, &user).contains("clear text"));
+        assert!(msg(&plain, &ca).contains("etcds://"));
+        assert!(msg(&embedded, &user).contains("embedded"));
     }
 
     #[test]

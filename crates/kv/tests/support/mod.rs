@@ -18,6 +18,8 @@ use std::os::unix::process::CommandExt;
 
 use anyhow::{Context, Result, bail};
 use ovl_kv::Kv;
+
+pub mod pki;
 use tempfile::TempDir;
 
 /// The etcd binary from Debian's etcd-server package.
@@ -42,6 +44,15 @@ pub fn tempdir() -> TempDir {
         .expect("create temp dir")
 }
 
+/// TLS files of a member started with [`EtcdCluster::start_tls`]: the member's certificate
+/// serves both clients and peers, and clients must present a certificate signed by the CA.
+#[derive(Clone, Debug)]
+pub struct MemberTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// One etcd member process.
 pub struct EtcdMember {
     pub name: String,
@@ -51,10 +62,15 @@ pub struct EtcdMember {
     log: PathBuf,
     initial_cluster: String,
     token: String,
+    tls: Option<MemberTls>,
     child: Option<Child>,
 }
 
 impl EtcdMember {
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// `host:port` of the client listener.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
@@ -68,9 +84,25 @@ impl EtcdMember {
             .append(true)
             .open(&self.log)
             .context("open etcd log")?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), self.client_port);
+        let peer = format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port);
         let mut cmd = Command::new(ETCD_BIN);
+        if let Some(t) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key)
+                .arg("--peer-client-cert-auth")
+                .arg("--peer-trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--peer-cert-file")
+                .arg(&t.cert)
+                .arg("--peer-key-file")
+                .arg(&t.key);
+        }
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it makes
         // the kernel kill etcd if the test process dies without running its Drop guards.
         unsafe {
@@ -132,6 +164,8 @@ impl Drop for EtcdMember {
 /// An etcd cluster of one or more members on loopback, in its own temp dir.
 pub struct EtcdCluster {
     pub members: Vec<EtcdMember>,
+    /// What the readiness probe connects with (TLS clusters: a client the CA signed).
+    probe: ovl_kv::EtcdSecurity,
     // Dropped after the members (fields drop in order), so processes die before their files.
     _dir: TempDir,
 }
@@ -144,7 +178,22 @@ impl EtcdCluster {
 
     /// Starts one member per pair of `ports` (client, peer).
     pub async fn start_on(ports: Vec<u16>) -> Result<Self> {
+        Self::start_with(ports, None, ovl_kv::EtcdSecurity::default()).await
+    }
+
+    /// Starts `n` members serving clients and peers over TLS with client certificate
+    /// authentication; `probe` is how the readiness check connects.
+    pub async fn start_tls(n: usize, tls: MemberTls, probe: ovl_kv::EtcdSecurity) -> Result<Self> {
+        Self::start_with(free_ports(2 * n), Some(tls), probe).await
+    }
+
+    async fn start_with(
+        ports: Vec<u16>,
+        tls: Option<MemberTls>,
+        probe: ovl_kv::EtcdSecurity,
+    ) -> Result<Self> {
         let n = ports.len() / 2;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let dir = tempdir();
         let token = format!(
             "kvt-{}-{}",
@@ -152,7 +201,7 @@ impl EtcdCluster {
             dir.path().file_name().unwrap().to_string_lossy()
         );
         let initial_cluster = (0..n)
-            .map(|i| format!("kvt{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
+            .map(|i| format!("kvt{i}={scheme}://127.0.0.1:{}", ports[2 * i + 1]))
             .collect::<Vec<_>>()
             .join(",");
         let mut members = Vec::new();
@@ -165,10 +214,15 @@ impl EtcdCluster {
                 log: dir.path().join(format!("kvt{i}.log")),
                 initial_cluster: initial_cluster.clone(),
                 token: token.clone(),
+                tls: tls.clone(),
                 child: None,
             });
         }
-        let mut cluster = Self { members, _dir: dir };
+        let mut cluster = Self {
+            members,
+            probe,
+            _dir: dir,
+        };
         for m in &mut cluster.members {
             m.start()?;
         }
@@ -178,16 +232,25 @@ impl EtcdCluster {
         Ok(cluster)
     }
 
-    /// `etcd://` URL listing every member.
+    /// `etcd://` (`etcds://` over TLS) URL listing every member.
     pub fn url(&self) -> String {
         let eps: Vec<String> = self.members.iter().map(|m| m.endpoint()).collect();
-        format!("etcd://{}", eps.join(","))
+        format!("{}://{}", self.url_scheme(), eps.join(","))
+    }
+
+    fn url_scheme(&self) -> &'static str {
+        if self.members.iter().any(|m| m.tls.is_some()) {
+            "etcds"
+        } else {
+            "etcd"
+        }
     }
 
     /// Waits (bounded) until member `i` serves linearizable requests.
     pub async fn wait_member_ready(&self, i: usize) -> Result<()> {
         let m = &self.members[i];
-        let kv = ovl_kv::open(Some(&format!("etcd://{}", m.endpoint())), Path::new("/")).await?;
+        let url = format!("{}://{}", self.url_scheme(), m.endpoint());
+        let kv = ovl_kv::open_with(Some(&url), Path::new("/"), &self.probe).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match kv.health().await {

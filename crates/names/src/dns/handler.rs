@@ -213,8 +213,10 @@ impl Handler {
         self.general(zone, request, networks, transport)
     }
 
-    /// The common case answered in place ([`fast`]); `None` for anything else.
-    pub(crate) fn fast_answer(
+    /// The common case answered in place (the wire-level fast path); `None` for anything
+    /// else. Public so tests and fuzz targets can hold it against [`Handler::general`], which
+    /// must give the same answer for every request the fast path takes.
+    pub fn fast_answer(
         &self,
         zone: &Zone,
         request: &[u8],
@@ -249,8 +251,9 @@ impl Handler {
             .unwrap_or(0)
     }
 
-    /// Any request, through hickory's full message codec.
-    pub(crate) fn general(
+    /// Any request, through hickory's full message codec (the reference the fast path is
+    /// held against).
+    pub fn general(
         &self,
         zone: &Zone,
         request: &[u8],
