@@ -296,20 +296,99 @@ impl DockerLab {
             .collect()
     }
 
+    /// Waits until both hosts' dockerd show network `name` alike: typed on both hosts at the
+    /// same moment, the host whose create lost the race has its Docker network recreated with
+    /// the cluster's subnet (within a second, before any container joins).
+    fn converged(&self, name: &str) {
+        let start = Instant::now();
+        loop {
+            let (a, b) = (self.ovl_networks(0), self.ovl_networks(1));
+            if a.get(name).is_some() && a.get(name) == b.get(name) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name} differs between the hosts after 10 s:\nh1: {:?}\nh2: {:?}\nh1 log:\n{}\nh2 log:\n{}",
+                a.get(name),
+                b.get(name),
+                self.log_tail(0),
+                self.log_tail(1)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The value of one etcd key (empty when absent).
+    fn etcd_value(&self, key: &str) -> String {
+        let ul = format!("{}-ul", self.lab().state.name);
+        let o = nsexec(
+            &ul,
+            &[
+                "env",
+                "ETCDCTL_API=3",
+                "etcdctl",
+                "--endpoints",
+                "198.18.0.1:2379",
+                "get",
+                "--print-value-only",
+                key,
+            ],
+        );
+        assert!(o.status.success(), "etcdctl: {}", stderr(&o));
+        stdout(&o)
+    }
+
     /// `docker network create -d ovl --ipam-driver ovl NAME` on host `i`.
     fn create_network(&self, i: usize, name: &str) {
-        self.docker(
+        self.create_here(i, &["--ipam-driver", "ovl", name]);
+    }
+
+    /// `docker network create -d ovl ARGS` on host `i`, typed as users do on every host: it
+    /// either creates the network or finds it already there (the agent created it from
+    /// another host's), never anything else.
+    fn create_here(&self, i: usize, args: &[&str]) {
+        let mut a = vec!["network", "create", "-d", "ovl"];
+        a.extend_from_slice(args);
+        let o = self.docker_try(i, &a);
+        let err = stderr(&o);
+        assert!(
+            o.status.success() || err.contains("already exists"),
+            "h{}: docker {a:?}: {err}\nagent log:\n{}",
+            i + 1,
+            self.log_tail(i)
+        );
+    }
+
+    /// The ovl networks of host `i`'s dockerd: name -> what `docker network inspect` shows
+    /// of them that must agree across hosts (IPAM config, internal, options, labels).
+    fn ovl_networks(&self, i: usize) -> std::collections::BTreeMap<String, Value> {
+        let names = self.docker(
             i,
             &[
                 "network",
-                "create",
-                "-d",
-                "ovl",
-                "--ipam-driver",
-                "ovl",
-                name,
+                "ls",
+                "--filter",
+                "driver=ovl",
+                "--format",
+                "{{.Name}}",
             ],
         );
+        names
+            .split_whitespace()
+            .filter_map(|n| {
+                // A network may go between the listing and its inspect.
+                let o = self.docker_try(i, &["network", "inspect", n]);
+                let all: Value = serde_json::from_slice(&o.stdout).ok()?;
+                let v = &all[0];
+                let shown = serde_json::json!({
+                    "ipam": v["IPAM"]["Config"],
+                    "internal": v["Internal"],
+                    "options": v["Options"],
+                    "labels": v["Labels"],
+                });
+                Some((n.to_string(), shown))
+            })
+            .collect()
     }
 
     /// A container that only sleeps, on `net`, on host `i`.
@@ -491,6 +570,7 @@ fn two_hosts(name: &str, engine: Engine) {
     for i in 0..2 {
         lab.create_network(i, "appnet");
     }
+    lab.converged("appnet");
     within("pending pools bound", Duration::from_secs(20), || {
         let nets = lab.ctl_json(0, &["network", "ls"]);
         let names: Vec<String> = nets
@@ -503,13 +583,9 @@ fn two_hosts(name: &str, engine: Engine) {
     });
     // Explicit form on both hosts: also one overlay.
     for i in 0..2 {
-        lab.docker(
+        lab.create_here(
             i,
             &[
-                "network",
-                "create",
-                "-d",
-                "ovl",
                 "--ipam-driver",
                 "ovl",
                 "--ipam-opt",
@@ -520,6 +596,7 @@ fn two_hosts(name: &str, engine: Engine) {
             ],
         );
     }
+    lab.converged("named");
     let s1 = lab.docker(
         0,
         &[
@@ -575,13 +652,9 @@ fn two_hosts(name: &str, engine: Engine) {
             "intnet",
         ],
     );
-    lab.docker(
+    lab.create_here(
         1,
         &[
-            "network",
-            "create",
-            "-d",
-            "ovl",
             "--ipam-driver",
             "ovl",
             "--subnet",
@@ -590,6 +663,7 @@ fn two_hosts(name: &str, engine: Engine) {
             "intnet",
         ],
     );
+    lab.converged("intnet");
     within(
         "intnet bound with its options",
         Duration::from_secs(20),
@@ -854,9 +928,11 @@ fn two_hosts(name: &str, engine: Engine) {
 
     // Teardown through Docker: nothing left behind.
     lab.docker(1, &["rm", "-f", "client"]);
-    for i in 0..2 {
-        lab.docker(i, &["network", "rm", "appnet", "named", "intnet"]);
-    }
+    // Removed on one host, gone from every host.
+    lab.docker(0, &["network", "rm", "appnet", "named", "intnet"]);
+    within("networks gone from host 2", Duration::from_secs(5), || {
+        lab.ovl_networks(1).is_empty()
+    });
     within("KV clean", Duration::from_secs(10), || {
         lab.etcd_keys("/ovl/v1/endpoints/").is_empty()
             && lab.etcd_keys("/ovl/v1/networks/").is_empty()
@@ -911,6 +987,7 @@ fn two_hosts_ebpf(name: &str, engine: Engine) {
         );
         lab.create_network(i, "fastnet");
     }
+    lab.converged("fastnet");
     lab.run_web("fastnet");
     lab.run_sleeper(1, "client", "fastnet");
     let web_ip = ip_of(&lab, 0, "web", "fastnet");
@@ -967,9 +1044,10 @@ fn two_hosts_ebpf(name: &str, engine: Engine) {
         "web took {t:?} to disappear from host 2"
     );
     lab.docker(1, &["rm", "-f", "client"]);
-    for i in 0..2 {
-        lab.docker(i, &["network", "rm", "fastnet"]);
-    }
+    lab.docker(1, &["network", "rm", "fastnet"]);
+    within("fastnet gone from host 1", Duration::from_secs(5), || {
+        lab.ovl_networks(0).is_empty()
+    });
     within("KV clean", Duration::from_secs(10), || {
         lab.etcd_keys("/ovl/v1/endpoints/").is_empty()
             && lab.etcd_keys("/ovl/v1/networks/").is_empty()
@@ -1024,6 +1102,7 @@ fn names_through_dns(name: &str, engine: Engine) {
     for i in 0..2 {
         lab.create_network(i, "appnet");
     }
+    lab.converged("appnet");
     lab.run_web("appnet");
     lab.run_sleeper(1, "client", "appnet");
     let web_ip = ip_of(&lab, 0, "web", "appnet");
@@ -1092,4 +1171,199 @@ fn names_through_dns(name: &str, engine: Engine) {
             .map(|r| &r.0)
             .collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn docker_network_everywhere_20() {
+    network_everywhere("t17e20", Engine::Host);
+}
+
+#[test]
+fn docker_network_everywhere_26() {
+    network_everywhere("t17e26", Engine::Trixie);
+}
+
+#[test]
+fn docker_network_everywhere_28() {
+    network_everywhere("t17e28", Engine::Sid);
+}
+
+/// Issue 17 (1, 2): a network created once is present on every host, with the same
+/// `docker network inspect`; typed again, it is the same network; bad input is refused with
+/// nothing reserved; `docker network rm` removes it everywhere once no container uses it.
+fn network_everywhere(name: &str, engine: Engine) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = DockerLab::up(name, "kernel", engine);
+
+    // Created on host 1 only.
+    lab.docker(
+        0,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ovl",
+            "--ipam-driver",
+            "ovl",
+            "--label",
+            "tier=front",
+            "-o",
+            "com.docker.network.driver.mtu=1400",
+            "appnet",
+        ],
+    );
+    let took = within("appnet present on host 2", Duration::from_secs(2), || {
+        lab.ovl_networks(1).contains_key("appnet")
+    });
+    eprintln!("{name}: appnet present on host 2 {took:?} after the create on host 1 returned");
+    within(
+        "the same inspect on both hosts",
+        Duration::from_secs(5),
+        || lab.ovl_networks(0) == lab.ovl_networks(1),
+    );
+    let shown = lab.ovl_networks(1)["appnet"].clone();
+    assert_eq!(shown["labels"]["tier"], "front", "{shown}");
+    assert_eq!(
+        shown["options"]["com.docker.network.driver.mtu"], "1400",
+        "{shown}"
+    );
+    // Containers on host 2 join it at once.
+    assert_eq!(
+        lab.docker(
+            1,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "appnet",
+                IMAGE,
+                "cat",
+                "/sys/class/net/eth0/mtu"
+            ]
+        ),
+        "1400"
+    );
+    // Typed on host 2 as well, as users do: the same network, nothing else in the cluster.
+    lab.create_network(1, "appnet");
+    assert_eq!(lab.ovl_networks(0), lab.ovl_networks(1));
+    let ls: Vec<String> = lab
+        .ctl_json(1, &["network", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ls, ["appnet"]);
+
+    // The plain form typed on both hosts at the same moment: one subnet everywhere.
+    std::thread::scope(|s| {
+        for i in 0..2 {
+            let lab = &lab;
+            s.spawn(move || lab.create_network(i, "race"));
+        }
+    });
+    within(
+        "race the same on both hosts",
+        Duration::from_secs(10),
+        || {
+            let (a, b) = (lab.ovl_networks(0), lab.ovl_networks(1));
+            a.get("race").is_some() && a.get("race") == b.get("race")
+        },
+    );
+    within(
+        "no subnet reservation left in the KV",
+        Duration::from_secs(10),
+        || !lab.etcd_value("/ovl/v1/subnets").contains("pending:"),
+    );
+    let ls = lab.ctl_json(0, &["network", "ls"]);
+    assert_eq!(ls.as_array().unwrap().len(), 2, "{ls}");
+
+    // Bad input: a clear error, nothing reserved.
+    let before = (
+        lab.etcd_keys("/ovl/v1/networks/"),
+        lab.etcd_keys("/ovl/v1/docker/"),
+        lab.etcd_keys("/ovl/v1/vnis/"),
+    );
+    let subnet = shown["ipam"][0]["Subnet"].as_str().unwrap().to_string();
+    let wider = format!("{}/16", subnet.split('/').next().unwrap());
+    for (args, why) in [
+        (
+            vec![
+                "--ipam-driver",
+                "ovl",
+                "--ipam-opt",
+                "ovl.network=bad/name",
+                "bad1",
+            ],
+            "network name",
+        ),
+        (
+            vec!["--ipam-driver", "ovl", "--subnet", wider.as_str(), "bad2"],
+            "overlaps",
+        ),
+        (
+            vec!["--ipam-driver", "ovl", "-o", "bogus=1", "bad3"],
+            "unknown driver option",
+        ),
+    ] {
+        let mut a = vec!["network", "create", "-d", "ovl"];
+        a.extend(args.iter().copied());
+        let o = lab.docker_try(0, &a);
+        assert!(
+            !o.status.success() && stderr(&o).contains(why),
+            "docker {a:?}: expected an error about {why}: {}",
+            stderr(&o)
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..2 {
+        let nets = lab.ovl_networks(i);
+        assert!(
+            !nets.keys().any(|n| n.starts_with("bad")),
+            "h{}: {nets:?}",
+            i + 1
+        );
+    }
+    let after = (
+        lab.etcd_keys("/ovl/v1/networks/"),
+        lab.etcd_keys("/ovl/v1/docker/"),
+        lab.etcd_keys("/ovl/v1/vnis/"),
+    );
+    assert_eq!(before, after, "refused creates changed the KV");
+
+    // Removal while a container on host 2 uses it: Docker drops host 1's copy regardless
+    // (no driver can refuse), the cluster network stays and comes back on host 1; the
+    // container keeps working and host 1's log names it and its host.
+    lab.run_sleeper(1, "holder", "appnet");
+    let holder_ip = ip_of(&lab, 1, "holder", "appnet");
+    lab.docker(0, &["network", "rm", "appnet"]);
+    within("appnet back on host 1", Duration::from_secs(5), || {
+        lab.ovl_networks(0).get("appnet") == lab.ovl_networks(1).get("appnet")
+            && lab.ovl_networks(0).contains_key("appnet")
+    });
+    let log = fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert!(
+        log.contains("holder on h2"),
+        "host 1's log names the container and its host:\n{}",
+        lab.log_tail(0)
+    );
+    lab.run_sleeper(0, "newcomer", "appnet");
+    within(
+        "newcomer on host 1 reaches holder",
+        Duration::from_secs(20),
+        || can_ping(&lab, 0, "newcomer", &holder_ip),
+    );
+    // Then unused: removed on one host, gone from both and from the KV.
+    lab.docker(0, &["rm", "-f", "newcomer"]);
+    lab.docker(1, &["rm", "-f", "holder"]);
+    lab.docker(0, &["network", "rm", "appnet", "race"]);
+    let t = within("gone from host 2", Duration::from_secs(5), || {
+        lab.ovl_networks(1).is_empty()
+    });
+    eprintln!("{name}: removal on host 1 reached host 2 in {t:?}");
+    within("KV clean", Duration::from_secs(10), || {
+        lab.etcd_keys("/ovl/v1/networks/").is_empty()
+            && lab.etcd_keys("/ovl/v1/docker/").is_empty()
+            && lab.etcd_keys("/ovl/v1/addrs/").is_empty()
+    });
 }

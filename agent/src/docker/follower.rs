@@ -65,9 +65,14 @@ pub(super) fn plan_sync(
             None => ops.push(SyncOp::Create(spec)),
             Some(d) if binding.contains(&d.id) => {}
             Some(d) => {
-                let subnet_differs = d.subnet != Some(net.subnet);
-                let labels_missing = !net.labels.is_empty() && d.labels != net.labels;
-                if subnet_differs || labels_missing {
+                // Typed here before the cluster's arrived, or with other options: Docker shows
+                // what it was created with, so it is made again as the cluster has it.
+                let differs = d.subnet != Some(net.subnet)
+                    || d.gateway != Some(net.gateway)
+                    || d.internal != net.internal
+                    || d.options != net.options
+                    || (!net.labels.is_empty() && d.labels != net.labels);
+                if differs {
                     ops.push(SyncOp::Recreate {
                         id: d.id.clone(),
                         spec,
@@ -275,7 +280,8 @@ impl DockerPlugin {
             match op {
                 SyncOp::Create(spec) => match engine.networks.create(&spec).await {
                     Ok(id) => {
-                        tracing::info!(network = %spec.name, subnet = %spec.subnet, %id, "cluster network created in Docker")
+                        tracing::info!(network = %spec.name, subnet = %spec.subnet, %id, "cluster network created in Docker");
+                        self.dedupe(engine, &spec.name, &id).await?;
                     }
                     Err(e) => {
                         tracing::warn!(network = %spec.name, error = %e, "creating a cluster network in Docker")
@@ -290,9 +296,10 @@ impl DockerPlugin {
                             "the Docker network here differs from the cluster's (subnet or labels) but containers use it: kept as is");
                         continue;
                     }
-                    engine.networks.remove(&id).await?;
+                    self.remove_here(engine, &id).await?;
                     let new = engine.networks.create(&spec).await?;
                     tracing::info!(network = %spec.name, subnet = %spec.subnet, old = %id, %new, "Docker network recreated as the cluster has it");
+                    self.dedupe(engine, &spec.name, &new).await?;
                 }
                 SyncOp::Remove { id, name } => {
                     // The view may lag behind a network just created: ask the KV.
@@ -312,12 +319,53 @@ impl DockerPlugin {
                             "the cluster network is gone but containers here use it: kept");
                         continue;
                     }
-                    engine.networks.remove(&id).await?;
+                    self.remove_here(engine, &id).await?;
                     tracing::info!(network = %name, %id, "cluster network gone: removed from Docker");
                 }
             }
         }
         Ok(())
+    }
+
+    /// Engines before 25 accept a second network of the same name unless the client asks
+    /// them to check (the Engine API models here are newer and have no such field), so a
+    /// user's `docker network create` racing ours can leave two: ours goes.
+    async fn dedupe(
+        &self,
+        engine: &Engine,
+        name: &str,
+        ours: &str,
+    ) -> Result<(), ovl_docker::DockerError> {
+        let same = engine
+            .networks
+            .list()
+            .await?
+            .into_iter()
+            .filter(|d| d.name == name)
+            .count();
+        if same > 1 {
+            tracing::info!(
+                network = name,
+                id = ours,
+                "a network of that name was created here meanwhile: ours removed"
+            );
+            self.remove_here(engine, ours).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes Docker network `id` on the follower's own behalf: its `DeleteNetwork` leaves
+    /// the cluster network alone.
+    async fn remove_here(&self, engine: &Engine, id: &str) -> Result<(), ovl_docker::DockerError> {
+        self.removing
+            .lock()
+            .expect("removing lock")
+            .insert(id.to_string());
+        let r = engine.networks.remove(id).await;
+        if r.is_err() {
+            self.removing.lock().expect("removing lock").remove(id);
+        }
+        r
     }
 
     /// Writes the labels and options of networks created on this host (by a user or

@@ -155,6 +155,9 @@ pub struct DockerPlugin {
     deferred: DeferredOps,
     /// Wakes the network follower (a network was created, bound or removed here).
     sync_kick: tokio::sync::Notify,
+    /// NetworkIDs the follower is removing itself (to recreate them, or because the cluster
+    /// network is gone): their `DeleteNetwork` must not remove the cluster network.
+    removing: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl DockerPlugin {
@@ -171,6 +174,7 @@ impl DockerPlugin {
             wanted: Mutex::new(BTreeMap::new()),
             deferred,
             sync_kick: tokio::sync::Notify::new(),
+            removing: Mutex::new(Default::default()),
         })
     }
 

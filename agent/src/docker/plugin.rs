@@ -16,6 +16,29 @@ use ovl_docker::{
 use super::{Deferred, DockerNet, DockerPlugin, agent_err, store_err, temp_ifname, v4_net};
 use crate::reconcile::Plug;
 
+/// The driver options (`-o`) ovl understands; anything else is refused with a clear error
+/// before anything is created.
+pub(super) const DRIVER_OPTIONS: [&str; 2] = [
+    ovl_docker::options::MTU,
+    ovl_docker::identity::NETWORK_NAME_OPTION,
+];
+
+/// Refuses driver options ovl does not know (a typo would otherwise be silently ignored).
+pub(super) fn check_driver_options(
+    generic: &std::collections::BTreeMap<String, String>,
+) -> PluginResult<()> {
+    match generic
+        .keys()
+        .find(|k| !DRIVER_OPTIONS.contains(&k.as_str()))
+    {
+        Some(k) => Err(PluginError::Invalid(format!(
+            "unknown driver option {k:?} (ovl knows {})",
+            DRIVER_OPTIONS.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 #[async_trait::async_trait]
 impl PluginBackend for DockerPlugin {
     /// Docker 28+ asks before each network: `Join` never returns a gateway (the way out is
@@ -25,8 +48,10 @@ impl PluginBackend for DockerPlugin {
     /// (`NetworkRecord::gateway`) whatever Docker is told here.
     async fn gateway_alloc_check(
         &self,
-        _req: ovl_docker::backend::GatewayCheck,
+        req: ovl_docker::backend::GatewayCheck,
     ) -> PluginResult<ovl_docker::backend::GatewaySkip> {
+        // Asked before any pool is allocated: the earliest place to refuse bad options.
+        check_driver_options(&req.generic)?;
         Ok(ovl_docker::backend::GatewaySkip { v4: true, v6: true })
     }
 
@@ -62,6 +87,8 @@ impl PluginBackend for DockerPlugin {
     }
 
     async fn create_network(&self, req: CreateNetwork) -> PluginResult<()> {
+        // Engines before 28 have no GwAllocCheck: refused here, Docker then releases the pool.
+        check_driver_options(&req.generic)?;
         let data = req.ipv4.first().ok_or_else(|| {
             PluginError::Invalid("no IPv4 pool: create the network with --ipam-driver ovl".into())
         })?;
@@ -118,15 +145,10 @@ impl PluginBackend for DockerPlugin {
                 }
             }
         };
-        self.cache.put(d.clone());
-        if let Ok(PoolId::Pending { token, .. }) = d.pool_id.parse::<PoolId>()
-            && let Some((p, _)) = store.docker_pool(&token).await.map_err(store_err)?
-            && let Some(n) = p.name
-        {
-            // Named pools bind now; unnamed ones as soon as dockerd stored the network (right
-            // after this call returns: `housekeeping`).
-            self.bind(&token, &n).await?;
-        }
+        // A pool binds as soon as dockerd stored the network (right after this call returns:
+        // `housekeeping`), where its name and labels can be read; a container asking for an
+        // address before that binds it on the spot.
+        self.cache.put(d);
         Ok(())
     }
 
@@ -141,7 +163,12 @@ impl PluginBackend for DockerPlugin {
         {
             store.delete_docker_pool(&p).await.map_err(store_err)?;
         }
-        if let Some(name) = &d.name {
+        let ours = self
+            .removing
+            .lock()
+            .expect("removing lock")
+            .remove(&network_id);
+        if let Some(name) = d.name.as_ref().filter(|_| !ours) {
             match store.delete_network(name).await {
                 Ok(_) => {
                     tracing::info!(network = %name, "Docker network removed: cluster network removed on every host")

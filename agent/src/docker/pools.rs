@@ -128,8 +128,14 @@ impl DockerPlugin {
         Ok(())
     }
 
-    /// Binds pool `token` to cluster network `name` (see the module docs).
-    pub(super) async fn bind(&self, token: &str, name: &str) -> PluginResult<NetworkRecord> {
+    /// Binds pool `token` to cluster network `name` (see the module docs), recording
+    /// `labels` (the Docker network's, when known) for every host.
+    pub(super) async fn bind(
+        &self,
+        token: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> PluginResult<NetworkRecord> {
         ovl_docker::identity::validate_network_name(name).map_err(PluginError::Invalid)?;
         let _g = self.bind_lock.lock().await;
         let mut pool = self
@@ -162,6 +168,7 @@ impl DockerPlugin {
                     internal: pool.internal,
                     mtu: pool.mtu,
                     options: pool.options.clone(),
+                    labels,
                     reservation: Some(pool.reservation()),
                     ..Default::default()
                 };
@@ -196,19 +203,20 @@ impl DockerPlugin {
         Ok(net)
     }
 
-    /// Resolves the name of Docker network `nid` (Engine API) and binds its pool.
+    /// Reads Docker network `nid` (Engine API: its name and labels) and binds its pool.
     async fn resolve_and_bind(&self, token: &str, nid: &str) -> PluginResult<NetworkRecord> {
-        let names = self.names().ok_or_else(|| {
+        let engine = self.engine().ok_or_else(|| {
             PluginError::Unavailable("not connected to the Docker Engine API yet".into())
         })?;
-        let name = names
-            .resolve(nid)
+        let d = engine
+            .networks
+            .inspect(nid)
             .await
             .map_err(|e| PluginError::Unavailable(e.to_string()))?
             .ok_or_else(|| {
                 PluginError::Unavailable(format!("Docker does not know network {nid} yet"))
             })?;
-        self.bind(token, &name).await
+        self.bind(token, &d.name, d.labels).await
     }
 
     /// The cluster network of a pool.
@@ -223,8 +231,13 @@ impl DockerPlugin {
                 if let Some(b) = &pool.bound {
                     return self.network(b).await;
                 }
+                if let Some(nid) = &pool.network_id
+                    && let Ok(net) = self.resolve_and_bind(token, nid).await
+                {
+                    return Ok(net);
+                }
                 if let Some(n) = &pool.name {
-                    return self.bind(token, n).await;
+                    return self.bind(token, n, BTreeMap::new()).await;
                 }
                 let nid = pool.network_id.clone().ok_or_else(|| {
                     PluginError::Invalid(format!(
@@ -271,7 +284,7 @@ impl DockerPlugin {
                 let pid: PoolId = d.pool_id.parse()?;
                 match &pid {
                     PoolId::Pending { token, .. } => match self.pool(token).await? {
-                        Some(p) if p.bound.is_none() && p.name.is_none() => {
+                        Some(p) if p.bound.is_none() => {
                             self.resolve_and_bind(token, &d.network_id).await?
                         }
                         _ => self.network_for_pool(&pid).await?,

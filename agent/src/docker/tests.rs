@@ -94,7 +94,7 @@ async fn a_plain_create_reserves_a_subnet_that_nothing_else_sees_then_becomes_th
     PluginBackend::create_network(&*c.p1, create("nid1", a.pool))
         .await
         .unwrap();
-    let net = c.p1.bind(&t, "appnet").await.unwrap();
+    let net = c.p1.bind(&t, "appnet", BTreeMap::new()).await.unwrap();
     assert_eq!(IpNetwork::V4(net.subnet), a.pool);
     assert!(c.h1.agent.store().reservations().await.unwrap().is_empty());
     let ls = c.h1.agent.networks().await.unwrap();
@@ -109,13 +109,19 @@ async fn the_same_plain_create_on_a_second_host_takes_the_cluster_subnet_and_lea
     PluginBackend::create_network(&*c.p1, create("nid1", a.pool))
         .await
         .unwrap();
-    let n1 = c.p1.bind(&token(&a.pool_id), "appnet").await.unwrap();
+    let n1 =
+        c.p1.bind(&token(&a.pool_id), "appnet", BTreeMap::new())
+            .await
+            .unwrap();
     // Host 2 typed the same before the network arrived there.
     let b = c.p2.request_pool(plain()).await.unwrap();
     PluginBackend::create_network(&*c.p2, create("nid2", b.pool))
         .await
         .unwrap();
-    let n2 = c.p2.bind(&token(&b.pool_id), "appnet").await.unwrap();
+    let n2 =
+        c.p2.bind(&token(&b.pool_id), "appnet", BTreeMap::new())
+            .await
+            .unwrap();
     assert_eq!(n1, n2, "one network, one truth");
     assert!(c.h2.agent.store().reservations().await.unwrap().is_empty());
     let ls = c.h2.agent.networks().await.unwrap();
@@ -129,7 +135,7 @@ async fn the_same_plain_create_on_a_second_host_takes_the_cluster_subnet_and_lea
             IpNetwork::V4(s) => Some(s),
             IpNetwork::V6(_) => None,
         },
-        gateway: None,
+        gateway: Some(n1.gateway),
         internal: false,
         labels: BTreeMap::new(),
         options: BTreeMap::new(),
@@ -208,7 +214,10 @@ async fn docker_network_rm_removes_the_cluster_network_only_when_no_container_us
     PluginBackend::create_network(&*c.p1, create("nid1", a.pool))
         .await
         .unwrap();
-    let net = c.p1.bind(&token(&a.pool_id), "appnet").await.unwrap();
+    let net =
+        c.p1.bind(&token(&a.pool_id), "appnet", BTreeMap::new())
+            .await
+            .unwrap();
     // A container on host 2.
     let ip =
         c.h2.agent
@@ -294,7 +303,7 @@ fn sync_plan_creates_missing_recreates_differing_and_removes_orphans() {
         id: id.into(),
         name: name.into(),
         subnet: Some(subnet.parse().unwrap()),
-        gateway: None,
+        gateway: Some(subnet.replace(".0/24", ".1").parse().unwrap()),
         internal: false,
         labels: BTreeMap::new(),
         options: BTreeMap::new(),
@@ -334,6 +343,28 @@ fn sync_plan_creates_missing_recreates_differing_and_removes_orphans() {
         ],
         "b agrees; y is being bound here"
     );
+    // A gateway, --internal or an option other than the cluster's: made again.
+    for change in 0..3 {
+        let mut d = here("i-b", "b", "10.10.2.0/24");
+        d.gateway = Some("10.10.2.1".parse().unwrap());
+        match change {
+            0 => d.gateway = Some("10.10.2.254".parse().unwrap()),
+            1 => d.internal = true,
+            _ => {
+                d.options
+                    .insert("com.docker.network.driver.mtu".into(), "1400".into());
+            }
+        }
+        let only_b: BTreeMap<_, _> = [("b".to_string(), cluster["b"].clone())].into();
+        assert_eq!(
+            plan_sync(&only_b, &[d], &[]),
+            vec![SyncOp::Recreate {
+                id: "i-b".into(),
+                spec: spec_of(&cluster["b"])
+            }],
+            "change {change}"
+        );
+    }
     // Converged: nothing to do.
     let mut docker_c = here("i-c", "c", "10.10.3.0/24");
     docker_c.labels = labelled.labels.clone();

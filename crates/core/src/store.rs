@@ -541,7 +541,7 @@ impl ClusterStore {
                 let names: Vec<_> = eps
                     .iter()
                     .take(5)
-                    .map(|e| e.display_name().to_string())
+                    .map(|e| format!("{} on {}", e.display_name(), e.host))
                     .collect();
                 return Err(StoreError::Conflict(format!(
                     "network {name} still has {} endpoint(s) ({}{}): detach them first",
