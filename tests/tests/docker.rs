@@ -303,7 +303,7 @@ impl DockerLab {
         let start = Instant::now();
         loop {
             let (a, b) = (self.ovl_networks(0), self.ovl_networks(1));
-            if a.get(name).is_some() && a.get(name) == b.get(name) {
+            if a.contains_key(name) && a.get(name) == b.get(name) {
                 return;
             }
             assert!(
@@ -1267,7 +1267,7 @@ fn network_everywhere(name: &str, engine: Engine) {
         Duration::from_secs(10),
         || {
             let (a, b) = (lab.ovl_networks(0), lab.ovl_networks(1));
-            a.get("race").is_some() && a.get("race") == b.get("race")
+            a.contains_key("race") && a.get("race") == b.get("race")
         },
     );
     within(
