@@ -1367,3 +1367,116 @@ fn network_everywhere(name: &str, engine: Engine) {
             && lab.etcd_keys("/ovl/v1/addrs/").is_empty()
     });
 }
+
+#[test]
+fn docker_compose_26() {
+    compose_two_hosts("t17c26", Engine::Trixie);
+}
+
+#[test]
+fn docker_compose_28() {
+    compose_two_hosts("t17c28", Engine::Sid);
+}
+
+/// A Compose file for one host of the stack: `service` on a compose-created `ovl` network
+/// (`front`) and on an external one (`appnet`).
+fn compose_file(service: &str, command: &str) -> String {
+    format!(
+        r#"services:
+  {service}:
+    image: {IMAGE}
+    pull_policy: never
+    command: ["sh", "-c", "{command}"]
+    networks: [front, shared]
+networks:
+  front:
+    driver: ovl
+    ipam:
+      driver: ovl
+  shared:
+    external: true
+    name: appnet
+"#
+    )
+}
+
+/// Issue 17 (6): Compose v2 on two hosts, one project per host as users do without Swarm,
+/// with a compose-created `ovl` network and an external one: services reach each other by
+/// service name, container name and `name.network`; `docker compose down` on one host
+/// leaves the other host's services running.
+fn compose_two_hosts(name: &str, engine: Engine) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = DockerLab::up(name, "kernel", engine);
+    lab.create_network(0, "appnet");
+    lab.converged("appnet");
+    let files: Vec<PathBuf> = [
+        (
+            "web",
+            "echo hello-from-web > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+        ),
+        ("client", "exec sleep 100000"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (svc, cmd))| {
+        let dir = lab.work.join(format!("compose-h{}", i + 1));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("compose.yaml");
+        fs::write(&f, compose_file(svc, cmd)).unwrap();
+        f
+    })
+    .collect();
+    let compose = |i: usize, args: &[&str]| {
+        let f = files[i].to_str().unwrap().to_string();
+        let mut a = vec!["compose", "-p", "myapp", "-f", f.as_str()];
+        a.extend_from_slice(args);
+        lab.docker(i, &a)
+    };
+    compose(0, &["up", "-d"]);
+    lab.converged("myapp_front");
+    let front = lab.ovl_networks(1)["myapp_front"].clone();
+    assert_eq!(
+        front["labels"]["com.docker.compose.project"], "myapp",
+        "Compose's labels on the other host: {front}"
+    );
+    compose(1, &["up", "-d"]);
+    let web = "myapp-web-1";
+    let client = "myapp-client-1";
+    for target in ["web", web, &format!("{web}.myapp_front"), "web.appnet"] {
+        within(
+            &format!("client on host 2 reaches {target}"),
+            Duration::from_secs(20),
+            || can_ping(&lab, 1, client, target),
+        );
+    }
+    for target in ["client", client, &format!("{client}.myapp_front")] {
+        within(
+            &format!("web on host 1 reaches {target}"),
+            Duration::from_secs(20),
+            || can_ping(&lab, 0, web, target),
+        );
+    }
+    let page = lab.docker(
+        1,
+        &["exec", client, "wget", "-q", "-O", "-", "http://web/index.html"],
+    );
+    assert_eq!(page, "hello-from-web");
+
+    // Down on host 1: host 2's service keeps running, its network too.
+    compose(0, &["down"]);
+    let ps = compose(1, &["ps", "--format", "{{.Name}} {{.State}}"]);
+    assert!(ps.contains(&format!("{client} running")), "{ps}");
+    lab.converged("myapp_front");
+    assert!(can_ping(&lab, 1, client, "client"));
+    // Up again on host 1: the same network, reachable at once.
+    compose(0, &["up", "-d"]);
+    within("web back, reached from host 2", Duration::from_secs(20), || {
+        can_ping(&lab, 1, client, web)
+    });
+    compose(0, &["down"]);
+    compose(1, &["down"]);
+    within("myapp_front gone everywhere", Duration::from_secs(5), || {
+        !lab.ovl_networks(0).contains_key("myapp_front")
+            && !lab.ovl_networks(1).contains_key("myapp_front")
+    });
+}
