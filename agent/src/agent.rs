@@ -13,15 +13,15 @@ use std::{
 };
 
 use ovl_core::{ClusterStore, ClusterView, EndpointRecord, ipam, model, store::NetworkRequest};
-use ovl_datapath::{EndpointSpec, MacAddr};
 use ovl_gateway::Gateway;
 use ovl_kv::Kv;
+use ovl_model::{EndpointSpec, MacAddr, Plug, overlay_mtu};
 use tokio::sync::{Notify, watch};
 
 use crate::{
     api::types::{
-        AttachReply, AttachRequest, Counts, DetachReply, DetachRequest, HostInfo, KvStatus,
-        NetworkInfo, Peers, PeersNetwork, Status,
+        AttachReply, AttachRequest, Counts, DetachReply, DetachRequest, EndpointView, HostInfo,
+        KvStatus, NetworkInfo, Peers, PeersNetwork, Status,
     },
     config::Settings,
     datapath::Datapath,
@@ -70,7 +70,7 @@ pub struct Agent {
     /// Counters for `/metrics`.
     pub counters: crate::metrics::Counters,
     /// Peers already announced by gratuitous ARP: (network, address, MAC).
-    announced: Mutex<BTreeSet<(String, std::net::Ipv4Addr, [u8; 6])>>,
+    announced: Mutex<BTreeSet<(String, std::net::Ipv4Addr, MacAddr)>>,
     names_pass: tokio::sync::Mutex<()>,
 }
 
@@ -150,9 +150,46 @@ impl Agent {
         }
     }
 
-    fn desired(&self, view: &ClusterView) -> ovl_datapath::Desired {
+    fn desired(&self, view: &ClusterView) -> ovl_model::Desired {
         let pending = self.pending.lock().expect("pending lock").clone();
-        desired::desired(view, &self.me(), &pending)
+        let plugged = self
+            .local
+            .all()
+            .into_iter()
+            .map(|a| {
+                let docker_tmp =
+                    (!a.dns_listener).then(|| ovl_model::ifname::docker_temp_name(&a.endpoint.id));
+                let plugged = desired::Plugged {
+                    netns: a.netns.clone(),
+                    // A Docker endpoint's name is dockerd's; until a pass saw it, only the
+                    // temporary name is recorded.
+                    ifname: Some(a.ifname.clone()).filter(|n| Some(n) != docker_tmp.as_ref()),
+                    docker_tmp,
+                    ip: a.endpoint.ip,
+                    mac: a.endpoint.mac,
+                };
+                ((a.endpoint.network, a.endpoint.id), plugged)
+            })
+            .collect();
+        desired::desired(view, &self.me(), &pending, &plugged)
+    }
+
+    /// Records the container-side names a pass found (dockerd names a Docker endpoint's
+    /// interface itself), so a container end deleted later is restored under its name.
+    fn record_ifnames(
+        &self,
+        statuses: &std::collections::BTreeMap<(String, String), ovl_model::EndpointStatus>,
+    ) {
+        for ((net, id), st) in statuses {
+            if let ovl_model::EndpointStatus::Ok { ifname } = st
+                && let Some(mut a) = self.local.get(net, id)
+                && &a.ifname != ifname
+            {
+                tracing::info!(network = %net, endpoint = %id, ifname = %ifname, "recording the container's interface name");
+                a.ifname = ifname.clone();
+                self.local.insert(a);
+            }
+        }
     }
 
     /// One reconciliation pass; returns the number of operations applied.
@@ -161,6 +198,7 @@ impl Agent {
         let view = self.view();
         let want = self.desired(&view);
         let done = self.dp.converge(&want).await?;
+        self.record_ifnames(&done.endpoints);
         let c = &self.counters;
         crate::metrics::Counters::add(&c.reconcile_passes, 1);
         crate::metrics::Counters::add(&c.ops_applied, done.applied as u64);
@@ -173,11 +211,11 @@ impl Agent {
     }
 
     /// Sends one gratuitous ARP per peer that is newly in the desired state (once per peer).
-    async fn announce_new_peers(&self, want: &ovl_datapath::Desired) {
-        let now: BTreeSet<(String, std::net::Ipv4Addr, [u8; 6])> = want
+    async fn announce_new_peers(&self, want: &ovl_model::Desired) {
+        let now: BTreeSet<(String, std::net::Ipv4Addr, MacAddr)> = want
             .networks
             .iter()
-            .flat_map(|(n, d)| d.peers.iter().map(move |p| (n.clone(), p.ip, p.mac.0)))
+            .flat_map(|(n, d)| d.peers.iter().map(move |p| (n.clone(), p.ip, p.mac)))
             .collect();
         let fresh: Vec<_> = {
             let mut seen = self.announced.lock().expect("announced lock");
@@ -188,7 +226,7 @@ impl Agent {
         let mut by_net: std::collections::BTreeMap<&str, Vec<(std::net::Ipv4Addr, MacAddr)>> =
             Default::default();
         for (n, ip, mac) in &fresh {
-            by_net.entry(n).or_default().push((*ip, MacAddr(*mac)));
+            by_net.entry(n).or_default().push((*ip, *mac));
         }
         for (net, peers) in by_net {
             if let Err(e) = self.dp.announce(net, &peers).await {
@@ -253,8 +291,7 @@ impl Agent {
         }
         let ep = self.gw.attach(nskey, netns).await.map_err(gw_err)?;
         if !ports.is_empty() {
-            let maps: Vec<ovl_gateway::PortMap> = ports.iter().map(to_gw_port).collect();
-            self.gw.publish(nskey, &maps).await.map_err(gw_err)?;
+            self.gw.publish(nskey, ports).await.map_err(gw_err)?;
         }
         Ok(ep.ifname)
     }
@@ -273,7 +310,7 @@ impl Agent {
         } else {
             let ports: Vec<ovl_gateway::PortMap> = rest
                 .iter()
-                .flat_map(|a| a.endpoint.publish.iter().map(to_gw_port))
+                .flat_map(|a| a.endpoint.publish.iter().copied())
                 .collect();
             match self.gw.unpublish(nskey).await {
                 Ok(()) if !ports.is_empty() => self.gw.publish(nskey, &ports).await,
@@ -300,7 +337,14 @@ impl Agent {
                 ));
             }
         };
-        if !ovl_datapath::netns::is_netns(&netns) {
+        if let Some(m) = req.mac
+            && !m.is_host()
+        {
+            return Err(AgentError::Invalid(format!(
+                "invalid MAC address {m}: not a unicast address"
+            )));
+        }
+        if !ovl_netlink::netns::is_netns(&netns) {
             return Err(AgentError::Invalid(format!(
                 "{} is not a network namespace",
                 netns.display()
@@ -358,11 +402,12 @@ impl Agent {
         let ep = EndpointSpec {
             endpoint_id: id.clone(),
             netns: netns.clone(),
-            mac: MacAddr(rec.mac.0),
+            mac: rec.mac,
             ip: rec.ip,
             prefix_len: net.subnet.prefix(),
             mtu: spec.mtu,
             ifname: None,
+            plug: Plug::Netns,
         };
         let attached = {
             let _g = self.dp_lock.lock().await;
@@ -382,7 +427,6 @@ impl Agent {
                 }
             }
         };
-        tune_arp(&netns, &attached.ifname);
         let nskey = local::netns_key(&netns)
             .map_err(|e| AgentError::Internal(format!("{}: {e}", netns.display())))?;
         let gateway_ifname = if net.internal {
@@ -533,7 +577,7 @@ impl Agent {
     pub async fn peers(&self, only: Option<&str>) -> Result<Peers> {
         let view = self.view();
         let want = self.desired(&view);
-        let mut reports = self.dp.report(&want).await?;
+        let mut reports = self.dp.report(&want).await?.networks;
         let mut names: BTreeSet<String> = want.networks.keys().cloned().collect();
         names.extend(reports.keys().cloned());
         let mut out = Peers::default();
@@ -551,7 +595,15 @@ impl Agent {
                     d.spec.vni, d.spec.local_vtep, d.spec.mtu
                 ));
                 n.desired
-                    .extend(d.local_endpoints.iter().map(|id| format!("local {id}")));
+                    .extend(d.local_endpoints.iter().map(|(id, ep)| match ep {
+                        Some(ep) => format!(
+                            "local {id} {}/{} in {}",
+                            ep.ip,
+                            ep.prefix_len,
+                            ep.netns.display()
+                        ),
+                        None => format!("local {id}"),
+                    }));
                 n.desired.extend(
                     d.peers
                         .iter()
@@ -600,7 +652,7 @@ impl Agent {
 
     /// The container MTU of a network on this host.
     pub fn mtu_for(&self, mtu: Option<u32>) -> u32 {
-        mtu.unwrap_or(self.underlay_mtu.saturating_sub(50))
+        overlay_mtu(self.underlay_mtu, mtu)
     }
 
     /// `overlayctl status`.
@@ -647,7 +699,7 @@ impl Agent {
             .published()
             .into_iter()
             .map(|(ep, p)| {
-                format!("{}:{}/{:?}->{}", p.host_port, p.container_port, p.proto, ep).to_lowercase()
+                format!("{}:{}/{:?}->{}", p.host_port, p.port, p.proto, ep).to_lowercase()
             })
             .collect();
         if !ports.is_empty() {
@@ -761,49 +813,28 @@ impl Agent {
         Ok(self.network_info(&self.view(), rec))
     }
 
-    /// `overlayctl endpoints`.
-    pub async fn endpoints(&self, net: Option<&str>) -> Result<Vec<ovl_core::EndpointRecord>> {
-        match self.store.endpoints(net).await {
-            Ok(e) => Ok(e),
+    /// `overlayctl endpoints`: the cluster's endpoints, this host's with their datapath
+    /// state.
+    pub async fn endpoints(&self, net: Option<&str>) -> Result<Vec<EndpointView>> {
+        let records = match self.store.endpoints(net).await {
+            Ok(e) => e,
             Err(ovl_core::StoreError::Kv(k)) if k.is_unreachable() => {
                 let v = self.view();
-                Ok(v.endpoints
+                v.endpoints
                     .values()
                     .filter(|e| net.is_none_or(|n| e.network == n))
                     .cloned()
-                    .collect())
+                    .collect()
             }
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-fn to_gw_port(p: &ovl_core::PortMap) -> ovl_gateway::PortMap {
-    ovl_gateway::PortMap {
-        host_port: p.host_port,
-        container_port: p.port,
-        proto: match p.proto {
-            ovl_core::Proto::Tcp => ovl_gateway::Proto::Tcp,
-            ovl_core::Proto::Udp => ovl_gateway::Proto::Udp,
-        },
-    }
-}
-
-/// ARP retransmit time on overlay interfaces. Neighbours on the overlay are answered locally
-/// (proxy ARP from programmed entries, or in BPF), so a request sent a moment before the
-/// peer's entry arrived is dropped; the kernel's default retry after 1 s is what made
-/// Docker's overlay take over a second to converge. Retrying after 100 ms costs nothing.
-const ARP_RETRANS_MS: &str = "100";
-
-/// Sets [`ARP_RETRANS_MS`] on `ifname` inside `netns` (best effort: a failure only slows
-/// the first contact).
-fn tune_arp(netns: &std::path::Path, ifname: &str) {
-    let knob = format!("/proc/sys/net/ipv4/neigh/{ifname}/retrans_time_ms");
-    let r = ovl_datapath::netns::run_in_netns(Some(netns), move || {
-        std::fs::write(&knob, ARP_RETRANS_MS)
-            .map_err(|e| ovl_datapath::Error::InvalidInput(format!("{knob}: {e}")))
-    });
-    if let Err(e) = r {
-        tracing::debug!(netns = %netns.display(), error = %e, "tuning ARP retransmits");
+            Err(e) => return Err(e.into()),
+        };
+        let mut status = self.dp.endpoint_status();
+        Ok(records
+            .into_iter()
+            .map(|record| EndpointView {
+                status: status.remove(&(record.network.clone(), record.id.clone())),
+                record,
+            })
+            .collect())
     }
 }

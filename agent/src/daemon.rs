@@ -15,7 +15,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for dir in [&settings.run_dir, &settings.state_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mtu = ovl_datapath::underlay_mtu(settings.advertise_addr).with_context(|| {
+    let mtu = ovl_netlink::underlay_mtu(settings.advertise_addr).with_context(|| {
         format!(
             "no interface holds the advertise address {}",
             settings.advertise_addr

@@ -52,7 +52,6 @@ use std::{
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use ovl_core::{EndpointRecord, NetworkRecord, StoreError, ipam, store::NetworkRequest};
-use ovl_datapath::{EndpointSpec, MacAddr};
 use ovl_docker::{
     PluginBackend, PluginError, PluginResult, WatchEvent,
     backend::{
@@ -62,6 +61,7 @@ use ovl_docker::{
     identity::{IdentityHint, PoolId, identity_hint},
     watcher::{ContainerNames, DockerWatcher, EarlyNames, NetworkNames},
 };
+use ovl_model::{EndpointSpec, Plug};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -276,12 +276,7 @@ impl DeferredOps {
 
 /// Host-side name of the interface Docker moves into the container (≤ 15 bytes).
 pub fn temp_ifname(endpoint_id: &str) -> String {
-    let short: String = endpoint_id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(12)
-        .collect();
-    format!("ovd{short}")
+    ovl_model::ifname::docker_temp_name(endpoint_id)
 }
 
 /// The Docker socket: `DOCKER_HOST=unix://PATH` if set, else `/var/run/docker.sock`.
@@ -1228,11 +1223,12 @@ impl PluginBackend for DockerPlugin {
         let ep = EndpointSpec {
             endpoint_id: rec.id.clone(),
             netns: req.sandbox_key.clone(),
-            mac: MacAddr(rec.mac.0),
+            mac: rec.mac,
             ip: rec.ip,
             prefix_len: net.subnet.prefix(),
             mtu: spec.mtu,
-            ifname: Some(tmp.clone()),
+            ifname: None,
+            plug: Plug::Docker { tmp: tmp.clone() },
         };
         {
             // Pending before plumbing, so a concurrent reconcile pass keeps the new port.
@@ -1242,13 +1238,13 @@ impl PluginBackend for DockerPlugin {
                 .expect("pending lock")
                 .insert(key.clone());
             let _g = self.agent.dp_lock.lock().await;
-            if let Err(e) = self.agent.dp.attach_unplugged(&spec, &ep).await {
+            if let Err(e) = self.agent.dp.attach(&spec, &ep).await {
                 self.agent
                     .pending
                     .lock()
                     .expect("pending lock")
                     .remove(&key);
-                return Err(agent_err(e));
+                return Err(agent_err(e.into()));
             }
         }
         let netns_key =
@@ -1412,7 +1408,7 @@ mod tests {
         let b = temp_ifname(&"b2".repeat(32));
         assert!(a.len() <= 15 && b.len() <= 15);
         assert_ne!(a, b);
-        assert!(ovl_datapath::types::validate_ifname(&a).is_ok());
+        assert!(ovl_model::validate_ifname(&a).is_ok());
     }
 
     #[test]

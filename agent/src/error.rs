@@ -53,5 +53,16 @@ impl From<StoreError> for AgentError {
     }
 }
 
+impl From<crate::datapath::DatapathError> for AgentError {
+    fn from(e: crate::datapath::DatapathError) -> Self {
+        match e.kind() {
+            ovl_model::ErrorKind::Invalid => AgentError::Invalid(e.to_string()),
+            ovl_model::ErrorKind::Conflict => AgentError::Conflict(e.to_string()),
+            ovl_model::ErrorKind::NotFound => AgentError::NotFound(e.to_string()),
+            ovl_model::ErrorKind::Internal => AgentError::Datapath(e.to_string()),
+        }
+    }
+}
+
 /// Result type of agent operations.
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;

@@ -1,9 +1,15 @@
 //! Desired datapath state of this host, computed from the cluster view. Pure.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+};
 
 use ovl_core::{ClusterView, NetworkRecord};
-use ovl_datapath::{Desired, DesiredNetwork, MacAddr, NetworkSpec, RemotePeer};
+use ovl_model::{
+    Desired, DesiredNetwork, EndpointSpec, MacAddr, NetworkSpec, Plug, RemotePeer, overlay_mtu,
+};
 
 /// What this host needs to know to compute its desired state.
 #[derive(Debug, Clone)]
@@ -24,16 +30,60 @@ pub fn spec(net: &NetworkRecord, me: &Me<'_>) -> NetworkSpec {
         name: net.name.clone(),
         vni: net.vni,
         subnet: net.subnet,
-        mtu: net.mtu.unwrap_or(me.underlay_mtu.saturating_sub(50)),
+        mtu: overlay_mtu(me.underlay_mtu, net.mtu),
         local_vtep: me.vtep,
         vxlan_port: me.vxlan_port,
+    }
+}
+
+/// Where this host plugged a local endpoint, from its own records (`local.json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugged {
+    /// The container's namespace (Docker: the sandbox key).
+    pub netns: PathBuf,
+    /// The interface's name in the container, when known.
+    pub ifname: Option<String>,
+    /// For a Docker endpoint, the temporary name dockerd moved it from.
+    pub docker_tmp: Option<String>,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC.
+    pub mac: MacAddr,
+}
+
+/// The spec of a local endpoint this host plugged, on network `spec`.
+pub fn endpoint_spec(
+    id: &str,
+    net: &NetworkRecord,
+    spec: &NetworkSpec,
+    p: &Plugged,
+) -> EndpointSpec {
+    EndpointSpec {
+        endpoint_id: id.to_string(),
+        netns: p.netns.clone(),
+        mac: p.mac,
+        ip: p.ip,
+        prefix_len: net.subnet.prefix(),
+        mtu: spec.mtu,
+        ifname: p.ifname.clone(),
+        plug: match &p.docker_tmp {
+            Some(tmp) => Plug::Docker { tmp: tmp.clone() },
+            None => Plug::Netns,
+        },
     }
 }
 
 /// Desired state: every network with an endpoint on this host (or one being attached,
 /// `pending`), with one peer per endpoint on another **alive** host and one flood entry per
 /// such host. Endpoints of dead or unknown hosts are left out, so their entries are removed.
-pub fn desired(view: &ClusterView, me: &Me<'_>, pending: &BTreeSet<(String, String)>) -> Desired {
+/// Local endpoints this host plugged (`plugged`, by `(network, id)`) carry their spec, so the
+/// datapath maintains their container ends too.
+pub fn desired(
+    view: &ClusterView,
+    me: &Me<'_>,
+    pending: &BTreeSet<(String, String)>,
+    plugged: &BTreeMap<(String, String), Plugged>,
+) -> Desired {
     let mut out = Desired::default();
     for net in view.networks.values() {
         let mut local: BTreeSet<String> = view
@@ -64,20 +114,30 @@ pub fn desired(view: &ClusterView, me: &Me<'_>, pending: &BTreeSet<(String, Stri
                 continue;
             }
             peers.push(RemotePeer {
-                mac: MacAddr(ep.mac.0),
+                mac: ep.mac,
                 ip: ep.ip,
                 vtep: host.vtep,
             });
             flood.insert(host.vtep);
         }
-        peers.sort_by_key(|p| (p.ip, p.mac.0));
+        peers.sort_by_key(|p| (p.ip, p.mac));
+        let spec = spec(net, me);
+        let local_endpoints = local
+            .into_iter()
+            .map(|id| {
+                let ep = plugged
+                    .get(&(net.name.clone(), id.clone()))
+                    .map(|p| endpoint_spec(&id, net, &spec, p));
+                (id, ep)
+            })
+            .collect();
         out.networks.insert(
             net.name.clone(),
             DesiredNetwork {
-                spec: spec(net, me),
+                spec,
                 peers,
                 flood,
-                local_endpoints: local,
+                local_endpoints,
             },
         );
     }
@@ -163,12 +223,12 @@ mod tests {
         host: "h1",
         vtep: Ipv4Addr::new(198, 18, 0, 11),
         underlay_mtu: 1400,
-        vxlan_port: ovl_datapath::VXLAN_PORT,
+        vxlan_port: ovl_model::VXLAN_PORT,
     };
 
     #[test]
     fn peers_and_flood_from_other_hosts() {
-        let d = desired(&view(), &ME, &BTreeSet::new());
+        let d = desired(&view(), &ME, &BTreeSet::new(), &BTreeMap::new());
         assert_eq!(
             d.networks.len(),
             1,
@@ -184,14 +244,17 @@ mod tests {
                 .into_iter()
                 .collect()
         );
-        assert_eq!(n.local_endpoints, ["a".to_string()].into_iter().collect());
+        assert_eq!(
+            n.local_endpoints,
+            [("a".to_string(), None)].into_iter().collect()
+        );
     }
 
     #[test]
     fn dead_hosts_are_dropped() {
         let mut v = view();
         v.alive.remove("h3");
-        let d = desired(&v, &ME, &BTreeSet::new());
+        let d = desired(&v, &ME, &BTreeSet::new(), &BTreeMap::new());
         let n = &d.networks["net1"];
         assert_eq!(n.peers.len(), 1);
         assert_eq!(n.flood.len(), 1);
@@ -202,8 +265,8 @@ mod tests {
         let pending = [("net2".to_string(), "new".to_string())]
             .into_iter()
             .collect();
-        let d = desired(&view(), &ME, &pending);
-        assert!(d.networks["net2"].local_endpoints.contains("new"));
+        let d = desired(&view(), &ME, &pending, &BTreeMap::new());
+        assert!(d.networks["net2"].local_endpoints.contains_key("new"));
         assert_eq!(d.networks["net2"].peers.len(), 1);
     }
 
@@ -212,9 +275,57 @@ mod tests {
         let mut v = view();
         v.networks.get_mut("net1").unwrap().mtu = Some(1300);
         v.hosts.get_mut("h2").unwrap().vtep = ME.vtep;
-        let d = desired(&v, &ME, &BTreeSet::new());
+        let d = desired(&v, &ME, &BTreeSet::new(), &BTreeMap::new());
         let n = &d.networks["net1"];
         assert_eq!(n.spec.mtu, 1300);
         assert!(n.peers.iter().all(|p| p.vtep != ME.vtep));
+    }
+
+    #[test]
+    fn plugged_endpoints_carry_their_container_end() {
+        let plugged: BTreeMap<(String, String), Plugged> = [
+            (
+                ("net1".to_string(), "a".to_string()),
+                Plugged {
+                    netns: "/run/netns/a".into(),
+                    ifname: Some("eth0".into()),
+                    docker_tmp: None,
+                    ip: Ipv4Addr::new(10, 10, 0, 2),
+                    mac: mac_for(Ipv4Addr::new(10, 10, 0, 2)),
+                },
+            ),
+            (
+                ("net2".to_string(), "d1".to_string()),
+                Plugged {
+                    netns: "/var/run/docker/netns/1a2b".into(),
+                    ifname: None,
+                    docker_tmp: Some("ovdd1".into()),
+                    ip: Ipv4Addr::new(10, 10, 1, 9),
+                    mac: mac_for(Ipv4Addr::new(10, 10, 1, 9)),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let pending = [("net2".to_string(), "d1".to_string())]
+            .into_iter()
+            .collect();
+        let d = desired(&view(), &ME, &pending, &plugged);
+        let a = d.networks["net1"].local_endpoints["a"].as_ref().unwrap();
+        assert_eq!(a.netns, std::path::Path::new("/run/netns/a"));
+        assert_eq!(
+            (a.ip, a.prefix_len, a.mtu),
+            (Ipv4Addr::new(10, 10, 0, 2), 24, 1350)
+        );
+        assert_eq!(a.ifname.as_deref(), Some("eth0"));
+        assert_eq!(a.plug, Plug::Netns);
+        let d1 = d.networks["net2"].local_endpoints["d1"].as_ref().unwrap();
+        assert_eq!(
+            d1.plug,
+            Plug::Docker {
+                tmp: "ovdd1".into()
+            }
+        );
+        assert_eq!(d1.ifname, None, "dockerd's name is not known yet");
     }
 }
