@@ -362,7 +362,21 @@ pub fn plan(want: &Desired, have: &ObservedEbpf, local_vtep: Ipv4Addr) -> Vec<Eb
             });
         }
     }
-    // Container ends (and the pairs they belong to).
+    let mut orphans: BTreeSet<u32> = have.state.endpoints.keys().copied().collect();
+    orphans.extend(&have.state.attached_links);
+    for ifindex in orphans {
+        if !port_indexes.contains(&ifindex) {
+            let network = have
+                .state
+                .endpoints
+                .get(&ifindex)
+                .map(|e| name_of(e.vni))
+                .unwrap_or_else(|| "?".into());
+            removals.push(EbpfOp::ForgetEndpoint { network, ifindex });
+        }
+    }
+    // Container ends (and the pairs they belong to), after the map entries of vanished
+    // interfaces are forgotten: a plugged endpoint takes its MAC again.
     for (name, n) in &want.networks {
         for (id, ep) in &n.local_endpoints {
             let Some(ep) = ep else { continue };
@@ -391,19 +405,6 @@ pub fn plan(want: &Desired, have: &ObservedEbpf, local_vtep: Ipv4Addr) -> Vec<Eb
                     })
                 }
             }
-        }
-    }
-    let mut orphans: BTreeSet<u32> = have.state.endpoints.keys().copied().collect();
-    orphans.extend(&have.state.attached_links);
-    for ifindex in orphans {
-        if !port_indexes.contains(&ifindex) {
-            let network = have
-                .state
-                .endpoints
-                .get(&ifindex)
-                .map(|e| name_of(e.vni))
-                .unwrap_or_else(|| "?".into());
-            removals.push(EbpfOp::ForgetEndpoint { network, ifindex });
         }
     }
 
@@ -827,6 +828,22 @@ mod tests {
             vec!["net1: plug endpoint c1 into /run/netns/c1 (veth pair missing)"]
         );
         assert!(matches!(&ops[0], EbpfOp::PlugEndpoint { ep, .. } if ep.plug == Plug::Netns));
+        // Both ends deleted while programmed: the vanished interface is forgotten first (its
+        // entries hold the MAC), then the pair plugged again.
+        let mut gone = converged(&want, vec![port(10, "net1", 256, "c1", 1)]);
+        gone.ports.clear();
+        gone.containers.insert(key.clone(), ContainerSeen::Missing);
+        let ops = plan(&want, &gone, ME);
+        assert!(
+            matches!(
+                &ops[..],
+                [
+                    EbpfOp::ForgetEndpoint { ifindex: 10, .. },
+                    EbpfOp::PlugEndpoint { .. }
+                ]
+            ),
+            "{ops:?}"
+        );
         // The host end is there but its peer is not our container end: replug.
         let mut have = converged(&want, vec![port(10, "net1", 256, "c1", 1)]);
         have.containers.insert(key.clone(), ContainerSeen::Missing);
