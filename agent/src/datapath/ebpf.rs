@@ -19,13 +19,14 @@ pub struct EbpfAdapter {
 }
 
 impl EbpfAdapter {
-    /// Loads or adopts the eBPF datapath; the error says exactly why it cannot run here.
+    /// Loads or adopts the eBPF datapath (the caller has probed the host); the error says
+    /// exactly why it cannot run here.
     pub async fn open(
         cfg: BackendConfig,
         switched: Option<Switched>,
     ) -> Result<Self, ovl_dp_ebpf::Error> {
         // Loading is blocking work (BPF system calls, the verifier).
-        let backend = tokio::task::spawn_blocking(move || EbpfBackend::open(cfg))
+        let backend = tokio::task::spawn_blocking(move || EbpfBackend::load(cfg))
             .await
             .map_err(|e| ovl_dp_ebpf::Error::InvalidInput(format!("loading task: {e}")))??;
         Ok(EbpfAdapter {

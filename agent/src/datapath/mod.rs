@@ -116,6 +116,10 @@ pub struct Switched {
     pub from: &'static str,
     /// What was removed.
     pub removed: Vec<String>,
+    /// What could not be removed (the new datapath starts anyway; what collides with the
+    /// leftovers fails with its own error and is retried on every pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `overlayctl datapath`.
@@ -275,7 +279,7 @@ pub async fn open(settings: &Settings) -> DpResult<Arc<dyn Datapath>> {
     }
 }
 
-/// Logs what a purge of the other datapath removed.
+/// Logs what a purge of the other datapath removed, or why it could not.
 fn switch_from<E: Into<DatapathError>>(
     from: &'static str,
     purged: std::result::Result<Vec<String>, E>,
@@ -284,11 +288,23 @@ fn switch_from<E: Into<DatapathError>>(
         Ok(removed) if removed.is_empty() => Ok(None),
         Ok(removed) => {
             tracing::warn!(from, removed = %removed.join(", "), "switching datapath: removed the other datapath's devices; the reconciler plugs the endpoints again");
-            Ok(Some(Switched { from, removed }))
+            Ok(Some(Switched {
+                from,
+                removed,
+                error: None,
+            }))
         }
-        Err(e) => Err(DatapathError::Switch {
-            from,
-            source: Box::new(e.into()),
-        }),
+        Err(e) => {
+            let e = DatapathError::Switch {
+                from,
+                source: Box::new(e.into()),
+            };
+            tracing::error!(error = %e, "switching datapath: leftovers of the other datapath remain");
+            Ok(Some(Switched {
+                from,
+                removed: Vec::new(),
+                error: Some(e.to_string()),
+            }))
+        }
     }
 }

@@ -97,6 +97,12 @@ impl EbpfBackend {
     /// Loads or adopts the eBPF datapath; the error says exactly why it cannot run here.
     pub fn open(cfg: BackendConfig) -> Result<Self> {
         EbpfDatapath::probe()?;
+        Self::load(cfg)
+    }
+
+    /// [`EbpfBackend::open`] for a caller that has run [`EbpfDatapath::probe`] already (the
+    /// probe loads every program through the verifier: seconds on a busy host).
+    pub fn load(cfg: BackendConfig) -> Result<Self> {
         let pin_dir = Self::pin_dir(&cfg.run_dir);
         ensure_bpffs_at(&cfg.mounts, &pin_dir)?;
         // Loading resolves interface indexes in the calling thread's namespace: the caller's
@@ -627,7 +633,8 @@ pub async fn purge(run_dir: &Path, mounts: &HostMounts) -> Result<Vec<String>> {
     let mut errors = Vec::new();
     let pin_dir = EbpfBackend::pin_dir(run_dir);
     let seen = mounts.resolve(&pin_dir);
-    if seen.exists() {
+    // Only a directory can hold pins (anything else there is not the datapath's).
+    if seen.is_dir() {
         let had_pins = std::fs::read_dir(&seen).is_ok_and(|mut d| d.next().is_some());
         if let Err(e) = crate::load::remove_pin_dir_contents(&seen) {
             errors.push(e);

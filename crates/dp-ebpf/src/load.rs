@@ -197,7 +197,14 @@ impl EbpfDatapath {
             }
             Ok(())
         })();
-        let _ = std::fs::remove_dir_all(&scratch);
+        // The scratch pins are only the probe's: a failure to remove them changes nothing
+        // about the answer, but leaves files behind, so it is said.
+        if let Err(e) = remove_pin_dir(&scratch) {
+            log::warn!(
+                "removing the probe's scratch pins {}: {e}",
+                scratch.display()
+            );
+        }
         result.map_err(|reason| Unsupported { reason })
     }
 

@@ -15,8 +15,8 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoBridge, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -57,6 +57,8 @@ pub struct Link {
     pub vxlan: Option<VxlanInfo>,
     /// Multicast snooping, for bridges.
     pub bridge_mcast_snooping: Option<bool>,
+    /// For a bridge port: whether it is isolated (`bridge link set ... isolated on`).
+    pub isolated: Option<bool>,
 }
 
 /// The vxlan parameters the datapath cares about.
@@ -235,6 +237,28 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("create bridge {name}")))
+    }
+
+    /// Creates a bridge (down) with the kernel's defaults; one that exists already is not an
+    /// error.
+    pub async fn ensure_plain_bridge(&self, name: &str) -> Result<()> {
+        match self
+            .handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = Error::netlink(format!("create bridge {name}"), e);
+                if is_errno(&e, libc::EEXIST) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// Turns multicast snooping of an existing bridge on or off.
@@ -480,6 +504,46 @@ impl Netlink {
         Ok(())
     }
 
+    /// The IPv4 routes of every table with a destination prefix (default routes left out),
+    /// as (destination, output interface).
+    pub async fn routes_v4(&self) -> Result<Vec<(Ipv4Network, Option<u32>)>> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        let routes: Vec<_> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("dump routes"))?;
+        Ok(routes
+            .iter()
+            .filter(|r| r.header.destination_prefix_length > 0)
+            .filter_map(|r| {
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })?;
+                let net = Ipv4Network::new(dst, r.header.destination_prefix_length).ok()?;
+                Some((net, oif))
+            })
+            .collect())
+    }
+
+    /// Isolates a bridge port, or not (`bridge link set dev PORT isolated on|off`).
+    pub async fn set_port_isolated(&self, index: u32, on: bool) -> Result<()> {
+        self.handle
+            .link()
+            .set_port(rtnetlink::LinkBridgePort::new(index).isolated(on).build())
+            .execute()
+            .await
+            .map_err(nl(format!("set bridge port {index} isolated {on}")))
+    }
+
     /// Adds an IPv4 route `dst [via gateway] [dev oif]`.
     pub async fn add_route_v4(
         &self,
@@ -684,6 +748,7 @@ fn parse_link(m: &LinkMessage) -> Link {
         peer: None,
         vxlan: None,
         bridge_mcast_snooping: None,
+        isolated: None,
     };
     for a in &m.attributes {
         match a {
@@ -698,6 +763,12 @@ fn parse_link(m: &LinkMessage) -> Link {
                     match info {
                         LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
                         LinkInfo::Data(InfoData::Vxlan(v)) => link.vxlan = Some(parse_vxlan(v)),
+                        LinkInfo::PortData(InfoPortData::BridgePort(ps)) => {
+                            link.isolated = ps.iter().find_map(|p| match p {
+                                InfoBridgePort::Isolated(v) => Some(*v),
+                                _ => None,
+                            })
+                        }
                         LinkInfo::Data(InfoData::Bridge(b)) => {
                             link.bridge_mcast_snooping = b.iter().find_map(|o| match o {
                                 InfoBridge::MulticastSnooping(v) => Some(*v),
