@@ -7,7 +7,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use ovl_model::{MacAddr, Plug};
+use ovl_model::{ContainerSeen, EndpointSpec, EndpointStatus, MacAddr, Plug};
 
 /// Namespaces `dki-*`, deleted on drop.
 #[derive(Default)]
@@ -94,6 +94,24 @@ async fn unplugged_endpoint_is_moved_like_docker_does() {
     dup.mac = MacAddr::from_ipv4(Ipv4Addr::new(10, 81, 0, 9));
     assert!(dp.attach(&s, &dup).await.is_err());
 
+    // The reconciler's view while it waits in the host namespace: dockerd's, not ours.
+    let id = e1.endpoint_id.clone();
+    let mut want = desired(&s, &[], &["c2"]);
+    want.networks
+        .get_mut("blue")
+        .unwrap()
+        .local_endpoints
+        .insert(id.clone(), Some(e1.clone()));
+    let seen = |o: &ovl_dp_kernel::Observed| o.networks["blue"].containers[&id].clone();
+    let obs = dp.observe_with(&want).await.unwrap();
+    assert_eq!(
+        seen(&obs),
+        ContainerSeen::AwaitingDocker {
+            name: "ovdtest1".into()
+        }
+    );
+    assert_eq!(ovl_dp_kernel::plan(&want, &obs), vec![]);
+
     // What libnetwork does: move it into the sandbox, rename, address, up.
     sh(&format!("ip -n {host} link set ovdtest1 netns {c1}"));
     sh(&format!("ip -n {c1} link set ovdtest1 name eth0"));
@@ -103,6 +121,42 @@ async fn unplugged_endpoint_is_moved_like_docker_does() {
     dp.attach(&s, &e2).await.unwrap();
     assert!(ping_ok(&c1, e2.ip));
     assert!(ping_ok(&c2, e1.ip));
+    // Found in the sandbox, as specified: its name is what the agent records.
+    let obs = dp.observe_with(&want).await.unwrap();
+    assert!(matches!(seen(&obs), ContainerSeen::Present(ref l) if l.name == "eth0"));
+    assert_eq!(
+        ovl_dp_kernel::statuses(&want, &obs)[&("blue".to_string(), id.clone())],
+        EndpointStatus::Ok {
+            ifname: "eth0".into()
+        }
+    );
+
+    // Deleted inside the container: restored there under the recorded name (dockerd does
+    // not move an interface twice).
+    want.networks
+        .get_mut("blue")
+        .unwrap()
+        .local_endpoints
+        .insert(
+            id.clone(),
+            Some(EndpointSpec {
+                ifname: Some("eth0".into()),
+                ..e1.clone()
+            }),
+        );
+    sh(&format!("ip -n {c1} link del eth0"));
+    let ops = ovl_dp_kernel::plan(&want, &dp.observe_with(&want).await.unwrap());
+    assert!(
+        matches!(&ops[..], [ovl_dp_kernel::Op::PlugEndpoint { .. }]),
+        "{ops:?}"
+    );
+    assert!(dp.apply(&ops).await.is_ok());
+    assert!(sh(&format!("ip -n {c1} -o addr show dev eth0")).contains("10.81.0.2/24"));
+    assert!(ping_ok(&c2, e1.ip));
+    assert_eq!(
+        ovl_dp_kernel::plan(&want, &dp.observe_with(&want).await.unwrap()),
+        vec![]
+    );
 
     // Detach removes the pair, wherever its other end is.
     dp.detach("blue", &e1.endpoint_id).await.unwrap();
