@@ -28,6 +28,7 @@ use ovl_model::{
 use ovl_netlink::netns::{current_netns_path, is_netns, netns_id, open_netns};
 use ovl_netlink::veth::{
     self, ContainerEnd, Finder, Pair, Peer, Snapshot, configure_container_end, configure_host_end,
+    host_view,
 };
 use ovl_netlink::{HostMounts, Link, Netlink};
 use serde::Serialize;
@@ -140,7 +141,7 @@ impl EbpfBackend {
             .map(|l| (l.index, l.up, l.mtu));
         let ports = host_ports(&links);
         let mut containers = BTreeMap::new();
-        let mut finder = Finder::new(None);
+        let mut finder = Finder::new(None, self.cfg.mounts.clone());
         for (name, n) in &want.networks {
             for (id, ep) in &n.local_endpoints {
                 let Some(ep) = ep else { continue };
@@ -265,12 +266,14 @@ impl EbpfBackend {
             } => dp.set_remote(*vni, *mac, *ip, *vtep),
             EbpfOp::SetFlood { vni, vteps, .. } => dp.set_flood(*vni, vteps),
             EbpfOp::PlugEndpoint { net, ep, .. } => {
+                let ep = &host_view(&self.cfg.mounts, ep);
                 check_container_netns(ep)?;
                 self.plug_locked(dp, have, host, net, ep).await.map(drop)
             }
             EbpfOp::ReplugEndpoint {
                 net, ep, ifindex, ..
             } => {
+                let ep = &host_view(&self.cfg.mounts, ep);
                 check_container_netns(ep)?;
                 remove_host_end(dp, host, *ifindex).await?;
                 self.plug_locked(dp, have, host, net, ep).await.map(drop)
@@ -338,6 +341,7 @@ impl EbpfBackend {
     /// endpoint again converges it. Bad input fails before any change.
     pub async fn attach(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
         self.check_spec(spec, ep)?;
+        let ep = &host_view(&self.cfg.mounts, ep);
         if ep.plug == Plug::Netns {
             check_container_netns(ep)?;
             if netns_id(&ep.netns)? == netns_id(&current_netns_path())? {

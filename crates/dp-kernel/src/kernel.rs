@@ -24,6 +24,7 @@ use ovl_netlink::netns::{
 };
 use ovl_netlink::veth::{
     self, ContainerEnd, Finder, Pair, Peer, Snapshot, configure_container_end, configure_host_end,
+    host_view,
 };
 use ovl_netlink::{HostMounts, Link, Netlink, VxlanConfig, is_errno};
 use tokio::sync::Mutex;
@@ -164,7 +165,7 @@ impl KernelDatapath {
     /// `want` gives specs for.
     pub async fn observe_with(&self, want: &Desired) -> Result<Observed> {
         let mut observed = Observed::default();
-        let mut containers = Finder::new(self.host_netns.clone());
+        let mut containers = Finder::new(self.host_netns.clone(), self.mounts.clone());
         for name in self.sandbox_names()? {
             let obs = self
                 .observe_network_at(&name, want.networks.get(&name), &mut containers)
@@ -193,7 +194,7 @@ impl KernelDatapath {
         if !self.sandbox_path(name).exists() {
             return Ok(None);
         }
-        let mut c = Finder::new(self.host_netns.clone());
+        let mut c = Finder::new(self.host_netns.clone(), self.mounts.clone());
         self.observe_network_at(name, None, &mut c).await.map(Some)
     }
 
@@ -385,10 +386,12 @@ impl KernelDatapath {
                 remove_port(&c.nl, endpoint_id).await
             }
             Op::PlugEndpoint { net, ep, .. } => {
+                let ep = &host_view(&self.mounts, ep);
                 self.check_container_netns(ep)?;
                 self.plug_locked(net, ep).await.map(drop)
             }
             Op::ReplugEndpoint { net, ep, .. } => {
+                let ep = &host_view(&self.mounts, ep);
                 self.check_container_netns(ep)?;
                 let c = self.sandbox_conn(&net.name, conns).await?;
                 remove_port(&c.nl, &ep.endpoint_id).await?;
@@ -688,6 +691,7 @@ impl KernelDatapath {
     pub async fn attach(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
         spec.validate()?;
         ep.validate(spec)?;
+        let ep = &host_view(&self.mounts, ep);
         let ct_id = match &ep.plug {
             Plug::Netns => {
                 self.check_container_netns(ep)?;
@@ -717,7 +721,7 @@ impl KernelDatapath {
         }
         let mut stale = Vec::new();
         if is_netns(&sandbox) {
-            let mut c = Finder::new(self.host_netns.clone());
+            let mut c = Finder::new(self.host_netns.clone(), self.mounts.clone());
             let obs = self.observe_network_at(&spec.name, None, &mut c).await?;
             check_conflicts(&obs, spec, ep)?;
             stale = stale_remote_entries(&obs, ep);

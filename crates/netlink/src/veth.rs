@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use ovl_model::{ContainerLink, ContainerSeen, EndpointSpec, MacAddr, Plug, marker_of};
 
 use crate::error::{Error, Result};
+use crate::host::HostMounts;
 use crate::link::{Link, Netlink, VethPeer};
 
 /// How the container end is configured.
@@ -293,21 +294,35 @@ impl Snapshot {
     }
 }
 
+/// The spec as this process reaches it: its namespace path resolved in the host's mount
+/// namespace (paths users and dockerd give name the host's files; the agent may run in a
+/// mount namespace of its own that does not see mounts made after it started).
+pub fn host_view(mounts: &HostMounts, ep: &EndpointSpec) -> EndpointSpec {
+    EndpointSpec {
+        netns: mounts.resolve(&ep.netns),
+        ..ep.clone()
+    }
+}
+
 /// Finds container ends during one observation: one snapshot per container namespace
 /// (several endpoints share one) and one of the host namespace.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Finder {
     host_netns: Option<PathBuf>,
+    mounts: HostMounts,
     by_path: HashMap<PathBuf, Option<Snapshot>>,
     host: Option<Snapshot>,
 }
 
 impl Finder {
-    /// A finder whose host namespace is `host_netns` (`None`: the caller's).
-    pub fn new(host_netns: Option<PathBuf>) -> Finder {
+    /// A finder whose host namespace is `host_netns` (`None`: the caller's); container
+    /// namespace paths are the host's, resolved through `mounts`.
+    pub fn new(host_netns: Option<PathBuf>, mounts: HostMounts) -> Finder {
         Finder {
             host_netns,
-            ..Finder::default()
+            mounts,
+            by_path: HashMap::new(),
+            host: None,
         }
     }
 
@@ -349,7 +364,8 @@ impl Finder {
         host_end: Option<u32>,
     ) -> Result<ContainerSeen> {
         let id = &ep.endpoint_id;
-        let seen = match self.snapshot(&ep.netns).await? {
+        let path = self.mounts.resolve(&ep.netns);
+        let seen = match self.snapshot(&path).await? {
             None => return Ok(ContainerSeen::NetnsGone),
             Some(snap) => match host_end.and_then(|h| snap.container_end(network, id, Some(h))) {
                 Some(l) => return Ok(ContainerSeen::Present(snap.container_link(l))),
