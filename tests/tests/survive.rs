@@ -218,22 +218,22 @@ fn survives_stops(name: &str, datapath: DatapathSel, launch: Launch) {
 
 #[test]
 fn kernel_datapath_survives_an_agent_started_with_ip_netns_exec() {
-    survives_stops("t15kx", DatapathSel::Kernel, Launch::IpNetnsExec);
+    survives_stops("tdpkx", DatapathSel::Kernel, Launch::IpNetnsExec);
 }
 
 #[test]
 fn ebpf_datapath_survives_an_agent_started_with_ip_netns_exec() {
-    survives_stops("t15ex", DatapathSel::Ebpf, Launch::IpNetnsExec);
+    survives_stops("tdpex", DatapathSel::Ebpf, Launch::IpNetnsExec);
 }
 
 #[test]
 fn kernel_datapath_survives_an_agent_in_the_root_mount_namespace() {
-    survives_stops("t15kr", DatapathSel::Kernel, Launch::Nsenter);
+    survives_stops("tdpkr", DatapathSel::Kernel, Launch::Nsenter);
 }
 
 #[test]
 fn ebpf_datapath_survives_an_agent_in_the_root_mount_namespace() {
-    survives_stops("t15er", DatapathSel::Ebpf, Launch::Nsenter);
+    survives_stops("tdper", DatapathSel::Ebpf, Launch::Nsenter);
 }
 
 /// Breaks c2's interface with `break_cmd` (in c2) until `peers` on host 2 shows a
@@ -345,12 +345,12 @@ fn container_end_is_restored(name: &str, datapath: DatapathSel) {
 
 #[test]
 fn kernel_container_end_is_restored_or_reported() {
-    container_end_is_restored("t15kc", DatapathSel::Kernel);
+    container_end_is_restored("tdpkc", DatapathSel::Kernel);
 }
 
 #[test]
 fn ebpf_container_end_is_restored_or_reported() {
-    container_end_is_restored("t15ec", DatapathSel::Ebpf);
+    container_end_is_restored("tdpec", DatapathSel::Ebpf);
 }
 
 /// Restarts host `i`'s agent on datapath `to`; returns the time from its answering to the
@@ -371,7 +371,7 @@ fn switch(lab: &mut Lab, i: usize, to: &str, from: &str, ip: &str) -> Duration {
 
 #[test]
 fn datapath_switch_with_endpoints_present() {
-    let mut lab = lab_of("t15sw", DatapathSel::Ebpf, Launch::IpNetnsExec);
+    let mut lab = lab_of("tdpsw", DatapathSel::Ebpf, Launch::IpNetnsExec);
     ctl(&lab, 0, &["network", "create", "net1"]);
     let (c1, ip1) = attach(&lab, 0, "net1", "c1", &[]);
     let (c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);

@@ -19,6 +19,19 @@ use ovl_netlink::HostMounts;
 const VNI: u32 = 100;
 const REMOTE: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x0c]);
 
+/// A directory under /tmp, removed on drop (after the mounts in it, declared later).
+struct Base(PathBuf);
+
+impl Drop for Base {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("cleanup: {}: {e}", self.0.display());
+        }
+    }
+}
+
 /// A bpffs mount point under /tmp, unmounted and removed on drop.
 struct Bpffs(PathBuf);
 
@@ -83,9 +96,12 @@ fn pins_made_from_a_private_mount_namespace_outlive_it_and_are_adopted() {
     ns.sh("ip link add ebtul type veth peer name ebtulp");
     ns.sh("ip addr add 198.18.0.11/24 dev ebtul");
     ns.sh("ip link set ebtul up");
-    let base = PathBuf::from(format!("/tmp/ebt-pins-{}", std::process::id()));
-    let durable = Bpffs(base.join("durable"));
-    let fragile = Bpffs(base.join("fragile"));
+    let base = Base(PathBuf::from(format!(
+        "/tmp/ebt-pins-{}",
+        std::process::id()
+    )));
+    let durable = Bpffs(base.0.join("durable"));
+    let fragile = Bpffs(base.0.join("fragile"));
 
     // Positive control first: pins on a bpffs of the private namespace die with it.
     load_in_private_mount_namespace(&ns, fragile.0.clone(), false);
@@ -117,6 +133,5 @@ fn pins_made_from_a_private_mount_namespace_outlive_it_and_are_adopted() {
         Some(Ipv4Addr::new(198, 18, 0, 12)),
         "{st:?}"
     );
-    drop((durable, fragile));
-    let _ = std::fs::remove_dir(&base);
+    drop((durable, fragile, base));
 }
