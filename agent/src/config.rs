@@ -309,7 +309,7 @@ impl Settings {
         let vxlan_port = cli
             .vxlan_port
             .or(file.vxlan_port)
-            .unwrap_or(ovl_datapath::VXLAN_PORT);
+            .unwrap_or(ovl_model::VXLAN_PORT);
         if vxlan_port == 0 {
             return Err(ConfigError(
                 "invalid --vxlan-port 0: must be a UDP port 1-65535".into(),

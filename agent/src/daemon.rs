@@ -31,7 +31,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if !tightened.is_empty() {
         tracing::info!(paths = ?tightened, "made state files readable by root only");
     }
-    let mtu = ovl_datapath::underlay_mtu(settings.advertise_addr).with_context(|| {
+    let mtu = ovl_netlink::underlay_mtu(settings.advertise_addr).with_context(|| {
         format!(
             "no interface holds the advertise address {}",
             settings.advertise_addr

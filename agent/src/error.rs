@@ -24,9 +24,9 @@ pub enum AgentError {
     /// The gateway bridge refused or failed.
     #[error("gateway: {0}")]
     Gateway(#[from] ovl_gateway::Error),
-    /// Programming the kernel failed.
+    /// The datapath refused or failed.
     #[error("datapath: {0}")]
-    Datapath(String),
+    Datapath(#[from] crate::datapath::DatapathError),
     /// An operation failed and so did part of undoing it: what is left is named.
     #[error("{op}: {error}; cleaning up also failed: {}", cleanup.join("; "))]
     Rollback {
@@ -82,8 +82,14 @@ impl AgentError {
                 | ovl_gateway::Error::InvalidPort { .. } => 409,
                 _ => 500,
             },
+            AgentError::Datapath(e) => match e.kind() {
+                ovl_model::ErrorKind::Invalid => 400,
+                ovl_model::ErrorKind::NotFound => 404,
+                ovl_model::ErrorKind::Conflict => 409,
+                ovl_model::ErrorKind::Internal => 500,
+            },
             AgentError::Rollback { error, .. } => error.status(),
-            AgentError::Datapath(_) | AgentError::Io { .. } | AgentError::Internal(_) => 500,
+            AgentError::Io { .. } | AgentError::Internal(_) => 500,
         }
     }
 

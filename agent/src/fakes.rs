@@ -11,14 +11,14 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use ovl_core::ClusterView;
-use ovl_datapath::{Attached, Desired, EndpointSpec, NetworkSpec};
+use ovl_model::{Attached, Desired, EndpointSpec, EndpointStatus, NetworkSpec, Plug};
 
 use crate::{
     agent::{Agent, Services},
     api::types::DnsLookup,
     config::{Cli, Settings},
-    datapath::{Converged, Datapath, NetReport},
-    error::{AgentError, Result},
+    datapath::{Converged, Datapath, DatapathError, Details, DpResult, NetReport, Report},
+    error::Result,
     gateway::{self, Gateway, GatewayEndpoint, GatewayInfo, PortMap},
     local::Attachment,
     local::LocalState,
@@ -78,9 +78,12 @@ impl FakeDatapath {
         self.ports.lock().unwrap().keys().cloned().collect()
     }
 
-    fn take(slot: &Mutex<Option<String>>) -> Result<()> {
+    fn take(slot: &Mutex<Option<String>>) -> DpResult<()> {
         match slot.lock().unwrap().take() {
-            Some(m) => Err(AgentError::Datapath(m)),
+            Some(m) => Err(DatapathError::Toolkit(ovl_netlink::Error::Sys {
+                context: m,
+                source: nix::Error::EBUSY,
+            })),
             None => Ok(()),
         }
     }
@@ -92,7 +95,7 @@ impl FakeDatapath {
                 !desired
                     .networks
                     .get(n)
-                    .is_some_and(|d| d.local_endpoints.contains(id))
+                    .is_some_and(|d| d.local_endpoints.contains_key(id))
             })
             .collect()
     }
@@ -104,20 +107,23 @@ impl Datapath for FakeDatapath {
         "fake"
     }
 
-    async fn converge(&self, desired: &Desired) -> Result<Converged> {
+    async fn converge(&self, desired: &Desired) -> DpResult<Converged> {
         let stale = self.stale(desired);
-        let mut ports = self.ports.lock().unwrap();
-        for k in &stale {
-            ports.remove(k);
+        {
+            let mut ports = self.ports.lock().unwrap();
+            for k in &stale {
+                ports.remove(k);
+            }
         }
         *self.last.lock().unwrap() = Some(desired.clone());
         Ok(Converged {
             applied: stale.len(),
             failed: Vec::new(),
+            endpoints: self.endpoint_status(),
         })
     }
 
-    async fn report(&self, desired: &Desired) -> Result<BTreeMap<String, NetReport>> {
+    async fn report(&self, desired: &Desired) -> DpResult<Report> {
         let mut out: BTreeMap<String, NetReport> = BTreeMap::new();
         for (n, id) in self.keys() {
             out.entry(n).or_default().actual.push(format!("local {id}"));
@@ -128,19 +134,25 @@ impl Datapath for FakeDatapath {
                 .diff
                 .push(format!("{n}: remove endpoint {id}"));
         }
-        Ok(out)
+        Ok(Report {
+            networks: out,
+            endpoints: self.endpoint_status(),
+        })
     }
 
-    async fn attach(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
+    async fn attach(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> DpResult<Attached> {
         Self::take(&self.fail_attach)?;
-        let ifname = ep.ifname.clone().unwrap_or_else(|| "eth0".into());
+        let (ifname, unplugged) = match &ep.plug {
+            Plug::Netns => (ep.ifname.clone().unwrap_or_else(|| "eth0".into()), false),
+            Plug::Docker { tmp } => (tmp.clone(), true),
+        };
         self.ports.lock().unwrap().insert(
             (spec.name.clone(), ep.endpoint_id.clone()),
             FakePort {
                 spec: spec.clone(),
                 ep: ep.clone(),
                 ifname: ifname.clone(),
-                unplugged: false,
+                unplugged,
             },
         );
         Ok(Attached {
@@ -150,21 +162,7 @@ impl Datapath for FakeDatapath {
         })
     }
 
-    async fn attach_unplugged(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
-        let mut a = self.attach(spec, ep).await?;
-        if let Some(p) = self
-            .ports
-            .lock()
-            .unwrap()
-            .get_mut(&(spec.name.clone(), ep.endpoint_id.clone()))
-        {
-            p.unplugged = true;
-        }
-        a.ifname = ep.ifname.clone().unwrap_or_default();
-        Ok(a)
-    }
-
-    async fn detach(&self, network: &str, endpoint_id: &str) -> Result<()> {
+    async fn detach(&self, network: &str, endpoint_id: &str) -> DpResult<()> {
         Self::take(&self.fail_detach)?;
         self.ports
             .lock()
@@ -173,8 +171,30 @@ impl Datapath for FakeDatapath {
         Ok(())
     }
 
-    async fn details(&self) -> serde_json::Value {
-        serde_json::json!({ "mode": "fake", "endpoints": self.keys().len() })
+    fn endpoint_status(&self) -> BTreeMap<(String, String), EndpointStatus> {
+        self.ports
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, p)| {
+                (
+                    k.clone(),
+                    EndpointStatus::Ok {
+                        ifname: p.ifname.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    async fn details(&self) -> Details {
+        Details::Kernel(crate::datapath::kernel::KernelDetails {
+            mode: "fake",
+            mounts: String::new(),
+            observed: None,
+            error: None,
+            switched: None,
+        })
     }
 }
 

@@ -1458,7 +1458,15 @@ fn compose_two_hosts(name: &str, engine: Engine) {
     }
     let page = lab.docker(
         1,
-        &["exec", client, "wget", "-q", "-O", "-", "http://web/index.html"],
+        &[
+            "exec",
+            client,
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://web/index.html",
+        ],
     );
     assert_eq!(page, "hello-from-web");
 
@@ -1470,13 +1478,19 @@ fn compose_two_hosts(name: &str, engine: Engine) {
     assert!(can_ping(&lab, 1, client, "client"));
     // Up again on host 1: the same network, reachable at once.
     compose(0, &["up", "-d"]);
-    within("web back, reached from host 2", Duration::from_secs(20), || {
-        can_ping(&lab, 1, client, web)
-    });
+    within(
+        "web back, reached from host 2",
+        Duration::from_secs(20),
+        || can_ping(&lab, 1, client, web),
+    );
     compose(0, &["down"]);
     compose(1, &["down"]);
-    within("myapp_front gone everywhere", Duration::from_secs(5), || {
-        !lab.ovl_networks(0).contains_key("myapp_front")
-            && !lab.ovl_networks(1).contains_key("myapp_front")
-    });
+    within(
+        "myapp_front gone everywhere",
+        Duration::from_secs(5),
+        || {
+            !lab.ovl_networks(0).contains_key("myapp_front")
+                && !lab.ovl_networks(1).contains_key("myapp_front")
+        },
+    );
 }

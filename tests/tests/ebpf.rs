@@ -245,7 +245,21 @@ fn ebpf_mixed_lab_interoperates() {
 
 #[test]
 fn ebpf_spoofing_is_dropped_and_counted() {
-    let lab = ebpf_lab("t7spoof", 2, DatapathSel::Ebpf);
+    // The reconciler restores a container's MAC (issue 15): a resync period longer than the
+    // test keeps the spoofed MAC in place while the programs are watched dropping it.
+    let mut cfg = LabConfig::new("t7spoof", 2);
+    cfg.datapath = DatapathSel::Ebpf;
+    cfg.agent_args = [
+        "--lease-ttl",
+        "4",
+        "--resync-interval",
+        "120",
+        "--dns-upstream",
+        xtask::lab::OUTSIDE_ADDR,
+    ]
+    .map(String::from)
+    .to_vec();
+    let lab = lab_with(cfg);
     ctl(&lab, 0, &["network", "create", "net1", "--internal"]);
     let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
     let (_c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);

@@ -64,6 +64,19 @@ pub enum DatapathSel {
     Mixed,
 }
 
+/// How the lab starts its agents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Launch {
+    /// `nsenter --net=/run/netns/HOST overlay-agent ...`: the network namespace only; the
+    /// agent shares the caller's mount namespace.
+    #[default]
+    Nsenter,
+    /// `ip netns exec HOST overlay-agent ...`, as the README starts it: the agent also gets a
+    /// private mount namespace of its own, which dies with it.
+    IpNetnsExec,
+}
+
 /// How to build a lab.
 #[derive(Debug, Clone)]
 pub struct LabConfig {
@@ -81,6 +94,8 @@ pub struct LabConfig {
     pub agent_args: Vec<String>,
     /// Start agents with `--docker-plugin`... left to callers via `agent_args`.
     pub start_agents: bool,
+    /// How agents are started.
+    pub launch: Launch,
 }
 
 impl LabConfig {
@@ -105,6 +120,7 @@ impl LabConfig {
             .map(String::from)
             .to_vec(),
             start_agents: true,
+            launch: Launch::Nsenter,
         }
     }
 }
@@ -149,6 +165,9 @@ pub struct LabState {
     pub bin_dir: PathBuf,
     /// Extra agent arguments.
     pub agent_args: Vec<String>,
+    /// How agents are started.
+    #[serde(default)]
+    pub launch: Launch,
 }
 
 /// A running lab. Dropping it does NOT tear it down (the CLI keeps labs across commands);
@@ -259,6 +278,7 @@ impl Lab {
                 hosts,
                 bin_dir: cfg.bin_dir.clone(),
                 agent_args: cfg.agent_args.clone(),
+                launch: cfg.launch,
             },
             children: Vec::new(),
         };
@@ -567,7 +587,17 @@ impl Lab {
             .append(true)
             .open(&h.log)?;
         let agent = self.state.bin_dir.join("overlay-agent");
-        let child = in_ns(&h.ns, agent.to_str().expect("utf-8 path"))
+        let agent = agent.to_str().expect("utf-8 path");
+        let mut cmd = match self.state.launch {
+            Launch::Nsenter => in_ns(&h.ns, agent),
+            Launch::IpNetnsExec => {
+                // `ip netns exec` execs the agent in place: the child's PID is the agent's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &h.ns, agent]);
+                c
+            }
+        };
+        let child = cmd
             .args(["--host-id", &h.id, "--advertise-addr", &h.addr])
             .args(self.kv_args())
             .args(["--datapath", &h.datapath])

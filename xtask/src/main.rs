@@ -86,6 +86,10 @@ enum LabCmd {
         /// Lab name (prefix of its namespaces).
         #[arg(long, default_value = "lab")]
         name: String,
+        /// How to start the agents: `nsenter` (network namespace only) or `ip-netns-exec`
+        /// (also a private mount namespace, as the README starts them).
+        #[arg(long, value_enum, default_value_t = lab::Launch::Nsenter)]
+        launch: lab::Launch,
         /// Extra arguments for every agent (after `--`).
         #[arg(last = true)]
         agent_args: Vec<String>,
@@ -154,12 +158,14 @@ fn run(cli: Cli) -> Result<i32> {
             kv,
             datapath,
             name,
+            launch,
             agent_args,
         }) => {
             build_agent()?;
             let mut cfg = LabConfig::new(&name, hosts);
             cfg.kv = kv;
             cfg.datapath = datapath;
+            cfg.launch = launch;
             cfg.agent_args = agent_args;
             let lab = Lab::up(cfg)?;
             println!("lab {name} is up: {hosts} hosts, kv {}", lab.state.kv_url);

@@ -7,7 +7,7 @@ use std::{
 };
 
 use ovl_core::{EndpointRecord, NetworkRecord, ipam, model};
-use ovl_datapath::{EndpointSpec, MacAddr};
+use ovl_model::{EndpointSpec, Plug};
 
 use super::Agent;
 use crate::{
@@ -15,7 +15,7 @@ use crate::{
     counters::Counters,
     error::{AgentError, Result},
     local::{self, Attachment},
-    reconcile::{Plug, desired},
+    reconcile::desired,
 };
 
 /// What plumbing an endpoint made.
@@ -41,17 +41,19 @@ impl Agent {
         plug: Plug,
     ) -> Result<Plumbed> {
         let spec = desired::spec(net, &self.me());
+        let standalone = matches!(plug, Plug::Netns);
         let ep = EndpointSpec {
             endpoint_id: rec.id.clone(),
             netns: netns.to_path_buf(),
-            mac: MacAddr(rec.mac.0),
+            mac: rec.mac,
             ip: rec.ip,
             prefix_len: net.subnet.prefix(),
             mtu: spec.mtu,
             ifname: None,
+            plug,
         };
         let key = (net.name.clone(), rec.id.clone());
-        let attached = match self.rec.plumb(&key, net, &spec, &ep, &plug).await {
+        let attached = match self.rec.plumb(&key, net, &spec, &ep).await {
             Ok(a) => a,
             Err(e) => {
                 if let AgentError::Rollback { cleanup, .. } = &e {
@@ -60,7 +62,6 @@ impl Agent {
                 return Err(e);
             }
         };
-        let standalone = matches!(plug, Plug::IntoNetns);
         let netns_key = match local::netns_key(netns) {
             Ok(k) => k,
             // dockerd's sandbox file may not be visible from here; the endpoint is then a
@@ -142,7 +143,14 @@ impl Agent {
                 ));
             }
         };
-        if !ovl_datapath::netns::is_netns(&netns) {
+        if let Some(m) = req.mac
+            && !m.is_host()
+        {
+            return Err(AgentError::Invalid(format!(
+                "invalid MAC address {m}: not a unicast address"
+            )));
+        }
+        if !ovl_netlink::netns::is_netns(&netns) {
             return Err(AgentError::Invalid(format!(
                 "{} is not a network namespace",
                 netns.display()
@@ -195,7 +203,7 @@ impl Agent {
                 (rec, true)
             }
         };
-        let plumbed = match self.plumb(&net, &rec, &netns, Plug::IntoNetns).await {
+        let plumbed = match self.plumb(&net, &rec, &netns, Plug::Netns).await {
             Ok(p) => p,
             Err(e) => {
                 let cleanup = if created {
@@ -208,7 +216,6 @@ impl Agent {
                     .await);
             }
         };
-        tune_arp(&netns, &plumbed.ifname);
         let mut att = self
             .local
             .get(&net.name, &id)
@@ -347,8 +354,7 @@ impl Agent {
         }
         let ep = self.gw.attach(nskey, netns).await?;
         if !ports.is_empty() {
-            let maps: Vec<ovl_gateway::PortMap> = ports.iter().map(to_gw_port).collect();
-            self.gw.publish(nskey, &maps).await?;
+            self.gw.publish(nskey, ports).await?;
         }
         Ok(ep.ifname)
     }
@@ -367,42 +373,12 @@ impl Agent {
         }
         let ports: Vec<ovl_gateway::PortMap> = rest
             .iter()
-            .flat_map(|a| a.endpoint.publish.iter().map(to_gw_port))
+            .flat_map(|a| a.endpoint.publish.iter().copied())
             .collect();
         self.gw.unpublish(nskey).await?;
         if !ports.is_empty() {
             self.gw.publish(nskey, &ports).await?;
         }
         Ok(())
-    }
-}
-
-fn to_gw_port(p: &ovl_core::PortMap) -> ovl_gateway::PortMap {
-    ovl_gateway::PortMap {
-        host_port: p.host_port,
-        container_port: p.port,
-        proto: match p.proto {
-            ovl_core::Proto::Tcp => ovl_gateway::Proto::Tcp,
-            ovl_core::Proto::Udp => ovl_gateway::Proto::Udp,
-        },
-    }
-}
-
-/// ARP retransmit time on overlay interfaces. Neighbours on the overlay are answered locally
-/// (proxy ARP from programmed entries, or in BPF), so a request sent a moment before the
-/// peer's entry arrived is dropped; the kernel's default retry after 1 s is what made
-/// Docker's overlay take over a second to converge. Retrying after 100 ms costs nothing.
-const ARP_RETRANS_MS: &str = "100";
-
-/// Sets [`ARP_RETRANS_MS`] on `ifname` inside `netns` (best effort: a failure only slows
-/// the first contact).
-fn tune_arp(netns: &Path, ifname: &str) {
-    let knob = format!("/proc/sys/net/ipv4/neigh/{ifname}/retrans_time_ms");
-    let r = ovl_datapath::netns::run_in_netns(Some(netns), move || {
-        std::fs::write(&knob, ARP_RETRANS_MS)
-            .map_err(|e| ovl_datapath::Error::InvalidInput(format!("{knob}: {e}")))
-    });
-    if let Err(e) = r {
-        tracing::debug!(netns = %netns.display(), error = %e, "tuning ARP retransmits");
     }
 }

@@ -7,7 +7,9 @@ use ovl_core::{EndpointRecord, StoreError};
 
 use super::Agent;
 use crate::{
-    api::types::{Counts, DnsLookup, HostInfo, KvStatus, Peers, PeersNetwork, Status},
+    api::types::{
+        Counts, DnsLookup, EndpointView, HostInfo, KvStatus, Peers, PeersNetwork, Status,
+    },
     error::{AgentError, Result},
     reconcile::liveness::HostState,
 };
@@ -57,7 +59,7 @@ impl Agent {
             .published()
             .into_iter()
             .map(|(ep, p)| {
-                format!("{}:{}/{:?}->{}", p.host_port, p.container_port, p.proto, ep).to_lowercase()
+                format!("{}:{}/{:?}->{}", p.host_port, p.port, p.proto, ep).to_lowercase()
             })
             .collect();
         if !ports.is_empty() {
@@ -100,20 +102,29 @@ impl Agent {
             .collect()
     }
 
-    /// `overlayctl endpoints`: from the KV, or the last view while it is unreachable.
-    pub async fn endpoints(&self, net: Option<&str>) -> Result<Vec<EndpointRecord>> {
-        match self.store.endpoints(net).await {
-            Ok(e) => Ok(e),
+    /// `overlayctl endpoints`: the cluster's endpoints (from the KV, or the last view while
+    /// it is unreachable), this host's with their datapath state.
+    pub async fn endpoints(&self, net: Option<&str>) -> Result<Vec<EndpointView>> {
+        let records: Vec<EndpointRecord> = match self.store.endpoints(net).await {
+            Ok(e) => e,
             Err(StoreError::Kv(k)) if k.is_unreachable() => {
                 let v = self.view();
-                Ok(v.endpoints
+                v.endpoints
                     .values()
                     .filter(|e| net.is_none_or(|n| e.network == n))
                     .cloned()
-                    .collect())
+                    .collect()
             }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        let mut status = self.rec.datapath().endpoint_status();
+        Ok(records
+            .into_iter()
+            .map(|record| EndpointView {
+                status: status.remove(&(record.network.clone(), record.id.clone())),
+                record,
+            })
+            .collect())
     }
 
     /// `overlayctl dns lookup NAME --from CNAME`: answers as CNAME's resolver would.
@@ -145,7 +156,8 @@ impl Agent {
     pub async fn peers(&self, only: Option<&str>) -> Result<Peers> {
         let view = self.view();
         let here = self.here(&view);
-        let (want, mut reports) = self.rec.report(&view, &self.me(), &here).await?;
+        let (want, report) = self.rec.report(&view, &self.me(), &here).await?;
+        let mut reports = report.networks;
         for (net, line) in self.record_conflicts(&view) {
             reports.entry(net).or_default().diff.push(line);
         }
@@ -166,7 +178,15 @@ impl Agent {
                     d.spec.vni, d.spec.local_vtep, d.spec.mtu
                 ));
                 n.desired
-                    .extend(d.local_endpoints.iter().map(|id| format!("local {id}")));
+                    .extend(d.local_endpoints.iter().map(|(id, ep)| match ep {
+                        Some(ep) => format!(
+                            "local {id} {}/{} in {}",
+                            ep.ip,
+                            ep.prefix_len,
+                            ep.netns.display()
+                        ),
+                        None => format!("local {id}"),
+                    }));
                 n.desired.extend(
                     d.peers
                         .iter()
@@ -185,7 +205,7 @@ impl Agent {
     }
 
     /// `overlayctl datapath`: details and counters of the datapath.
-    pub async fn datapath_details(&self) -> serde_json::Value {
+    pub async fn datapath_details(&self) -> crate::datapath::Details {
         self.rec.datapath().details().await
     }
 }

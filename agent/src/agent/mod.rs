@@ -36,7 +36,7 @@ use crate::{
     probe::VtepProbe,
     reconcile::{
         Reconciler,
-        desired::{Here, Me, VXLAN_OVERHEAD},
+        desired::{Here, Local, Me, Plugged},
         liveness::{HostState, Liveness},
     },
 };
@@ -214,9 +214,23 @@ impl Agent {
                 .all()
                 .into_iter()
                 .map(|a| {
+                    // A Docker endpoint's name in its container is dockerd's: until a pass saw
+                    // it, only the temporary name is recorded.
+                    let docker_tmp = (!a.dns_listener)
+                        .then(|| ovl_model::ifname::docker_temp_name(&a.endpoint.id));
+                    let plugged = Plugged {
+                        netns: a.netns.clone(),
+                        ifname: Some(a.ifname.clone()).filter(|n| Some(n) != docker_tmp.as_ref()),
+                        docker_tmp,
+                        ip: a.endpoint.ip,
+                        mac: a.endpoint.mac,
+                    };
                     (
                         (a.endpoint.network.clone(), a.endpoint.id.clone()),
-                        a.network,
+                        Local {
+                            network: a.network,
+                            plugged: Some(plugged),
+                        },
                     )
                 })
                 .collect(),
@@ -265,7 +279,7 @@ impl Agent {
 
     /// The container MTU of a network on this host.
     pub fn mtu_for(&self, mtu: Option<u32>) -> u32 {
-        mtu.unwrap_or(self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD))
+        ovl_model::overlay_mtu(self.underlay_mtu, mtu)
     }
 
     /// Closes the names service's listeners (shutdown).

@@ -1,7 +1,10 @@
 //! One pass of each level-triggered loop (the loops themselves are in `tasks`): the
 //! datapath, the gateway bridge, and names.
 
-use std::{collections::BTreeSet, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use super::Agent;
 use crate::{counters::Counters, error::Result};
@@ -16,6 +19,7 @@ impl Agent {
             .rec
             .pass(&view, &self.me(), || self.here(&view))
             .await?;
+        self.record_ifnames(&done.endpoints);
         let c = &self.counters;
         Counters::add(&c.reconcile_passes, 1);
         Counters::add(&c.ops_applied, done.applied as u64);
@@ -24,6 +28,21 @@ impl Agent {
             tracing::warn!(failure = %f, "datapath operation failed; retrying on the next pass");
         }
         Ok(done.applied)
+    }
+
+    /// Records the container-side names a pass found (dockerd names a Docker endpoint's
+    /// interface itself), so a container end deleted later is restored under its name.
+    fn record_ifnames(&self, statuses: &BTreeMap<(String, String), ovl_model::EndpointStatus>) {
+        for ((net, id), st) in statuses {
+            if let ovl_model::EndpointStatus::Ok { ifname } = st
+                && let Some(mut a) = self.local.get(net, id)
+                && &a.ifname != ifname
+            {
+                tracing::info!(network = %net, endpoint = %id, ifname = %ifname, "recording the container's interface name");
+                a.ifname = ifname.clone();
+                self.local.insert(a);
+            }
+        }
     }
 
     /// Repairs the gateway bridge and its firewall rules if something changed them.

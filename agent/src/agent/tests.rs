@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use ovl_model::Plug;
+
 use ovl_core::store::NetworkRequest;
 
 use crate::{
@@ -10,7 +12,6 @@ use crate::{
     counters::Counters,
     error::AgentError,
     fakes::{FakeDatapath, TestAgent as Lab},
-    reconcile::Plug,
 };
 
 /// A namespace file that exists for any user: the fakes never enter it.
@@ -226,7 +227,14 @@ async fn docker_joins_use_the_same_verb_and_leave_the_end_for_dockerd() {
     l.agent.store().create_endpoint(&rec).await.unwrap();
     let p = l
         .agent
-        .plumb(&net, &rec, &netns(), Plug::Unplugged("vtmp0".into()))
+        .plumb(
+            &net,
+            &rec,
+            &netns(),
+            Plug::Docker {
+                tmp: "vtmp0".into(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(p.ifname, "vtmp0");
@@ -249,7 +257,7 @@ async fn a_pass_removes_ports_of_endpoints_no_longer_desired() {
     l.agent.reconcile_once().await.unwrap();
     assert_eq!(l.dp.keys().len(), 1, "kept while recorded");
     let want = l.dp.last.lock().unwrap().clone().unwrap();
-    assert!(want.networks["net1"].local_endpoints.contains("c1"));
+    assert!(want.networks["net1"].local_endpoints.contains_key("c1"));
     // A port the agent does not know of goes.
     let copy = l.dp.ports.lock().unwrap()[&("net1".into(), "c1".into())].clone();
     l.dp.ports

@@ -143,6 +143,18 @@ pub struct AttachReply {
     pub gateway_ifname: Option<String>,
 }
 
+/// One row of `GET /v1/endpoints`: the record, and for this host's endpoints their state in
+/// the datapath after the last reconcile pass.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointView {
+    /// The endpoint as recorded in the KV.
+    #[serde(flatten)]
+    pub record: EndpointRecord,
+    /// Its datapath state, for endpoints on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ovl_model::EndpointStatus>,
+}
+
 /// `POST /v1/detach`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DetachRequest {

@@ -128,7 +128,7 @@ struct AttachArgs {
     #[arg(long)]
     ip: Option<Ipv4Addr>,
     /// MAC address to use (default: derived from the address).
-    #[arg(long)]
+    #[arg(long, value_parser = MacAddr::parse_host)]
     mac: Option<MacAddr>,
     /// Publish a port: HOSTPORT:PORT[/tcp|udp] (repeatable).
     #[arg(long)]
@@ -389,11 +389,22 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 Some(n) => format!("/v1/endpoints?network={n}"),
                 None => "/v1/endpoints".into(),
             };
-            let eps: Vec<EndpointRecord> = c.get(&path).await?;
+            let eps: Vec<EndpointView> = c.get(&path).await?;
             print(json, &eps, |e| {
+                let records: Vec<EndpointRecord> = e.iter().map(|v| v.record.clone()).collect();
+                let rows = endpoint_rows(&records)
+                    .into_iter()
+                    .zip(e)
+                    .map(|(mut row, v)| {
+                        row.push(v.status.as_ref().map_or(String::new(), |s| s.describe()));
+                        row
+                    })
+                    .collect();
                 table(
-                    &["NETWORK", "NAME", "HOST", "IP", "MAC", "ALIASES", "PUBLISH"],
-                    endpoint_rows(e),
+                    &[
+                        "NETWORK", "NAME", "HOST", "IP", "MAC", "ALIASES", "PUBLISH", "STATE",
+                    ],
+                    rows,
                 )
             });
         }

@@ -14,7 +14,7 @@ use ovl_docker::{
 };
 
 use super::{Deferred, DockerNet, DockerPlugin, agent_err, store_err, temp_ifname, v4_net};
-use crate::reconcile::Plug;
+use ovl_model::Plug;
 
 /// The driver options (`-o`) ovl understands; anything else is refused with a clear error
 /// before anything is created.
@@ -298,7 +298,12 @@ impl PluginBackend for DockerPlugin {
             })?;
         let tmp = temp_ifname(&req.endpoint_id);
         self.agent
-            .plumb(&net, &rec, &req.sandbox_key, Plug::Unplugged(tmp.clone()))
+            .plumb(
+                &net,
+                &rec,
+                &req.sandbox_key,
+                Plug::Docker { tmp: tmp.clone() },
+            )
             .await
             .map_err(agent_err)?;
         tracing::info!(network = %net.name, endpoint = %rec.id, ip = %rec.ip, "Docker endpoint joined");

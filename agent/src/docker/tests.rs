@@ -382,7 +382,7 @@ fn temp_names_fit_and_differ() {
     let b = super::temp_ifname(&"b2".repeat(32));
     assert!(a.len() <= 15 && b.len() <= 15);
     assert_ne!(a, b);
-    assert!(ovl_datapath::types::validate_ifname(&a).is_ok());
+    assert!(ovl_model::validate_ifname(&a).is_ok());
 }
 
 #[test]

@@ -3,14 +3,13 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    path::PathBuf,
 };
 
 use ovl_core::{ClusterView, NetworkRecord};
-use ovl_datapath::{Desired, DesiredNetwork, MacAddr, NetworkSpec, RemotePeer};
-
-/// Bytes VXLAN adds to a frame on the underlay (outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8):
-/// a container's MTU is the underlay's minus this.
-pub const VXLAN_OVERHEAD: u32 = 50;
+use ovl_model::{
+    Desired, DesiredNetwork, EndpointSpec, MacAddr, NetworkSpec, Plug, RemotePeer, overlay_mtu,
+};
 
 /// What this host needs to know to compute its desired state.
 #[derive(Debug, Clone)]
@@ -31,23 +30,67 @@ pub fn spec(net: &NetworkRecord, me: &Me<'_>) -> NetworkSpec {
         name: net.name.clone(),
         vni: net.vni,
         subnet: net.subnet,
-        mtu: net
-            .mtu
-            .unwrap_or(me.underlay_mtu.saturating_sub(VXLAN_OVERHEAD)),
+        mtu: overlay_mtu(me.underlay_mtu, net.mtu),
         local_vtep: me.vtep,
         vxlan_port: me.vxlan_port,
+    }
+}
+
+/// Where this host plugged a local endpoint, from its own records (`local.json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugged {
+    /// The container's namespace (Docker: the sandbox key).
+    pub netns: PathBuf,
+    /// The interface's name in the container, when known.
+    pub ifname: Option<String>,
+    /// For a Docker endpoint, the temporary name dockerd moved it from.
+    pub docker_tmp: Option<String>,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC.
+    pub mac: MacAddr,
+}
+
+/// The spec of a local endpoint this host plugged, on network `spec`.
+pub fn endpoint_spec(
+    id: &str,
+    net: &NetworkRecord,
+    spec: &NetworkSpec,
+    p: &Plugged,
+) -> EndpointSpec {
+    EndpointSpec {
+        endpoint_id: id.to_string(),
+        netns: p.netns.clone(),
+        mac: p.mac,
+        ip: p.ip,
+        prefix_len: net.subnet.prefix(),
+        mtu: spec.mtu,
+        ifname: p.ifname.clone(),
+        plug: match &p.docker_tmp {
+            Some(tmp) => Plug::Docker { tmp: tmp.clone() },
+            None => Plug::Netns,
+        },
     }
 }
 
 /// A network endpoint: `(network, endpoint id)`.
 pub type EndpointKey = (String, String);
 
+/// A local endpoint as this host knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// Its network's record, as kept locally.
+    pub network: NetworkRecord,
+    /// Where it was plugged (`None` while it is being attached).
+    pub plugged: Option<Plugged>,
+}
+
 /// What this host knows on its own, which the view never overrules: a KV record that
 /// contradicts it is reported and repaired, never obeyed by tearing down a live interface.
 #[derive(Debug, Clone, Default)]
 pub struct Here {
-    /// Endpoints attached here (or being attached), with the network record kept locally.
-    pub endpoints: BTreeMap<EndpointKey, NetworkRecord>,
+    /// Endpoints attached here (or being attached).
+    pub endpoints: BTreeMap<EndpointKey, Local>,
     /// Hosts without a lease whose datapath still answers: their entries are kept.
     pub grace: BTreeSet<String>,
 }
@@ -55,20 +98,21 @@ pub struct Here {
 /// Desired state: every network with an endpoint on this host, with one peer per endpoint on
 /// another host that is alive (or in [`Here::grace`]) and one flood entry per such host.
 /// Endpoints of dead or unknown hosts are left out, so their entries are removed. A network
-/// record missing from the view is taken from the local copy.
+/// record missing from the view is taken from the local copy. Local endpoints carry their
+/// spec where this host plugged them, so the datapath maintains their container ends too.
 pub fn desired(view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
     let mut out = Desired::default();
     let mut nets: BTreeMap<&str, &NetworkRecord> =
         view.networks.iter().map(|(n, r)| (n.as_str(), r)).collect();
-    for ((n, _), copy) in &here.endpoints {
-        nets.entry(n.as_str()).or_insert(copy);
+    for ((n, _), l) in &here.endpoints {
+        nets.entry(n.as_str()).or_insert(&l.network);
     }
     for net in nets.values() {
-        let local: BTreeSet<String> = here
+        let local: BTreeMap<&str, &Local> = here
             .endpoints
-            .keys()
-            .filter(|(n, _)| *n == net.name)
-            .map(|(_, id)| id.clone())
+            .iter()
+            .filter(|((n, _), _)| *n == net.name)
+            .map(|((_, id), l)| (id.as_str(), l))
             .collect();
         if local.is_empty() {
             continue;
@@ -77,7 +121,7 @@ pub fn desired(view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
         let mut flood = BTreeSet::new();
         for ep in view.endpoints_on(&net.name) {
             let reachable = view.is_alive(&ep.host) || here.grace.contains(&ep.host);
-            if ep.host == me.host || !reachable || local.contains(&ep.id) {
+            if ep.host == me.host || !reachable || local.contains_key(ep.id.as_str()) {
                 continue;
             }
             let Some(host) = view.hosts.get(&ep.host) else {
@@ -88,20 +132,28 @@ pub fn desired(view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
                 continue;
             }
             peers.push(RemotePeer {
-                mac: MacAddr(ep.mac.0),
+                mac: ep.mac,
                 ip: ep.ip,
                 vtep: host.vtep,
             });
             flood.insert(host.vtep);
         }
-        peers.sort_by_key(|p| (p.ip, p.mac.0));
+        peers.sort_by_key(|p| (p.ip, p.mac));
+        let spec = spec(net, me);
+        let local_endpoints = local
+            .into_iter()
+            .map(|(id, l)| {
+                let ep = l.plugged.as_ref().map(|p| endpoint_spec(id, net, &spec, p));
+                (id.to_string(), ep)
+            })
+            .collect();
         out.networks.insert(
             net.name.clone(),
             DesiredNetwork {
-                spec: spec(net, me),
+                spec,
                 peers,
                 flood,
-                local_endpoints: local,
+                local_endpoints,
             },
         );
     }
@@ -189,14 +241,21 @@ mod tests {
         host: "h1",
         vtep: Ipv4Addr::new(198, 18, 0, 11),
         underlay_mtu: 1400,
-        vxlan_port: ovl_datapath::VXLAN_PORT,
+        vxlan_port: ovl_model::VXLAN_PORT,
     };
 
-    /// What h1 has: endpoint `a` of net1, as the view records it.
+    /// What h1 has: endpoint `a` of net1, not plugged by this agent (as the view records it).
     fn here() -> Here {
         let net1 = view().networks["net1"].clone();
         Here {
-            endpoints: [(("net1".to_string(), "a".to_string()), net1)].into(),
+            endpoints: [(
+                ("net1".to_string(), "a".to_string()),
+                Local {
+                    network: net1,
+                    plugged: None,
+                },
+            )]
+            .into(),
             grace: BTreeSet::new(),
         }
     }
@@ -219,7 +278,10 @@ mod tests {
                 .into_iter()
                 .collect()
         );
-        assert_eq!(n.local_endpoints, ["a".to_string()].into_iter().collect());
+        assert_eq!(
+            n.local_endpoints,
+            [("a".to_string(), None)].into_iter().collect()
+        );
     }
 
     #[test]
@@ -253,7 +315,7 @@ mod tests {
             .unwrap()
             .host = "h2".into();
         let n = &desired(&v, &ME, &here()).networks["net1"];
-        assert!(n.local_endpoints.contains("a"));
+        assert!(n.local_endpoints.contains_key("a"));
         assert!(n.peers.iter().all(|p| p.ip != Ipv4Addr::new(10, 10, 0, 2)));
         // A record of h1 it does not know locally is not plumbed here.
         let mut v = view();
@@ -261,27 +323,27 @@ mod tests {
         ghost.id = "ghost".into();
         v.endpoints.insert(("net1".into(), "ghost".into()), ghost);
         let n = &desired(&v, &ME, &here()).networks["net1"];
-        assert!(!n.local_endpoints.contains("ghost"));
+        assert!(!n.local_endpoints.contains_key("ghost"));
         // The network record gone from the view: the local copy keeps it.
         let mut v = view();
-        let copy = v.networks.remove("net1").unwrap();
-        let h = Here {
-            endpoints: [(("net1".to_string(), "a".to_string()), copy)].into(),
-            grace: BTreeSet::new(),
-        };
-        let d = desired(&v, &ME, &h);
+        v.networks.remove("net1");
+        let d = desired(&v, &ME, &here());
         assert_eq!(d.networks["net1"].spec.vni, 4096);
         assert_eq!(d.networks["net1"].peers.len(), 3);
     }
 
     #[test]
-    fn pending_attach_counts_as_local() {
+    fn an_endpoint_being_attached_counts_as_local() {
         let mut h = here();
-        let net2 = view().networks["net2"].clone();
-        h.endpoints
-            .insert(("net2".to_string(), "new".to_string()), net2);
+        h.endpoints.insert(
+            ("net2".to_string(), "new".to_string()),
+            Local {
+                network: view().networks["net2"].clone(),
+                plugged: None,
+            },
+        );
         let d = desired(&view(), &ME, &h);
-        assert!(d.networks["net2"].local_endpoints.contains("new"));
+        assert!(d.networks["net2"].local_endpoints.contains_key("new"));
         assert_eq!(d.networks["net2"].peers.len(), 1);
     }
 
@@ -294,5 +356,50 @@ mod tests {
         let n = &d.networks["net1"];
         assert_eq!(n.spec.mtu, 1300);
         assert!(n.peers.iter().all(|p| p.vtep != ME.vtep));
+    }
+
+    #[test]
+    fn plugged_endpoints_carry_their_container_end() {
+        let mut h = here();
+        h.endpoints
+            .get_mut(&("net1".to_string(), "a".to_string()))
+            .unwrap()
+            .plugged = Some(Plugged {
+            netns: "/run/netns/a".into(),
+            ifname: Some("eth0".into()),
+            docker_tmp: None,
+            ip: Ipv4Addr::new(10, 10, 0, 2),
+            mac: mac_for(Ipv4Addr::new(10, 10, 0, 2)),
+        });
+        h.endpoints.insert(
+            ("net2".to_string(), "d1".to_string()),
+            Local {
+                network: view().networks["net2"].clone(),
+                plugged: Some(Plugged {
+                    netns: "/var/run/docker/netns/1a2b".into(),
+                    ifname: None,
+                    docker_tmp: Some("ovdd1".into()),
+                    ip: Ipv4Addr::new(10, 10, 1, 9),
+                    mac: mac_for(Ipv4Addr::new(10, 10, 1, 9)),
+                }),
+            },
+        );
+        let d = desired(&view(), &ME, &h);
+        let a = d.networks["net1"].local_endpoints["a"].as_ref().unwrap();
+        assert_eq!(a.netns, std::path::Path::new("/run/netns/a"));
+        assert_eq!(
+            (a.ip, a.prefix_len, a.mtu),
+            (Ipv4Addr::new(10, 10, 0, 2), 24, 1350)
+        );
+        assert_eq!(a.ifname.as_deref(), Some("eth0"));
+        assert_eq!(a.plug, Plug::Netns);
+        let d1 = d.networks["net2"].local_endpoints["d1"].as_ref().unwrap();
+        assert_eq!(
+            d1.plug,
+            Plug::Docker {
+                tmp: "ovdd1".into()
+            }
+        );
+        assert_eq!(d1.ifname, None, "dockerd's name is not known yet");
     }
 }

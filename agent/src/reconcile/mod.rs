@@ -18,24 +18,14 @@ use std::{
 };
 
 use ovl_core::{ClusterView, NetworkRecord};
-use ovl_datapath::{Attached, Desired, EndpointSpec, MacAddr, NetworkSpec};
+use ovl_model::{Attached, Desired, EndpointSpec, MacAddr, NetworkSpec};
 
 use crate::{
-    datapath::{Converged, Datapath, NetReport},
+    datapath::{Converged, Datapath, Report},
     error::{AgentError, Result},
 };
 pub use desired::EndpointKey;
 use desired::{Here, Me};
-
-/// Where the container end of a new endpoint goes.
-#[derive(Debug, Clone)]
-pub enum Plug {
-    /// Into the container's namespace (`overlayctl attach`).
-    IntoNetns,
-    /// Left in the host namespace under this temporary name for dockerd to move (Docker's
-    /// Join).
-    Unplugged(String),
-}
 
 /// The datapath and what serialises and remembers changes to it.
 pub struct Reconciler {
@@ -45,7 +35,7 @@ pub struct Reconciler {
     /// Local endpoints being attached, counted as desired until they are recorded.
     pending: Mutex<BTreeMap<EndpointKey, NetworkRecord>>,
     /// Peers already announced by gratuitous ARP: (network, address, MAC).
-    announced: Mutex<BTreeSet<(String, Ipv4Addr, [u8; 6])>>,
+    announced: Mutex<BTreeSet<(String, Ipv4Addr, MacAddr)>>,
 }
 
 impl Reconciler {
@@ -81,7 +71,10 @@ impl Reconciler {
         for (k, net) in self.pending.lock().expect("pending lock").iter() {
             here.endpoints
                 .entry(k.clone())
-                .or_insert_with(|| net.clone());
+                .or_insert_with(|| desired::Local {
+                    network: net.clone(),
+                    plugged: None,
+                });
         }
         desired::desired(view, me, &here)
     }
@@ -107,38 +100,29 @@ impl Reconciler {
         view: &ClusterView,
         me: &Me<'_>,
         here: &Here,
-    ) -> Result<(Desired, BTreeMap<String, NetReport>)> {
+    ) -> Result<(Desired, Report)> {
         let want = self.desired(view, me, here);
         let reports = self.dp.report(&want).await?;
         Ok((want, reports))
     }
 
-    /// Plumbs endpoint `key` (the one verb of `overlayctl attach` and Docker's Join): marks it
-    /// pending so a concurrent pass keeps it (until [`Reconciler::settled`]), creates its
-    /// interfaces, and on failure removes whatever was made (a cleanup that fails too is
-    /// returned as [`AgentError::Rollback`]).
+    /// Plumbs endpoint `key` (the one verb of `overlayctl attach` and Docker's Join; `ep.plug`
+    /// says where the container end goes): marks it pending so a concurrent pass keeps it
+    /// (until [`Reconciler::settled`]), creates its interfaces, and on failure removes whatever
+    /// was made (a cleanup that fails too is returned as [`AgentError::Rollback`]).
     pub async fn plumb(
         &self,
         key: &EndpointKey,
         net: &NetworkRecord,
         spec: &NetworkSpec,
         ep: &EndpointSpec,
-        plug: &Plug,
     ) -> Result<Attached> {
         self.pending
             .lock()
             .expect("pending lock")
             .insert(key.clone(), net.clone());
         let _g = self.lock.lock().await;
-        let r = match plug {
-            Plug::IntoNetns => self.dp.attach(spec, ep).await,
-            Plug::Unplugged(tmp) => {
-                let mut ep = ep.clone();
-                ep.ifname = Some(tmp.clone());
-                self.dp.attach_unplugged(spec, &ep).await
-            }
-        };
-        match r {
+        match self.dp.attach(spec, ep).await {
             Ok(a) => Ok(a),
             Err(e) => {
                 self.pending.lock().expect("pending lock").remove(key);
@@ -147,11 +131,11 @@ impl Reconciler {
                         "cleaning up after a failed attach");
                     return Err(AgentError::Rollback {
                         op: format!("attaching {} to {}", key.1, key.0),
-                        error: Box::new(e),
+                        error: Box::new(e.into()),
                         cleanup: vec![undo.to_string()],
                     });
                 }
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -167,15 +151,15 @@ impl Reconciler {
     /// [`Reconciler::unplumb`] for a caller that holds the lock.
     pub async fn unplumb_locked(&self, key: &EndpointKey) -> Result<()> {
         self.pending.lock().expect("pending lock").remove(key);
-        self.dp.detach(&key.0, &key.1).await
+        Ok(self.dp.detach(&key.0, &key.1).await?)
     }
 
     /// Sends one gratuitous ARP per peer that is newly in the desired state (once per peer).
     async fn announce_new_peers(&self, want: &Desired) {
-        let now: BTreeSet<(String, Ipv4Addr, [u8; 6])> = want
+        let now: BTreeSet<(String, Ipv4Addr, MacAddr)> = want
             .networks
             .iter()
-            .flat_map(|(n, d)| d.peers.iter().map(move |p| (n.clone(), p.ip, p.mac.0)))
+            .flat_map(|(n, d)| d.peers.iter().map(move |p| (n.clone(), p.ip, p.mac)))
             .collect();
         let fresh: Vec<_> = {
             let mut seen = self.announced.lock().expect("announced lock");
@@ -185,7 +169,7 @@ impl Reconciler {
         };
         let mut by_net: BTreeMap<&str, Vec<(Ipv4Addr, MacAddr)>> = BTreeMap::new();
         for (n, ip, mac) in &fresh {
-            by_net.entry(n).or_default().push((*ip, MacAddr(*mac)));
+            by_net.entry(n).or_default().push((*ip, *mac));
         }
         for (net, peers) in by_net {
             if let Err(e) = self.dp.announce(net, &peers).await {

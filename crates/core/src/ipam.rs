@@ -109,8 +109,7 @@ pub fn free_addrs<'a>(
 /// The MAC of an endpoint, derived from its address (`02:42:a:b:c:d`, as Docker does): a new
 /// endpoint that reuses an address keeps the MAC, so stale ARP caches elsewhere stay right.
 pub fn mac_for(ip: Ipv4Addr) -> MacAddr {
-    let o = ip.octets();
-    MacAddr([0x02, 0x42, o[0], o[1], o[2], o[3]])
+    MacAddr::from_ipv4(ip)
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Records stored in the KV, and the naming rules they obey.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
+pub use ovl_model::{MacAddr, PortMap, Proto};
 use serde::{Deserialize, Serialize};
 
 /// A host running the agent. Kept after the host dies, so it can be shown as dead and keep
@@ -105,67 +106,6 @@ pub fn reservation_owner(token: &str) -> String {
     format!("pending:{token}")
 }
 
-/// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-/// A published port: `host_port` on the host's addresses forwards to `port` in the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PortMap {
-    /// Port on the host.
-    pub host_port: u16,
-    /// Port in the container.
-    pub port: u16,
-    /// Protocol.
-    pub proto: Proto,
-}
-
-impl fmt::Display for PortMap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = match self.proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        };
-        write!(f, "{}:{}/{}", self.host_port, self.port, p)
-    }
-}
-
-impl FromStr for PortMap {
-    type Err = String;
-
-    /// Parses `HOSTPORT:PORT[/tcp|udp]`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ports, proto) = match s.split_once('/') {
-            Some((p, "tcp")) => (p, Proto::Tcp),
-            Some((p, "udp")) => (p, Proto::Udp),
-            Some((_, other)) => {
-                return Err(format!("invalid protocol {other:?} in {s:?} (tcp or udp)"));
-            }
-            None => (s, Proto::Tcp),
-        };
-        let (h, c) = ports.split_once(':').ok_or_else(|| {
-            format!("invalid port mapping {s:?}: expected HOSTPORT:PORT[/tcp|udp]")
-        })?;
-        let parse = |x: &str| -> Result<u16, String> {
-            match x.parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!("invalid port {x:?} in {s:?} (1-65535)")),
-                Ok(p) => Ok(p),
-            }
-        };
-        Ok(PortMap {
-            host_port: parse(h)?,
-            port: parse(c)?,
-            proto,
-        })
-    }
-}
-
 /// A container's attachment to a network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
@@ -191,125 +131,19 @@ pub struct EndpointRecord {
     pub publish: Vec<PortMap>,
 }
 
-/// A 48-bit MAC address, shown as `aa:bb:cc:dd:ee:ff`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return Err(format!("invalid MAC address {s:?}"));
-        }
-        let mut b = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return Err(format!("invalid MAC address {s:?}"));
-            }
-            b[i] = u8::from_str_radix(p, 16).map_err(|_| format!("invalid MAC address {s:?}"))?;
-        }
-        if b[0] & 1 == 1 {
-            return Err(format!("invalid MAC address {s:?}: multicast bit set"));
-        }
-        if b == [0; 6] {
-            return Err(format!("invalid MAC address {s:?}: all zeros"));
-        }
-        Ok(MacAddr(b))
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Checks a network name: 1-48 characters of `[A-Za-z0-9_-]`, starting with a letter or
-/// digit. Dots are refused because `name.network` must split unambiguously in DNS.
+/// Checks a network name (the one rule every layer uses, [`ovl_model::validate_network_name`]).
 pub fn validate_network_name(name: &str) -> Result<(), String> {
-    validate_label(name, "network name", 48, false)
+    ovl_model::validate_network_name(name).map_err(|e| e.to_string())
 }
 
-/// Checks a container name or alias: 1-63 characters of `[A-Za-z0-9_.-]`, starting with a
-/// letter or digit (Docker's rule).
+/// Checks a container name or alias ([`ovl_model::validate_endpoint_name`]).
 pub fn validate_endpoint_name(name: &str) -> Result<(), String> {
-    validate_label(name, "container name", 63, true)
-}
-
-fn validate_label(s: &str, what: &str, max: usize, dots: bool) -> Result<(), String> {
-    if s.is_empty() || s.len() > max {
-        return Err(format!("invalid {what} {s:?}: must be 1-{max} characters"));
-    }
-    let first = s.as_bytes()[0];
-    if !first.is_ascii_alphanumeric() {
-        return Err(format!(
-            "invalid {what} {s:?}: must start with a letter or digit"
-        ));
-    }
-    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (dots && c == '.');
-    if let Some(bad) = s.chars().find(|c| !ok(*c)) {
-        return Err(format!(
-            "invalid {what} {s:?}: character {bad:?} not allowed"
-        ));
-    }
-    Ok(())
+    ovl_model::validate_endpoint_name(name).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn portmap_parse() {
-        assert_eq!(
-            "8080:80".parse::<PortMap>().unwrap(),
-            PortMap {
-                host_port: 8080,
-                port: 80,
-                proto: Proto::Tcp
-            }
-        );
-        assert_eq!("53:5353/udp".parse::<PortMap>().unwrap().proto, Proto::Udp);
-        assert!("8080".parse::<PortMap>().is_err());
-        assert!("0:80".parse::<PortMap>().is_err());
-        assert!("70000:80".parse::<PortMap>().is_err());
-        assert!("80:80/sctp".parse::<PortMap>().is_err());
-        assert_eq!(
-            "80:81/udp".parse::<PortMap>().unwrap().to_string(),
-            "80:81/udp"
-        );
-    }
-
-    #[test]
-    fn mac_parse_and_json() {
-        let m: MacAddr = "02:42:0a:0a:00:02".parse().unwrap();
-        assert_eq!(m.to_string(), "02:42:0a:0a:00:02");
-        assert_eq!(serde_json::to_string(&m).unwrap(), "\"02:42:0a:0a:00:02\"");
-        assert!("01:00:5e:00:00:01".parse::<MacAddr>().is_err());
-        assert!("00:00:00:00:00:00".parse::<MacAddr>().is_err());
-        assert!("zz:00:00:00:00:00".parse::<MacAddr>().is_err());
-        assert!("02:42:0a".parse::<MacAddr>().is_err());
-    }
 
     #[test]
     fn names() {

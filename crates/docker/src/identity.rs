@@ -97,30 +97,11 @@ pub fn identity_hint(req: &PoolRequest) -> Result<IdentityHint, PluginError> {
     })
 }
 
-/// Docker's rule for network names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), at most 64 bytes here so a
-/// name fits in KV keys and DNS labels comfortably.
+/// The one rule for network names (`ovl_model::validate_network_name`: 1-48 characters of
+/// `[A-Za-z0-9_-]`, starting with a letter or digit), so a name the plugin accepts is never
+/// refused later by the store or a datapath.
 pub fn validate_network_name(name: &str) -> Result<(), String> {
-    let mut bytes = name.bytes();
-    match bytes.next() {
-        None => return Err(format!("{NETWORK_NAME_OPTION}: empty network name")),
-        Some(b) if !b.is_ascii_alphanumeric() => {
-            return Err(format!(
-                "{NETWORK_NAME_OPTION}: network name {name:?} must start with a letter or digit"
-            ));
-        }
-        _ => {}
-    }
-    if name.len() > 64 {
-        return Err(format!(
-            "{NETWORK_NAME_OPTION}: network name {name:?} is longer than 64 bytes"
-        ));
-    }
-    if !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
-        return Err(format!(
-            "{NETWORK_NAME_OPTION}: network name {name:?} may only contain [a-zA-Z0-9_.-]"
-        ));
-    }
-    Ok(())
+    ovl_model::validate_network_name(name).map_err(|e| format!("{NETWORK_NAME_OPTION}: {e}"))
 }
 
 /// The recommended PoolID encoding: `ovl/net/<name>/v4|v6` or `ovl/pending/<token>/v4|v6`.
@@ -225,7 +206,7 @@ mod tests {
                 subnet: Some("10.1.0.0/24".parse().unwrap())
             }
         );
-        for bad in ["", "-x", "a b", "a/b", &"x".repeat(65)] {
+        for bad in ["", "-x", "a b", "a/b", "a.b", &"x".repeat(49)] {
             let e = identity_hint(&req(None, &[(NETWORK_NAME_OPTION, bad)])).unwrap_err();
             assert!(matches!(e, PluginError::Invalid(_)), "{bad:?}: {e}");
         }
@@ -235,7 +216,7 @@ mod tests {
     fn pool_id_round_trip() {
         for id in [
             PoolId::Network {
-                name: "web.net-1".into(),
+                name: "web_net-1".into(),
                 v6: false,
             },
             PoolId::Pending {

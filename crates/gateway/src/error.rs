@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::ruleset::Proto;
+use ovl_model::Proto;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -90,15 +90,9 @@ pub enum Error {
     /// No free `ethN` name in the container.
     #[error("no free ethN interface name in container namespace {0}")]
     NoFreeIfname(String),
-    /// A netlink request failed.
-    #[error("netlink: {context}: {source}")]
-    Netlink {
-        /// What we were doing.
-        context: String,
-        /// The netlink error.
-        #[source]
-        source: rtnetlink::Error,
-    },
+    /// A netlink request or namespace operation failed.
+    #[error(transparent)]
+    Netlink(#[from] ovl_netlink::Error),
     /// A system call or file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -148,13 +142,6 @@ pub enum Error {
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
-            context: context.into(),
-            source,
-        }
-    }
-
-    pub(crate) fn netlink(context: impl Into<String>, source: rtnetlink::Error) -> Self {
-        Error::Netlink {
             context: context.into(),
             source,
         }

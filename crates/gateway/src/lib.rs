@@ -42,7 +42,7 @@ pub use crate::error::{Error, Result};
 pub use crate::ruleset::{PortMap, Proto};
 use crate::state::{EndpointRecord, State};
 pub use crate::subnet::{choose_subnet, default_pool, validate_gw_subnet};
-use crate::sys::Netlink;
+use ovl_netlink::Netlink;
 
 /// Default bridge name.
 pub const DEFAULT_BRIDGE: &str = "ovl_gwbridge";
@@ -194,8 +194,8 @@ impl Gateway {
     /// out): the `in_use` argument of [`validate_gw_subnet`] / [`choose_subnet`].
     pub async fn host_networks(&self) -> Result<Vec<Ipv4Network>> {
         let nl = Netlink::open(self.ns()).await?;
-        let bridge = link::link_index(&nl.handle, &self.cfg.bridge).await?;
-        link::host_in_use(&nl.handle, bridge).await
+        let bridge = link::link_index(&nl, &self.cfg.bridge).await?;
+        link::host_in_use(&nl, bridge).await
     }
 
     /// [`Gateway::ensure_with`] without overlay subnets to avoid.
@@ -219,7 +219,7 @@ impl Gateway {
         overlays: &[Ipv4Network],
     ) -> Result<GatewayInfo> {
         let nl = Netlink::open(self.ns()).await?;
-        let h = &nl.handle;
+        let h = &nl;
         let mut st = self.current();
         let bridge_idx = link::link_index(h, &self.cfg.bridge).await?;
         let in_use = link::host_in_use(h, bridge_idx).await?;
@@ -316,7 +316,7 @@ impl Gateway {
         let subnet = st.subnet.expect("ensured above");
         let gw = subnet::bridge_address(subnet);
         let nl = Netlink::open(self.ns()).await?;
-        let h = &nl.handle;
+        let h = &nl;
         let bridge_idx = link::link_index(h, &self.cfg.bridge)
             .await?
             .ok_or_else(|| Error::BridgeMissing {
@@ -381,7 +381,10 @@ impl Gateway {
         let out = endpoint_of(&rec, subnet);
         st.endpoints.insert(endpoint_id.to_string(), rec);
         if let Err(e) = self.commit(st) {
-            let _ = link::delete_link(h, &host_if).await;
+            // Nothing half-made: the pair goes too; a failure of that is logged with the cause.
+            if let Err(ce) = link::delete_link(h, &host_if).await {
+                tracing::warn!(error = %ce, cause = %e, "cleaning up {host_if} after a failed state write");
+            }
             return Err(e);
         }
         Ok(out)
@@ -390,7 +393,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     async fn plumb(
         &self,
-        h: &rtnetlink::Handle,
+        h: &Netlink,
         bridge_idx: u32,
         host_if: &str,
         peer_tmp: &str,
@@ -399,20 +402,16 @@ impl Gateway {
         addr: Ipv4Network,
         gw: Ipv4Addr,
     ) -> Result<String> {
-        link::create_veth(h, host_if, peer_tmp).await?;
+        link::create_veth_into(h, host_if, peer_tmp, container_netns).await?;
         let host_idx = link::link_index(h, host_if)
             .await?
             .ok_or_else(|| Error::LinkVanished(host_if.to_string()))?;
-        let peer_idx = link::link_index(h, peer_tmp)
-            .await?
-            .ok_or_else(|| Error::LinkVanished(peer_tmp.to_string()))?;
-        link::enslave_isolated(h, host_idx, bridge_idx, host_if).await?;
-        link::move_to_netns(h, peer_idx, peer_tmp, container_netns).await?;
+        link::enslave_isolated(h, host_idx, bridge_idx).await?;
         let cnl = Netlink::open(Some(container_netns)).await?;
-        let names = link::link_names(&cnl.handle).await?;
+        let names = link::link_names(&cnl).await?;
         let ifname = state::next_ethn(&names)
             .ok_or_else(|| Error::NoFreeIfname(container_netns.display().to_string()))?;
-        link::configure_container_if(&cnl.handle, peer_tmp, &ifname, mac, addr, gw).await?;
+        link::configure_container_if(&cnl, peer_tmp, &ifname, mac, addr, gw).await?;
         Ok(ifname)
     }
 
@@ -426,7 +425,7 @@ impl Gateway {
         };
         // Link first: if it fails nothing else changed, and a retry finds the rest to do.
         let nl = Netlink::open(self.ns()).await?;
-        link::delete_link(&nl.handle, &rec.host_ifname).await?;
+        link::delete_link(&nl, &rec.host_ifname).await?;
         if !rec.ports.is_empty() {
             self.apply(&mut applied, &st).await?;
         }
@@ -500,7 +499,7 @@ impl Gateway {
         };
         let mut repaired = false;
         let nl = Netlink::open(self.ns()).await?;
-        let h = &nl.handle;
+        let h = &nl;
         let addr = Ipv4Network::new(subnet::bridge_address(subnet), subnet.prefix())
             .expect("prefix of a valid subnet");
         let bridge_ok = match link::link_index(h, &self.cfg.bridge).await? {
@@ -517,7 +516,7 @@ impl Gateway {
                 && (link::controller_of(h, idx).await? != Some(bridge_idx)
                     || !link::is_isolated(h, idx).await?)
             {
-                link::enslave_isolated(h, idx, bridge_idx, &rec.host_ifname).await?;
+                link::enslave_isolated(h, idx, bridge_idx).await?;
                 repaired = true;
             }
         }
@@ -560,15 +559,15 @@ impl Gateway {
         match Netlink::open(self.ns()).await {
             Ok(nl) => {
                 for rec in st.endpoints.values() {
-                    if let Err(e) = link::delete_link(&nl.handle, &rec.host_ifname).await {
+                    if let Err(e) = link::delete_link(&nl, &rec.host_ifname).await {
                         errors.push(e);
                     }
                 }
-                if let Err(e) = link::delete_link(&nl.handle, &self.cfg.bridge).await {
+                if let Err(e) = link::delete_link(&nl, &self.cfg.bridge).await {
                     errors.push(e);
                 }
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.into()),
         }
         let path = self.cfg.state_dir.join(state::STATE_FILE);
         match std::fs::remove_file(&path) {

@@ -28,87 +28,18 @@
 //! runs in the same network namespace, the operator has to add an exception to Docker's
 //! `DOCKER-USER` chain; [`docker_user_exception`] renders the exact commands.
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+pub use ovl_model::{PortMap, Proto};
+
 use crate::error::{Error, Result};
 
 /// Name of our nftables table (family `inet`).
 pub const TABLE: &str = "overlay_agent";
-
-/// Transport protocol of a published port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
-    }
-}
-
-/// One published port: `host_port` on every host address goes to `container_port` of the
-/// endpoint's gateway address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct PortMap {
-    /// Port on the host's addresses.
-    pub host_port: u16,
-    /// Port inside the container.
-    pub container_port: u16,
-    /// Protocol.
-    pub proto: Proto,
-}
-
-impl fmt::Display for PortMap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}/{}",
-            self.host_port, self.container_port, self.proto
-        )
-    }
-}
-
-impl std::str::FromStr for PortMap {
-    type Err = Error;
-
-    /// Parses `HOSTPORT:PORT[/tcp|udp]` (the `--publish` syntax; tcp by default).
-    fn from_str(text: &str) -> Result<PortMap> {
-        let bad = |reason: &str| Error::InvalidPort {
-            mapping: text.to_string(),
-            reason: reason.to_string(),
-        };
-        let (ports, proto) = match text.split_once('/') {
-            Some((p, "tcp")) => (p, Proto::Tcp),
-            Some((p, "udp")) => (p, Proto::Udp),
-            Some(_) => return Err(bad("protocol must be tcp or udp")),
-            None => (text, Proto::Tcp),
-        };
-        let (h, c) = ports
-            .split_once(':')
-            .ok_or_else(|| bad("expected HOSTPORT:PORT[/tcp|udp]"))?;
-        let port = |s: &str| match s.parse::<u16>() {
-            Ok(0) | Err(_) => Err(bad("ports must be numbers from 1 to 65535")),
-            Ok(p) => Ok(p),
-        };
-        Ok(PortMap {
-            host_port: port(h)?,
-            container_port: port(c)?,
-            proto,
-        })
-    }
-}
 
 /// A published port with the endpoint that owns it and that endpoint's gateway address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,7 +73,7 @@ pub fn check_publish(
 ) -> Result<Vec<PortMap>> {
     let mut fresh: Vec<PortMap> = Vec::new();
     for m in new {
-        if m.host_port == 0 || m.container_port == 0 {
+        if m.host_port == 0 || m.port == 0 {
             return Err(Error::InvalidPort {
                 mapping: m.to_string(),
                 reason: "port 0 is not allowed".into(),
@@ -213,7 +144,7 @@ pub fn render_table(spec: &RulesetSpec) -> String {
             proto = p.map.proto,
             hp = p.map.host_port,
             ip = p.ip,
-            cp = p.map.container_port
+            cp = p.map.port
         );
     }
     s.push_str("\t}\n");
@@ -227,7 +158,7 @@ pub fn render_table(spec: &RulesetSpec) -> String {
             proto = p.map.proto,
             hp = p.map.host_port,
             ip = p.ip,
-            cp = p.map.container_port
+            cp = p.map.port
         );
     }
     s.push_str("\t}\n");
@@ -270,7 +201,7 @@ mod tests {
     fn pm(h: u16, c: u16, proto: Proto) -> PortMap {
         PortMap {
             host_port: h,
-            container_port: c,
+            port: c,
             proto,
         }
     }
@@ -396,32 +327,6 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn parse_port_maps() {
-        assert_eq!(
-            "8080:80".parse::<PortMap>().unwrap(),
-            pm(8080, 80, Proto::Tcp)
-        );
-        assert_eq!(
-            "53:5353/udp".parse::<PortMap>().unwrap(),
-            pm(53, 5353, Proto::Udp)
-        );
-        assert_eq!("1:2/tcp".parse::<PortMap>().unwrap().to_string(), "1:2/tcp");
-        for bad in [
-            "",
-            "80",
-            "0:80",
-            "80:0",
-            "80:80/sctp",
-            "70000:1",
-            "a:b",
-            "1:2:3",
-        ] {
-            let e = bad.parse::<PortMap>().unwrap_err();
-            assert!(matches!(e, Error::InvalidPort { .. }), "{bad}: {e}");
-        }
     }
 
     #[test]

@@ -135,24 +135,14 @@ pub fn mac_string(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-/// Host-side interface name for an endpoint: `ovgw` + 10 hex digits of a stable hash (endpoint
-/// ids may be long or contain characters interface names cannot hold).
+/// Host-side interface name for an endpoint (`ovl_model::ifname::gateway_port_name`).
 pub fn host_ifname(endpoint_id: &str) -> String {
-    format!("ovgw{:010x}", fnv1a(endpoint_id) & 0xff_ffff_ffff)
+    ovl_model::ifname::gateway_port_name(endpoint_id)
 }
 
 /// Temporary name of the container-side veth end before it is moved and renamed.
 pub fn peer_tmp_ifname(endpoint_id: &str) -> String {
-    format!("ovgc{:010x}", fnv1a(endpoint_id) & 0xff_ffff_ffff)
-}
-
-fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    ovl_model::ifname::gateway_temp_name(endpoint_id)
 }
 
 /// Checks an endpoint id: non-empty, printable ASCII, no whitespace, at most 256 bytes.
@@ -240,7 +230,7 @@ mod tests {
         assert_eq!(st.allocate(subnet).unwrap(), freed);
         st.endpoints.get_mut("e1").unwrap().ports.push(PortMap {
             host_port: 80,
-            container_port: 8080,
+            port: 8080,
             proto: Proto::Tcp,
         });
         st.save(&dir).unwrap();

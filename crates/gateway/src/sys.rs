@@ -2,79 +2,22 @@
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use nix::sched::{CloneFlags, setns};
-use rtnetlink::Handle;
 use tokio::io::AsyncWriteExt;
-use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 
 /// Runs `f` on a fresh OS thread that first entered the network namespace at `ns` (or stays in
-/// the current one when `ns` is `None`). Only that thread changes namespace; it exits afterwards,
-/// so no runtime thread is ever left in a foreign namespace.
+/// the current one when `None`), without blocking the runtime (`ovl-netlink`'s helper).
 pub async fn in_netns<T, F>(ns: Option<&Path>, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    let ns: Option<PathBuf> = ns.map(Path::to_path_buf);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("ovl-gw-netns".into())
-        .spawn(move || {
-            let res = (|| {
-                if let Some(ns) = &ns {
-                    let file = File::open(ns)
-                        .map_err(|e| Error::io(format!("opening netns {}", ns.display()), e))?;
-                    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        Error::io(format!("entering netns {}", ns.display()), e.into())
-                    })?;
-                }
-                f()
-            })();
-            let _ = tx.send(res);
-        })
-        .map_err(|e| Error::io("spawning netns thread", e))?;
-    rx.await.unwrap_or_else(|_| {
-        Err(Error::io(
-            "netns thread",
-            io::Error::other("thread panicked"),
-        ))
-    })
-}
-
-/// An rtnetlink handle bound to one network namespace; the connection task is aborted on drop.
-pub struct Netlink {
-    /// The request handle.
-    pub handle: Handle,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Netlink {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Netlink {
-    /// Opens a netlink route socket in `ns` (current namespace when `None`). The socket keeps
-    /// the namespace it was created in, so it can be driven from any runtime thread afterwards.
-    pub async fn open(ns: Option<&Path>) -> Result<Netlink> {
-        let rt = tokio::runtime::Handle::current();
-        let (conn, handle) = in_netns(ns, move || {
-            // The socket registers with the reactor, which needs the runtime context.
-            let _guard = rt.enter();
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(|e| Error::io("opening netlink socket", e))?;
-            Ok((conn, handle))
-        })
-        .await?;
-        let task = tokio::spawn(conn);
-        Ok(Netlink { handle, task })
-    }
+    ovl_netlink::netns::run_in_netns_async(ns, move || Ok(f())).await?
 }
 
 /// Runs `nft` with `args` in `ns`, feeding `stdin`, and returns stdout.

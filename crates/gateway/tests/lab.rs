@@ -255,7 +255,7 @@ fn udp_ask(ns: &Path, to: &str) -> Result<String, String> {
 fn tcp(h: u16, c: u16) -> PortMap {
     PortMap {
         host_port: h,
-        container_port: c,
+        port: c,
         proto: Proto::Tcp,
     }
 }
@@ -318,7 +318,7 @@ async fn nat_isolation_publish_reconcile_teardown() {
             tcp(8080, 7100),
             PortMap {
                 host_port: 8081,
-                container_port: 7100,
+                port: 7100,
                 proto: Proto::Udp,
             },
         ],
@@ -337,7 +337,7 @@ async fn nat_isolation_publish_reconcile_teardown() {
                 "ep2".to_string(),
                 PortMap {
                     host_port: 8081,
-                    container_port: 7100,
+                    port: 7100,
                     proto: Proto::Udp
                 }
             )

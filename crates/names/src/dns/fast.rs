@@ -11,7 +11,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::handler::{EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD, key_char};
+use super::wire::{EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD, key_char};
 
 const HEADER_LEN: usize = 12;
 /// Type codes the fast path answers.

@@ -16,12 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::fast;
 use super::forward::{Forwarded, Forwarder};
+use super::wire::{EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD, key_char};
 use crate::records::{Answer, Zone};
-
-/// The EDNS UDP payload size we advertise and honour at most (the DNS flag day 2020 value).
-pub const EDNS_PAYLOAD: u16 = 1232;
-/// The classic UDP limit for requests without EDNS.
-pub const PLAIN_UDP_PAYLOAD: usize = 512;
 
 /// How the request arrived; decides the size limit of the answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,15 +80,6 @@ fn name_key(name: &Name) -> String {
         key.extend(label.iter().copied().map(key_char));
     }
     key
-}
-
-/// One byte of a wire label as it appears in a zone lookup key (see [`name_key`]).
-pub(crate) fn key_char(b: u8) -> char {
-    if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-        char::from(b)
-    } else {
-        '?'
-    }
 }
 
 /// The skeleton of a response to `req`: same id, opcode, RD and question; RA set; an OPT record

@@ -19,6 +19,7 @@ mod fast;
 pub mod forward;
 mod handler;
 mod netns;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,7 +36,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use forward::{ForwardConfig, Forwarded, Forwarder, Upstreams, resolv_conf_servers};
-pub use handler::{EDNS_PAYLOAD, ForwardJob, Handler, PLAIN_UDP_PAYLOAD, Prepared, Transport};
+pub use handler::{ForwardJob, Handler, Prepared, Transport};
+pub use wire::{EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD};
 
 use crate::NamesError;
 use crate::records::Zone;
