@@ -588,7 +588,7 @@ impl Agent {
             vtep: self.settings.advertise_addr,
             underlay_mtu: self.underlay_mtu,
             datapath: self.dp.mode().to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
             gw_subnet: self.gw.info().map(|i| i.subnet),
         }
     }
@@ -615,7 +615,7 @@ impl Agent {
         };
         Status {
             host_id: self.settings.host_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
             advertise_addr: self.settings.advertise_addr,
             underlay_mtu: self.underlay_mtu,
             datapath: self.dp.mode().to_string(),

@@ -35,7 +35,7 @@ impl std::fmt::Display for DatapathMode {
 #[derive(Debug, Default, Parser)]
 #[command(
     name = "overlay-agent",
-    version,
+    version = crate::VERSION,
     about = "Per-host overlay networking agent"
 )]
 pub struct Cli {

@@ -60,6 +60,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if agent.settings.docker_plugin {
         tasks.spawn(crate::docker::run(agent.clone()));
     }
+    tasks.spawn(crate::ready::notify_when_answering(crate::ready::probes(
+        &agent.settings,
+    )));
 
     let app = api::server::router(agent.clone()).with_state(agent.clone());
     let mut term = signal(SignalKind::terminate())?;
