@@ -1112,12 +1112,15 @@ fn check_package(nodes: &Nodes) -> Result<()> {
         if !has(&want) || !has(&format!("overlayctl {}", overlay_agent::VERSION)) {
             bail!("{n} runs another build than this one ({want}):\n{out}");
         }
-        for l in [
-            "FragmentPath=/usr/lib/systemd/system/overlay-agent.service",
-            "Type=notify",
-            "UnitFileState=enabled",
-            "ActiveState=active",
-        ] {
+        // The packaged unit (/lib or /usr/lib, as systemd finds it), not one in /etc.
+        let fragment = out
+            .lines()
+            .find_map(|l| l.strip_prefix("FragmentPath="))
+            .unwrap_or("");
+        if !fragment.ends_with("lib/systemd/system/overlay-agent.service") {
+            bail!("{n}: overlay-agent.service comes from {fragment:?}, not the package");
+        }
+        for l in ["Type=notify", "UnitFileState=enabled", "ActiveState=active"] {
             if !has(l) {
                 bail!("{n}: expected {l} in:\n{out}");
             }
@@ -1163,7 +1166,8 @@ fn check_readiness(nodes: &Nodes, n: &str) -> Result<()> {
         std::thread::sleep(Duration::from_secs(5));
         let agent = unit_prop(nodes, n, "overlay-agent", "ActiveState")?;
         let docker = unit_prop(nodes, n, "docker", "ActiveState")?;
-        let docker_pid = unit_prop(nodes, n, "docker", "ExecMainPID")?;
+        let docker_pid = unit_prop(nodes, n, "docker", "MainPID")?;
+        let jobs = nodes.sh(n, "systemctl list-jobs --no-legend --no-pager")?;
         println!(
             "[{n}]   plugin path blocked: overlay-agent {agent}, docker {docker} (pid {docker_pid})"
         );
@@ -1172,6 +1176,13 @@ fn check_readiness(nodes: &Nodes, n: &str) -> Result<()> {
         }
         if docker != "inactive" || docker_pid != "0" {
             bail!("docker.service is {docker} (pid {docker_pid}) before the agent is ready");
+        }
+        // Docker's start is queued behind the agent's, not forgotten.
+        if !jobs
+            .lines()
+            .any(|l| l.contains("docker.service") && l.contains("start") && l.contains("waiting"))
+        {
+            bail!("no waiting start job for docker.service:\n{jobs}");
         }
         Ok(())
     })();
