@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs everything CI runs: style, lints, build, unit tests, KV conformance on both backends,
-# privileged namespace tests and the multi-host lab tests. Needs root (namespaces, bridges,
-# nftables, BPF); privileged tests fail rather than skip without it.
+# privileged namespace tests, the multi-host lab tests, the demo in a pristine Debian 12 root,
+# the Debian package and the Vagrant lab. Needs root (namespaces, bridges, nftables, BPF,
+# mounts); privileged tests fail rather than skip without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
@@ -19,5 +20,11 @@ cargo build --workspace --bins --quiet
 # Test binaries run one after another; inside each, a few tests (each with its own lab or
 # namespaces) run side by side.
 cargo test --workspace --no-fail-fast -- --test-threads=3
-# The Vagrant lab on real (emulated) VMs, end to end; a 2-node cycle (see the script).
+# The README's first command (scripts/demo.sh) on a fresh Debian 12 machine: a pristine root
+# where everything beyond the base image must come from the project's scripts.
+scripts/clean-root.sh
+# The Debian package: built and checked, lintian, then installed, run, upgraded and purged
+# in a pristine Debian 12 root.
+scripts/package-test.sh
+# The Vagrant lab on real (emulated) VMs, end to end, on the package; a 2-node cycle.
 scripts/vagrant-ci.sh

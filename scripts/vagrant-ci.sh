@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI: the Vagrant lab end to end. Installs what it needs, validates the Vagrantfile for both
-# providers, builds, runs `cargo xtask vagrant test` (up, scenario, second provisioning,
+# providers, runs `cargo xtask vagrant test` (package, up, scenario, second provisioning,
 # down, leftover check) and tears the lab down even when something fails or CI cancels the
 # job. Exits non-zero on any failure; it never skips.
 #
@@ -35,8 +35,9 @@ trap 'exit 143' TERM
 
 start=$SECONDS
 scripts/install-deps.sh   # the build's own packages (protoc, ...)
+scripts/package-deps.sh   # cargo-deb, dpkg-dev: the nodes install the Debian package
 scripts/vagrant-deps.sh   # QEMU, libvirt, Vagrant, debootstrap
 vagrant/validate.sh
-cargo build --quiet --release -p overlay-agent --bins
+# `up` builds the package (cargo xtask package) and installs it on every node.
 cargo xtask vagrant test --nodes "$nodes"
 echo "vagrant-ci: passed with $nodes nodes in $((SECONDS - start)) s"

@@ -35,7 +35,7 @@ impl std::fmt::Display for DatapathMode {
 #[derive(Debug, Default, Parser)]
 #[command(
     name = "overlay-agent",
-    version,
+    version = crate::VERSION,
     about = "Per-host overlay networking agent"
 )]
 pub struct Cli {
@@ -150,8 +150,8 @@ pub struct FileConfig {
     gw_subnet: Option<String>,
     #[serde(alias = "docker_plugin")]
     docker_plugin: Option<bool>,
-    #[serde(alias = "docker_network_sync")]
-    docker_network_sync: Option<bool>,
+    #[serde(alias = "no_docker_network_sync")]
+    no_docker_network_sync: Option<bool>,
     #[serde(alias = "datapath_fallback")]
     datapath_fallback: Option<bool>,
     #[serde(alias = "vxlan_port")]
@@ -371,8 +371,8 @@ impl Settings {
                 .unwrap_or_else(|| "/var/lib/overlay-agent".into()),
             gw_subnet,
             docker_plugin: cli.docker_plugin || file.docker_plugin.unwrap_or(false),
-            docker_network_sync: !cli.no_docker_network_sync
-                && file.docker_network_sync.unwrap_or(true),
+            docker_network_sync: !(cli.no_docker_network_sync
+                || file.no_docker_network_sync.unwrap_or(false)),
             datapath_fallback: cli.datapath_fallback || file.datapath_fallback.unwrap_or(false),
             vxlan_port,
             metrics_addr,

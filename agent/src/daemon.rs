@@ -84,6 +84,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if agent.settings().docker_plugin {
         loops.spawn(crate::docker::run(agent.clone()));
     }
+    loops.spawn(crate::ready::notify_when_answering(crate::ready::probes(
+        agent.settings(),
+    )));
 
     let app = api::server::router().with_state(agent.clone());
     let mut term = signal(SignalKind::terminate())?;

@@ -10,13 +10,18 @@
 //! - [`reconcile`]: the reconciler that owns the datapath, and the desired state (pure);
 //! - the seams over side effects, each a trait with its real implementation (fakes in the
 //!   unit tests): [`datapath`] (kernel and eBPF), [`gateway`], [`names`], [`probe`];
+//! - [`ready`]: tells systemd (`Type=notify`) once the sockets answer; [`ctl`]: the
+//!   command line of `overlayctl`; [`conffile`]: the commented config file the package
+//!   ships, rendered from the flags;
 //! - leaves: [`config`] (settings, pure), [`local`] (what this host attached, persisted),
 //!   [`counters`], [`error`], [`perms`] (private state files and sockets).
 
 pub mod agent;
 pub mod api;
+pub mod conffile;
 pub mod config;
 pub mod counters;
+pub mod ctl;
 pub mod daemon;
 pub mod datapath;
 pub mod docker;
@@ -28,5 +33,10 @@ pub mod local;
 pub mod names;
 pub mod perms;
 pub mod probe;
+pub mod ready;
 pub mod reconcile;
 pub mod tasks;
+
+/// Release and git revision of this build, e.g. `0.1.0+g6381a6a1b2` (the release alone when
+/// built without git): `--version` of both binaries and the version each host records.
+pub const VERSION: &str = env!("OVL_VERSION");

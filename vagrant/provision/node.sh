@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every node: the overlay-agent binaries (uploaded by the file provisioner to
-# /tmp/ovl-upload), the agent as a systemd service ordered before docker.service, Docker
-# Engine (Debian's docker.io) with the `ovl` plugin, overlayctl, and a busybox image.
+# Every node: the overlay-agent Debian package (uploaded by the file provisioner to
+# /tmp/ovl-upload), configured in /etc/overlay-agent/config.toml and enabled (its unit is
+# ordered before docker.service and reports ready once its sockets answer), Docker Engine
+# (Debian's docker.io) with the `ovl` plugin, and a busybox image.
 # Idempotent: a second run changes nothing and says "0 changes".
 #
 # Environment: OVL_NODE (host id), OVL_ADDR (underlay address = VTEP), OVL_KV (etcd URL),
@@ -67,57 +68,62 @@ fi
 
 # --- the agent ------------------------------------------------------------------------
 restart_agent=0
-for b in overlay-agent overlayctl; do
-  if [ -f "$upload/$b" ]; then
-    if ! cmp -s "$upload/$b" "/usr/local/bin/$b"; then
-      install -m 0755 "$upload/$b" "/usr/local/bin/$b"
-      changed "installed /usr/local/bin/$b"
-      [ "$b" = overlay-agent ] && restart_agent=1
+deb=$upload/overlay-agent.deb
+stamp=/var/lib/ovl-lab/overlay-agent.deb.sha256
+if [ -f "$deb" ]; then
+  sum=$(sha256sum "$deb" | cut -d' ' -f1)
+  if ! installed overlay-agent || [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+    # dpkg -i installs and upgrades alike (and reinstalls a rebuilt package of the same
+    # version); the lab's settings in the conffile are kept (confold).
+    if ! dpkg --force-confdef --force-confold -i "$deb" >/tmp/ovl-dpkg.log 2>&1; then
+      if [ "$box" -eq 1 ]; then
+        cat /tmp/ovl-dpkg.log >&2
+        echo "node.sh: installing $deb failed (dependencies missing from the box?)" >&2
+        exit 1
+      fi
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -qq -f >/dev/null
     fi
-    rm -f "$upload/$b"
+    install -D -m 0644 /dev/null "$stamp"
+    echo "$sum" >"$stamp"
+    changed "installed $(dpkg-query -W -f='${Package} ${Version}' overlay-agent)"
+    restart_agent=1
   fi
-  if [ ! -x "/usr/local/bin/$b" ]; then
-    echo "node.sh: /usr/local/bin/$b missing and nothing uploaded to $upload" >&2
-    exit 1
+  rm -f "$deb"
+fi
+rmdir "$upload" 2>/dev/null || true
+if ! installed overlay-agent; then
+  echo "node.sh: the overlay-agent package is not installed and nothing was uploaded to $upload" >&2
+  exit 1
+fi
+# What the lab wrote before it installed the package: binaries, unit and environment file
+# that would shadow the package's.
+for f in /usr/local/bin/overlay-agent /usr/local/bin/overlayctl \
+  /etc/systemd/system/overlay-agent.service /etc/default/overlay-agent; do
+  if [ -e "$f" ]; then
+    rm -f "$f"
+    changed "removed $f (the package provides the agent now)"
+    systemctl daemon-reload
+    restart_agent=1
   fi
 done
-rmdir "$upload" 2>/dev/null || true
 
-if put /etc/default/overlay-agent <<EOF; then
-# Written by the overlay-agent Vagrant lab (vagrant/provision/node.sh). Every flag of
-# overlay-agent also reads OVERLAY_<FLAG>.
-OVERLAY_HOST_ID=$node
-OVERLAY_ADVERTISE_ADDR=$addr
-OVERLAY_KV=$kv
-EOF
+# The host's settings, as an administrator would set them: at the end of the package's
+# commented config file (every key there is commented out).
+conf=/etc/overlay-agent/config.toml
+marker="# --- set by the overlay-agent Vagrant lab (node.sh) ---"
+block="$marker
+host-id = \"$node\"
+advertise-addr = \"$addr\"
+kv = \"$kv\"
+docker-plugin = true"
+if [ "$(sed -n "/^$marker\$/,\$p" "$conf")" != "$block" ]; then
+  sed -i "/^$marker\$/,\$d" "$conf"
+  printf '%s\n' "$block" >>"$conf"
+  changed "set host-id, advertise-addr, kv and docker-plugin in $conf"
   restart_agent=1
 fi
 
-# Before docker.service (and wanted by it): Docker asks the plugin about its networks as
-# it starts, so the socket must be there. ExecStartPost holds dependants back until the
-# plugin socket exists ("$$" is systemd's escape for "$"). The datapath outlives the agent,
-# so a restart drops no traffic.
-if put /etc/systemd/system/overlay-agent.service <<'EOF'; then
-[Unit]
-Description=overlay-agent: VXLAN overlays, names, and the Docker ovl plugin
-After=network-online.target etcd.service
-Wants=network-online.target
-Before=docker.service
-
-[Service]
-Type=simple
-EnvironmentFile=/etc/default/overlay-agent
-ExecStart=/usr/local/bin/overlay-agent --docker-plugin
-ExecStartPost=/bin/sh -c 'n=0; until [ -S /run/docker/plugins/ovl.sock ]; do n=$$((n+1)); [ $$n -lt 300 ] || exit 1; sleep 0.2; done'
-Restart=on-failure
-RestartSec=2
-
-[Install]
-WantedBy=multi-user.target docker.service
-EOF
-  systemctl daemon-reload
-  restart_agent=1
-fi
 # One `systemctl enable` for every unit: each call reloads systemd, which takes many seconds
 # in an emulated guest.
 to_enable=()
@@ -128,6 +134,8 @@ if [ ${#to_enable[@]} -gt 0 ]; then
   systemctl -q enable "${to_enable[@]}"
   changed "enabled ${to_enable[*]}"
 fi
+# The package's unit is Type=notify: start returns once the control and plugin sockets
+# answer.
 if ! systemctl -q is-active overlay-agent.service; then
   systemctl start overlay-agent.service
   changed "started overlay-agent.service"

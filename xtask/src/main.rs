@@ -1,4 +1,4 @@
-//! `cargo xtask`: lab, demo and benchmarks. Run `cargo xtask --help`.
+//! `cargo xtask`: lab, demo, benchmarks, the Vagrant lab and the Debian package. Run `cargo xtask --help`.
 
 use std::process::{Command, ExitCode};
 
@@ -27,6 +27,9 @@ enum Cmd {
     /// The Vagrant lab: real VMs (libvirt) running the agent, Docker and etcd.
     #[command(subcommand)]
     Vagrant(vagrant::VagrantCmd),
+    /// The Debian package: target/debian/overlay-agent_<version>_amd64.deb (cargo-deb; run
+    /// scripts/package-deps.sh first), checked after it is built.
+    Package(xtask::package::PackageArgs),
     /// The multi-host demo: a lab, a network, containers on every host talking by name; then
     /// everything is removed.
     Demo {
@@ -238,6 +241,10 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Vagrant(c) => vagrant::run(c),
+        Cmd::Package(args) => {
+            xtask::package::run(&args)?;
+            Ok(0)
+        }
         Cmd::Demo { hosts, kv } => {
             build_agent()?;
             demo(hosts, kv)?;

@@ -3,12 +3,17 @@
 //! - [`build_box`]: a Debian bookworm libvirt box made with debootstrap
 //!   (`vagrant/box/build.sh`), cached under [`Paths::cache`] and named after a hash of its
 //!   recipe, so it is built once and rebuilt only when the recipe changes (or on `--force`).
-//! - [`up`]: builds the agent, starts libvirt if nothing runs it (this machine has no
-//!   systemd), creates the lab's storage pool and runs `vagrant up`.
-//! - [`scenario`]: the end-to-end scenario of the original multi-host users, through
-//!   `docker` on the nodes: one network created on every node, a leader and followers that
-//!   reach it by name, broadcast and multicast across hosts, the way out through Docker's
-//!   gateway bridge; then a second `vagrant provision` that must change nothing.
+//! - [`up`]: builds the Debian package (`cargo xtask package`), starts libvirt if nothing
+//!   runs it (this machine has no systemd), creates the lab's storage pool and runs
+//!   `vagrant up`; provisioning installs the package on every node.
+//! - [`scenario`]: the package and its unit on every node (version, ordering before
+//!   `docker.service`, readiness: Docker starts only after the plugin socket answers), then
+//!   the end-to-end scenario of the original multi-host users, through `docker` on the
+//!   nodes: one network created on every node, a leader and followers that reach it by name,
+//!   broadcast and multicast across hosts, the way out through Docker's gateway bridge, a
+//!   ping through `systemctl restart overlay-agent` on both ends without loss, and the
+//!   datapath left in place by `systemctl stop`; then a second `vagrant provision` that must
+//!   change nothing.
 //! - [`down`]: removes everything `up` made: VMs, libvirt networks, volumes and pool, the
 //!   daemons it started (by PID), leftover `LIBVIRT_*` firewall chains, state files; then
 //!   checks that nothing is left.
@@ -62,7 +67,7 @@ pub enum VagrantCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Build the agent and the box, start libvirt if needed, `vagrant up` the nodes.
+    /// Build the package and the box, start libvirt if needed, `vagrant up` the nodes.
     Up(Size),
     /// Up, the end-to-end scenario, a second provisioning, down; every phase timed.
     Test {
@@ -163,7 +168,7 @@ pub struct Paths {
     pub workspace: PathBuf,
     /// `vagrant/` (the Vagrantfile and provisioning).
     pub vagrant_dir: PathBuf,
-    /// Run state (`target/vagrant`): PIDs, staged binaries, pool, consoles, SSH config.
+    /// Run state (`target/vagrant`): PIDs, the staged package, pool, consoles, SSH config.
     pub state: PathBuf,
     /// What survives `down`: built boxes and `VAGRANT_HOME`.
     pub cache: PathBuf,
@@ -227,6 +232,9 @@ struct State {
     /// others it made through iptables, and `down` removes them once they are empty.
     #[serde(default)]
     tables_before: Option<Vec<String>>,
+    /// Version of the package the nodes were provisioned with.
+    #[serde(default)]
+    package: Option<String>,
 }
 
 impl State {
@@ -485,7 +493,7 @@ fn vagrant(paths: &Paths, nodes: usize, settings: Option<&Settings>) -> Command 
         .env("LIBVIRT_DEFAULT_URI", LIBVIRT_URI)
         .env("OVL_NODES", nodes.to_string())
         .env("OVL_LIBVIRT_POOL", POOL)
-        .env("OVL_BIN_DIR", paths.state.join("bin"))
+        .env("OVL_DEB", paths.state.join("overlay-agent.deb"))
         .env("OVL_CONSOLE_DIR", paths.state.join("console"))
         .env("OVL_UNDERLAY", UNDERLAY)
         .env("OVL_BOX", BOX_NAME);
@@ -501,43 +509,29 @@ fn vagrant(paths: &Paths, nodes: usize, settings: Option<&Settings>) -> Command 
     c
 }
 
-/// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the workspace) if set,
-/// else `<workspace>/target`.
-fn target_dir(workspace: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => workspace.join(d),
-        None => workspace.join("target"),
-    }
-}
-
-/// Builds the release binaries and stages stripped copies for upload (smaller uploads into
-/// emulated guests).
-fn build_and_stage(paths: &Paths) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_shown(Command::new(cargo).current_dir(&paths.workspace).args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "overlay-agent",
-        "--bins",
-    ]))?;
-    let bin = paths.state.join("bin");
-    fs::create_dir_all(&bin)?;
-    for b in ["overlay-agent", "overlayctl"] {
-        let src = target_dir(&paths.workspace).join("release").join(b);
-        let dst = bin.join(b);
-        fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
-        if command_exists("strip") {
-            checked(Command::new("strip").arg("--strip-debug").arg(&dst))?;
-        }
-        println!(
-            "staged {} ({} MiB)",
-            dst.display(),
-            fs::metadata(&dst)?.len() >> 20
-        );
-    }
-    Ok(())
+/// Builds the Debian package (`cargo xtask package`, which checks it) and stages it for
+/// upload as `<state>/overlay-agent.deb`; returns its version.
+fn build_and_stage(paths: &Paths) -> Result<String> {
+    let deb = crate::package::run(&crate::package::PackageArgs {
+        revision: "1".into(),
+        output: None,
+    })?;
+    fs::create_dir_all(&paths.state)?;
+    let dst = paths.state.join("overlay-agent.deb");
+    fs::copy(&deb, &dst).with_context(|| format!("copying {}", deb.display()))?;
+    let out = checked(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&dst)
+            .arg("Version"),
+    )?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    println!(
+        "staged {} ({version}, {} KiB)",
+        dst.display(),
+        fs::metadata(&dst)?.len() >> 10
+    );
+    Ok(version)
 }
 
 /// Adds the box to the lab's `VAGRANT_HOME` unless this very box file is already there.
@@ -688,14 +682,14 @@ fn ensure_pool(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-/// Brings the lab up: builds the agent and the box, starts libvirt when needed, `vagrant up`.
+/// Brings the lab up: builds the package and the box, starts libvirt when needed, `vagrant up`.
 pub fn up(paths: &Paths, settings: &Settings, timer: &mut Timer) -> Result<()> {
     require_root()?;
     if !(1..=MAX_NODES).contains(&settings.nodes) {
         bail!("--nodes must be 1..={MAX_NODES}");
     }
     timer.phase("host packages present", || check_deps(paths))?;
-    timer.phase("cargo build --release (agent, overlayctl)", || {
+    let version = timer.phase("cargo xtask package (release build, .deb, checks)", || {
         build_and_stage(paths)
     })?;
     let file = timer.phase("box (cached after the first build)", || {
@@ -704,6 +698,7 @@ pub fn up(paths: &Paths, settings: &Settings, timer: &mut Timer) -> Result<()> {
     timer.phase("register the box", || register_box(paths, &file))?;
     let mut state = State::load(paths);
     state.nodes = Some(settings.nodes);
+    state.package = Some(version);
     state.save(paths)?;
     fs::create_dir_all(paths.state.join("console"))?;
     timer.phase("libvirt (daemons, storage pool)", || {
@@ -921,6 +916,15 @@ pub fn scenario(nodes: &Nodes, timer: &mut Timer) -> Result<()> {
         Ok(())
     })?;
 
+    timer.phase(
+        "scenario: the package on every node (version, unit before docker.service)",
+        || check_package(nodes),
+    )?;
+    timer.phase(
+        "scenario: docker.service starts only after the plugin socket answers",
+        || check_readiness(nodes, &node(count)),
+    )?;
+
     timer.phase("scenario: docker network create on every node", || {
         for i in 1..=count {
             nodes.sh(
@@ -1073,7 +1077,232 @@ pub fn scenario(nodes: &Nodes, timer: &mut Timer) -> Result<()> {
         nodes.sh(&n1, "overlayctl endpoints")?;
         Ok(())
     })?;
+
+    timer.phase(
+        "scenario: systemctl restart overlay-agent keeps traffic flowing",
+        || check_restart(nodes, &follower_node, &leader_node, &leader_ip),
+    )?;
+    timer.phase(
+        "scenario: systemctl stop overlay-agent leaves the datapath in place",
+        || check_stop(nodes, &follower_node, &leader_node, &leader_ip),
+    )?;
     Ok(())
+}
+
+/// `systemctl show -p PROP --value UNIT` on `node`.
+fn unit_prop(nodes: &Nodes, node: &str, unit: &str, prop: &str) -> Result<String> {
+    let out = nodes.try_sh(node, &format!("systemctl show -p {prop} --value {unit}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Every node runs the package this run built: its version, both binaries' `--version`
+/// (release and git revision), the packaged unit (enabled, `Type=notify`, before
+/// `docker.service`), and every host's version in `overlayctl hosts`.
+fn check_package(nodes: &Nodes) -> Result<()> {
+    let want = format!("overlay-agent {}", overlay_agent::VERSION);
+    for i in 1..=nodes.count {
+        let n = node(i);
+        let out = nodes.sh(
+            &n,
+            "dpkg-query -W -f='${Package} ${Version}\\n' overlay-agent; overlay-agent --version; \
+             overlayctl --version; systemctl show -p FragmentPath -p Type -p Before -p UnitFileState \
+             -p ActiveState overlay-agent",
+        )?;
+        let has = |l: &str| out.lines().any(|x| x.trim() == l);
+        if !has(&want) || !has(&format!("overlayctl {}", overlay_agent::VERSION)) {
+            bail!("{n} runs another build than this one ({want}):\n{out}");
+        }
+        // The packaged unit (/lib or /usr/lib, as systemd finds it), not one in /etc.
+        let fragment = out
+            .lines()
+            .find_map(|l| l.strip_prefix("FragmentPath="))
+            .unwrap_or("");
+        if !fragment.ends_with("lib/systemd/system/overlay-agent.service") {
+            bail!("{n}: overlay-agent.service comes from {fragment:?}, not the package");
+        }
+        for l in ["Type=notify", "UnitFileState=enabled", "ActiveState=active"] {
+            if !has(l) {
+                bail!("{n}: expected {l} in:\n{out}");
+            }
+        }
+        let before = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Before="))
+            .unwrap_or("");
+        if !before.split_whitespace().any(|u| u == "docker.service") {
+            bail!("{n}: overlay-agent.service is not ordered before docker.service ({before})");
+        }
+    }
+    let hosts: Vec<Value> = serde_json::from_str(&nodes.sh(&node(1), "overlayctl --json hosts")?)?;
+    nodes.sh(&node(1), "overlayctl hosts")?;
+    for h in &hosts {
+        if h["version"] != overlay_agent::VERSION {
+            bail!("host {} reports version {}", h["id"], h["version"]);
+        }
+    }
+    Ok(())
+}
+
+/// On `n`: with a file squatting on the plugin socket's path (so the plugin cannot bind),
+/// `systemctl start overlay-agent docker` leaves the agent activating, its control socket
+/// answering, and Docker waiting; once the path is free the agent reports ready, and Docker
+/// starts after that moment.
+fn check_readiness(nodes: &Nodes, n: &str) -> Result<()> {
+    nodes.sh(
+        n,
+        "systemctl stop docker.socket docker.service overlay-agent.service && \
+         mkdir -p /run/docker/plugins && rm -f /run/docker/plugins/ovl.sock && \
+         : > /run/docker/plugins/ovl.sock && \
+         systemctl start --no-block overlay-agent.service docker.service",
+    )?;
+    let result = (|| -> Result<()> {
+        wait_until(
+            "the control socket to answer",
+            Duration::from_secs(120),
+            || nodes.quiet(n, "overlayctl status >/dev/null && echo yes"),
+        )?;
+        // The agent answers on its control socket, yet must not be ready: the plugin socket
+        // cannot answer. Docker must still wait.
+        std::thread::sleep(Duration::from_secs(5));
+        let agent = unit_prop(nodes, n, "overlay-agent", "ActiveState")?;
+        let docker = unit_prop(nodes, n, "docker", "ActiveState")?;
+        let docker_pid = unit_prop(nodes, n, "docker", "MainPID")?;
+        let jobs = nodes.sh(n, "systemctl list-jobs --no-legend --no-pager")?;
+        println!(
+            "[{n}]   plugin path blocked: overlay-agent {agent}, docker {docker} (pid {docker_pid})"
+        );
+        if agent != "activating" {
+            bail!("overlay-agent is {agent} while its plugin socket cannot answer");
+        }
+        if docker != "inactive" || docker_pid != "0" {
+            bail!("docker.service is {docker} (pid {docker_pid}) before the agent is ready");
+        }
+        // Docker's start is queued behind the agent's, not forgotten.
+        if !jobs
+            .lines()
+            .any(|l| l.contains("docker.service") && l.contains("start") && l.contains("waiting"))
+        {
+            bail!("no waiting start job for docker.service:\n{jobs}");
+        }
+        Ok(())
+    })();
+    // Free the path whatever happened, so the node is usable again.
+    nodes.sh(n, "rm -f /run/docker/plugins/ovl.sock")?;
+    result?;
+    wait_until(
+        "overlay-agent and docker active",
+        Duration::from_secs(300),
+        || {
+            let a = unit_prop(nodes, n, "overlay-agent", "ActiveState").ok()?;
+            let d = unit_prop(nodes, n, "docker", "ActiveState").ok()?;
+            (a == "active" && d == "active").then_some(())
+        },
+    )?;
+    let ready: u64 = unit_prop(nodes, n, "overlay-agent", "ActiveEnterTimestampMonotonic")?
+        .parse()
+        .context("agent's ActiveEnterTimestampMonotonic")?;
+    let docker: u64 = unit_prop(nodes, n, "docker", "ExecMainStartTimestampMonotonic")?
+        .parse()
+        .context("docker's ExecMainStartTimestampMonotonic")?;
+    println!(
+        "[{n}]   overlay-agent ready at {:.3} s, dockerd started at {:.3} s (monotonic)",
+        ready as f64 / 1e6,
+        docker as f64 / 1e6
+    );
+    if docker < ready {
+        bail!("dockerd started before the agent was ready");
+    }
+    nodes.sh(
+        n,
+        "journalctl -u overlay-agent -b --no-pager -o cat | grep 'ready: told systemd' | tail -n1 && \
+         test -S /run/docker/plugins/ovl.sock && docker info --format '{{.ServerVersion}}'",
+    )?;
+    wait_until("docker to answer", Duration::from_secs(180), || {
+        nodes.quiet(n, "docker info >/dev/null 2>&1 && echo ok")
+    })?;
+    Ok(())
+}
+
+/// `a packets transmitted, b packets received` from ping's summary.
+fn ping_counts(out: &str) -> Option<(u32, u32)> {
+    let l = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = l
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse::<u32>().ok());
+    Some((nums.next()??, nums.next()??))
+}
+
+/// A ping from `follower2` to the leader every 0.25 s runs through
+/// `systemctl restart overlay-agent` on both ends; not one echo may be lost.
+fn check_restart(nodes: &Nodes, from: &str, to: &str, leader_ip: &str) -> Result<()> {
+    nodes.sh(
+        from,
+        &format!(
+            "docker exec -d follower2 sh -c 'ping -c 80 -i 0.25 {leader_ip} > /tmp/restart-ping.txt 2>&1'"
+        ),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mut ends = vec![to.to_string()];
+    if from != to {
+        ends.push(from.to_string());
+    }
+    for n in &ends {
+        let before = unit_prop(nodes, n, "overlay-agent", "MainPID")?;
+        nodes.sh(
+            n,
+            "systemctl restart overlay-agent && systemctl is-active overlay-agent",
+        )?;
+        let after = unit_prop(nodes, n, "overlay-agent", "MainPID")?;
+        println!("[{n}]   overlay-agent restarted: pid {before} -> {after}");
+        if before == after {
+            bail!("{n}: the agent's pid did not change across the restart");
+        }
+    }
+    let summary = wait_until("the ping to finish", Duration::from_secs(120), || {
+        nodes
+            .quiet(from, "docker exec follower2 cat /tmp/restart-ping.txt")
+            .filter(|o| o.contains("packets transmitted"))
+    })?;
+    let (sent, got) = ping_counts(&summary).context("no ping summary")?;
+    println!("[{from}]   through the restarts: {sent} echo requests, {got} replies");
+    if sent < 80 || got != sent {
+        bail!("traffic did not keep flowing through the restarts:\n{summary}");
+    }
+    Ok(())
+}
+
+/// `systemctl stop overlay-agent` on the leader's node: the overlay's devices and FDB
+/// entries stay, Docker keeps running, and the followers still reach the leader.
+fn check_stop(nodes: &Nodes, from: &str, to: &str, leader_ip: &str) -> Result<()> {
+    nodes.sh(to, "systemctl stop overlay-agent")?;
+    let result = (|| -> Result<()> {
+        let state = unit_prop(nodes, to, "overlay-agent", "ActiveState")?;
+        if state != "inactive" {
+            bail!("overlay-agent is {state} after systemctl stop");
+        }
+        let ns = format!("/run/overlay-agent/netns/{NET}");
+        let fdb = nodes.sh(
+            to,
+            &format!(
+                "nsenter --net={ns} ip -d link show vxlan0 && nsenter --net={ns} bridge fdb show dev vxlan0 | grep dst; \
+                 systemctl is-active docker"
+            ),
+        )?;
+        if !fdb.contains("vxlan id") || !fdb.contains("dst ") {
+            bail!("the datapath is gone after systemctl stop:\n{fdb}");
+        }
+        nodes.sh(
+            from,
+            &format!("docker exec follower2 ping -c 3 -W 3 {leader_ip}"),
+        )?;
+        Ok(())
+    })();
+    nodes.sh(
+        to,
+        "systemctl start overlay-agent && systemctl is-active overlay-agent",
+    )?;
+    result
 }
 
 /// `vagrant provision node1` a second time must change nothing (both scripts say
@@ -1557,6 +1786,15 @@ mod tests {
                     Icmp: InMsgs InErrors InCsumErrors InDestUnreachs InTimeExcds InParmProbs InSrcQuenchs InRedirects InEchos InEchoReps\n\
                     Icmp: 9 0 0 2 0 0 0 0 7 0\n";
         assert_eq!(in_echos(snmp), Some(7));
+    }
+
+    #[test]
+    fn ping_summary() {
+        let out = "PING 10.10.0.2 (10.10.0.2): 56 data bytes\n\
+                   --- 10.10.0.2 ping statistics ---\n\
+                   80 packets transmitted, 79 packets received, 1% packet loss\n";
+        assert_eq!(ping_counts(out), Some((80, 79)));
+        assert_eq!(ping_counts("nothing"), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Agent {
         };
         Status {
             host_id: self.settings.host_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
             advertise_addr: self.settings.advertise_addr,
             underlay_mtu: self.underlay_mtu,
             datapath: self.rec.datapath().mode().to_string(),

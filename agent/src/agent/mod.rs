@@ -267,7 +267,7 @@ impl Agent {
             vtep: self.settings.advertise_addr,
             underlay_mtu: self.underlay_mtu,
             datapath: self.rec.datapath().mode().to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
             gw_subnet: self.gw.info().map(|i| i.subnet),
         }
     }
