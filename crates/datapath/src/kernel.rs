@@ -1022,8 +1022,13 @@ async fn remove_port(sb: &Netlink, endpoint_id: &str) -> Result<()> {
 /// MTU of the interface holding `addr` in the caller's network namespace (the underlay MTU
 /// the container MTU is derived from: underlay - 50).
 pub fn underlay_mtu(addr: Ipv4Addr) -> Result<u32> {
+    interface_mtu(&underlay_interface(addr)?)
+}
+
+/// Name of the interface holding `addr` in the caller's network namespace.
+pub fn underlay_interface(addr: Ipv4Addr) -> Result<String> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::sys("getifaddrs", e))?;
-    let ifname = addrs
+    addrs
         .into_iter()
         .find(|ifa| {
             ifa.address
@@ -1032,10 +1037,7 @@ pub fn underlay_mtu(addr: Ipv4Addr) -> Result<u32> {
                 .is_some_and(|sin| sin.ip() == addr)
         })
         .map(|ifa| ifa.interface_name)
-        .ok_or_else(|| {
-            Error::NotFound(format!("no interface holds the advertise address {addr}"))
-        })?;
-    interface_mtu(&ifname)
+        .ok_or_else(|| Error::NotFound(format!("no interface holds the advertise address {addr}")))
 }
 
 /// MTU of a named interface in the caller's namespace (SIOCGIFMTU).

@@ -43,7 +43,9 @@ pub mod plan;
 pub mod types;
 
 pub use error::{Error, Result};
-pub use kernel::{ApplyReport, BRIDGE_NAME, KernelDatapath, VXLAN_NAME, underlay_mtu};
+pub use kernel::{
+    ApplyReport, BRIDGE_NAME, KernelDatapath, VXLAN_NAME, underlay_interface, underlay_mtu,
+};
 pub use plan::{
     Desired, DesiredNetwork, Observed, ObservedBridge, ObservedEndpoint, ObservedNeigh,
     ObservedNetwork, ObservedVxlan, Op, VXLAN_PORT, effective_peers, network_drift, plan,

@@ -194,6 +194,58 @@ pub async fn ensure_bridge(h: &Handle, name: &str, addr: Ipv4Network) -> Result<
     Ok(index)
 }
 
+/// Creates the interface `name` that holds a local address only, if missing: a bridge
+/// without ports (a dummy device would do, but not every kernel has the dummy driver: this
+/// project's CI machine has none). Gives it `addr/32` (next to anything else it holds) and
+/// brings it up. Returns whether anything had to be done.
+pub async fn ensure_address_holder(h: &Handle, name: &str, addr: Ipv4Addr) -> Result<bool> {
+    let mut changed = false;
+    let index = match link_index(h, name).await? {
+        Some(i) => i,
+        None => {
+            match h.link().add(LinkBridge::new(name).build()).execute().await {
+                Ok(()) => {}
+                Err(e) if is_code(&e, EEXIST) => {}
+                Err(e) => return Err(Error::netlink(format!("creating {name}"), e)),
+            }
+            changed = true;
+            link_index(h, name)
+                .await?
+                .ok_or_else(|| Error::LinkVanished(name.to_string()))?
+        }
+    };
+    let want = Ipv4Network::new(addr, 32).expect("a /32 is valid");
+    if !link_ipv4(h, index).await?.contains(&want) {
+        match h.address().add(index, IpAddr::V4(addr), 32).execute().await {
+            Ok(()) => {}
+            Err(e) if is_code(&e, EEXIST) => {}
+            Err(e) => return Err(Error::netlink(format!("adding {addr} to {name}"), e)),
+        }
+        changed = true;
+    }
+    let up = {
+        let mut s = h.link().get().match_index(index).execute();
+        let msg = s
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink(format!("reading {name}"), e))?;
+        msg.is_some_and(|m| {
+            m.header
+                .flags
+                .contains(rtnetlink::packet_route::link::LinkFlags::Up)
+        })
+    };
+    if !up {
+        h.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("setting {name} up"), e))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
 /// Deletes the link `name` if it exists.
 pub async fn delete_link(h: &Handle, name: &str) -> Result<()> {
     if let Some(index) = link_index(h, name).await? {
