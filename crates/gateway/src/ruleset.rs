@@ -24,7 +24,8 @@
 //!   interface other than the bridge.
 //! - `dns_guard` (filter, input, only with a [`DnsGuard`]): the agent's DNS address for Docker
 //!   containers (a link-local address on a dummy interface) is reachable from the host itself
-//!   (`lo`) and, for DNS only, from the container bridges named in the guard; everything else
+//!   (`lo`) and, for DNS only, from the container bridges named in the guard (with a source
+//!   address routed back through the bridge it came from); everything else
 //!   sent to it (the underlay, other hosts) is dropped and counted in the named counter
 //!   [`DNS_DROPPED`]. The link-local address is not routed anyway; the rule is what stops a
 //!   neighbour on the underlay that routes it to us by hand (the kernel answers ARP for any
@@ -337,9 +338,11 @@ fn render_dns_guard(s: &mut String, g: &DnsGuard) {
     allow.dedup();
     if !allow.is_empty() {
         let set: Vec<String> = allow.iter().map(|n| q(n)).collect();
+        // The reverse-path check: a container of one bridge cannot pass for one of another
+        // (whose networks it would then be answered on).
         let _ = writeln!(
             s,
-            "\t\tip daddr {a} iifname {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 accept",
+            "\t\tip daddr {a} iifname {{ {} }} fib saddr . iif oif != 0 meta l4proto {{ tcp, udp }} th dport 53 accept",
             set.join(", ")
         );
     }
@@ -501,7 +504,7 @@ mod tests {
 \t\ttype filter hook input priority filter; policy accept;
 \t\tip daddr 169.254.53.53 iif \"lo\" accept
 \t\tip daddr 169.254.53.53 iifname \"eth0\" counter name \"dns_dropped\" drop
-\t\tip daddr 169.254.53.53 iifname { \"br-*\", \"docker0\", \"docker_gwbridge\" } meta l4proto { tcp, udp } th dport 53 accept
+\t\tip daddr 169.254.53.53 iifname { \"br-*\", \"docker0\", \"docker_gwbridge\" } fib saddr . iif oif != 0 meta l4proto { tcp, udp } th dport 53 accept
 \t\tip daddr 169.254.53.53 counter name \"dns_dropped\" drop
 \t}
 }

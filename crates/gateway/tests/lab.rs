@@ -234,9 +234,14 @@ fn tcp_ask(ns: &Path, to: &str) -> Result<String, String> {
 
 /// UDP request from inside `ns`; returns what the server saw as our address.
 fn udp_ask(ns: &Path, to: &str) -> Result<String, String> {
+    udp_ask_from(ns, "0.0.0.0", to)
+}
+
+/// [`udp_ask`] from source address `from` (one of the namespace's own).
+fn udp_ask_from(ns: &Path, from: &'static str, to: &str) -> Result<String, String> {
     let to: SocketAddr = to.parse().unwrap();
     run_in_netns(ns, move || {
-        let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let u = UdpSocket::bind((from, 0)).unwrap();
         u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut buf = [0u8; 64];
         // A few tries: the very first datagram may wait for ARP resolution.
@@ -647,13 +652,24 @@ async fn dns_address_is_guarded_and_repaired() {
         udp_ask(&other, "169.254.53.53:53").is_err(),
         "a bridge not allowed"
     );
+    // A container of an allowed bridge passing for one of another bridge (a source address
+    // that is not routed back through the bridge it came from): dropped by the guard, not
+    // merely unanswerable (the reply would go to the other bridge), so the count tells.
+    sh("ip -n gwt-e-c1 addr add 172.31.0.77/32 dev eth0");
+    let before = gw.dns_dropped().await.unwrap().unwrap();
+    assert!(
+        udp_ask_from(&allowed, "172.31.0.77", "169.254.53.53:53").is_err(),
+        "a forged source"
+    );
+    let forged = gw.dns_dropped().await.unwrap().unwrap() - before;
+    assert_eq!(forged, 3, "the three forged datagrams are the guard's");
     assert!(udp_ask(&h2, "169.254.53.53:53").is_err(), "another host");
     assert!(
         tcp_ask(&h2, "169.254.53.53:53").is_err(),
         "another host, TCP"
     );
     let dropped = gw.dns_dropped().await.unwrap().unwrap();
-    assert!(dropped >= 7, "dropped {dropped}");
+    assert!(dropped >= 10, "dropped {dropped}");
 
     // Deleted by hand: recreated; the listening socket keeps working on the new interface.
     sh("ip -n gwt-e-h1 link del ovl_dns");

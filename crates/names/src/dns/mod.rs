@@ -119,6 +119,25 @@ fn networks_for(zone: &Zone, client: &Client) -> Arc<Vec<String>> {
     }
 }
 
+/// What to do with `request` from `client`: strangers get nothing, clients without recursion
+/// REFUSED instead of a forward.
+fn prepare_for(
+    handler: &Handler,
+    request: &[u8],
+    client: &Client,
+    transport: Transport,
+) -> Prepared {
+    if matches!(client, Client::Stranger) {
+        return Prepared::Drop;
+    }
+    let zone = handler.zone().load();
+    let nets = networks_for(&zone, client);
+    match handler.prepare_with(&zone, request, &nets, transport) {
+        Prepared::Forward(job) if !client.recursion() => Prepared::Reply(handler.refuse(job)),
+        p => p,
+    }
+}
+
 /// Answers `request` from `client` completely: `None` sends nothing (strangers, non-queries).
 async fn respond(
     handler: &Handler,
@@ -126,19 +145,10 @@ async fn respond(
     client: &Client,
     transport: Transport,
 ) -> Option<Vec<u8>> {
-    if *client == Client::Stranger {
-        return None;
-    }
-    let prepared = {
-        let zone = handler.zone().load();
-        let nets = networks_for(&zone, client);
-        handler.prepare_with(&zone, request, &nets, transport)
-    };
-    match prepared {
+    match prepare_for(handler, request, client, transport) {
         Prepared::Reply(bytes) => Some(bytes),
         Prepared::Drop => None,
-        Prepared::Forward(job) if client.recursion() => Some(handler.finish(job).await),
-        Prepared::Forward(job) => Some(handler.refuse(job)),
+        Prepared::Forward(job) => Some(handler.finish(job).await),
     }
 }
 
@@ -529,22 +539,13 @@ async fn answer_udp(
     src: SocketAddr,
     client: Client,
 ) {
-    if client == Client::Stranger {
-        return;
-    }
-    let prepared = {
-        let zone = handler.zone().load();
-        let nets = networks_for(&zone, &client);
-        handler.prepare_with(&zone, request, &nets, Transport::Udp)
-    };
-    match prepared {
+    match prepare_for(handler, request, &client, Transport::Udp) {
         Prepared::Reply(bytes) => send(sock, &bytes, src).await,
         Prepared::Drop => {}
-        Prepared::Forward(job) if client.recursion() => {
+        Prepared::Forward(job) => {
             let h = handler.clone();
             pending.spawn(async move { (Some(h.finish(job).await), src) });
         }
-        Prepared::Forward(job) => send(sock, &handler.refuse(job), src).await,
     }
 }
 
