@@ -92,6 +92,8 @@ pub fn examples() -> Vec<(&'static str, Value)> {
         ("gw-subnet", s("172.31.0.0/24")),
         ("metrics-addr", s("127.0.0.1:9464")),
         ("dns-upstream", s("192.0.2.53,192.0.2.54")),
+        ("dns-addr", s("169.254.53.53")),
+        ("dns-interfaces", s("docker0,docker_gwbridge,br-*")),
         ("socket-group", s("overlay-agent")),
         ("kv-ca", s("/etc/overlay-agent/etcd-ca.pem")),
         ("kv-cert", s("/etc/overlay-agent/etcd-client.pem")),

@@ -118,6 +118,16 @@ pub struct Cli {
     /// host's /etc/resolv.conf).
     #[arg(long, env = "OVERLAY_DNS_UPSTREAM")]
     pub dns_upstream: Option<String>,
+    /// The link-local address (169.254.0.0/16) where the agent serves DNS to this host's
+    /// Docker containers, on the interface `ovl_dns`; Docker's resolver forwards to it
+    /// (daemon.json `"dns"`). Default 169.254.53.53 with `--docker-plugin`; `none`: off.
+    #[arg(long, env = "OVERLAY_DNS_ADDR")]
+    pub dns_addr: Option<String>,
+    /// Host interfaces (container bridges) whose traffic may query `--dns-addr`, comma
+    /// separated, `*` as a suffix wildcard (default `docker0,docker_gwbridge,br-*`). The host
+    /// itself always may; anything else sent to the address is dropped and counted.
+    #[arg(long, env = "OVERLAY_DNS_INTERFACES")]
+    pub dns_interfaces: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -166,6 +176,10 @@ pub struct FileConfig {
     subnet_pool: Option<String>,
     #[serde(alias = "dns_upstream")]
     dns_upstream: Option<String>,
+    #[serde(alias = "dns_addr")]
+    dns_addr: Option<String>,
+    #[serde(alias = "dns_interfaces")]
+    dns_interfaces: Option<String>,
 }
 
 /// Resolved, validated settings of the daemon.
@@ -207,6 +221,50 @@ pub struct Settings {
     pub subnet_pool: ovl_core::ipam::SubnetPool,
     /// Upstream DNS servers (empty: the host's resolv.conf).
     pub dns_upstream: Vec<SocketAddr>,
+    /// The DNS address for Docker containers (`None`: not served).
+    pub dns_addr: Option<Ipv4Addr>,
+    /// Interfaces (patterns) whose traffic may query `dns_addr`.
+    pub dns_interfaces: Vec<String>,
+}
+
+/// The default `--dns-addr` (with `--docker-plugin`).
+pub const DEFAULT_DNS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
+/// The default `--dns-interfaces`: Docker's default bridge, its gateway bridge and its
+/// user-defined bridges.
+pub const DEFAULT_DNS_INTERFACES: &str = "docker0,docker_gwbridge,br-*";
+
+/// Parses `--dns-addr`: `none`/`off`, or a link-local unicast address.
+fn parse_dns_addr(s: &str) -> Result<Option<Ipv4Addr>, ConfigError> {
+    let s = s.trim();
+    if matches!(s, "none" | "off") {
+        return Ok(None);
+    }
+    let bad = |why: &str| ConfigError(format!("invalid --dns-addr {s:?}: {why}"));
+    let ip: Ipv4Addr = s
+        .parse()
+        .map_err(|_| bad("expected an IPv4 address or none"))?;
+    let o = ip.octets();
+    if !ip.is_link_local() || o[3] == 0 || o[3] == 255 || (o[2] == 169 && o[3] == 254) {
+        // Link-local: never routed off the host, so only what the guard lets in reaches it.
+        // 169.254.169.254 is the cloud metadata service.
+        return Err(bad(
+            "use a link-local unicast address in 169.254.0.0/16 (not .0, .255 or 169.254.169.254)",
+        ));
+    }
+    Ok(Some(ip))
+}
+
+/// Parses `--dns-interfaces`.
+fn parse_dns_interfaces(s: &str) -> Result<Vec<String>, ConfigError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            ovl_gateway::ruleset::check_ifname_pattern(p)
+                .map(|()| p.to_string())
+                .map_err(|e| ConfigError(format!("invalid --dns-interfaces: {e}")))
+        })
+        .collect()
 }
 
 /// A settings error: one line, printed before exiting.
@@ -350,8 +408,29 @@ impl Settings {
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
+        let docker_plugin = cli.docker_plugin || file.docker_plugin.unwrap_or(false);
+        let dns_addr = match cli.dns_addr.or(file.dns_addr) {
+            Some(s) => parse_dns_addr(&s)?,
+            None => docker_plugin.then_some(DEFAULT_DNS_ADDR),
+        };
+        let dns_interfaces = parse_dns_interfaces(
+            &cli.dns_interfaces
+                .or(file.dns_interfaces)
+                .unwrap_or_else(|| DEFAULT_DNS_INTERFACES.to_string()),
+        )?;
+        if let Some(a) = dns_addr
+            && dns_upstream
+                .iter()
+                .any(|u| u.ip() == std::net::IpAddr::V4(a))
+        {
+            return Err(ConfigError(format!(
+                "--dns-upstream lists {a}, the agent's own --dns-addr: that would loop"
+            )));
+        }
         Ok(Settings {
             dns_upstream,
+            dns_addr,
+            dns_interfaces,
             host_id,
             advertise_addr,
             kv,
@@ -370,7 +449,7 @@ impl Settings {
                 .or(file.state_dir)
                 .unwrap_or_else(|| "/var/lib/overlay-agent".into()),
             gw_subnet,
-            docker_plugin: cli.docker_plugin || file.docker_plugin.unwrap_or(false),
+            docker_plugin,
             docker_network_sync: !(cli.no_docker_network_sync
                 || file.no_docker_network_sync.unwrap_or(false)),
             datapath_fallback: cli.datapath_fallback || file.datapath_fallback.unwrap_or(false),
@@ -512,6 +591,28 @@ mod tests {
         );
         assert_eq!(s.lease_ttl, Duration::from_secs(10));
         assert_eq!(s.vxlan_port, 4789);
+        // The Docker DNS address comes with the plugin (or when asked for).
+        assert_eq!(s.dns_addr, None);
+        assert_eq!(s.dns_interfaces, ["docker0", "docker_gwbridge", "br-*"]);
+        let base = ["--host-id", "h1", "--advertise-addr", "198.18.0.11"];
+        let with = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            Settings::resolve(cli(&a)).unwrap()
+        };
+        assert_eq!(with(&["--docker-plugin"]).dns_addr, Some(DEFAULT_DNS_ADDR));
+        assert_eq!(
+            with(&["--docker-plugin", "--dns-addr", "none"]).dns_addr,
+            None
+        );
+        let s = with(&[
+            "--dns-addr",
+            "169.254.7.7",
+            "--dns-interfaces",
+            "cbr0, br-*",
+        ]);
+        assert_eq!(s.dns_addr, Some(Ipv4Addr::new(169, 254, 7, 7)));
+        assert_eq!(s.dns_interfaces, ["cbr0", "br-*"]);
         assert!(
             Settings::resolve(cli(&["--advertise-addr", "198.18.0.11"]))
                 .unwrap_err()
@@ -551,6 +652,13 @@ mod tests {
         let e = Settings::resolve(cli(&["--host-id", "h1", "--advertise-addr", "0.0.0.0"]))
             .unwrap_err();
         assert!(e.0.contains("unicast"));
+        for a in ["10.0.0.53", "169.254.169.254", "169.254.0.0", "x"] {
+            assert!(bad(&["--dns-addr", a]).contains("--dns-addr"), "{a}");
+        }
+        assert!(bad(&["--dns-interfaces", "docker0,a b"]).contains("--dns-interfaces"));
+        assert!(
+            bad(&["--dns-addr", "169.254.9.9", "--dns-upstream", "169.254.9.9"]).contains("loop")
+        );
         for e in [bad(&["--kv", "etcd://"]), bad(&["--gw-subnet", "x"])] {
             assert!(!e.contains('\n'), "one line: {e}");
         }

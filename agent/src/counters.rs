@@ -23,6 +23,9 @@ pub struct Counters {
     pub records_repaired: AtomicU64,
     /// Steps of cleanup after a failed operation (rollback) that failed themselves.
     pub rollback_failures: AtomicU64,
+    /// Packets to the DNS address for Docker containers dropped by its guard (not from the
+    /// host itself nor from an allowed container bridge).
+    pub dns_dropped: AtomicU64,
 }
 
 impl Counters {

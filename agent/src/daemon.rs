@@ -64,13 +64,37 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let dp = crate::datapath::open(&settings).await?;
     let mut gw_cfg = ovl_gateway::GatewayConfig::new(settings.state_dir.join("gateway"));
     gw_cfg.subnet = settings.gw_subnet;
+    // The DNS address for Docker containers: never reachable through the underlay interface,
+    // even when it is a bridge an `--dns-interfaces` pattern matches.
+    let underlay = ovl_netlink::underlay_interface(settings.advertise_addr)
+        .context("finding the underlay interface")?;
+    gw_cfg.dns = settings.dns_addr.map(|addr| ovl_gateway::DnsGuard {
+        addr,
+        allow: settings.dns_interfaces.clone(),
+        deny: vec![underlay.clone()],
+    });
     let gw = ovl_gateway::Gateway::new(gw_cfg).context("opening the gateway bridge state")?;
     if let Some(s) = settings.gw_subnet {
         check_gw_subnet(kv.as_ref(), s).await?;
     }
     let local =
         LocalState::load(settings.state_dir.join("local.json")).context("loading local state")?;
-    let names = crate::names::DnsNames::new(settings.dns_upstream.clone())?;
+    if settings.dns_addr.is_some() {
+        // Failing here is not fatal (the gateway loop retries); the names loop opens the
+        // listener once the address exists.
+        if let Err(e) = ovl_gateway::Gateway::ensure_dns(&gw).await {
+            tracing::warn!(error = %e, "setting up the DNS address for Docker containers; retrying");
+        }
+    }
+    let shared = settings.dns_addr.map(|addr| {
+        let clients = crate::names::LocalClients::new(
+            Arc::new(crate::names::KernelAddrs),
+            settings.dns_interfaces.clone(),
+            vec![underlay.clone()],
+        );
+        (addr, clients)
+    });
+    let names = crate::names::DnsNames::new(settings.dns_upstream.clone(), shared)?;
     let services = Services {
         datapath: dp,
         gateway: Arc::new(gw),

@@ -283,6 +283,14 @@ impl Gateway for FakeGateway {
     async fn repair(&self) -> gateway::Result<bool> {
         Ok(false)
     }
+
+    async fn ensure_dns(&self) -> gateway::Result<()> {
+        Ok(())
+    }
+
+    async fn dns_dropped(&self) -> gateway::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// Names that remember the last pass.
@@ -292,19 +300,26 @@ pub struct FakeNames {
     pub passes: Mutex<usize>,
     /// The attachments of the last pass.
     pub last_local: Mutex<Vec<Attachment>>,
+    /// The attachments as last told by `containers_changed`.
+    pub containers: Mutex<Vec<Attachment>>,
 }
 
 #[async_trait::async_trait]
 impl Names for FakeNames {
-    async fn sync(
-        &self,
-        _view: &ClusterView,
-        local: &[Attachment],
-        _gw_addr: Option<Ipv4Addr>,
-    ) -> usize {
+    async fn sync(&self, _view: &ClusterView, local: &[Attachment]) -> usize {
         *self.passes.lock().unwrap() += 1;
         *self.last_local.lock().unwrap() = local.to_vec();
         0
+    }
+
+    fn refresh_zone(&self, _view: &ClusterView) {}
+
+    fn containers_changed(&self, local: &[Attachment]) {
+        *self.containers.lock().unwrap() = local.to_vec();
+    }
+
+    fn shared_listeners(&self) -> Vec<std::net::SocketAddr> {
+        Vec::new()
     }
 
     async fn lookup(&self, networks: &[String], name: &str, from: &str) -> Result<DnsLookup> {

@@ -37,6 +37,13 @@ pub trait Gateway: Send + Sync {
 
     /// Repairs the bridge and its rules if something changed them; `true` when it did.
     async fn repair(&self) -> Result<bool>;
+
+    /// Sets up the DNS address for Docker containers (its interface and guard), when
+    /// configured. Idempotent.
+    async fn ensure_dns(&self) -> Result<()>;
+
+    /// Packets the DNS guard dropped since the agent started (`None`: no guard).
+    async fn dns_dropped(&self) -> Result<Option<u64>>;
 }
 
 #[async_trait::async_trait]
@@ -69,10 +76,16 @@ impl Gateway for ovl_gateway::Gateway {
         ovl_gateway::Gateway::unpublish(self, key).await
     }
 
+    async fn ensure_dns(&self) -> Result<()> {
+        ovl_gateway::Gateway::ensure_dns(self).await
+    }
+
+    async fn dns_dropped(&self) -> Result<Option<u64>> {
+        ovl_gateway::Gateway::dns_dropped(self).await
+    }
+
     async fn repair(&self) -> Result<bool> {
-        if ovl_gateway::Gateway::info(self).is_none() {
-            return Ok(false);
-        }
+        // The bridge once set up, and the DNS guard whenever configured.
         let mut repaired = self.reconcile().await?;
         if let Some(info) = ovl_gateway::Gateway::info(self) {
             // Docker's FORWARD policy: keep our exception in its DOCKER-USER chain. iptables

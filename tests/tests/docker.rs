@@ -7,7 +7,8 @@
 //! `/run/docker/plugins/ovl.sock` is the one that dockerd discovers.
 //!
 //! One test per scenario and engine: `docker_two_hosts_{20,26,28}` (kernel datapath) and
-//! `docker_two_hosts_ebpf_{20,26,28}`; pick with a filter, e.g. `-- _28`.
+//! `docker_two_hosts_ebpf_{20,26,28}`; pick with a filter, e.g. `-- _28`. Names through
+//! Docker's DNS are tested in `docker_dns.rs`.
 //! Run: `cargo build -p overlay-agent && cargo test -p ovl-tests --test docker -- --test-threads 1`.
 
 use std::{
@@ -1072,105 +1073,6 @@ fn two_hosts_ebpf(name: &str, engine: Engine) {
         );
     }
     eprintln!("{name}: scenario passed in {:?}", t0.elapsed());
-}
-
-/// Issue 17, point 3 ("names through DNS, at once"; the agent side of it is not built yet):
-/// what users type, asserted as they expect it. Known to fail on every engine today, so the
-/// tests are ignored; run them with `-- --ignored docker_names_through_dns`. Each check's
-/// outcome is printed before the assertion, so one run shows all of them.
-#[test]
-#[ignore = "issue 17 (3): Docker's 127.0.0.11 does not know names on other hosts yet"]
-fn docker_names_through_dns_20() {
-    names_through_dns("t6n20", Engine::Host);
-}
-
-#[test]
-#[ignore = "issue 17 (3): Docker's 127.0.0.11 does not know names on other hosts yet"]
-fn docker_names_through_dns_26() {
-    names_through_dns("t6n26", Engine::Trixie);
-}
-
-#[test]
-#[ignore = "issue 17 (3): Docker's 127.0.0.11 does not know names on other hosts yet"]
-fn docker_names_through_dns_28() {
-    names_through_dns("t6n28", Engine::Sid);
-}
-
-fn names_through_dns(name: &str, engine: Engine) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = DockerLab::up(name, "kernel", engine);
-    for i in 0..2 {
-        lab.create_network(i, "appnet");
-    }
-    lab.converged("appnet");
-    lab.run_web("appnet");
-    lab.run_sleeper(1, "client", "appnet");
-    let web_ip = ip_of(&lab, 0, "web", "appnet");
-    within(
-        "client's /etc/hosts names web",
-        Duration::from_secs(20),
-        || {
-            lab.docker(1, &["exec", "client", "cat", "/etc/hosts"])
-                .contains("web.appnet")
-        },
-    );
-    let mut results: Vec<(String, bool, String)> = Vec::new();
-    let mut check = |what: &str, o: Output, want: &str| {
-        let text = format!("rc={} {}{}", o.status, stdout(&o), stderr(&o));
-        let ok = o.status.success() && stdout(&o).contains(want);
-        results.push((what.to_string(), ok, text));
-    };
-    // Through Docker's resolver (127.0.0.11), from a running container on host 2.
-    for n in ["web", "web.appnet", "webalias"] {
-        let t = Instant::now();
-        let o = lab.docker_try(1, &["exec", "client", "nslookup", n]);
-        check(&format!("nslookup {n} (in {:?})", t.elapsed()), o, &web_ip);
-    }
-    // The README's example on host 2, first try: /etc/hosts and DNS, right after the start.
-    let o = lab.docker_try(
-        1,
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "appnet",
-            IMAGE,
-            "ping",
-            "-c1",
-            "-W2",
-            "web.appnet",
-        ],
-    );
-    check("docker run --rm ... ping -c1 web.appnet", o, &web_ip);
-    let o = lab.docker_try(
-        1,
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "appnet",
-            IMAGE,
-            "nslookup",
-            "web.appnet",
-        ],
-    );
-    check("docker run --rm ... nslookup web.appnet", o, &web_ip);
-    for (what, ok, text) in &results {
-        eprintln!(
-            "{name} [{engine}] {}: {what}\n    {}",
-            if *ok { "ok" } else { "FAILS" },
-            text.trim().replace('\n', "\n    ")
-        );
-    }
-    assert!(
-        results.iter().all(|r| r.1),
-        "{name} [{engine}]: names through Docker's DNS fail: {:?}",
-        results
-            .iter()
-            .filter(|r| !r.1)
-            .map(|r| &r.0)
-            .collect::<Vec<_>>()
-    );
 }
 
 #[test]

@@ -93,6 +93,8 @@ impl Agent {
             // Docker's own resolver owns 127.0.0.11 in its containers.
             dns_listener: standalone,
         });
+        // Before the container runs: its first DNS query must find it.
+        self.names.containers_changed(&self.local.all());
         self.rec.settled(&key);
         self.kick();
         Ok(Plumbed {
@@ -116,6 +118,7 @@ impl Agent {
             .unplumb_locked(&(network.to_string(), id.to_string()))
             .await?;
         let removed = self.local.remove(network, id);
+        self.names.containers_changed(&self.local.all());
         if gateway
             && let Some(a) = &removed
             && !a.network.internal

@@ -65,6 +65,27 @@ impl Agent {
         if !ports.is_empty() {
             d.push(("published".into(), ports.join(" ")));
         }
+        if let Some(addr) = self.settings.dns_addr {
+            let serving = self
+                .names
+                .shared_listeners()
+                .iter()
+                .any(|l| l.ip() == std::net::IpAddr::V4(addr));
+            d.push((
+                "docker dns".into(),
+                format!(
+                    "{addr} on {} for {} ({}), {} dropped",
+                    ovl_gateway::DNS_IFACE,
+                    self.settings.dns_interfaces.join(" "),
+                    if serving {
+                        "serving"
+                    } else {
+                        "not serving yet"
+                    },
+                    crate::counters::Counters::get(&self.counters.dns_dropped)
+                ),
+            ));
+        }
         d
     }
 

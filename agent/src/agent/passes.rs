@@ -45,13 +45,28 @@ impl Agent {
         }
     }
 
-    /// Repairs the gateway bridge and its firewall rules if something changed them.
+    /// Repairs the gateway bridge, the DNS address and their firewall rules if something
+    /// changed them, and reads the DNS guard's drop counter.
     pub async fn reconcile_gateway(&self) {
         let _g = self.rec.lock().await;
+        self.read_dns_drops().await;
         match self.gw.repair().await {
             Ok(true) => tracing::info!("gateway bridge or firewall rules repaired"),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "gateway reconcile failed"),
+        }
+    }
+
+    /// Reads what the DNS guard dropped into the agent's counter.
+    pub async fn read_dns_drops(&self) {
+        match self.gw.dns_dropped().await {
+            Ok(Some(n)) => {
+                self.counters
+                    .dns_dropped
+                    .store(n, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "reading the DNS guard counter"),
         }
     }
 
@@ -101,7 +116,12 @@ impl Agent {
         let _g = self.names_pass.lock().await;
         let view = self.view();
         let local = self.local.all();
-        let gw = self.gw.info().map(|i| i.address);
-        self.names.sync(&view, &local, gw).await;
+        self.names.sync(&view, &local).await;
+    }
+
+    /// Swaps the DNS zone for the current view's at once (the names loop does it on every
+    /// view change, before its debounced pass).
+    pub fn refresh_zone(&self) {
+        self.names.refresh_zone(&self.view());
     }
 }

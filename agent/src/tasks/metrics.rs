@@ -68,6 +68,12 @@ pub fn render(agent: &Agent) -> String {
         get(&c.records_repaired),
     );
     metric(
+        "dns_guard_dropped_total",
+        "counter",
+        "Packets to the DNS address for Docker containers dropped by its guard.",
+        get(&c.dns_dropped),
+    );
+    metric(
         "rollback_failures_total",
         "counter",
         "Cleanup steps after a failed operation that failed themselves.",

@@ -11,7 +11,11 @@ pub async fn run(agent: Arc<Agent>) {
     let mut tick = tokio::time::interval(agent.settings().resync_interval);
     loop {
         tokio::select! {
-            r = views.changed() => if r.is_err() { return },
+            r = views.changed() => {
+                if r.is_err() { return }
+                // Names recorded a moment ago resolve at once, before the pass below.
+                agent.refresh_zone();
+            }
             _ = agent.names_kicked() => {},
             _ = tick.tick() => {},
         }

@@ -16,8 +16,8 @@
 //!    machine's cgroup hierarchies under it, then `exec`s dockerd with per-host `--data-root`
 //!    (on disk under WORKDIR), `--exec-root` (in the private `/run`), `--pidfile`,
 //!    `-H unix://WORKDIR/docker.sock` (reachable from the test process),
-//!    `--config-file` (an empty `{}`), `--cgroup-parent`, `--bip`, `--default-address-pool`
-//!    and `--dns`.
+//!    `--config-file` (a `daemon.json` holding the containers' `"dns"`, as users configure
+//!    it), `--cgroup-parent`, `--bip` and `--default-address-pool`.
 //! 3. For a release tree, SCRIPT first mounts an overlay of the cached tree (read-only lower
 //!    layer, a per-host upper layer under WORKDIR: the cache is never written) and builds the
 //!    host's root there: private `/run`, `proc`, a fresh `sysfs` with `/sys/fs/cgroup` bound in,
@@ -31,9 +31,13 @@
 //!    then kills (by PID) every process still in that mount namespace (containerd, shims,
 //!    container processes: all started by us), and removes WORKDIR.
 //!
-//! The `--dns` default is the host's own bridge gateway, where nothing listens on port 53: a
+//! The `"dns"` default is the host's own bridge gateway, where nothing listens on port 53: a
 //! lookup Docker cannot answer fails at once with "port unreachable" inside our namespace
-//! instead of stalling on, or leaking to, the machine's real resolver.
+//! instead of stalling on, or leaking to, the machine's real resolver. Tests of the agent's
+//! DNS for Docker set it to the agent's `--dns-addr`, or leave daemon.json without `"dns"`
+//! and give the host a resolv.conf of their own ([`DockerdOpts::host_resolv_conf`]: bound
+//! over `/etc/resolv.conf` in the host's mount namespace), the two set-ups Docker 28 treats
+//! differently.
 //!
 //! The plugin socket must be visible in dockerd's mount namespace. Two ways:
 //! [`Dockerd::spawn_in_host`] runs the agent inside that namespace (it then binds
@@ -171,8 +175,13 @@ pub struct DockerdOpts {
     /// `--default-address-pool` (`base=CIDR,size=N`), used for `docker_gwbridge` and bridge
     /// networks created without `--subnet`.
     pub default_address_pool: String,
-    /// `--dns`; `None` uses the bridge gateway from `bip` (nothing listens there: fast failure).
+    /// daemon.json `"dns"` (what `--dns` sets); `None` uses the bridge gateway from `bip`
+    /// (nothing listens there: fast failure).
     pub dns: Option<Ipv4Addr>,
+    /// The host's `/etc/resolv.conf` nameservers, as dockerd sees them; with it, daemon.json
+    /// carries no `"dns"` (and [`DockerdOpts::dns`] must be `None`): Docker takes the
+    /// containers' servers from the host's resolv.conf.
+    pub host_resolv_conf: Option<Vec<Ipv4Addr>>,
     /// Extra dockerd arguments (e.g. `--debug`).
     pub extra_args: Vec<String>,
     /// How long to wait for the API to answer.
@@ -198,6 +207,7 @@ impl DockerdOpts {
                 128 + 8 * u16::from(index)
             ),
             dns: None,
+            host_resolv_conf: None,
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(90),
             engine: Engine::Host,
@@ -211,6 +221,17 @@ impl DockerdOpts {
             engine,
             shared: shared.iter().map(|p| p.to_path_buf()).collect(),
             ..Self::for_host(index)
+        }
+    }
+
+    /// daemon.json for these options.
+    fn daemon_json(&self) -> Result<String, DockerError> {
+        match (&self.host_resolv_conf, self.dns) {
+            (Some(_), Some(_)) => Err(DockerError::Harness(
+                "give either dns (daemon.json) or host_resolv_conf, not both".into(),
+            )),
+            (Some(_), None) => Ok("{}\n".into()),
+            (None, _) => Ok(format!("{{\"dns\": [\"{}\"]}}\n", self.dns_addr()?)),
         }
     }
 
@@ -302,7 +323,7 @@ impl Dockerd {
                 "host name {host_netns_name:?}: use 1..=32 of [a-zA-Z0-9_-]"
             )));
         }
-        let dns = opts.dns_addr()?;
+        let daemon_json = opts.daemon_json()?;
         for p in &opts.shared {
             if !p.is_absolute() || !p.is_dir() {
                 return Err(DockerError::Harness(format!(
@@ -328,8 +349,16 @@ impl Dockerd {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| DockerError::io(format!("creating {}", dir.join(sub).display()), e))?;
         }
-        std::fs::write(dir.join("daemon.json"), "{}\n")
+        std::fs::write(dir.join("daemon.json"), daemon_json)
             .map_err(|e| DockerError::io("writing daemon.json", e))?;
+        if let Some(servers) = &opts.host_resolv_conf {
+            let text: String = servers
+                .iter()
+                .map(|s| format!("nameserver {s}\n"))
+                .collect();
+            std::fs::write(dir.join("resolv.conf"), text)
+                .map_err(|e| DockerError::io("writing resolv.conf", e))?;
+        }
         let q = |p: &Path| shell_quote(&p.to_string_lossy());
         let mut args = vec![
             format!("--data-root={}", q(&dir.join("data"))),
@@ -343,11 +372,14 @@ impl Dockerd {
                 "--default-address-pool={}",
                 shell_quote(&opts.default_address_pool)
             ),
-            format!("--dns={dns}"),
             "--userland-proxy=false".to_string(),
         ];
         args.extend(opts.extra_args.iter().map(|a| shell_quote(a)));
         let daemon = format!("exec dockerd {}\n", args.join(" "));
+        let resolv = opts
+            .host_resolv_conf
+            .as_ref()
+            .map(|_| dir.join("resolv.conf"));
         // Mounts happen in the new, private mount namespace only.
         let script = match &rootfs {
             None => format!(
@@ -359,15 +391,26 @@ impl Dockerd {
                  mount --rbind /sys/fs/cgroup {stage}\n\
                  mount -t sysfs sysfs /sys\n\
                  mount --move {stage} /sys/fs/cgroup\n\
-                 {daemon}",
+                 {resolv}{daemon}",
                 host = shell_quote(host_netns_name),
                 etc = q(&dir.join("etc-docker")),
                 stage = q(&dir.join("cgroup-stage")),
+                resolv = resolv
+                    .as_ref()
+                    .map(|r| format!("mount --bind {} /etc/resolv.conf\n", q(r)))
+                    .unwrap_or_default(),
             ),
             Some(tree) => {
                 let mut shared = vec![dir.clone()];
                 shared.extend(opts.shared.iter().cloned());
-                tree_script(host_netns_name, tree, &dir, &shared_roots(&shared), &daemon)
+                tree_script(
+                    host_netns_name,
+                    tree,
+                    &dir,
+                    &shared_roots(&shared),
+                    resolv.as_deref(),
+                    &daemon,
+                )
             }
         };
         let mut d = Self {
@@ -584,6 +627,14 @@ impl Dockerd {
     /// Builds the image `tag` from Debian's `busybox-static`: a tarball holding `/bin/busybox`
     /// plus one symlink per applet, fed to `docker import`.
     pub fn import_busybox(&self, tag: &str) -> Result<(), DockerError> {
+        self.import_busybox_with(tag, &[])
+    }
+
+    /// [`Dockerd::import_busybox`] plus `extra` files of this machine, each at its own path
+    /// (symlinks followed), e.g. glibc's `getent` with `libc.so.6` and the dynamic loader, so a
+    /// container can resolve names as a glibc program does (`/etc/nsswitch.conf` is then
+    /// `hosts: files dns`).
+    pub fn import_busybox_with(&self, tag: &str, extra: &[&Path]) -> Result<(), DockerError> {
         let busybox = Path::new("/bin/busybox");
         if !busybox.exists() {
             return Err(DockerError::Harness(
@@ -616,6 +667,22 @@ impl Dockerd {
                 std::os::unix::fs::symlink("busybox", &link)
                     .map_err(|e| DockerError::io(format!("linking {applet}"), e))?;
             }
+        }
+        for f in extra {
+            let rel = f.strip_prefix("/").map_err(|_| {
+                DockerError::Harness(format!("{} is not an absolute path", f.display()))
+            })?;
+            let dst = root.join(rel);
+            if let Some(dir) = dst.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| DockerError::io(format!("creating {}", dir.display()), e))?;
+            }
+            std::fs::copy(f, &dst)
+                .map_err(|e| DockerError::io(format!("copying {}", f.display()), e))?;
+        }
+        if !extra.is_empty() {
+            std::fs::write(root.join("etc/nsswitch.conf"), "hosts: files dns\n")
+                .map_err(|e| DockerError::io("writing nsswitch.conf", e))?;
         }
         std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
             .map_err(|e| DockerError::io("chmod /tmp", e))?;
@@ -832,8 +899,16 @@ fn shared_roots(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// The start script for a release tree: an overlay of `tree` under `dir/root` (the cache stays
-/// read-only), the host's root built there, `pivot_root` into it, then `daemon`.
-fn tree_script(host: &str, tree: &Path, dir: &Path, shared: &[PathBuf], daemon: &str) -> String {
+/// read-only), the host's root built there (with `resolv` as its `/etc/resolv.conf` when
+/// given), `pivot_root` into it, then `daemon`.
+fn tree_script(
+    host: &str,
+    tree: &Path,
+    dir: &Path,
+    shared: &[PathBuf],
+    resolv: Option<&Path>,
+    daemon: &str,
+) -> String {
     let q = |p: &Path| shell_quote(&p.to_string_lossy());
     let root = dir.join("root");
     let m = root.join("merged");
@@ -866,6 +941,14 @@ fn tree_script(host: &str, tree: &Path, dir: &Path, shared: &[PathBuf], daemon: 
             "mkdir -p {t}\nmount --bind {p} {t}\n",
             p = q(p),
             t = under(p)
+        ));
+    }
+    if let Some(r) = resolv {
+        // A dangling symlink or nothing at all in the tree: a plain file to bind over.
+        s.push_str(&format!(
+            "rm -f {m}/etc/resolv.conf\ntouch {m}/etc/resolv.conf\nmount --bind {r} {m}/etc/resolv.conf\n",
+            m = q(&m),
+            r = q(r),
         ));
     }
     // After pivot_root, the machine's root is unmounted from this namespace: only what was
@@ -971,6 +1054,16 @@ mod tests {
         let mut bad = DockerdOpts::for_host(0);
         bad.bip = "nonsense".into();
         assert!(bad.dns_addr().is_err());
+        // The containers' DNS server goes into daemon.json, as users set it.
+        let mut o = DockerdOpts::for_host(1);
+        assert_eq!(o.daemon_json().unwrap(), "{\"dns\": [\"198.18.201.1\"]}\n");
+        o.dns = Some(Ipv4Addr::new(169, 254, 53, 53));
+        assert_eq!(o.daemon_json().unwrap(), "{\"dns\": [\"169.254.53.53\"]}\n");
+        // Or the host's resolv.conf, then nothing in daemon.json; not both.
+        o.host_resolv_conf = Some(vec![Ipv4Addr::new(169, 254, 53, 53)]);
+        assert!(o.daemon_json().is_err());
+        o.dns = None;
+        assert_eq!(o.daemon_json().unwrap(), "{}\n");
     }
 
     #[test]
@@ -1021,6 +1114,7 @@ mod tests {
             Path::new("/var/cache/t/sid-x"),
             Path::new("/tmp/lab/h1"),
             &[p("/tmp/lab"), p("/work/it's")],
+            Some(Path::new("/tmp/lab/h1/resolv.conf")),
             "exec dockerd\n",
         );
         let m = "/tmp/lab/h1/root/merged";
@@ -1031,6 +1125,7 @@ mod tests {
             format!("mount --bind '/tmp/lab' '{m}/tmp/lab'"),
             format!(r"mount --bind '/work/it'\''s' '{m}/work/it'\''s'"),
             format!("mount --bind '/tmp/lab/h1/etc-docker' '{m}'/etc/docker"),
+            format!("mount --bind '/tmp/lab/h1/resolv.conf' '{m}'/etc/resolv.conf"),
             "pivot_root . .oldroot".to_string(),
             "umount -l /.oldroot".to_string(),
         ] {

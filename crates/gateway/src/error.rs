@@ -66,6 +66,14 @@ pub enum Error {
     /// The endpoint id is unusable.
     #[error("invalid endpoint id {0:?}: must be non-empty printable ASCII without whitespace")]
     InvalidEndpointId(String),
+    /// An interface name or pattern is unusable.
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidInterface {
+        /// What was given.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// An operation needs an attached endpoint.
     #[error("endpoint {0} is not attached to the gateway")]
     NotAttached(String),

@@ -39,13 +39,15 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::Mutex as AsyncMutex;
 
 pub use crate::error::{Error, Result};
-pub use crate::ruleset::{PortMap, Proto};
+pub use crate::ruleset::{DnsGuard, PortMap, Proto};
 use crate::state::{EndpointRecord, State};
 pub use crate::subnet::{choose_subnet, default_pool, validate_gw_subnet};
 use ovl_netlink::Netlink;
 
 /// Default bridge name.
 pub const DEFAULT_BRIDGE: &str = "ovl_gwbridge";
+/// The interface that holds the DNS address of a [`DnsGuard`] (a bridge without ports).
+pub const DNS_IFACE: &str = "ovl_dns";
 
 /// Configuration of the gateway.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +60,9 @@ pub struct GatewayConfig {
     pub state_dir: PathBuf,
     /// The host network namespace (a path like `/run/netns/h1`); `None` = the agent's own.
     pub host_netns: Option<PathBuf>,
+    /// The agent's DNS address for Docker containers and who may reach it: held by the
+    /// interface [`DNS_IFACE`], guarded by the `dns_guard` chain of our table.
+    pub dns: Option<DnsGuard>,
 }
 
 impl GatewayConfig {
@@ -68,6 +73,7 @@ impl GatewayConfig {
             subnet: None,
             state_dir: state_dir.into(),
             host_netns: None,
+            dns: None,
         }
     }
 }
@@ -98,6 +104,9 @@ pub struct GatewayEndpoint {
 struct Applied {
     /// `nft list table` output right after our last successful apply.
     listing: Option<String>,
+    /// What the DNS guard's counter held when this process replaced the table (each apply
+    /// starts the kernel's counter again).
+    dns_dropped_before: u64,
     /// Bridge, forwarding and ruleset have been set up by this process.
     ensured: bool,
 }
@@ -121,6 +130,11 @@ impl Gateway {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         {
             return Err(Error::InvalidBridge(cfg.bridge.clone()));
+        }
+        if let Some(g) = &cfg.dns {
+            for p in g.allow.iter().chain(&g.deny) {
+                ruleset::check_ifname_pattern(p)?;
+            }
         }
         let state = State::load(&cfg.state_dir)?;
         Ok(Gateway {
@@ -185,9 +199,59 @@ impl Gateway {
 
     /// The desired content of our nftables table (for `overlayctl inspect`), if set up.
     pub fn desired_ruleset(&self) -> Option<String> {
-        self.current()
-            .spec(&self.cfg.bridge)
-            .map(|s| ruleset::render_table(&s))
+        let rules = self.rules(&self.current());
+        (!rules.is_empty()).then(|| ruleset::render_table(&rules))
+    }
+
+    /// What our table holds for `st`: the gateway's chains once it has a subnet, the DNS
+    /// guard when configured.
+    fn rules(&self, st: &State) -> ruleset::Ruleset {
+        ruleset::Ruleset {
+            gateway: st.spec(&self.cfg.bridge),
+            dns: self.cfg.dns.clone(),
+        }
+    }
+
+    /// Sets up the DNS address of [`GatewayConfig::dns`]: the interface [`DNS_IFACE`]
+    /// holding it (a /32, up) and the guard in our table. Idempotent; a no-op without a DNS
+    /// guard. The bridge is not created by this.
+    pub async fn ensure_dns(&self) -> Result<()> {
+        let Some(guard) = &self.cfg.dns else {
+            return Ok(());
+        };
+        let mut applied = self.op.lock().await;
+        let nl = Netlink::open(self.ns()).await?;
+        link::ensure_address_holder(&nl, DNS_IFACE, guard.addr).await?;
+        let st = self.current();
+        self.apply(&mut applied, &st).await
+    }
+
+    /// Packets the DNS guard dropped since this process started (kept across re-applies of
+    /// the table; lost only when someone else deletes the table). `None` without a guard.
+    pub async fn dns_dropped(&self) -> Result<Option<u64>> {
+        if self.cfg.dns.is_none() {
+            return Ok(None);
+        }
+        let applied = self.op.lock().await;
+        Ok(Some(applied.dns_dropped_before + self.dns_counter().await?))
+    }
+
+    async fn dns_counter(&self) -> Result<u64> {
+        let out = sys::nft(
+            self.ns(),
+            &[
+                "-j",
+                "list",
+                "counter",
+                "inet",
+                ruleset::TABLE,
+                ruleset::DNS_DROPPED,
+            ],
+            "",
+            "reading the DNS guard counter",
+        )
+        .await?;
+        ruleset::parse_counter(&out)
     }
 
     /// The host's IPv4 routes and address networks (default routes and our own bridge left
@@ -273,13 +337,20 @@ impl Gateway {
     /// Replaces our table with the ruleset for `st` in one transaction and remembers the
     /// kernel's listing of it for drift detection.
     async fn apply(&self, applied: &mut Applied, st: &State) -> Result<()> {
-        let Some(spec) = st.spec(&self.cfg.bridge) else {
+        let rules = self.rules(st);
+        if rules.is_empty() {
             return Ok(());
-        };
+        }
+        if rules.dns.is_some()
+            && applied.listing.is_some()
+            && let Ok(n) = self.dns_counter().await
+        {
+            applied.dns_dropped_before += n;
+        }
         sys::nft(
             self.ns(),
             &["-f", "-"],
-            &ruleset::render_batch(&spec),
+            &ruleset::render_batch(&rules),
             "applying ruleset",
         )
         .await?;
@@ -288,9 +359,10 @@ impl Gateway {
     }
 
     async fn listing(&self) -> Result<String> {
+        // Stateless: the DNS guard's counter changes all the time and is not drift.
         sys::nft(
             self.ns(),
-            &["list", "table", "inet", ruleset::TABLE],
+            &["-s", "list", "table", "inet", ruleset::TABLE],
             "",
             "listing table",
         )
@@ -494,12 +566,33 @@ impl Gateway {
     pub async fn reconcile(&self) -> Result<bool> {
         let mut applied = self.op.lock().await;
         let st = self.current();
-        let Some(subnet) = st.subnet else {
+        if st.subnet.is_none() && self.cfg.dns.is_none() {
             return Ok(false);
-        };
+        }
         let mut repaired = false;
         let nl = Netlink::open(self.ns()).await?;
         let h = &nl;
+        if let Some(subnet) = st.subnet {
+            repaired |= self.repair_bridge(h, &st, subnet).await?;
+        }
+        if let Some(guard) = &self.cfg.dns {
+            repaired |= link::ensure_address_holder(h, DNS_IFACE, guard.addr).await?;
+        }
+        let current = self.listing().await.ok();
+        if current.is_none() || current != applied.listing {
+            tracing::info!("gateway ruleset drifted; re-applying");
+            self.apply(&mut applied, &st).await?;
+            repaired = true;
+        }
+        if st.subnet.is_some() {
+            applied.ensured = true;
+        }
+        Ok(repaired)
+    }
+
+    /// The bridge, its ports and forwarding as `st` has them; true when something was redone.
+    async fn repair_bridge(&self, h: &Netlink, st: &State, subnet: Ipv4Network) -> Result<bool> {
+        let mut repaired = false;
         let addr = Ipv4Network::new(subnet::bridge_address(subnet), subnet.prefix())
             .expect("prefix of a valid subnet");
         let bridge_ok = match link::link_index(h, &self.cfg.bridge).await? {
@@ -529,18 +622,11 @@ impl Gateway {
             sys::write_sysctl(self.ns(), "net.ipv4.ip_forward", "1").await?;
             repaired = true;
         }
-        let current = self.listing().await.ok();
-        if current.is_none() || current != applied.listing {
-            tracing::info!("gateway ruleset drifted; re-applying");
-            self.apply(&mut applied, &st).await?;
-            repaired = true;
-        }
-        applied.ensured = true;
         Ok(repaired)
     }
 
     /// Removes everything this gateway created: our nftables table, every endpoint veth, the
-    /// bridge and the state file. Keeps going after failures and returns every error (empty =
+    /// bridge, the DNS address's interface and the state file. Keeps going after failures and returns every error (empty =
     /// clean). IPv4 forwarding is left on, since other users of the host may rely on it.
     pub async fn teardown(&self) -> Vec<Error> {
         let mut applied = self.op.lock().await;
@@ -564,6 +650,11 @@ impl Gateway {
                     }
                 }
                 if let Err(e) = link::delete_link(&nl, &self.cfg.bridge).await {
+                    errors.push(e);
+                }
+                if self.cfg.dns.is_some()
+                    && let Err(e) = link::delete_link(&nl, DNS_IFACE).await
+                {
                     errors.push(e);
                 }
             }

@@ -83,6 +83,33 @@ pub async fn ensure_bridge(nl: &Netlink, name: &str, addr: Ipv4Network) -> Resul
     Ok(index)
 }
 
+/// Creates the interface `name` that holds a local address only, if missing: a bridge
+/// without ports (a dummy device would do, but not every kernel has the dummy driver: this
+/// project's CI machine has none). Gives it `addr/32` (next to anything else it holds) and
+/// brings it up. Returns whether anything had to be done.
+pub async fn ensure_address_holder(nl: &Netlink, name: &str, addr: Ipv4Addr) -> Result<bool> {
+    let mut changed = false;
+    let link = match nl.link_by_name(name).await? {
+        Some(l) => l,
+        None => {
+            nl.ensure_plain_bridge(name).await?;
+            changed = true;
+            nl.link_by_name(name)
+                .await?
+                .ok_or_else(|| Error::LinkVanished(name.to_string()))?
+        }
+    };
+    if !nl.addrs_v4(link.index).await?.contains(&(addr, 32)) {
+        nl.add_addr_v4(link.index, addr, 32).await?;
+        changed = true;
+    }
+    if !link.up {
+        nl.set_up(link.index).await?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
 /// Deletes the link `name` if it exists.
 pub async fn delete_link(nl: &Netlink, name: &str) -> Result<()> {
     Ok(ovl_netlink::veth::delete_by_name(nl, name).await?)

@@ -22,6 +22,18 @@
 //!   drops 127/8 sources routed out of a non-loopback device).
 //! - `postrouting` (nat, priority srcnat): masquerade the gateway subnet leaving through any
 //!   interface other than the bridge.
+//! - `dns_guard` (filter, input, only with a [`DnsGuard`]): the agent's DNS address for Docker
+//!   containers (a link-local address on a dummy interface) is reachable from the host itself
+//!   (`lo`) and, for DNS only, from the container bridges named in the guard (with a source
+//!   address routed back through the bridge it came from); everything else
+//!   sent to it (the underlay, other hosts) is dropped and counted in the named counter
+//!   [`DNS_DROPPED`]. The link-local address is not routed anyway; the rule is what stops a
+//!   neighbour on the underlay that routes it to us by hand (the kernel answers ARP for any
+//!   local address on any interface).
+//!
+//! The gateway chains exist once the bridge is set up, the DNS guard whenever it is
+//! configured: a Docker host that never attaches a container with `overlayctl` has a table
+//! with the guard alone.
 //!
 //! Docker coexistence: an `accept` in our base chain does not stop the packet from being
 //! evaluated by Docker's `ip filter FORWARD` chain (policy DROP) at the same hook. When dockerd
@@ -40,6 +52,8 @@ use crate::error::{Error, Result};
 
 /// Name of our nftables table (family `inet`).
 pub const TABLE: &str = "overlay_agent";
+/// The named counter of packets the DNS guard dropped.
+pub const DNS_DROPPED: &str = "dns_dropped";
 
 /// A published port with the endpoint that owns it and that endpoint's gateway address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +75,61 @@ pub struct RulesetSpec {
     pub subnet: Ipv4Network,
     /// Published ports (any order; rendering sorts them).
     pub published: Vec<Published>,
+}
+
+/// Who may reach the agent's DNS address (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsGuard {
+    /// The address (link-local, held by an interface of the host that has no other use).
+    pub addr: Ipv4Addr,
+    /// Interfaces (container bridges) whose traffic may ask it, as nft interface names: a
+    /// trailing `*` matches any suffix (`br-*`: Docker's user-defined bridges).
+    pub allow: Vec<String>,
+    /// Interfaces never allowed, whatever `allow` says (the underlay interface, in case a
+    /// pattern matches it).
+    pub deny: Vec<String>,
+}
+
+/// Checks an interface name or pattern for [`DnsGuard::allow`]: 1-15 characters of letters,
+/// digits, `-`, `_`, `.`, `@`, optionally ending in `*`.
+pub fn check_ifname_pattern(p: &str) -> Result<()> {
+    let bad = |reason: &str| Error::InvalidInterface {
+        name: p.to_string(),
+        reason: reason.to_string(),
+    };
+    let stem = p.strip_suffix('*').unwrap_or(p);
+    if stem.is_empty() && !p.ends_with('*') {
+        return Err(bad("empty"));
+    }
+    if p.len() > 15 {
+        return Err(bad("longer than 15 characters"));
+    }
+    if !stem
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+    {
+        return Err(bad(
+            "use letters, digits, '-', '_', '.', '@' and a trailing '*'",
+        ));
+    }
+    Ok(())
+}
+
+/// Everything the table holds: the gateway's chains once the bridge exists, the DNS guard
+/// when configured.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Ruleset {
+    /// The gateway bridge's rules.
+    pub gateway: Option<RulesetSpec>,
+    /// The DNS guard.
+    pub dns: Option<DnsGuard>,
+}
+
+impl Ruleset {
+    /// Whether there is nothing to put in the table.
+    pub fn is_empty(&self) -> bool {
+        self.gateway.is_none() && self.dns.is_none()
+    }
 }
 
 /// Checks `new` (mappings requested for `endpoint`) against themselves and against
@@ -116,14 +185,24 @@ fn q(name: &str) -> String {
 }
 
 /// Renders the table definition (the desired content of `table inet overlay_agent`).
-pub fn render_table(spec: &RulesetSpec) -> String {
+pub fn render_table(rules: &Ruleset) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    if let Some(spec) = &rules.gateway {
+        render_gateway(&mut s, spec);
+    }
+    if let Some(guard) = &rules.dns {
+        render_dns_guard(&mut s, guard);
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn render_gateway(s: &mut String, spec: &RulesetSpec) {
     let br = q(&spec.bridge);
     let net = spec.subnet;
     let mut published = spec.published.clone();
     published.sort_by_key(|p| (p.map.proto, p.map.host_port));
-
-    let mut s = String::new();
-    let _ = writeln!(s, "table inet {TABLE} {{");
 
     s.push_str("\tchain forward {\n");
     s.push_str("\t\ttype filter hook forward priority filter; policy accept;\n");
@@ -167,17 +246,63 @@ pub fn render_table(spec: &RulesetSpec) -> String {
     s.push_str("\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
     let _ = writeln!(s, "\t\tip saddr {net} oifname != {br} masquerade");
     s.push_str("\t}\n");
+}
 
-    s.push_str("}\n");
-    s
+fn render_dns_guard(s: &mut String, g: &DnsGuard) {
+    let a = g.addr;
+    let _ = writeln!(s, "\tcounter {DNS_DROPPED} {{\n\t}}");
+    s.push_str("\tchain dns_guard {\n");
+    s.push_str("\t\ttype filter hook input priority filter; policy accept;\n");
+    let _ = writeln!(s, "\t\tip daddr {a} iif \"lo\" accept");
+    let mut deny = g.deny.clone();
+    deny.sort();
+    deny.dedup();
+    for d in &deny {
+        let _ = writeln!(
+            s,
+            "\t\tip daddr {a} iifname {} counter name \"{DNS_DROPPED}\" drop",
+            q(d)
+        );
+    }
+    let mut allow = g.allow.clone();
+    allow.sort();
+    allow.dedup();
+    if !allow.is_empty() {
+        let set: Vec<String> = allow.iter().map(|n| q(n)).collect();
+        // The reverse-path check: a container of one bridge cannot pass for one of another
+        // (whose networks it would then be answered on).
+        let _ = writeln!(
+            s,
+            "\t\tip daddr {a} iifname {{ {} }} fib saddr . iif oif != 0 meta l4proto {{ tcp, udp }} th dport 53 accept",
+            set.join(", ")
+        );
+    }
+    let _ = writeln!(s, "\t\tip daddr {a} counter name \"{DNS_DROPPED}\" drop");
+    s.push_str("\t}\n");
 }
 
 /// Renders the full atomic batch for `nft -f -`: create-if-missing, delete, redefine.
-pub fn render_batch(spec: &RulesetSpec) -> String {
+pub fn render_batch(rules: &Ruleset) -> String {
     format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
-        render_table(spec)
+        render_table(rules)
     )
+}
+
+/// The packet count in `nft -j list counter ...` output.
+pub fn parse_counter(json: &str) -> Result<u64> {
+    let bad = |reason: String| Error::Nft {
+        context: "reading a counter".into(),
+        stderr: reason,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| bad(format!("not JSON: {e}")))?;
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|o| o["counter"]["packets"].as_u64())
+        .ok_or_else(|| bad(format!("no counter in {json}")))
 }
 
 /// Renders the batch that removes our table (used by teardown).
@@ -206,6 +331,13 @@ mod tests {
         }
     }
 
+    fn gw(spec: &RulesetSpec) -> Ruleset {
+        Ruleset {
+            gateway: Some(spec.clone()),
+            dns: None,
+        }
+    }
+
     fn published(ep: &str, ip: [u8; 4], map: PortMap) -> Published {
         Published {
             endpoint: ep.into(),
@@ -221,7 +353,7 @@ mod tests {
             subnet: "172.18.0.0/20".parse().unwrap(),
             published: vec![],
         };
-        let t = render_table(&spec);
+        let t = render_table(&gw(&spec));
         let expected = "table inet overlay_agent {
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
@@ -245,7 +377,7 @@ mod tests {
 }
 ";
         assert_eq!(t, expected);
-        let b = render_batch(&spec);
+        let b = render_batch(&gw(&spec));
         assert!(b.starts_with("table inet overlay_agent {}\ndelete table inet overlay_agent\n"));
         assert!(b.ends_with(expected));
     }
@@ -261,7 +393,7 @@ mod tests {
                 published("b", [10, 9, 0, 3], pm(443, 8443, Proto::Tcp)),
             ],
         };
-        let t = render_table(&spec);
+        let t = render_table(&gw(&spec));
         let pre: Vec<&str> = t
             .lines()
             .filter(|l| l.contains("iifname != \"gw0\" fib daddr"))
@@ -278,7 +410,80 @@ mod tests {
             "\t\tip daddr != 127.0.0.0/8 fib daddr type local udp dport 9000 dnat ip to 10.9.0.3:53\n"
         ));
         spec.published.reverse();
-        assert_eq!(render_table(&spec), t, "order of input must not matter");
+        assert_eq!(
+            render_table(&gw(&spec)),
+            t,
+            "order of input must not matter"
+        );
+    }
+
+    #[test]
+    fn dns_guard_alone_and_with_the_gateway() {
+        let guard = DnsGuard {
+            addr: Ipv4Addr::new(169, 254, 53, 53),
+            allow: vec!["docker_gwbridge".into(), "br-*".into(), "docker0".into()],
+            deny: vec!["eth0".into()],
+        };
+        let only = Ruleset {
+            gateway: None,
+            dns: Some(guard.clone()),
+        };
+        let expected = "table inet overlay_agent {
+\tcounter dns_dropped {
+\t}
+\tchain dns_guard {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tip daddr 169.254.53.53 iif \"lo\" accept
+\t\tip daddr 169.254.53.53 iifname \"eth0\" counter name \"dns_dropped\" drop
+\t\tip daddr 169.254.53.53 iifname { \"br-*\", \"docker0\", \"docker_gwbridge\" } fib saddr . iif oif != 0 meta l4proto { tcp, udp } th dport 53 accept
+\t\tip daddr 169.254.53.53 counter name \"dns_dropped\" drop
+\t}
+}
+";
+        assert_eq!(render_table(&only), expected);
+        assert!(!only.is_empty() && Ruleset::default().is_empty());
+        // Next to the gateway's chains, in the same table.
+        let both = Ruleset {
+            gateway: Some(RulesetSpec {
+                bridge: "ovl_gwbridge".into(),
+                subnet: "172.18.0.0/20".parse().unwrap(),
+                published: vec![],
+            }),
+            dns: Some(DnsGuard {
+                allow: vec![],
+                deny: vec![],
+                ..guard
+            }),
+        };
+        let t = render_table(&both);
+        assert_eq!(t.matches("table inet overlay_agent").count(), 1);
+        assert!(t.contains("\tchain forward {") && t.contains("\tchain dns_guard {"));
+        // No allowed interface: only the host itself.
+        assert!(!t.contains("th dport 53 accept"), "{t}");
+    }
+
+    #[test]
+    fn counter_from_nft_json() {
+        let out = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}, {"counter": {"family": "inet", "name": "dns_dropped", "table": "overlay_agent", "handle": 2, "packets": 7, "bytes": 420}}]}"#;
+        assert_eq!(parse_counter(out).unwrap(), 7);
+        assert!(parse_counter("{\"nftables\": []}").is_err());
+        assert!(parse_counter("garbage").is_err());
+    }
+
+    #[test]
+    fn interface_patterns() {
+        for ok in ["docker0", "br-*", "docker_gwbridge", "*", "veth.1@x"] {
+            check_ifname_pattern(ok).unwrap();
+        }
+        for bad in ["", "a b", "br-*x", "x\"y", "abcdefghijklmnop", "a{b}"] {
+            assert!(
+                matches!(
+                    check_ifname_pattern(bad),
+                    Err(Error::InvalidInterface { .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -234,9 +234,14 @@ fn tcp_ask(ns: &Path, to: &str) -> Result<String, String> {
 
 /// UDP request from inside `ns`; returns what the server saw as our address.
 fn udp_ask(ns: &Path, to: &str) -> Result<String, String> {
+    udp_ask_from(ns, "0.0.0.0", to)
+}
+
+/// [`udp_ask`] from source address `from` (one of the namespace's own).
+fn udp_ask_from(ns: &Path, from: &'static str, to: &str) -> Result<String, String> {
     let to: SocketAddr = to.parse().unwrap();
     run_in_netns(ns, move || {
-        let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let u = UdpSocket::bind((from, 0)).unwrap();
         u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut buf = [0u8; 64];
         // A few tries: the very first datagram may wait for ARP resolution.
@@ -573,4 +578,128 @@ async fn coexists_with_docker_forward_drop_given_the_exception() {
     drop(outside);
     assert!(gw.teardown().await.is_empty());
     assert!(sh("ip netns exec gwt-d-h1 iptables -S FORWARD").contains("-P FORWARD DROP"));
+}
+
+/// A container behind a bridge of h1 named `bridge` (`172.S.0.1/24` on h1, the container at
+/// `.2` with its default route there): what a Docker container on `docker0` or
+/// `docker_gwbridge` looks like to the host.
+fn bridged_container(lab: &mut Lab, short: &str, bridge: &str, s: u8) -> PathBuf {
+    let ns = lab.ns(short);
+    let tag = &lab.tag;
+    sh(&format!(
+        "ip -n gwt-{tag}-h1 link add {bridge} type bridge && \
+         ip -n gwt-{tag}-h1 addr add 172.{s}.0.1/24 dev {bridge} && \
+         ip -n gwt-{tag}-h1 link set {bridge} up && \
+         ip -n gwt-{tag}-h1 link add v{short} type veth peer name eth0 netns {ns} && \
+         ip -n gwt-{tag}-h1 link set v{short} master {bridge} up && \
+         ip -n {ns} link set lo up && ip -n {ns} addr add 172.{s}.0.2/24 dev eth0 && \
+         ip -n {ns} link set eth0 up && ip -n {ns} route add default via 172.{s}.0.1"
+    ));
+    lab.path(short)
+}
+
+/// The DNS address for Docker containers: held by `ovl_dns`, reachable from the host itself
+/// and from containers of the allowed bridges, dropped (and counted) from anywhere else, in our
+/// own table; repaired when deleted or flushed, next to the gateway's chains once the bridge
+/// exists; gone after teardown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_address_is_guarded_and_repaired() {
+    let mut lab = Lab::new("e");
+    let allowed = bridged_container(&mut lab, "c1", "docker_gwbridge", 30);
+    let other = bridged_container(&mut lab, "c2", "virbr9", 31);
+    let h1 = lab.path("h1");
+    let h2 = lab.path("h2");
+    sh("ip -n gwt-e-h2 route add 169.254.53.53/32 via 198.18.0.11");
+    let cfg = GatewayConfig {
+        dns: Some(ovl_gateway::DnsGuard {
+            addr: "169.254.53.53".parse().unwrap(),
+            allow: vec!["docker0".into(), "docker_gwbridge".into(), "br-*".into()],
+            deny: vec!["ul0".into()],
+        }),
+        ..lab.config()
+    };
+    // Bad input first: a pattern nft would misread is refused before anything changes.
+    let mut bad = cfg.clone();
+    bad.dns.as_mut().unwrap().allow.push("br-*\"; drop".into());
+    assert!(matches!(
+        Gateway::new(bad),
+        Err(Error::InvalidInterface { .. })
+    ));
+    assert!(!sh_ok("ip -n gwt-e-h1 link show ovl_dns"));
+    let gw = Gateway::new(cfg.clone()).unwrap();
+
+    gw.ensure_dns().await.unwrap();
+    let addrs = sh("ip -n gwt-e-h1 -o addr show dev ovl_dns");
+    assert!(addrs.contains("169.254.53.53/32"), "{addrs}");
+    let t = lab.listing().expect("our table");
+    assert!(
+        t.contains("chain dns_guard") && !t.contains("chain forward"),
+        "{t}"
+    );
+    assert!(gw.info().is_none(), "the bridge is not created for DNS");
+    gw.ensure_dns().await.unwrap(); // idempotent
+    assert!(!gw.reconcile().await.unwrap(), "nothing to repair");
+    assert_eq!(gw.dns_dropped().await.unwrap(), Some(0));
+
+    let server = EchoPeer::start(&h1, "169.254.53.53", 53);
+    // Positive controls: the host itself, and a container of an allowed bridge (UDP and TCP).
+    assert_eq!(udp_ask(&h1, "169.254.53.53:53").unwrap(), "169.254.53.53");
+    assert_eq!(udp_ask(&allowed, "169.254.53.53:53").unwrap(), "172.30.0.2");
+    assert_eq!(tcp_ask(&allowed, "169.254.53.53:53").unwrap(), "172.30.0.2");
+    // Everyone else: nothing, and counted. udp_ask sends 3 datagrams per call, a TCP connect
+    // retries its SYN.
+    assert!(
+        udp_ask(&other, "169.254.53.53:53").is_err(),
+        "a bridge not allowed"
+    );
+    // A container of an allowed bridge passing for one of another bridge (a source address
+    // that is not routed back through the bridge it came from): dropped by the guard, not
+    // merely unanswerable (the reply would go to the other bridge), so the count tells.
+    sh("ip -n gwt-e-c1 addr add 172.31.0.77/32 dev eth0");
+    let before = gw.dns_dropped().await.unwrap().unwrap();
+    assert!(
+        udp_ask_from(&allowed, "172.31.0.77", "169.254.53.53:53").is_err(),
+        "a forged source"
+    );
+    let forged = gw.dns_dropped().await.unwrap().unwrap() - before;
+    assert_eq!(forged, 3, "the three forged datagrams are the guard's");
+    assert!(udp_ask(&h2, "169.254.53.53:53").is_err(), "another host");
+    assert!(
+        tcp_ask(&h2, "169.254.53.53:53").is_err(),
+        "another host, TCP"
+    );
+    let dropped = gw.dns_dropped().await.unwrap().unwrap();
+    assert!(dropped >= 10, "dropped {dropped}");
+
+    // Deleted by hand: recreated; the listening socket keeps working on the new interface.
+    sh("ip -n gwt-e-h1 link del ovl_dns");
+    assert!(udp_ask(&allowed, "169.254.53.53:53").is_err());
+    assert!(gw.reconcile().await.unwrap());
+    assert_eq!(udp_ask(&allowed, "169.254.53.53:53").unwrap(), "172.30.0.2");
+    // Our table flushed: re-applied, the drop count kept.
+    sh("ip netns exec gwt-e-h1 nft flush table inet overlay_agent");
+    assert!(gw.reconcile().await.unwrap());
+    assert!(udp_ask(&h2, "169.254.53.53:53").is_err());
+    let again = gw.dns_dropped().await.unwrap().unwrap();
+    assert!(again >= dropped + 3, "{dropped} then {again}");
+    // A re-apply for another reason (the bridge comes up) keeps the count too.
+    gw.ensure().await.unwrap();
+    let t = lab.listing().unwrap();
+    assert!(
+        t.contains("chain forward") && t.contains("chain dns_guard"),
+        "{t}"
+    );
+    assert!(gw.dns_dropped().await.unwrap().unwrap() >= again);
+    assert_eq!(udp_ask(&allowed, "169.254.53.53:53").unwrap(), "172.30.0.2");
+    assert!(udp_ask(&h2, "169.254.53.53:53").is_err());
+    drop(server);
+
+    assert!(gw.teardown().await.is_empty());
+    assert!(lab.listing().is_none());
+    assert!(!sh_ok("ip -n gwt-e-h1 link show ovl_dns"));
+    // Without a guard nothing of it is made.
+    let plain = Gateway::new(lab.config()).unwrap();
+    plain.ensure_dns().await.unwrap();
+    assert!(!sh_ok("ip -n gwt-e-h1 link show ovl_dns"));
+    assert_eq!(plain.dns_dropped().await.unwrap(), None);
 }

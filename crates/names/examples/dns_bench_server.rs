@@ -5,13 +5,13 @@
 //! dns_bench_server [--listen ADDR] [--netns PATH] [--records N] [--client IP] [--upstream IP:PORT]...
 //! ```
 //!
-//! * `--listen ADDR` (default `127.0.0.1:5353`): a plain listener in the current namespace.
+//! * `--listen ADDR` (default `127.0.0.1:5353`): a shared listener in the current namespace.
 //! * `--netns PATH`: also serve `127.0.0.11:53` inside that namespace (as for a container),
 //!   scoped to network `bench`.
 //! * `--records N` (default 1000): endpoints `bench0` ... on network `bench` (10.64.0.0/16),
 //!   plus the alias `pool` on the first 8 of them.
-//! * `--client IP` (default `127.0.0.1`): registered on `bench` so queries from it through the
-//!   plain listener are scoped to `bench`.
+//! * `--client IP` (default `127.0.0.1`): a container on `bench` for the shared listener (any
+//!   other source is a stranger and gets no answer).
 //! * `--upstream IP:PORT`: forward non-cluster names there (default: no upstream, SERVFAIL).
 //!
 //! Queries worth sending: `benchN.bench A`, `pool A`, `x.bench A` (NXDOMAIN),
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ovl_names::ArcSwap;
-use ovl_names::dns::{DnsConfig, DnsServer, ForwardConfig, Upstreams};
+use ovl_names::dns::{Client, ClientMap, DnsConfig, DnsServer, ForwardConfig, Upstreams};
 use ovl_names::records::{NameRecord, Zone};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let mut list: Vec<NameRecord> = (0..records)
+    let list: Vec<NameRecord> = (0..records)
         .map(|i| NameRecord {
             network: "bench".into(),
             endpoint_id: format!("e{i}"),
@@ -52,13 +52,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 1)) + i as u32),
         })
         .collect();
-    list.push(NameRecord {
-        network: "bench".into(),
-        endpoint_id: "client".into(),
-        name: "client".into(),
-        aliases: vec![],
-        ip: client,
-    });
     let zone = Arc::new(ArcSwap::from_pointee(Zone::try_build(list)?));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -72,7 +65,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..DnsConfig::default()
             },
         )?;
-        let bound = server.add_plain_listener(listen).await?;
+        let clients = ClientMap::new(
+            [(client.into(), Client::container(["bench"]))].into(),
+            Client::Stranger,
+        );
+        let bound = server
+            .add_shared_listener(listen, Arc::new(clients))
+            .await?;
         println!("listening on {bound} (udp+tcp)");
         if let Some(path) = netns {
             let addr = server

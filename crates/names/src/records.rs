@@ -68,8 +68,6 @@ pub struct Zone {
     records: Vec<NameRecord>,
     /// Lower-cased network name -> its names.
     networks: HashMap<String, NetworkNames>,
-    /// Address -> the networks (as given in the records) on which some endpoint has it.
-    by_ip: HashMap<Ipv4Addr, Vec<String>>,
 }
 
 const MAX_LABEL: usize = 63;
@@ -222,7 +220,6 @@ impl Zone {
         records.sort();
         records.dedup();
         let mut networks: HashMap<String, NetworkNames> = HashMap::new();
-        let mut by_ip: HashMap<Ipv4Addr, Vec<String>> = HashMap::new();
         for r in &records {
             let net = networks.entry(r.network.to_ascii_lowercase()).or_default();
             for n in std::iter::once(&r.name).chain(&r.aliases) {
@@ -235,10 +232,6 @@ impl Zone {
                 .entry(r.ip)
                 .or_default()
                 .push(format!("{}.{}.", r.name, r.network));
-            let nets = by_ip.entry(r.ip).or_default();
-            if !nets.contains(&r.network) {
-                nets.push(r.network.clone());
-            }
         }
         for net in networks.values_mut() {
             for ips in net.names.values_mut() {
@@ -250,11 +243,7 @@ impl Zone {
                 names.dedup();
             }
         }
-        Zone {
-            records,
-            networks,
-            by_ip,
-        }
+        Zone { records, networks }
     }
 
     /// Every valid record, sorted by (network, endpoint id, name, ...).
@@ -272,10 +261,12 @@ impl Zone {
             .filter(move |r| networks.iter().any(|n| n.eq_ignore_ascii_case(&r.network)))
     }
 
-    /// The networks on which some endpoint has address `ip`. Used to identify a requester by
-    /// its source address when it asks through a listener outside its own namespace.
-    pub fn networks_of(&self, ip: Ipv4Addr) -> &[String] {
-        self.by_ip.get(&ip).map(Vec::as_slice).unwrap_or(&[])
+    /// Every network of the zone (lower-cased), sorted: what a requester allowed to see all
+    /// of them is answered on.
+    pub fn network_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.networks.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// Whether the zone knows a network of this name (case-insensitive).
@@ -517,13 +508,13 @@ mod tests {
     }
 
     #[test]
-    fn networks_of_ip() {
+    fn network_names_and_lookup() {
         let z = zone();
-        assert_eq!(
-            z.networks_of(Ipv4Addr::new(10, 1, 0, 3)),
-            ["net1".to_string()]
-        );
-        assert!(z.networks_of(Ipv4Addr::new(10, 9, 9, 9)).is_empty());
+        assert_eq!(z.network_names(), ["net.three", "net1", "net2"]);
+        // Every network at once (the host itself): names anywhere, by their network too.
+        let all = z.network_names();
+        assert_eq!(z.resolve(&all, "db.Net.Three"), ips(&[[10, 3, 0, 2]]));
+        assert_eq!(z.resolve(&all, "c1"), ips(&[[10, 1, 0, 2], [10, 2, 0, 9]]));
         assert!(z.has_network("NET2"));
         assert!(!z.has_network("net9"));
     }

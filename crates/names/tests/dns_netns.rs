@@ -7,7 +7,7 @@
 //!        |                     |                  127.0.0.11:53 inside each one
 //!        +------ sockets served by the test's runtime, which runs in ------+
 //!  nmt-<pid>-agent   198.19.0.1/24 ==veth== 198.19.0.2/24   nmt-<pid>-out
-//!   (plain listener on 198.19.0.1:53)                        dnsmasq (upstream)
+//!   (shared listener on 198.19.0.1:53)                       dnsmasq (upstream)
 //! ```
 //!
 //! Queries are made with `dig` through `ip netns exec`, exactly as a container would.
@@ -21,7 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ovl_names::dns::{DnsConfig, DnsServer, ForwardConfig, Upstreams};
+use ovl_names::dns::{
+    Client, ClientMap, Clients, DnsConfig, DnsServer, ForwardConfig, Upstreams, clients::Identify,
+};
 use ovl_names::records::{NameRecord, Zone};
 use ovl_names::{ArcSwap, NamesError};
 
@@ -80,6 +82,22 @@ struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Clients that know nobody in advance: every query goes through `identify`, which takes
+/// a moment and answers the current value.
+struct Unknown(ArcSwap<Client>);
+impl Clients for Unknown {
+    fn known(&self, _ip: std::net::IpAddr) -> Option<Client> {
+        None
+    }
+    fn identify(&self, _ip: std::net::IpAddr) -> Identify {
+        let c = Client::clone(&self.0.load());
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            c
+        })
     }
 }
 
@@ -490,15 +508,68 @@ fn embedded_dns_in_container_namespaces() {
         let d = adig(&c1n, dns, &["late.net1"]).await;
         assert_eq!(d.answers, ["10.1.0.50"], "{d:?}");
 
-        // Plain listener in the agent namespace; the requester is identified by source address
-        // (198.19.0.2 is registered on net1).
-        let plain: SocketAddr = "198.19.0.1:53".parse().unwrap();
-        assert_eq!(server.add_plain_listener(plain).await.unwrap(), plain);
-        let d = adig(&outn, "198.19.0.1", &["c2.net1"]).await;
+        // Shared listener in the agent namespace: the requester is who its source address is.
+        // 198.19.0.2 (the "out" namespace) as a container on net1: scoped, with recursion.
+        let shared: SocketAddr = "198.19.0.1:53".parse().unwrap();
+        let out_ip = "198.19.0.2".parse().unwrap();
+        let table = Arc::new(ClientMap::new(
+            [(out_ip, Client::container(["net1"]))].into(),
+            Client::Stranger,
+        ));
+        assert_eq!(
+            server
+                .add_shared_listener(shared, table.clone())
+                .await
+                .unwrap(),
+            shared
+        );
+        let sh = "198.19.0.1";
+        let d = adig(&outn, sh, &["c2.net1"]).await;
         assert_eq!(d.answers, ["10.1.0.3"], "{d:?}");
-        let d = adig(&outn, "198.19.0.1", &["c9.net2"]).await;
+        let d = adig(&outn, sh, &["c9.net2"]).await;
         assert_eq!(d.status, "NXDOMAIN", "{d:?}");
-        assert!(server.remove_plain_listener(plain).await);
+        let d = adig(&outn, sh, &["www.outside.test"]).await;
+        assert_eq!(d.answers, ["198.19.0.77"], "{d:?}");
+        // As the host itself: every network's names, but no recursion (REFUSED, no "ra").
+        table.insert(out_ip, Client::Host);
+        let d = adig(&outn, sh, &["c9.net2"]).await;
+        assert_eq!(d.answers, ["10.2.0.9"], "{d:?}");
+        let d = adig(&outn, sh, &["+tcp", "c2.net1"]).await;
+        assert_eq!(d.answers, ["10.1.0.3"], "{d:?}");
+        for args in [&["www.outside.test"][..], &["+tcp", "www.outside.test"]] {
+            let d = adig(&outn, sh, args).await;
+            assert_eq!(d.status, "REFUSED", "{args:?}: {d:?}");
+            assert!(!d.flags.contains(&"ra".to_string()), "{d:?}");
+        }
+        // A stranger: no answer at all, over UDP or TCP (positive control just above).
+        table.set([(out_ip, Client::Stranger)].into());
+        for args in [
+            &["c2.net1"][..],
+            &["+tcp", "c2.net1"],
+            &["www.outside.test"],
+        ] {
+            let d = adig(&outn, sh, &[&["+time=1"][..], args].concat()).await;
+            assert_ne!(d.code, 0, "{args:?}: a stranger got an answer: {d:?}");
+            assert!(d.answers.is_empty(), "{d:?}");
+        }
+        assert!(server.remove_shared_listener(shared).await);
+        // Sources the listener does not know yet are identified first (the first query of a
+        // new container): answered as what identification says.
+        let slow = Arc::new(Unknown(ArcSwap::from_pointee(Client::container(["net2"]))));
+        server
+            .add_shared_listener(shared, slow.clone())
+            .await
+            .unwrap();
+        assert_eq!(server.shared_listeners(), [shared]);
+        let d = adig(&outn, sh, &["c9.net2"]).await;
+        assert_eq!(d.answers, ["10.2.0.9"], "{d:?}");
+        let d = adig(&outn, sh, &["+tcp", "c9"]).await;
+        assert_eq!(d.answers, ["10.2.0.9"], "{d:?}");
+        slow.0.store(Arc::new(Client::Stranger));
+        let d = adig(&outn, sh, &["+time=1", "c9.net2"]).await;
+        assert_ne!(d.code, 0, "{d:?}");
+        assert!(server.remove_shared_listener(shared).await);
+        assert!(!server.remove_shared_listener(shared).await);
 
         // Upstream down: SERVFAIL, promptly (bounded by timeout x attempts), never a hang.
         {

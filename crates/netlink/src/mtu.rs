@@ -7,8 +7,13 @@ use crate::error::{Error, Result};
 
 /// MTU of the interface holding `addr` in the caller's network namespace.
 pub fn underlay_mtu(addr: Ipv4Addr) -> Result<u32> {
+    interface_mtu(&underlay_interface(addr)?)
+}
+
+/// Name of the interface holding `addr` in the caller's network namespace.
+pub fn underlay_interface(addr: Ipv4Addr) -> Result<String> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::sys("getifaddrs", e))?;
-    let ifname = addrs
+    addrs
         .into_iter()
         .find(|ifa| {
             ifa.address
@@ -17,8 +22,7 @@ pub fn underlay_mtu(addr: Ipv4Addr) -> Result<u32> {
                 .is_some_and(|sin| sin.ip() == addr)
         })
         .map(|ifa| ifa.interface_name)
-        .ok_or(Error::NoAddress { addr })?;
-    interface_mtu(&ifname)
+        .ok_or(Error::NoAddress { addr })
 }
 
 /// MTU of a named interface in the caller's namespace (SIOCGIFMTU).

@@ -345,6 +345,20 @@ impl Handler {
         }
     }
 
+    /// Answers a question that would have been forwarded with REFUSED instead (and no
+    /// "recursion available"): for requesters that get cluster names but no recursion.
+    pub fn refuse(&self, job: Box<ForwardJob>) -> Vec<u8> {
+        let ForwardJob {
+            mut response,
+            transport,
+            udp_limit,
+            ..
+        } = *job;
+        response.metadata.response_code = ResponseCode::Refused;
+        response.metadata.recursion_available = false;
+        encode(&response, transport, udp_limit)
+    }
+
     /// Resolves a forwarded question upstream and encodes the response. Bounded in time by the
     /// forwarder's deadline: on timeout or any upstream failure the answer is SERVFAIL.
     pub async fn finish(&self, job: Box<ForwardJob>) -> Vec<u8> {

@@ -3,9 +3,11 @@
 //! For each container the agent calls [`DnsServer::add_listener`] with the container's network
 //! namespace: a UDP and a TCP socket are bound to `127.0.0.11:53` *inside* that namespace (by a
 //! short-lived thread that enters it with `setns`) and served by tasks on the agent's runtime, so
-//! hundreds of containers cost a few sockets and tasks each, not a process. [`DnsServer::add_plain_listener`] serves an address in
-//! the agent's own namespace (the gateway-bridge address), identifying the requester by source
-//! address.
+//! hundreds of containers cost a few sockets and tasks each, not a process.
+//! [`DnsServer::add_shared_listener`] serves one address in the agent's own namespace (the
+//! link-local address Docker's resolver forwards to), identifying the requester by its source
+//! address through a [`Clients`] implementation: containers of this host are answered on their
+//! networks, the host itself gets cluster names without recursion, anyone else nothing.
 //!
 //! Answers come from the current [`Zone`] (an `ArcSwap` the agent swaps whenever endpoints
 //! change), scoped to the requester's networks. Local A records carry a short TTL
@@ -15,6 +17,7 @@
 //! spreads load if clients come back to ask. Everything that is not a cluster name is forwarded
 //! upstream ([`forward`]).
 
+pub mod clients;
 mod fast;
 pub mod forward;
 mod handler;
@@ -35,6 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use clients::{Client, ClientMap, Clients};
 pub use forward::{ForwardConfig, Forwarded, Forwarder, Upstreams, resolv_conf_servers};
 pub use handler::{ForwardJob, Handler, Prepared, Transport};
 pub use wire::{EDNS_PAYLOAD, PLAIN_UDP_PAYLOAD};
@@ -83,19 +87,70 @@ impl Default for DnsConfig {
 enum Requester {
     /// A container's own listener: its networks, updatable in place.
     Fixed(Arc<ArcSwap<Vec<String>>>),
-    /// A listener shared by many: the networks of the source address, looked up in the zone.
-    BySource,
+    /// A listener shared by many: who asks is told by the source address.
+    Shared(Arc<dyn Clients>),
 }
 
 impl Requester {
-    fn networks(&self, zone: &Zone, src: SocketAddr) -> Arc<Vec<String>> {
+    /// Who `src` is, from memory; `None` when it must be identified first.
+    fn known(&self, src: SocketAddr) -> Option<Client> {
         match self {
-            Requester::Fixed(nets) => nets.load_full(),
-            Requester::BySource => match src.ip() {
-                IpAddr::V4(ip) => Arc::new(zone.networks_of(ip).to_vec()),
-                IpAddr::V6(_) => Arc::new(Vec::new()),
+            Requester::Fixed(nets) => Some(Client::Container(nets.load_full())),
+            Requester::Shared(c) => c.known(src.ip()),
+        }
+    }
+
+    /// Who `src` is, identifying it if needed.
+    async fn client(&self, src: SocketAddr) -> Client {
+        match self.known(src) {
+            Some(c) => c,
+            None => match self {
+                Requester::Shared(c) => c.identify(src.ip()).await,
+                Requester::Fixed(_) => Client::Stranger,
             },
         }
+    }
+}
+
+/// The networks a client is answered on: its own, or every network for the host.
+fn networks_for(zone: &Zone, client: &Client) -> Arc<Vec<String>> {
+    match client {
+        Client::Container(nets) => nets.clone(),
+        Client::Host => Arc::new(zone.network_names()),
+        Client::Stranger => Arc::new(Vec::new()),
+    }
+}
+
+/// What to do with `request` from `client`: strangers get nothing, clients without recursion
+/// REFUSED instead of a forward.
+fn prepare_for(
+    handler: &Handler,
+    request: &[u8],
+    client: &Client,
+    transport: Transport,
+) -> Prepared {
+    if matches!(client, Client::Stranger) {
+        return Prepared::Drop;
+    }
+    let zone = handler.zone().load();
+    let nets = networks_for(&zone, client);
+    match handler.prepare_with(&zone, request, &nets, transport) {
+        Prepared::Forward(job) if !client.recursion() => Prepared::Reply(handler.refuse(job)),
+        p => p,
+    }
+}
+
+/// Answers `request` from `client` completely: `None` sends nothing (strangers, non-queries).
+async fn respond(
+    handler: &Handler,
+    request: &[u8],
+    client: &Client,
+    transport: Transport,
+) -> Option<Vec<u8>> {
+    match prepare_for(handler, request, client, transport) {
+        Prepared::Reply(bytes) => Some(bytes),
+        Prepared::Drop => None,
+        Prepared::Forward(job) => Some(handler.finish(job).await),
     }
 }
 
@@ -133,7 +188,7 @@ pub struct DnsServer {
     handler: Arc<Handler>,
     config: DnsConfig,
     listeners: Mutex<HashMap<String, Listener>>,
-    plain: Mutex<HashMap<SocketAddr, Listener>>,
+    shared: Mutex<HashMap<SocketAddr, Listener>>,
     /// The listeners' own single-threaded runtime (see [`ServeThread`]).
     rt: tokio::runtime::Handle,
     _thread: ServeThread,
@@ -206,7 +261,7 @@ impl DnsServer {
             handler,
             config,
             listeners: Mutex::new(HashMap::new()),
-            plain: Mutex::new(HashMap::new()),
+            shared: Mutex::new(HashMap::new()),
             rt,
             _thread: thread,
         })
@@ -308,30 +363,35 @@ impl DnsServer {
         keys
     }
 
-    /// Serves DNS at `addr` in the agent's own namespace (e.g. the gateway-bridge address).
-    /// The requester's networks are those of its source address in the zone. Returns the bound
-    /// address (useful with port 0). Idempotent for an address already served.
-    pub async fn add_plain_listener(&self, addr: SocketAddr) -> Result<SocketAddr, NamesError> {
-        if let Some(l) = lock(&self.plain).get(&addr) {
+    /// Serves DNS at `addr` in the agent's own namespace (the link-local address containers
+    /// reach through their default route), for the requesters `clients` identifies by source
+    /// address (see [`clients`]). Returns the bound address (useful with port 0). Idempotent
+    /// for an address already served.
+    pub async fn add_shared_listener(
+        &self,
+        addr: SocketAddr,
+        clients: Arc<dyn Clients>,
+    ) -> Result<SocketAddr, NamesError> {
+        if let Some(l) = lock(&self.shared).get(&addr) {
             return Ok(l.local);
         }
         let sockets = tokio::task::spawn_blocking(move || netns::bind_plain(addr))
             .await
             .map_err(|e| NamesError::Internal(format!("bind task: {e}")))??;
-        let listener = self.spawn(sockets, Requester::BySource, None)?;
+        let listener = self.spawn(sockets, Requester::Shared(clients), None)?;
         let local = listener.local;
-        let replaced = lock(&self.plain).insert(addr, listener);
+        let replaced = lock(&self.shared).insert(addr, listener);
         if let Some(old) = replaced {
             old.stop().await;
         }
         Ok(local)
     }
 
-    /// Stops a plain listener, named by the address given to `add_plain_listener` or the one it
-    /// returned. Returns whether there was one.
-    pub async fn remove_plain_listener(&self, addr: SocketAddr) -> bool {
+    /// Stops a shared listener, named by the address given to `add_shared_listener` or the one
+    /// it returned. Returns whether there was one.
+    pub async fn remove_shared_listener(&self, addr: SocketAddr) -> bool {
         let removed = {
-            let mut map = lock(&self.plain);
+            let mut map = lock(&self.shared);
             let key = map
                 .iter()
                 .find(|(k, l)| **k == addr || l.local == addr)
@@ -347,12 +407,19 @@ impl DnsServer {
         }
     }
 
+    /// The addresses shared listeners are bound to, sorted.
+    pub fn shared_listeners(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = lock(&self.shared).values().map(|l| l.local).collect();
+        v.sort();
+        v
+    }
+
     /// Stops every listener.
     pub async fn shutdown(&self) {
         let all: Vec<Listener> = lock(&self.listeners)
             .drain()
             .map(|(_, l)| l)
-            .chain(lock(&self.plain).drain().map(|(_, l)| l))
+            .chain(lock(&self.shared).drain().map(|(_, l)| l))
             .collect();
         for l in all {
             l.stop().await;
@@ -415,11 +482,16 @@ impl DnsServer {
 /// Largest UDP request we read; anything longer is cut and then answered FORMERR.
 const UDP_RECV_BUF: usize = 4096;
 
+/// Unidentified queries waiting at once per shared listener; more are dropped (a flood of
+/// forged sources must not pile up work).
+const MAX_IDENTIFYING: usize = 256;
+
 async fn serve_udp(handler: Arc<Handler>, sock: UdpSocket, who: Requester) {
     let mut buf = vec![0u8; UDP_RECV_BUF];
-    // Forwarded questions run here and hand their reply back to this loop, so the socket has
-    // a single owner and closes as soon as the listener is stopped.
-    let mut pending: JoinSet<(Vec<u8>, SocketAddr)> = JoinSet::new();
+    // Forwarded questions (and queries from sources still being identified) run here and hand
+    // their reply back to this loop, so the socket has a single owner and closes as soon as
+    // the listener is stopped.
+    let mut pending: JoinSet<(Option<Vec<u8>>, SocketAddr)> = JoinSet::new();
     loop {
         tokio::select! {
             received = sock.recv_from(&mut buf) => match received {
@@ -428,15 +500,19 @@ async fn serve_udp(handler: Arc<Handler>, sock: UdpSocket, who: Requester) {
                     // to the runtime: under load one wakeup serves a batch.
                     let mut next = Some((n, src));
                     while let Some((n, src)) = next {
-                        let zone = handler.zone().load();
-                        let nets = who.networks(&zone, src);
-                        match handler.prepare_with(&zone, &buf[..n], &nets, Transport::Udp) {
-                            Prepared::Reply(bytes) => send(&sock, &bytes, src).await,
-                            Prepared::Drop => {}
-                            Prepared::Forward(job) => {
-                                let h = handler.clone();
-                                pending.spawn(async move { (h.finish(job).await, src) });
+                        match who.known(src) {
+                            Some(client) => {
+                                answer_udp(&handler, &sock, &mut pending, &buf[..n], src, client)
+                                    .await
                             }
+                            None if pending.len() < MAX_IDENTIFYING => {
+                                let (h, who, req) = (handler.clone(), who.clone(), buf[..n].to_vec());
+                                pending.spawn(async move {
+                                    let client = who.client(src).await;
+                                    (respond(&h, &req, &client, Transport::Udp).await, src)
+                                });
+                            }
+                            None => tracing::debug!(%src, "too many DNS sources being identified; dropped"),
                         }
                         next = sock.try_recv_from(&mut buf).ok();
                     }
@@ -447,10 +523,30 @@ async fn serve_udp(handler: Arc<Handler>, sock: UdpSocket, who: Requester) {
                 }
             },
             Some(done) = pending.join_next(), if !pending.is_empty() => {
-                if let Ok((bytes, src)) = done {
+                if let Ok((Some(bytes), src)) = done {
                     send(&sock, &bytes, src).await;
                 }
             }
+        }
+    }
+}
+
+/// One datagram from a client known already: answered at once when local, handed to
+/// `pending` when it must be forwarded.
+async fn answer_udp(
+    handler: &Arc<Handler>,
+    sock: &UdpSocket,
+    pending: &mut JoinSet<(Option<Vec<u8>>, SocketAddr)>,
+    request: &[u8],
+    src: SocketAddr,
+    client: Client,
+) {
+    match prepare_for(handler, request, &client, Transport::Udp) {
+        Prepared::Reply(bytes) => send(sock, &bytes, src).await,
+        Prepared::Drop => {}
+        Prepared::Forward(job) => {
+            let h = handler.clone();
+            pending.spawn(async move { (Some(h.finish(job).await), src) });
         }
     }
 }
@@ -512,11 +608,8 @@ async fn serve_tcp_conn(
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let nets = {
-            let zone = handler.zone().load();
-            who.networks(&zone, src)
-        };
-        let Some(reply) = handler.handle(&msg, &nets, Transport::Tcp).await else {
+        let client = who.client(src).await;
+        let Some(reply) = respond(&handler, &msg, &client, Transport::Tcp).await else {
             return;
         };
         let Ok(n) = u16::try_from(reply.len()) else {

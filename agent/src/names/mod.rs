@@ -1,11 +1,15 @@
 //! The names seam and its service: the zone (every named endpoint of the cluster), the
-//! embedded DNS listeners (127.0.0.11:53 inside each container namespace, and the
-//! gateway-bridge address), and the managed block of each container's hosts file.
+//! embedded DNS listeners (127.0.0.11:53 inside each namespace attached with `overlayctl
+//! attach`, and the link-local `--dns-addr` in the host namespace that Docker's resolver
+//! forwards to, see [`clients`]), and the managed block of each container's hosts file.
 //!
 //! Everything here is level-triggered from the cluster view and the local attachments: a
 //! pass rebuilds the zone, opens or closes listeners and rewrites hosts files whose block
 //! differs, so it follows endpoints appearing and going anywhere, and repairs hosts files
-//! someone else edited.
+//! someone else edited. The zone is swapped first (DNS answers never wait for hosts files),
+//! and the names loop also swaps it on its own as soon as the view changes.
+
+pub mod clients;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,9 +22,11 @@ use hickory_proto::rr::RecordType;
 use ovl_core::ClusterView;
 use ovl_names::{
     ArcSwap, NameRecord, Zone,
-    dns::{DnsConfig, DnsServer, ForwardConfig, Upstreams},
+    dns::{DnsConfig, DnsServer, ForwardConfig, Upstreams, resolv_conf_servers},
     hosts,
 };
+
+pub use clients::{KernelAddrs, LocalClients};
 
 use crate::{
     api::types::DnsLookup,
@@ -33,12 +39,19 @@ use crate::{
 pub trait Names: Send + Sync {
     /// One pass: zone, DNS listeners and hosts files from the view and the local
     /// attachments; returns how many hosts files were rewritten.
-    async fn sync(
-        &self,
-        view: &ClusterView,
-        local: &[Attachment],
-        gw_addr: Option<Ipv4Addr>,
-    ) -> usize;
+    async fn sync(&self, view: &ClusterView, local: &[Attachment]) -> usize;
+
+    /// Swaps in the zone of `view` at once (no hosts files, no listeners): what DNS answers
+    /// follows the view without waiting for a pass.
+    fn refresh_zone(&self, view: &ClusterView);
+
+    /// The local attachments changed (a Docker Join or Leave): the DNS address for Docker
+    /// containers learns at once which namespaces are its clients, so the first query of a
+    /// container that joined a moment ago is placed.
+    fn containers_changed(&self, local: &[Attachment]);
+
+    /// Where the DNS address for Docker containers is served now (empty: not, or not yet).
+    fn shared_listeners(&self) -> Vec<SocketAddr>;
 
     /// Answers `name` as a container on `networks` would be answered.
     async fn lookup(&self, networks: &[String], name: &str, from: &str) -> Result<DnsLookup>;
@@ -57,7 +70,10 @@ pub struct DnsNames {
     dns: DnsServer,
     /// Listener keys (namespace keys) open now, with the networks they answer for.
     listeners: tokio::sync::Mutex<BTreeMap<String, Vec<String>>>,
-    plain: Mutex<Option<SocketAddr>>,
+    /// The DNS address for Docker containers and who asks it.
+    shared: Option<(SocketAddr, LocalClients)>,
+    /// Why the shared listener is not open yet (logged once per reason).
+    shared_error: Mutex<Option<String>>,
 }
 
 /// Builds the zone from the view: every endpoint with a name.
@@ -84,16 +100,32 @@ pub fn netns_etc(netns: &Path) -> Option<PathBuf> {
 }
 
 impl DnsNames {
-    /// A names service forwarding unknown names to `upstreams` (or the host's resolv.conf).
-    pub fn new(upstreams: Vec<SocketAddr>) -> Result<Self> {
+    /// A names service forwarding unknown names to `upstreams` (or the host's resolv.conf),
+    /// serving `shared` (the DNS address for Docker containers and its clients) when given.
+    /// That address is never an upstream: with it in the host's resolv.conf (one way to set
+    /// up Docker 28) forwarding to it would loop.
+    pub fn new(
+        upstreams: Vec<SocketAddr>,
+        shared: Option<(Ipv4Addr, LocalClients)>,
+    ) -> Result<Self> {
         let zone = Arc::new(ArcSwap::from_pointee(Zone::build(Vec::new())));
+        let upstreams = match (&shared, upstreams.is_empty()) {
+            (_, false) => Upstreams::Servers(upstreams),
+            (None, true) => Upstreams::System,
+            (Some((own, _)), true) => {
+                let mut servers = resolv_conf_servers(Path::new("/etc/resolv.conf"))
+                    .map_err(|e| AgentError::Internal(format!("upstream DNS servers: {e}")))?;
+                let before = servers.len();
+                servers.retain(|s| s.ip() != std::net::IpAddr::V4(*own));
+                if servers.len() != before {
+                    tracing::info!(%own, "the host's resolv.conf lists the agent's DNS address: not forwarding to it");
+                }
+                Upstreams::Servers(servers)
+            }
+        };
         let cfg = DnsConfig {
             forward: ForwardConfig {
-                upstreams: if upstreams.is_empty() {
-                    Upstreams::System
-                } else {
-                    Upstreams::Servers(upstreams)
-                },
+                upstreams,
                 ..ForwardConfig::default()
             },
             ..DnsConfig::default()
@@ -104,8 +136,37 @@ impl DnsNames {
             zone,
             dns,
             listeners: Default::default(),
-            plain: Mutex::new(None),
+            shared: shared.map(|(ip, c)| (SocketAddr::from((ip, 53)), c)),
+            shared_error: Mutex::new(None),
         })
+    }
+
+    /// Opens the shared listener if it is configured and not open yet. Binding fails until
+    /// the address exists on the host (the gateway's DNS set-up creates it); retried by the
+    /// next pass.
+    async fn ensure_shared(&self) {
+        let Some((addr, clients)) = &self.shared else {
+            return;
+        };
+        if self.dns.shared_listeners().contains(addr) {
+            return;
+        }
+        let clients: Arc<dyn ovl_names::dns::Clients> = Arc::new(clients.clone());
+        let result = self.dns.add_shared_listener(*addr, clients).await;
+        let mut last = self.shared_error.lock().expect("shared error lock");
+        match result {
+            Ok(_) => {
+                tracing::info!(%addr, "serving DNS to this host's Docker containers");
+                *last = None;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if last.as_deref() != Some(&msg) {
+                    tracing::warn!(%addr, error = %msg, "DNS for Docker containers not served yet; retrying");
+                }
+                *last = Some(msg);
+            }
+        }
     }
 }
 
@@ -128,13 +189,26 @@ impl Names for DnsNames {
         Ok(Some(hosts))
     }
 
-    async fn sync(
-        &self,
-        view: &ClusterView,
-        local: &[Attachment],
-        gw_addr: Option<Ipv4Addr>,
-    ) -> usize {
-        let zone = zone_of(view);
+    fn refresh_zone(&self, view: &ClusterView) {
+        self.zone.store(Arc::new(zone_of(view)));
+    }
+
+    fn containers_changed(&self, local: &[Attachment]) {
+        if let Some((_, clients)) = &self.shared {
+            clients.update(local);
+        }
+    }
+
+    fn shared_listeners(&self) -> Vec<SocketAddr> {
+        self.dns.shared_listeners()
+    }
+
+    async fn sync(&self, view: &ClusterView, local: &[Attachment]) -> usize {
+        // DNS first: answers must not wait for hosts files (a lease wait, a slow disk).
+        let zone = Arc::new(zone_of(view));
+        self.zone.store(zone.clone());
+        self.containers_changed(local);
+        self.ensure_shared().await;
         // Per container namespace: its endpoints and its networks.
         let mut by_ns: BTreeMap<&str, Vec<&Attachment>> = BTreeMap::new();
         for a in local {
@@ -175,8 +249,6 @@ impl Names for DnsNames {
                 }
             }
         }
-        self.zone.store(Arc::new(zone));
-
         // DNS listeners inside container namespaces.
         let mut want: BTreeMap<String, (PathBuf, Vec<String>)> = BTreeMap::new();
         for (key, atts) in &by_ns {
@@ -217,20 +289,6 @@ impl Names for DnsNames {
         }
         drop(open);
 
-        // The gateway-bridge address, for resolvers outside the container (Docker's, or
-        // containers started with --dns).
-        if let Some(ip) = gw_addr {
-            let addr = SocketAddr::from((ip, 53));
-            let have = *self.plain.lock().expect("plain lock");
-            if have != Some(addr) {
-                match self.dns.add_plain_listener(addr).await {
-                    Ok(_) => *self.plain.lock().expect("plain lock") = Some(addr),
-                    Err(e) => {
-                        tracing::warn!(%addr, error = %e, "opening DNS on the gateway bridge")
-                    }
-                }
-            }
-        }
         rewritten
     }
 
