@@ -3,10 +3,12 @@
 //!
 //! - [`lab`]: N hosts as network namespaces on an underlay bridge, the KV, one agent per host;
 //! - [`bench`]: the benchmarks, side by side in one run;
+//! - [`chaos`]: faults with invariants (`cargo xtask chaos`);
 //! - [`sh`]: small helpers to run commands and enter namespaces;
 //! - [`vagrant`]: the lab on real VMs (`vagrant/`): box, up, end-to-end test, down.
 
 pub mod bench;
+pub mod chaos;
 pub mod lab;
 pub mod sh;
 pub mod vagrant;

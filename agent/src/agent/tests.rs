@@ -539,3 +539,73 @@ async fn a_deleted_record_is_written_again_with_its_address_claim() {
         "still not torn down"
     );
 }
+
+#[tokio::test]
+async fn a_state_dir_that_cannot_be_written_refuses_attach_and_detach_and_changes_nothing() {
+    // A full disk (chaos: the state dir filled): an attach answered success that the next
+    // agent does not know of loses its interface at the restart, a detach answered success
+    // that stays in local.json gets its record written back. Both must be refused instead.
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.expect("attach");
+    let state = l._dir.path().join("state");
+    let away = l._dir.path().join("state-away");
+    std::fs::rename(&state, &away).unwrap();
+
+    let e = l.agent.attach(attach_req("c2")).await.unwrap_err();
+    assert!(e.to_string().contains("recording the attachment"), "{e}");
+    assert!(
+        l.agent
+            .store()
+            .endpoint("net1", "c2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claims = l
+        .agent
+        .store()
+        .kv()
+        .list(&ovl_core::keys::addrs_of("net1"))
+        .await
+        .unwrap();
+    assert!(
+        claims.entries.iter().all(|c| c.value != b"c2"),
+        "no address left claimed"
+    );
+    assert!(!l.dp.keys().contains(&("net1".into(), "c2".into())));
+    assert!(l.agent.local().get("net1", "c2").is_none());
+
+    let e = l
+        .agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("forgetting c1 on net1"), "{e}");
+    assert!(l.dp.keys().contains(&("net1".into(), "c1".into())));
+    assert!(l.agent.local().get("net1", "c1").is_some());
+    assert!(
+        l.agent
+            .store()
+            .endpoint("net1", "c1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Room again: both work.
+    std::fs::rename(&away, &state).unwrap();
+    l.agent.attach(attach_req("c2")).await.expect("attach");
+    l.agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c1".into(),
+        })
+        .await
+        .expect("detach");
+    let on_disk = LocalState::load(state.join("local.json")).unwrap();
+    let ids: Vec<String> = on_disk.all().into_iter().map(|a| a.endpoint.id).collect();
+    assert_eq!(ids, vec!["c2".to_string()]);
+}
