@@ -209,27 +209,20 @@ impl Agent {
                         net.name
                     )));
                 }
-                let ip = self.store.allocate_addr(&net, req.ip, &id).await?;
-                tracing::debug!(took = ?t0.elapsed(), "attach: address allocated");
-                let rec = EndpointRecord {
-                    id: id.clone(),
-                    network: net.name.clone(),
-                    host: me.clone(),
-                    name: req.name.clone(),
-                    aliases: req.aliases.clone(),
-                    ip,
-                    mac: req.mac.unwrap_or_else(|| ipam::mac_for(ip)),
-                    publish: req.publish.clone(),
-                };
-                if let Err(e) = self.store.create_endpoint(&rec).await {
-                    return Err(self
-                        .undo(
-                            format!("recording {id} on {}", net.name),
-                            e.into(),
-                            vec![self.release_step(&net.name, ip, &id).await],
-                        )
-                        .await);
-                }
+                let rec = self
+                    .store
+                    .create_endpoint_with_addr(&net, &id, req.ip, |ip| EndpointRecord {
+                        id: id.clone(),
+                        network: net.name.clone(),
+                        host: me.clone(),
+                        name: req.name.clone(),
+                        aliases: req.aliases.clone(),
+                        ip,
+                        mac: req.mac.unwrap_or_else(|| ipam::mac_for(ip)),
+                        publish: req.publish.clone(),
+                    })
+                    .await?;
+                tracing::debug!(took = ?t0.elapsed(), "attach: address claimed and endpoint recorded");
                 (rec, true)
             }
         };
@@ -340,15 +333,6 @@ impl Agent {
             Counters::add(&self.counters.detaches, 1);
         }
         Ok(DetachReply { removed })
-    }
-
-    /// Releases an address claim, as a cleanup step: `None` when it worked, else what is left.
-    async fn release_step(&self, net: &str, ip: std::net::Ipv4Addr, id: &str) -> Option<String> {
-        self.store
-            .release_addr(net, ip, id)
-            .await
-            .err()
-            .map(|e| format!("releasing {ip} on {net}: {e}"))
     }
 
     /// Removes an endpoint record this operation created, and its address claim.

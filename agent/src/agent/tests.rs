@@ -609,3 +609,67 @@ async fn a_state_dir_that_cannot_be_written_refuses_attach_and_detach_and_change
     let ids: Vec<String> = on_disk.all().into_iter().map(|a| a.endpoint.id).collect();
     assert_eq!(ids, vec!["c2".to_string()]);
 }
+
+#[tokio::test]
+async fn an_address_claimed_by_an_attach_that_died_is_used_again_or_released() {
+    // An agent killed between claiming an address and recording the endpoint (as older
+    // agents wrote them: two writes) leaves the claim alone. A user who asks again gets that
+    // address; a user who undoes the attach frees it.
+    let l = lab().await;
+    let net = l.agent.store().network("net1").await.unwrap().unwrap();
+    let orphan = l
+        .agent
+        .store()
+        .allocate_addr(&net, None, "c1")
+        .await
+        .unwrap();
+    let r = l.agent.attach(attach_req("c1")).await.expect("attach");
+    assert_eq!(r.endpoint.ip, orphan, "the claim is used again");
+
+    let other = l
+        .agent
+        .store()
+        .allocate_addr(&net, None, "c2")
+        .await
+        .unwrap();
+    let reply = l
+        .agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c2".into(),
+        })
+        .await
+        .expect("detach");
+    assert!(!reply.removed, "there was no endpoint");
+    assert_eq!(
+        l.agent.store().addr_owner("net1", other).await.unwrap(),
+        None,
+        "the orphan claim is released"
+    );
+    // c1's claim is untouched.
+    assert_eq!(
+        l.agent.store().addr_owner("net1", orphan).await.unwrap(),
+        Some("c1".into())
+    );
+
+    // An attach asking for another address than its orphan claim frees the old one.
+    let stale = l
+        .agent
+        .store()
+        .allocate_addr(&net, None, "c3")
+        .await
+        .unwrap();
+    let want: std::net::Ipv4Addr = "10.10.0.77".parse().unwrap();
+    let mut req = attach_req("c3");
+    req.ip = Some(want);
+    let r = l.agent.attach(req).await.expect("attach with --ip");
+    assert_eq!(r.endpoint.ip, want);
+    assert_eq!(
+        l.agent.store().addr_owner("net1", stale).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        l.agent.store().addr_owner("net1", want).await.unwrap(),
+        Some("c3".into())
+    );
+}
