@@ -519,6 +519,12 @@ fn delete_by_hand(w: &World, id: usize, host: usize, what: Deletion, pick: usize
     if !ebpf && !sandbox.exists() {
         bail!("no sandbox namespace at {}", sandbox.display());
     }
+    if matches!(what, Deletion::ContainerIface | Deletion::HostIface) {
+        w.disturbed
+            .lock()
+            .expect("disturbed")
+            .insert((ep.net.clone(), ep.name.clone()));
+    }
     let d = match what {
         Deletion::ContainerIface => {
             let ifname = ep.ifname.clone().unwrap_or_else(|| "eth0".into());

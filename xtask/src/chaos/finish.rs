@@ -441,6 +441,10 @@ fn write_out(w: &World, report: &Report, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("report.txt"), report.to_string())?;
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(
+        out.join("ops.log"),
+        w.oplog.lock().expect("oplog").join("\n") + "\n",
+    )?;
     let lab = w.lab.lock().expect("lab");
     for h in &lab.state.hosts {
         copy_log(&h.log, &out.join(format!("agent-{}.log", h.id)))?;

@@ -160,6 +160,10 @@ pub struct World {
     pub pings: Mutex<PingStats>,
     /// Operation outcomes.
     pub ops: Mutex<OpCounts>,
+    /// Every operation with its outcome, one line each (written to `ops.log`).
+    pub oplog: Mutex<Vec<String>>,
+    /// Endpoints whose interfaces a fault deleted by hand (not the agent's doing).
+    pub disturbed: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// Tells the workload to stop.
     pub stop: AtomicBool,
     /// Faults active now.
@@ -201,6 +205,8 @@ impl World {
             durations: Mutex::new(BTreeMap::new()),
             pings: Mutex::new(PingStats::default()),
             ops: Mutex::new(BTreeMap::new()),
+            oplog: Mutex::new(Vec::new()),
+            disturbed: Mutex::new(std::collections::BTreeSet::new()),
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             last_fault_end: Mutex::new(Duration::ZERO),
@@ -229,7 +235,7 @@ impl World {
         let e = Event {
             at: self.now(),
             fault,
-            text: text.into(),
+            text: brief(&text.into()),
         };
         if self.verbose {
             let f = e.fault.map(|f| format!("#{f} ")).unwrap_or_default();
@@ -274,7 +280,7 @@ impl World {
         let e = Event {
             at: self.now(),
             fault: None,
-            text: text.into(),
+            text: brief(&text.into()),
         };
         if self.verbose {
             eprintln!("  t+{:>7.1}s FINDING: {}", e.at.as_secs_f64(), e.text);
@@ -289,6 +295,23 @@ impl World {
         if now > *l {
             *l = now;
         }
+    }
+
+    /// Counts an outcome and logs the operation.
+    fn count_op(&self, host: usize, kind: &str, target: &str, o: &Outcome) {
+        let detail = match o {
+            Outcome::Done(_) => String::new(),
+            Outcome::Refused(m) | Outcome::NotSent(m) | Outcome::Unknown(m) => {
+                format!(": {}", brief(m))
+            }
+        };
+        self.oplog.lock().expect("oplog").push(format!(
+            "t+{:.3}s h{} {kind} {target}: {}{detail}",
+            self.now().as_secs_f64(),
+            host + 1,
+            o.word()
+        ));
+        self.count(kind, o);
     }
 
     fn count(&self, kind: &str, o: &Outcome) {
@@ -394,7 +417,7 @@ impl World {
 
     /// Books an attach's outcome.
     pub fn attach_done(&self, host: usize, net: &str, name: &str, o: &Outcome, took: Duration) {
-        self.count("attach", o);
+        self.count_op(host, "attach", &format!("{net}/{name}"), o);
         let mut l = self.ledger.lock().expect("ledger");
         let Some(e) = l.eps.get_mut(&(net.to_string(), name.to_string())) else {
             return;
@@ -475,7 +498,7 @@ impl World {
     /// Books a detach's outcome; on success checks that the container's interface is gone
     /// and removes its namespace.
     pub fn detach_done(&self, host: usize, net: &str, name: &str, o: &Outcome, took: Duration) {
-        self.count("detach", o);
+        self.count_op(host, "detach", &format!("{net}/{name}"), o);
         let Outcome::Done(_) = o else {
             // Refused, not sent or unknown: still to be detached (retried). Refused: by the
             // agent's contract nothing changed.
@@ -487,8 +510,14 @@ impl World {
                     .eps
                     .get(&(net.to_string(), name.to_string()))
                     .cloned();
+                let disturbed = self
+                    .disturbed
+                    .lock()
+                    .expect("disturbed")
+                    .contains(&(net.to_string(), name.to_string()));
                 if let Some(ep) = ep
                     && let Some(ip) = ep.ip
+                    && !disturbed
                     && !faults::has_addr(&ep.ns, &ip.to_string())
                 {
                     self.finding(format!(
@@ -576,7 +605,7 @@ impl World {
     /// Books a network create's outcome (a retried create that finds the network there
     /// books it as created, with the record it finds).
     pub fn create_done(&self, host: usize, name: &str, o: &Outcome, took: Duration) {
-        self.count("network create", o);
+        self.count_op(host, "network create", name, o);
         let found = match o {
             Outcome::Refused(m) if ops::already_exists(m) => {
                 match ops::run(
@@ -640,7 +669,7 @@ impl World {
             }
         }
         let o = ops::run(self.ctl(host, &["network", "rm", name]), ops::OP_TIMEOUT);
-        self.count("network rm", &o);
+        self.count_op(host, "network rm", name, &o);
         let gone = match &o {
             Outcome::Done(_) => true,
             Outcome::Refused(m) => ops::not_found(m),
@@ -855,4 +884,49 @@ pub fn run(cfg: &Config) -> Result<finish::Report> {
 /// Schedule only: what a seed and length give.
 pub fn schedule_of(seed: u64, length: Duration) -> Schedule {
     schedule::generate(seed, length, 3, schedule::Lengths::default())
+}
+
+/// One line of at most 300 characters from a message: a failed command's arguments and
+/// etcdctl's JSON log lines are left out, lines are joined.
+pub fn brief(text: &str) -> String {
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match (l.find(" failed (exit status"), l.find('"')) {
+            (Some(i), Some(q)) if q < i => {
+                // `{cmd:?} failed (status): stderr`: keep what precedes the command, the
+                // program's name and its stderr.
+                let start = l[..q].rfind(' ').map(|s| s + 1).unwrap_or(0);
+                let rest = &l[i..];
+                let keep = rest.find("): ").map(|j| &rest[j + 3..]).unwrap_or(rest);
+                let prog = l[start..i]
+                    .split('"')
+                    .find(|w| ["etcdctl", "ip", "bridge", "dd"].contains(w))
+                    .unwrap_or("command");
+                format!("{}{prog}: {keep}", &l[..start])
+            }
+            _ => l.to_string(),
+        })
+        .filter(|l| !l.trim_start().starts_with("{\"level\""))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let one = lines.join(" | ");
+    if one.chars().count() > 300 {
+        let cut: String = one.chars().take(297).collect();
+        format!("{cut}...")
+    } else {
+        one
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn brief_messages() {
+        let e = "no leader (198.18.0.2:2379: ETCDCTL_API=\"3\" \"nsenter\" \"--net=/run/netns/c-ul\" \"--\" \"etcdctl\" \"--endpoints=198.18.0.2:2379\" \"endpoint\" failed (exit status: 1): {\"level\":\"warn\",\"ts\":\"x\"}\nFailed to get the status of endpoint 198.18.0.2:2379 (context deadline exceeded))";
+        assert_eq!(
+            super::brief(e),
+            "no leader (198.18.0.2:2379: etcdctl: {\"level\":\"warn\",\"ts\":\"x\"} | Failed to get the status of endpoint 198.18.0.2:2379 (context deadline exceeded))"
+        );
+        assert_eq!(super::brief(&"x".repeat(400)).chars().count(), 300);
+    }
 }

@@ -501,17 +501,17 @@ mod tests {
         let s = generate(15, Duration::from_secs(90), 3, Lengths::default());
         let want = "\
 schedule of seed 15 over 90s (11 faults):
-  #1   t+    10.2s  kill -9 the etcd leader, restart it after 6.343s
-  #2   t+    22.3s  kill -9 h3's agent 51% into `detach`, restart it after 3.781s
-  #3   t+    23.7s  SIGSTOP every etcd member for 60s
-  #4   t+    25.0s  kill -9 h1's agent 80% into `attach`, restart it after 5.466s
-  #5   t+    25.4s  delete a neighbour entry on h3 by hand (pick 63)
-  #6   t+    28.6s  cut h2 off the underlay for 30s
-  #7   t+    39.8s  fill h1's state dir filesystem for 22.101s
-  #8   t+    49.6s  stop etcd member #1 for good, replace it (member remove/add, fresh data dir) after 22.906s
-  #9   t+    57.3s  delete a host end of a container veth on h2 by hand (pick 11)
-  #10  t+    71.0s  kill -9 h3's agent 39% into `network create`, restart it after 4.737s
-  #11  t+    81.6s  delete a vxlan device on h2 by hand (pick 22)
+  #1   t+    13.5s  SIGSTOP every etcd member for 60s
+  #2   t+    20.5s  cut h1 off the underlay for 30s
+  #3   t+    25.8s  fill h1's state dir filesystem for 37.292s
+  #4   t+    28.2s  delete a container interface on h2 by hand (pick 22)
+  #5   t+    34.8s  stop etcd member #2 for good, replace it (member remove/add, fresh data dir) after 20.32s
+  #6   t+    38.7s  kill -9 the etcd leader, restart it after 2.028s
+  #7   t+    38.8s  kill -9 h3's agent 51% into `attach`, restart it after 3.781s; the user then asks again
+  #8   t+    44.9s  kill -9 h1's agent 77% into `detach`, restart it after 5.146s; the user then undoes it
+  #9   t+    50.9s  delete a host end of a container veth on h1 by hand (pick 32)
+  #10  t+    66.0s  delete a vxlan device on h3 by hand (pick 3)
+  #11  t+    82.1s  kill -9 h1's agent 68% into `network create`, restart it after 4.104s; the user then asks again
 ";
         assert_eq!(s.to_string(), want);
     }
