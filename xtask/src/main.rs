@@ -52,6 +52,12 @@ enum Cmd {
         /// Print only the report, not every event as it happens.
         #[arg(long)]
         quiet: bool,
+        /// Leave these faults out of the schedule (repeatable): kill-leader, replace-member,
+        /// cut-host, kill-agent-attach, kill-agent-detach, kill-agent-create, pause-all,
+        /// pause-leader, delete-container-iface, delete-host-iface, delete-vxlan, delete-fdb,
+        /// delete-neigh, delete-flood, fill-state-dir.
+        #[arg(long, value_name = "FAULT")]
+        without: Vec<String>,
     },
     /// The multi-host demo: a lab, a network, containers on every host talking by name; then
     /// everything is removed.
@@ -288,13 +294,17 @@ fn run(cli: Cli) -> Result<i32> {
             out,
             schedule_only,
             quiet,
+            without,
         } => {
             if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
                 bail!("--minutes must be more than 0 and at most a day");
             }
             let length = std::time::Duration::from_secs_f64(minutes * 60.0);
             if schedule_only {
-                print!("{}", chaos::schedule_of(seed, length));
+                let s = chaos::schedule_of(seed, length)
+                    .without(&without)
+                    .map_err(anyhow::Error::msg)?;
+                print!("{s}");
                 return Ok(0);
             }
             build_agent()?;
@@ -313,6 +323,7 @@ fn run(cli: Cli) -> Result<i32> {
                 datapath,
                 out: out.clone(),
                 verbose: !quiet,
+                without,
             };
             let report = chaos::run(&cfg)?;
             println!("{report}");

@@ -591,6 +591,7 @@ mod tests {
                     acked_at: Some(Duration::from_secs(2)),
                     detach_from: None,
                     detached_at: None,
+                    detach_tries: 0,
                     by: "test".into(),
                 },
             );
@@ -769,6 +770,7 @@ mod tests {
                 acked_at: None,
                 detach_from: None,
                 detached_at: None,
+                detach_tries: 0,
                 by: "t".into(),
             },
         );

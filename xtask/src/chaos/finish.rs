@@ -50,6 +50,8 @@ pub struct Report {
     pub seed: u64,
     /// Planned length.
     pub length: Duration,
+    /// Faults left out of the schedule.
+    pub without: Vec<String>,
     /// The schedule.
     pub schedule: Schedule,
     /// What happened.
@@ -85,7 +87,8 @@ impl Report {
 
 /// Judges a world whose faults are over and whose workload has stopped.
 pub fn judge(w: &World, sched: &Schedule, cfg: &Config) -> Result<Report> {
-    let report = judge_world(w, sched)?;
+    let mut report = judge_world(w, sched)?;
+    report.without = cfg.without.clone();
     write_out(w, &report, &cfg.out)?;
     Ok(report)
 }
@@ -147,6 +150,7 @@ pub fn judge_world(w: &World, sched: &Schedule) -> Result<Report> {
     Ok(Report {
         seed: sched.seed,
         length: sched.length,
+        without: Vec::new(),
         schedule: sched.clone(),
         timeline: w.timeline.lock().expect("timeline").clone(),
         verdicts,
@@ -348,6 +352,9 @@ fn peers_diff(w: &World) -> Vec<String> {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "== chaos run: seed {}, {:?}", self.seed, self.length)?;
+        if !self.without.is_empty() {
+            writeln!(f, "   without: {}", self.without.join(", "))?;
+        }
         writeln!(f, "\n{}", self.schedule)?;
         writeln!(f, "faults injected:")?;
         for (k, n) in self.schedule.counts() {

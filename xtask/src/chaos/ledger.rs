@@ -57,6 +57,9 @@ pub struct Ep {
     pub detach_from: Option<Duration>,
     /// When a detach answered success.
     pub detached_at: Option<Duration>,
+    /// Detaches asked for so far.
+    #[serde(skip)]
+    pub detach_tries: u32,
     /// Who asked for it (`workload h1`, `fault #12`).
     pub by: String,
 }

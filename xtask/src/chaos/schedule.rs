@@ -239,6 +239,54 @@ impl Fault {
     }
 }
 
+impl Fault {
+    /// Every tag [`Fault::tag`] gives, for `--without`.
+    pub const TAGS: [&'static str; 15] = [
+        "kill-leader",
+        "replace-member",
+        "cut-host",
+        "kill-agent-attach",
+        "kill-agent-detach",
+        "kill-agent-create",
+        "pause-all",
+        "pause-leader",
+        "delete-container-iface",
+        "delete-host-iface",
+        "delete-vxlan",
+        "delete-fdb",
+        "delete-neigh",
+        "delete-flood",
+        "fill-state-dir",
+    ];
+
+    /// A short name of what it does, finer than its [`Kind`].
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Fault::KillLeader { .. } => "kill-leader",
+            Fault::ReplaceMember { .. } => "replace-member",
+            Fault::CutHost { .. } => "cut-host",
+            Fault::KillAgent { during, .. } => match during {
+                Op::Attach => "kill-agent-attach",
+                Op::Detach => "kill-agent-detach",
+                Op::NetworkCreate => "kill-agent-create",
+            },
+            Fault::PauseEtcd { scope, .. } => match scope {
+                PauseScope::All => "pause-all",
+                PauseScope::Leader => "pause-leader",
+            },
+            Fault::DeleteByHand { what, .. } => match what {
+                Deletion::ContainerIface => "delete-container-iface",
+                Deletion::HostIface => "delete-host-iface",
+                Deletion::Vxlan => "delete-vxlan",
+                Deletion::Fdb => "delete-fdb",
+                Deletion::Neigh => "delete-neigh",
+                Deletion::Flood => "delete-flood",
+            },
+            Fault::FillStateDir { .. } => "fill-state-dir",
+        }
+    }
+}
+
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = |i: &usize| format!("h{}", i + 1);
@@ -409,7 +457,7 @@ fn make(kind: Kind, j: usize, hosts: usize, lengths: Lengths, rng: &mut ChaCha8R
         },
         Kind::PauseEtcd => Fault::PauseEtcd {
             // The first pause stops the whole cluster (a KV outage); later ones alternate.
-            scope: if j % 2 == 0 {
+            scope: if j.is_multiple_of(2) {
                 PauseScope::All
             } else {
                 PauseScope::Leader
@@ -431,6 +479,22 @@ fn make(kind: Kind, j: usize, hosts: usize, lengths: Lengths, rng: &mut ChaCha8R
 }
 
 impl Schedule {
+    /// The same schedule without the faults tagged `tags` (the others keep their numbers and
+    /// times). An unknown tag is an error.
+    pub fn without(mut self, tags: &[String]) -> Result<Schedule, String> {
+        for t in tags {
+            if !Fault::TAGS.contains(&t.as_str()) {
+                return Err(format!(
+                    "unknown fault {t:?} (known: {})",
+                    Fault::TAGS.join(", ")
+                ));
+            }
+        }
+        self.faults
+            .retain(|p| !tags.iter().any(|t| t == p.fault.tag()));
+        Ok(self)
+    }
+
     /// When the last fault ends, as planned.
     pub fn planned_end(&self) -> Duration {
         self.faults
@@ -564,6 +628,31 @@ schedule of seed 15 over 90s (11 faults):
                     .any(|p| matches!(p.fault, Fault::DeleteByHand { what, .. } if what == d)),
                 "no {d:?}"
             );
+        }
+    }
+
+    #[test]
+    fn without_leaves_the_rest_as_it_was() {
+        let s = generate(15, Duration::from_secs(90), 3, Lengths::default());
+        let w = s
+            .clone()
+            .without(&["delete-container-iface".into(), "delete-host-iface".into()])
+            .unwrap();
+        assert_eq!(w.faults.len(), s.faults.len() - 2);
+        for p in &w.faults {
+            assert!(s.faults.contains(p));
+            assert!(
+                !p.fault.tag().starts_with("delete-container")
+                    && p.fault.tag() != "delete-host-iface"
+            );
+        }
+        assert!(
+            s.without(&["bogus".into()])
+                .unwrap_err()
+                .contains("unknown fault")
+        );
+        for f in Fault::TAGS {
+            assert!(Fault::TAGS.iter().filter(|t| **t == f).count() == 1);
         }
     }
 
