@@ -611,12 +611,7 @@ impl Lab {
 
     /// The client endpoints of the running members.
     pub fn member_endpoints(&self) -> Vec<String> {
-        self.state
-            .members
-            .iter()
-            .filter(|m| m.pid.is_some())
-            .map(EtcdMember::endpoint)
-            .collect()
+        member_endpoints(&self.state)
     }
 
     /// Waits until every running member reports healthy.
@@ -639,132 +634,44 @@ impl Lab {
         })
     }
 
-    /// The slot of the current leader, as the running members report it (each asked on its
-    /// own: a hung or dead member must not hide the answers of the others).
+    /// The slot of the current leader (see [`etcd_leader`]).
     pub fn etcd_leader(&self) -> Result<usize> {
-        let mut best: Option<(u64, u64)> = None; // (raft term, leader id)
-        let mut errs = Vec::new();
-        for ep in self.member_endpoints() {
-            let out = match etcdctl(
-                &self.state,
-                std::slice::from_ref(&ep),
-                &["endpoint", "status", "-w", "json"],
-            ) {
-                Ok(o) => o,
-                Err(e) => {
-                    errs.push(format!("{ep}: {e:#}"));
-                    continue;
-                }
-            };
-            let list: Vec<EndpointStatus> =
-                serde_json::from_slice(&out.stdout).context("parsing etcdctl endpoint status")?;
-            for s in list {
-                if s.status.leader != 0 && best.is_none_or(|(t, _)| s.status.header.raft_term > t) {
-                    best = Some((s.status.header.raft_term, s.status.leader));
-                }
-            }
-        }
-        let (_, leader) =
-            best.with_context(|| format!("no member names a leader ({})", errs.join("; ")))?;
-        let member = self
-            .etcd_members()?
-            .into_iter()
-            .find(|m| m.id == leader)
-            .with_context(|| format!("leader {leader:x} is not in the member list"))?;
-        self.state
-            .members
-            .iter()
-            .position(|m| member.peer_urls.contains(&m.peer_url()))
-            .with_context(|| format!("leader {} is not a lab member", member.name))
+        etcd_leader(&self.state)
     }
 
-    /// The cluster's member list (id, name, peer URLs) as the running members report it.
+    /// The cluster's member list (see [`etcd_members`]).
     pub fn etcd_members(&self) -> Result<Vec<MemberInfo>> {
-        let mut errs = Vec::new();
-        for ep in self.member_endpoints() {
-            match etcdctl(
-                &self.state,
-                std::slice::from_ref(&ep),
-                &["member", "list", "-w", "json"],
-            ) {
-                Ok(out) => {
-                    let list: MemberList = serde_json::from_slice(&out.stdout)
-                        .context("parsing etcdctl member list")?;
-                    return Ok(list.members);
-                }
-                Err(e) => errs.push(format!("{ep}: {e:#}")),
-            }
-        }
-        bail!("no member answers a member list ({})", errs.join("; "))
+        etcd_members(&self.state)
     }
 
     /// Removes the (stopped) member in `slot` from the cluster and adds a new member with a
-    /// fresh data dir at its address (`etcdctl member remove`, `member add`), then starts it.
-    /// Each step is skipped when already done, so a caller may retry after a failure (a
-    /// cluster without quorum refuses both).
+    /// fresh data dir at its address, then starts it (see [`prepare_replacement`]).
     pub fn replace_member(&mut self, slot: usize) -> Result<String> {
+        let r = prepare_replacement(&self.state, slot)?;
+        self.start_replacement(slot, r)
+    }
+
+    /// Starts the member a [`prepare_replacement`] made room for in `slot`, on a fresh data
+    /// dir.
+    pub fn start_replacement(&mut self, slot: usize, r: Replacement) -> Result<String> {
         let old = self.state.members[slot].clone();
         if old.pid.is_some() {
-            bail!("etcd member {} is still running", old.name);
+            bail!("etcd member {} is running", old.name);
         }
-        let members = self.etcd_members()?;
-        let peer = old.peer_url();
-        let generation = old
-            .name
-            .split_once('r')
-            .and_then(|(_, g)| g.parse::<u32>().ok())
-            .unwrap_or(0);
-        let base = old.name.split('r').next().unwrap_or("m").to_string();
-        let new_name = format!("{base}r{}", generation + 1);
-        let eps = self.member_endpoints();
-        if let Some(m) = members
-            .iter()
-            .find(|m| m.name == old.name && m.peer_urls.contains(&peer))
-        {
-            sh::run(&mut etcdctl_cmd(
-                &self.state,
-                &eps,
-                &["member", "remove", &format!("{:x}", m.id)],
-            ))?;
-        }
-        let members = self.etcd_members()?;
-        if !members.iter().any(|m| m.peer_urls.contains(&peer)) {
-            sh::run(&mut etcdctl_cmd(
-                &self.state,
-                &eps,
-                &["member", "add", &new_name, &format!("--peer-urls={peer}")],
-            ))?;
-        }
-        let members = self.etcd_members()?;
-        let initial = members
-            .iter()
-            .map(|m| {
-                let name = if m.peer_urls.contains(&peer) {
-                    new_name.clone()
-                } else {
-                    m.name.clone()
-                };
-                format!(
-                    "{name}={}",
-                    m.peer_urls.first().cloned().unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",");
         if old.data_dir.exists() {
             fs::remove_dir_all(&old.data_dir)
                 .with_context(|| format!("removing {}", old.data_dir.display()))?;
         }
         let dir = self.state.dir.clone();
         let m = &mut self.state.members[slot];
-        m.name = new_name.clone();
-        m.data_dir = dir.join(format!("etcd-{new_name}"));
-        m.log = dir.join(format!("etcd-{new_name}.log"));
-        m.initial_cluster = initial;
+        m.name = r.name.clone();
+        m.data_dir = dir.join(format!("etcd-{}", r.name));
+        m.log = dir.join(format!("etcd-{}.log", r.name));
+        m.initial_cluster = r.initial_cluster;
         m.initial_state = "existing".into();
         self.save()?;
         self.start_member(slot)?;
-        Ok(new_name)
+        Ok(r.name)
     }
 
     /// Starts the agent of host `i`.
@@ -819,6 +726,15 @@ impl Lab {
             },
         )
         .with_context(|| format!("agent log {}:\n{}", h.log.display(), tail(&h.log, 20)))
+    }
+
+    /// Reaps host `i`'s agent after someone killed it (by its PID, without holding the lab).
+    pub fn reap_agent(&mut self, i: usize) -> Result<()> {
+        let Some(pid) = self.state.hosts[i].pid.take() else {
+            bail!("agent of host {} is not running", i + 1)
+        };
+        self.reap(pid, Duration::from_secs(10))?;
+        self.save()
     }
 
     /// Sends `sig` to host `i`'s agent and reaps it.
@@ -966,6 +882,140 @@ pub fn del_netns(ns: &str) -> Result<()> {
         fs::remove_dir_all(&etc).with_context(|| format!("removing {}", etc.display()))?;
     }
     Ok(())
+}
+
+/// The client endpoints of a lab's running etcd members.
+pub fn member_endpoints(state: &LabState) -> Vec<String> {
+    state
+        .members
+        .iter()
+        .filter(|m| m.pid.is_some())
+        .map(EtcdMember::endpoint)
+        .collect()
+}
+
+/// The slot of the current etcd leader, as the running members report it (each asked on its
+/// own: a hung or dead member must not hide the answers of the others). Needs only the lab's
+/// state, so callers need not hold the lab while etcd takes its time.
+pub fn etcd_leader(state: &LabState) -> Result<usize> {
+    let mut best: Option<(u64, u64)> = None; // (raft term, leader id)
+    let mut errs = Vec::new();
+    for ep in member_endpoints(state) {
+        let out = match etcdctl(
+            state,
+            std::slice::from_ref(&ep),
+            &["endpoint", "status", "-w", "json"],
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                errs.push(format!("{ep}: {e:#}"));
+                continue;
+            }
+        };
+        let list: Vec<EndpointStatus> =
+            serde_json::from_slice(&out.stdout).context("parsing etcdctl endpoint status")?;
+        for s in list {
+            if s.status.leader != 0 && best.is_none_or(|(t, _)| s.status.header.raft_term > t) {
+                best = Some((s.status.header.raft_term, s.status.leader));
+            }
+        }
+    }
+    let (_, leader) =
+        best.with_context(|| format!("no member names a leader ({})", errs.join("; ")))?;
+    let member = etcd_members(state)?
+        .into_iter()
+        .find(|m| m.id == leader)
+        .with_context(|| format!("leader {leader:x} is not in the member list"))?;
+    state
+        .members
+        .iter()
+        .position(|m| member.peer_urls.contains(&m.peer_url()))
+        .with_context(|| format!("leader {} is not a lab member", member.name))
+}
+
+/// The cluster's member list (id, name, peer URLs) as the first running member that answers
+/// reports it.
+pub fn etcd_members(state: &LabState) -> Result<Vec<MemberInfo>> {
+    let mut errs = Vec::new();
+    for ep in member_endpoints(state) {
+        match etcdctl(
+            state,
+            std::slice::from_ref(&ep),
+            &["member", "list", "-w", "json"],
+        ) {
+            Ok(out) => {
+                let list: MemberList = serde_json::from_slice(&out.stdout)
+                    .context("parsing etcdctl member list")?;
+                return Ok(list.members);
+            }
+            Err(e) => errs.push(format!("{ep}: {e:#}")),
+        }
+    }
+    bail!("no member answers a member list ({})", errs.join("; "))
+}
+
+/// A member the cluster was told to expect in a slot.
+#[derive(Debug, Clone)]
+pub struct Replacement {
+    /// Its name.
+    pub name: String,
+    /// The `--initial-cluster` it must start with.
+    pub initial_cluster: String,
+}
+
+/// Makes room in the cluster for a new member in `slot`, whose member is stopped: removes the
+/// old one (`etcdctl member remove`) and adds the new one at the same address (`member add`).
+/// Each step is skipped when already done, so a caller may retry after a failure (a cluster
+/// without quorum refuses both). Needs only the lab's state.
+pub fn prepare_replacement(state: &LabState, slot: usize) -> Result<Replacement> {
+    let old = state.members[slot].clone();
+    if old.pid.is_some() {
+        bail!("etcd member {} is still running", old.name);
+    }
+    let peer = old.peer_url();
+    let generation = old
+        .name
+        .split_once('r')
+        .and_then(|(_, g)| g.parse::<u32>().ok())
+        .unwrap_or(0);
+    let base = old.name.split('r').next().unwrap_or("m").to_string();
+    let name = format!("{base}r{}", generation + 1);
+    let eps = member_endpoints(state);
+    let members = etcd_members(state)?;
+    if let Some(m) = members
+        .iter()
+        .find(|m| m.name == old.name && m.peer_urls.contains(&peer))
+    {
+        sh::run(&mut etcdctl_cmd(
+            state,
+            &eps,
+            &["member", "remove", &format!("{:x}", m.id)],
+        ))?;
+    }
+    let members = etcd_members(state)?;
+    if !members.iter().any(|m| m.peer_urls.contains(&peer)) {
+        sh::run(&mut etcdctl_cmd(
+            state,
+            &eps,
+            &["member", "add", &name, &format!("--peer-urls={peer}")],
+        ))?;
+    }
+    let initial_cluster = etcd_members(state)?
+        .iter()
+        .map(|m| {
+            let n = if m.peer_urls.contains(&peer) {
+                name.clone()
+            } else {
+                m.name.clone()
+            };
+            format!("{n}={}", m.peer_urls.first().cloned().unwrap_or_default())
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Replacement {
+        name,
+        initial_cluster,
+    })
 }
 
 /// `overlayctl ARGS` against host `i`'s agent of a lab, from inside host `i` (for callers

@@ -76,8 +76,8 @@ fn find_leader(w: &World, id: usize) -> Result<usize> {
     let t = Instant::now();
     let mut said = false;
     loop {
-        let leader = w.lab.lock().expect("lab").etcd_leader();
-        match leader {
+        let st = w.lab.lock().expect("lab").state.clone();
+        match lab::etcd_leader(&st) {
             Ok(s) => return Ok(s),
             Err(e) if t.elapsed() < WAIT_FOR_CLUSTER => {
                 if !said {
@@ -109,9 +109,9 @@ fn kill_leader(w: &World, id: usize, down: Duration) -> Result<()> {
     );
     // Who leads next, and how soon (the survivors may also be paused or stopped).
     while killed.elapsed() < down {
-        let leader = w.lab.lock().expect("lab").etcd_leader();
+        let st = w.lab.lock().expect("lab").state.clone();
         // The survivors name the dead leader until their election timeout.
-        if let Ok(s) = leader
+        if let Ok(s) = lab::etcd_leader(&st)
             && s != slot
         {
             w.event(
@@ -184,7 +184,10 @@ fn replace_member(w: &World, id: usize, pick: usize, down: Duration) -> Result<(
     let t = Instant::now();
     let mut said = false;
     let new = loop {
-        let r = w.lab.lock().expect("lab").replace_member(slot);
+        // The cluster is asked without holding the lab (etcd may take seconds to answer).
+        let st = w.lab.lock().expect("lab").state.clone();
+        let r = lab::prepare_replacement(&st, slot)
+            .and_then(|r| w.lab.lock().expect("lab").start_replacement(slot, r));
         match r {
             Ok(n) => break n,
             Err(e) if t.elapsed() < WAIT_FOR_CLUSTER => {
@@ -332,20 +335,21 @@ fn kill_agent(
     let kind = during.to_string();
     let usual = w.usual(host, &kind, Duration::from_millis(150));
     let delay = usual.mul_f64(at);
+    // The kill goes by PID, without waiting for the lab (another fault may hold it while
+    // etcd takes its time): the agent's PID is read now.
+    let pid = w.lab.lock().expect("lab").state.hosts[host]
+        .pid
+        .with_context(|| format!("h{}'s agent is not running", host + 1))?;
     let running = match during {
         Op::Attach => w.attach_start(host, &net, &name, &by)?,
         Op::Detach => w.detach_start(host, &net, &name)?,
         Op::NetworkCreate => w.create_start(host, &name, false, false)?,
     };
     std::thread::sleep(delay.saturating_sub(running.started().elapsed()));
-    let pid = {
-        let mut lab = w.lab.lock().expect("lab");
-        let pid = lab.state.hosts[host].pid;
-        lab.signal_agent(host, Signal::SIGKILL)
-            .with_context(|| format!("kill -9 h{}'s agent", host + 1))?;
-        pid
-    };
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL)
+        .with_context(|| format!("kill -9 h{}'s agent", host + 1))?;
     let at_ms = running.started().elapsed().as_millis();
+    w.lab.lock().expect("lab").reap_agent(host)?;
     let took = running.started().elapsed();
     let outcome = running.finish(ops::OP_TIMEOUT);
     match during {
@@ -360,9 +364,8 @@ fn kill_agent(
     w.event(
         Some(id),
         format!(
-            "kill -9 h{}'s agent (pid {}) {at_ms} ms into {what} (usual {} ms): {}; {}",
+            "kill -9 h{}'s agent (pid {pid}) {at_ms} ms into {what} (usual {} ms): {}; {}",
             host + 1,
-            pid.unwrap_or(0),
             usual.as_millis(),
             outcome.word(),
             landed(w, host, during, &net, &name)
