@@ -351,7 +351,8 @@ pub struct TestAgent {
     pub names: Arc<FakeNames>,
     /// Its VTEP probe.
     pub probe: Arc<FakeProbe>,
-    _dir: tempfile::TempDir,
+    /// Its run and state dirs (removed when dropped).
+    pub dir: tempfile::TempDir,
 }
 
 impl TestAgent {
@@ -395,7 +396,7 @@ impl TestAgent {
             gw,
             names,
             probe,
-            _dir: dir,
+            dir,
         }
     }
 

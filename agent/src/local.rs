@@ -78,33 +78,53 @@ impl LocalState {
         })
     }
 
-    fn save(&self, map: &BTreeMap<String, Attachment>) {
-        // Our own file: write a temporary and rename it, so a crash never leaves half a file.
+    /// Writes `map` to the file: a temporary renamed over it, so a crash never leaves half a
+    /// file. A failed write (a full disk) removes the temporary and is returned: the caller
+    /// must not act as if the change were kept, or a restart would forget it (an attach
+    /// answered success whose interface the next agent tears down) or bring it back (a
+    /// detached endpoint whose record the next agent writes again).
+    fn save(&self, map: &BTreeMap<String, Attachment>) -> std::io::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
         let res = serde_json::to_vec_pretty(map)
             .map_err(std::io::Error::other)
             .and_then(|b| crate::perms::write_private(&tmp, b))
             .and_then(|_| std::fs::rename(&tmp, &self.path));
         if let Err(e) = res {
-            tracing::error!(path = %self.path.display(), error = %e, "saving local state");
+            if let Err(rm) = std::fs::remove_file(&tmp)
+                && rm.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %tmp.display(), error = %rm, "removing a half-written local state file");
+            }
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("saving {}: {e}", self.path.display()),
+            ));
         }
+        Ok(())
     }
 
-    /// Adds or replaces an attachment.
-    pub fn insert(&self, a: Attachment) {
+    /// Adds or replaces an attachment, kept only if it could be saved.
+    pub fn insert(&self, a: Attachment) -> std::io::Result<()> {
         let mut m = self.inner.lock().expect("local state lock");
-        m.insert(key(&a.endpoint.network, &a.endpoint.id), a);
-        self.save(&m);
+        let mut next = m.clone();
+        next.insert(key(&a.endpoint.network, &a.endpoint.id), a);
+        self.save(&next)?;
+        *m = next;
+        Ok(())
     }
 
-    /// Removes an attachment.
-    pub fn remove(&self, net: &str, id: &str) -> Option<Attachment> {
+    /// Removes an attachment, only if the removal could be saved.
+    pub fn remove(&self, net: &str, id: &str) -> std::io::Result<Option<Attachment>> {
         let mut m = self.inner.lock().expect("local state lock");
-        let a = m.remove(&key(net, id));
-        if a.is_some() {
-            self.save(&m);
+        let k = key(net, id);
+        if !m.contains_key(&k) {
+            return Ok(None);
         }
-        a
+        let mut next = m.clone();
+        let a = next.remove(&k);
+        self.save(&next)?;
+        *m = next;
+        Ok(a)
     }
 
     /// One attachment.
@@ -132,5 +152,82 @@ impl LocalState {
             .into_iter()
             .filter(|a| a.netns_key == netns_key)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ovl_core::{EndpointRecord, NetworkRecord, ipam::mac_for};
+
+    fn att(id: &str) -> Attachment {
+        let ip = "10.10.0.2".parse().unwrap();
+        Attachment {
+            endpoint: EndpointRecord {
+                id: id.into(),
+                network: "n1".into(),
+                host: "h1".into(),
+                name: id.into(),
+                aliases: vec![],
+                ip,
+                mac: mac_for(ip),
+                publish: vec![],
+            },
+            network: NetworkRecord {
+                name: "n1".into(),
+                vni: 4096,
+                subnet: "10.10.0.0/24".parse().unwrap(),
+                gateway: "10.10.0.1".parse().unwrap(),
+                internal: false,
+                mtu: None,
+                labels: Default::default(),
+                options: Default::default(),
+            },
+            netns: "/run/netns/x".into(),
+            netns_key: "n1x2".into(),
+            ifname: "eth0".into(),
+            hosts_file: None,
+            dns_listener: true,
+        }
+    }
+
+    #[test]
+    fn kept_only_what_was_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("local.json");
+        let l = LocalState::load(path.clone()).unwrap();
+        l.insert(att("a")).unwrap();
+        assert_eq!(LocalState::load(path.clone()).unwrap().all().len(), 1);
+        // A file that cannot be written (its directory is gone): the change is refused and
+        // memory still agrees with the disk.
+        let gone = dir.path().join("gone");
+        std::fs::create_dir(&gone).unwrap();
+        let l2 = LocalState::load(gone.join("local.json")).unwrap();
+        std::fs::remove_dir(&gone).unwrap();
+        assert!(l2.insert(att("b")).is_err());
+        assert!(
+            l2.all().is_empty(),
+            "an insert that was not saved is not kept"
+        );
+        // The same for a removal.
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        let l3 = LocalState::load(ro.join("local.json")).unwrap();
+        l3.insert(att("c")).unwrap();
+        std::fs::remove_file(ro.join("local.json")).unwrap();
+        std::fs::remove_dir(&ro).unwrap();
+        let err = l3.remove("n1", "c").unwrap_err();
+        assert!(err.to_string().contains("saving"), "{err}");
+        assert_eq!(
+            l3.all().len(),
+            1,
+            "a removal that was not saved is not kept"
+        );
+        assert!(l3.remove("n1", "nothing").unwrap().is_none());
+        assert_eq!(
+            l.remove("n1", "a").unwrap().map(|a| a.endpoint.id),
+            Some("a".into())
+        );
+        assert!(LocalState::load(path).unwrap().all().is_empty());
     }
 }

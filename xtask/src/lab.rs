@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!   <lab>-ul   underlay namespace: bridge br0 198.18.0.1/24, router to the outside, etcd
+//!              (one member on 198.18.0.1, or a cluster: member N on 198.18.0.(1+N))
 //!   <lab>-h1   host 1: eth0 198.18.0.11/24, default via 198.18.0.1, overlay-agent
 //!   <lab>-h2   host 2: eth0 198.18.0.12/24 ...
 //!   <lab>-out  the "outside": eth0 198.19.0.2/24, route to 198.18.0.0/24 via 198.19.0.1
@@ -9,7 +10,9 @@
 //!
 //! Everything lives in namespaces named `<lab>-*` and files under `/run/overlay-lab/<lab>`;
 //! [`Lab::down`] removes all of it (processes by PID, mounts, namespaces, files) and reports
-//! every failure. Containers made by tests are namespaces `<lab>-c-<name>`.
+//! every failure. Containers made by tests are namespaces `<lab>-c-<name>`. With
+//! [`LabConfig::state_tmpfs`] each host's state dir is a small tmpfs of its own, so a test
+//! may fill it to the last byte without touching the machine's filesystems.
 
 use std::{
     fs,
@@ -96,6 +99,12 @@ pub struct LabConfig {
     pub start_agents: bool,
     /// How agents are started.
     pub launch: Launch,
+    /// Members of the etcd cluster (with [`KvKind::Etcd`]): 1 runs one etcd on
+    /// `198.18.0.1`, more run a cluster with member N on `198.18.0.(1+N)`.
+    pub etcd_members: usize,
+    /// Size of a tmpfs of its own for each host's state dir (`mount -o size=`, e.g. `4m`);
+    /// `None`: a directory on the lab's filesystem.
+    pub state_tmpfs: Option<String>,
 }
 
 impl LabConfig {
@@ -121,7 +130,41 @@ impl LabConfig {
             .to_vec(),
             start_agents: true,
             launch: Launch::Nsenter,
+            etcd_members: 1,
+            state_tmpfs: None,
         }
+    }
+}
+
+/// One member of the lab's etcd cluster. Its slot (index in [`LabState::members`]) fixes its
+/// address; a replacement takes the slot with a new name and a fresh data dir.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdMember {
+    /// Member name (`m1`, a replacement `m1r1`...).
+    pub name: String,
+    /// Address in the underlay namespace (client port 2379, peer port 2380).
+    pub addr: String,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    /// `--initial-cluster` it starts with.
+    pub initial_cluster: String,
+    /// `--initial-cluster-state`: `new` for the founders, `existing` for a replacement.
+    pub initial_state: String,
+    /// PID while running.
+    pub pid: Option<u32>,
+}
+
+impl EtcdMember {
+    /// `host:port` of its client listener.
+    pub fn endpoint(&self) -> String {
+        format!("{}:2379", self.addr)
+    }
+
+    /// Its peer URL.
+    pub fn peer_url(&self) -> String {
+        format!("http://{}:2380", self.addr)
     }
 }
 
@@ -157,8 +200,11 @@ pub struct LabState {
     pub kv_url: String,
     /// KV kind.
     pub kv: KvKind,
-    /// etcd PID while running.
+    /// etcd PID while running (the single-member etcd).
     pub etcd_pid: Option<u32>,
+    /// The members of an etcd cluster (empty with a single etcd).
+    #[serde(default)]
+    pub members: Vec<EtcdMember>,
     /// Hosts.
     pub hosts: Vec<HostState>,
     /// Binaries.
@@ -242,9 +288,41 @@ impl Lab {
             eprintln!("cleaning leftovers of lab {}: {e:#}", cfg.name);
         }
         fs::create_dir_all(&dir)?;
+        let members: Vec<EtcdMember> = if cfg.kv == KvKind::Etcd && cfg.etcd_members > 1 {
+            let peers: Vec<(String, String)> = (1..=cfg.etcd_members)
+                .map(|n| (format!("m{n}"), format!("198.18.0.{}", 1 + n)))
+                .collect();
+            let initial = peers
+                .iter()
+                .map(|(n, a)| format!("{n}=http://{a}:2380"))
+                .collect::<Vec<_>>()
+                .join(",");
+            peers
+                .into_iter()
+                .map(|(name, addr)| EtcdMember {
+                    data_dir: dir.join(format!("etcd-{name}")),
+                    log: dir.join(format!("etcd-{name}.log")),
+                    name,
+                    addr,
+                    initial_cluster: initial.clone(),
+                    initial_state: "new".into(),
+                    pid: None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let kv_url = match cfg.kv {
             KvKind::Embedded => format!("embedded://{}", dir.join("kv.sqlite").display()),
-            KvKind::Etcd => format!("etcd://{UNDERLAY_GW}:2379"),
+            KvKind::Etcd if members.is_empty() => format!("etcd://{UNDERLAY_GW}:2379"),
+            KvKind::Etcd => format!(
+                "etcd://{}",
+                members
+                    .iter()
+                    .map(EtcdMember::endpoint)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             KvKind::Etcds => format!("etcds://{UNDERLAY_GW}:2379"),
         };
         let hosts = (1..=cfg.hosts)
@@ -275,6 +353,7 @@ impl Lab {
                 kv_url,
                 kv: cfg.kv,
                 etcd_pid: None,
+                members,
                 hosts,
                 bin_dir: cfg.bin_dir.clone(),
                 agent_args: cfg.agent_args.clone(),
@@ -282,7 +361,7 @@ impl Lab {
             },
             children: Vec::new(),
         };
-        match lab.build(cfg.start_agents) {
+        match lab.build(cfg.start_agents, cfg.state_tmpfs.as_deref()) {
             Ok(()) => Ok(lab),
             Err(e) => {
                 for te in lab.down() {
@@ -293,7 +372,7 @@ impl Lab {
         }
     }
 
-    fn build(&mut self, start_agents: bool) -> Result<()> {
+    fn build(&mut self, start_agents: bool, state_tmpfs: Option<&str>) -> Result<()> {
         let name = self.state.name.clone();
         let ul = ns_name(&name, "ul");
         let out = ns_name(&name, "out");
@@ -312,6 +391,17 @@ impl Lab {
         ])?;
         ip(&["-n", &ul, "link", "set", "br0", "up"])?;
         sysctl(&ul, "net.ipv4.ip_forward", "1")?;
+        for m in &self.state.members {
+            ip(&[
+                "-n",
+                &ul,
+                "addr",
+                "add",
+                &format!("{}/32", m.addr),
+                "dev",
+                "br0",
+            ])?;
+        }
         // The outside world.
         ip(&["netns", "add", &out])?;
         ip(&["-n", &out, "link", "set", "lo", "up"])?;
@@ -361,6 +451,16 @@ impl Lab {
             ip(&["-n", &h.ns, "route", "add", "default", "via", UNDERLAY_GW])?;
             fs::create_dir_all(&h.run_dir)?;
             fs::create_dir_all(&h.state_dir)?;
+            if let Some(size) = state_tmpfs {
+                nix::mount::mount(
+                    Some("ovl-lab-state"),
+                    &h.state_dir,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                    Some(format!("size={size},mode=0700").as_str()),
+                )
+                .with_context(|| format!("mounting a tmpfs on {}", h.state_dir.display()))?;
+            }
         }
         match self.state.kv {
             KvKind::Embedded => {}
@@ -422,8 +522,17 @@ impl Lab {
         &self.state.hosts[i]
     }
 
-    /// Starts (or restarts) etcd in the underlay namespace, on a persistent data dir.
+    /// Starts (or restarts) etcd in the underlay namespace, on persistent data dirs: the
+    /// single etcd, or every member of the cluster that is not running.
     pub fn start_etcd(&mut self) -> Result<()> {
+        if !self.state.members.is_empty() {
+            for slot in 0..self.state.members.len() {
+                if self.state.members[slot].pid.is_none() {
+                    self.start_member(slot)?;
+                }
+            }
+            return self.wait_etcd_healthy(Duration::from_secs(30));
+        }
         let ul = ns_name(&self.state.name, "ul");
         let data = self.state.dir.join("etcd");
         let log = fs::OpenOptions::new()
@@ -570,13 +679,136 @@ impl Lab {
         args
     }
 
-    /// Stops etcd (SIGTERM, then SIGKILL).
+    /// Stops etcd, every member of a cluster (SIGTERM, then SIGKILL).
     pub fn stop_etcd(&mut self) -> Result<()> {
+        for slot in 0..self.state.members.len() {
+            if let Some(pid) = self.state.members[slot].pid.take() {
+                self.stop_pid(pid)?;
+                self.save()?;
+            }
+        }
         if let Some(pid) = self.state.etcd_pid.take() {
             self.stop_pid(pid)?;
             self.save()?;
         }
         Ok(())
+    }
+
+    /// Starts the etcd member in `slot` (on its data dir; a fresh one makes it join with its
+    /// `initial_state`). Does not wait for it.
+    pub fn start_member(&mut self, slot: usize) -> Result<()> {
+        let ul = ns_name(&self.state.name, "ul");
+        let m = self.state.members[slot].clone();
+        if m.pid.is_some() {
+            bail!("etcd member {} is already running", m.name);
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)?;
+        let client = format!("http://{}", m.endpoint());
+        let child = in_ns(&ul, "etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &m.peer_url()])
+            .args(["--initial-advertise-peer-urls", &m.peer_url()])
+            .args(["--initial-cluster", &m.initial_cluster])
+            .args(["--initial-cluster-state", &m.initial_state])
+            .args([
+                "--initial-cluster-token",
+                &format!("ovl-{}", self.state.name),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (is etcd-server installed?)")?;
+        let pid = child.id();
+        self.children.push((pid, child));
+        self.state.members[slot].pid = Some(pid);
+        self.save()
+    }
+
+    /// Sends `sig` to the etcd member in `slot`; a `SIGKILL` also reaps it.
+    pub fn signal_member(&mut self, slot: usize, sig: Signal) -> Result<()> {
+        let m = &self.state.members[slot];
+        let Some(pid) = m.pid else {
+            bail!("etcd member {} is not running", m.name)
+        };
+        kill(Pid::from_raw(pid as i32), sig).with_context(|| format!("kill {pid}"))?;
+        if sig == Signal::SIGKILL {
+            self.state.members[slot].pid = None;
+            self.reap(pid, Duration::from_secs(10))?;
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// The client endpoints of the running members.
+    pub fn member_endpoints(&self) -> Vec<String> {
+        member_endpoints(&self.state)
+    }
+
+    /// Waits until every running member reports healthy.
+    pub fn wait_etcd_healthy(&self, timeout: Duration) -> Result<()> {
+        let eps = self.member_endpoints();
+        wait_for("the etcd cluster to be healthy", timeout, || {
+            etcdctl(&self.state, &eps, &["endpoint", "health"])
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| ())
+        })
+        .with_context(|| {
+            let tails: Vec<String> = self
+                .state
+                .members
+                .iter()
+                .map(|m| format!("{}:\n{}", m.log.display(), tail(&m.log, 8)))
+                .collect();
+            tails.join("\n")
+        })
+    }
+
+    /// The slot of the current leader (see [`etcd_leader`]).
+    pub fn etcd_leader(&self) -> Result<usize> {
+        etcd_leader(&self.state)
+    }
+
+    /// The cluster's member list (see [`etcd_members`]).
+    pub fn etcd_members(&self) -> Result<Vec<MemberInfo>> {
+        etcd_members(&self.state)
+    }
+
+    /// Removes the (stopped) member in `slot` from the cluster and adds a new member with a
+    /// fresh data dir at its address, then starts it (see [`prepare_replacement`]).
+    pub fn replace_member(&mut self, slot: usize) -> Result<String> {
+        let r = prepare_replacement(&self.state, slot)?;
+        self.start_replacement(slot, r)
+    }
+
+    /// Starts the member a [`prepare_replacement`] made room for in `slot`, on a fresh data
+    /// dir.
+    pub fn start_replacement(&mut self, slot: usize, r: Replacement) -> Result<String> {
+        let old = self.state.members[slot].clone();
+        if old.pid.is_some() {
+            bail!("etcd member {} is running", old.name);
+        }
+        if old.data_dir.exists() {
+            fs::remove_dir_all(&old.data_dir)
+                .with_context(|| format!("removing {}", old.data_dir.display()))?;
+        }
+        let dir = self.state.dir.clone();
+        let m = &mut self.state.members[slot];
+        m.name = r.name.clone();
+        m.data_dir = dir.join(format!("etcd-{}", r.name));
+        m.log = dir.join(format!("etcd-{}.log", r.name));
+        m.initial_cluster = r.initial_cluster;
+        m.initial_state = "existing".into();
+        self.save()?;
+        self.start_member(slot)?;
+        Ok(r.name)
     }
 
     /// Starts the agent of host `i`.
@@ -637,6 +869,15 @@ impl Lab {
         .with_context(|| format!("agent log {}:\n{}", h.log.display(), tail(&h.log, 20)))
     }
 
+    /// Reaps host `i`'s agent after someone killed it (by its PID, without holding the lab).
+    pub fn reap_agent(&mut self, i: usize) -> Result<()> {
+        let Some(pid) = self.state.hosts[i].pid.take() else {
+            bail!("agent of host {} is not running", i + 1)
+        };
+        self.reap(pid, Duration::from_secs(10))?;
+        self.save()
+    }
+
     /// Sends `sig` to host `i`'s agent and reaps it.
     pub fn signal_agent(&mut self, i: usize, sig: Signal) -> Result<()> {
         let Some(pid) = self.state.hosts[i].pid.take() else {
@@ -663,6 +904,8 @@ impl Lab {
 
     fn stop_pid(&mut self, pid: u32) -> Result<()> {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        // A process a test paused (SIGSTOP) handles the SIGTERM only once continued.
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
         if self.reap(pid, Duration::from_secs(5)).is_err() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             self.reap(pid, Duration::from_secs(5))?;
@@ -672,12 +915,37 @@ impl Lab {
 
     /// `overlayctl ARGS` against host `i`'s agent, from inside host `i`.
     pub fn ctl(&self, i: usize, args: &[&str]) -> Result<Output> {
-        let h = &self.state.hosts[i];
-        let ctl = self.state.bin_dir.join("overlayctl");
-        Ok(in_ns(&h.ns, ctl.to_str().expect("utf-8"))
-            .args(args)
-            .env("OVERLAY_SOCKET", h.run_dir.join("overlay.sock"))
-            .output()?)
+        Ok(ctl_cmd(&self.state, i, args).output()?)
+    }
+
+    /// Agents that exited since they were started (not by [`Lab::signal_agent`]): host index
+    /// and exit status. Reaps them.
+    pub fn exited_agents(&mut self) -> Vec<(usize, std::process::ExitStatus)> {
+        let mut out = Vec::new();
+        for i in 0..self.state.hosts.len() {
+            let Some(pid) = self.state.hosts[i].pid else {
+                continue;
+            };
+            let Some(pos) = self.children.iter().position(|(p, _)| *p == pid) else {
+                continue;
+            };
+            if let Ok(Some(status)) = self.children[pos].1.try_wait() {
+                self.children.remove(pos);
+                self.state.hosts[i].pid = None;
+                out.push((i, status));
+            }
+        }
+        if !out.is_empty()
+            && let Err(e) = self.save()
+        {
+            eprintln!("saving lab state: {e:#}");
+        }
+        out
+    }
+
+    /// Path of network `net`'s sandbox namespace on host `i` (kernel datapath).
+    pub fn sandbox(&self, i: usize, net: &str) -> PathBuf {
+        sandbox_path(&self.state.hosts[i], net)
     }
 
     /// `overlayctl --json ARGS`, parsed; fails with the command's stderr.
@@ -714,8 +982,7 @@ impl Lab {
     /// Creates a container namespace `<lab>-c-<name>` with `lo` up; returns its name.
     pub fn add_container(&self, name: &str) -> Result<String> {
         let ns = ns_name(&self.state.name, &format!("c-{name}"));
-        ip(&["netns", "add", &ns])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        add_netns(&ns)?;
         Ok(ns)
     }
 
@@ -724,6 +991,7 @@ impl Lab {
         let mut errs = Vec::new();
         let mut pids: Vec<u32> = self.state.hosts.iter().filter_map(|h| h.pid).collect();
         pids.extend(self.state.etcd_pid);
+        pids.extend(self.state.members.iter().filter_map(|m| m.pid));
         for pid in pids {
             if let Err(e) = self.stop_pid(pid) {
                 errs.push(e.context(format!("stopping process {pid}")));
@@ -733,9 +1001,233 @@ impl Lab {
             h.pid = None;
         }
         self.state.etcd_pid = None;
+        for m in &mut self.state.members {
+            m.pid = None;
+        }
         errs.extend(teardown_by_name(&self.state.name));
         errs
     }
+}
+
+/// Creates a named network namespace with `lo` up (a container of a test).
+pub fn add_netns(ns: &str) -> Result<()> {
+    ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])
+}
+
+/// Deletes a named network namespace and its `/etc/netns` files.
+pub fn del_netns(ns: &str) -> Result<()> {
+    ip(&["netns", "del", ns])?;
+    let etc = PathBuf::from(format!("/etc/netns/{ns}"));
+    if etc.exists() {
+        fs::remove_dir_all(&etc).with_context(|| format!("removing {}", etc.display()))?;
+    }
+    Ok(())
+}
+
+/// The client endpoints of a lab's running etcd members.
+pub fn member_endpoints(state: &LabState) -> Vec<String> {
+    state
+        .members
+        .iter()
+        .filter(|m| m.pid.is_some())
+        .map(EtcdMember::endpoint)
+        .collect()
+}
+
+/// The slot of the current etcd leader, as the running members report it (each asked on its
+/// own: a hung or dead member must not hide the answers of the others). Needs only the lab's
+/// state, so callers need not hold the lab while etcd takes its time.
+pub fn etcd_leader(state: &LabState) -> Result<usize> {
+    let mut best: Option<(u64, u64)> = None; // (raft term, leader id)
+    let mut errs = Vec::new();
+    for ep in member_endpoints(state) {
+        let out = match etcdctl(
+            state,
+            std::slice::from_ref(&ep),
+            &["endpoint", "status", "-w", "json"],
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                errs.push(format!("{ep}: {e:#}"));
+                continue;
+            }
+        };
+        let list: Vec<EndpointStatus> =
+            serde_json::from_slice(&out.stdout).context("parsing etcdctl endpoint status")?;
+        for s in list {
+            if s.status.leader != 0 && best.is_none_or(|(t, _)| s.status.header.raft_term > t) {
+                best = Some((s.status.header.raft_term, s.status.leader));
+            }
+        }
+    }
+    let (_, leader) =
+        best.with_context(|| format!("no member names a leader ({})", errs.join("; ")))?;
+    let member = etcd_members(state)?
+        .into_iter()
+        .find(|m| m.id == leader)
+        .with_context(|| format!("leader {leader:x} is not in the member list"))?;
+    state
+        .members
+        .iter()
+        .position(|m| member.peer_urls.contains(&m.peer_url()))
+        .with_context(|| format!("leader {} is not a lab member", member.name))
+}
+
+/// The cluster's member list (id, name, peer URLs) as the first running member that answers
+/// reports it.
+pub fn etcd_members(state: &LabState) -> Result<Vec<MemberInfo>> {
+    let mut errs = Vec::new();
+    for ep in member_endpoints(state) {
+        match etcdctl(
+            state,
+            std::slice::from_ref(&ep),
+            &["member", "list", "-w", "json"],
+        ) {
+            Ok(out) => {
+                let list: MemberList =
+                    serde_json::from_slice(&out.stdout).context("parsing etcdctl member list")?;
+                return Ok(list.members);
+            }
+            Err(e) => errs.push(format!("{ep}: {e:#}")),
+        }
+    }
+    bail!("no member answers a member list ({})", errs.join("; "))
+}
+
+/// A member the cluster was told to expect in a slot.
+#[derive(Debug, Clone)]
+pub struct Replacement {
+    /// Its name.
+    pub name: String,
+    /// The `--initial-cluster` it must start with.
+    pub initial_cluster: String,
+}
+
+/// Makes room in the cluster for a new member in `slot`, whose member is stopped: removes the
+/// old one (`etcdctl member remove`) and adds the new one at the same address (`member add`).
+/// Each step is skipped when already done, so a caller may retry after a failure (a cluster
+/// without quorum refuses both). Needs only the lab's state.
+pub fn prepare_replacement(state: &LabState, slot: usize) -> Result<Replacement> {
+    let old = state.members[slot].clone();
+    if old.pid.is_some() {
+        bail!("etcd member {} is still running", old.name);
+    }
+    let peer = old.peer_url();
+    let generation = old
+        .name
+        .split_once('r')
+        .and_then(|(_, g)| g.parse::<u32>().ok())
+        .unwrap_or(0);
+    let base = old.name.split('r').next().unwrap_or("m").to_string();
+    let name = format!("{base}r{}", generation + 1);
+    let eps = member_endpoints(state);
+    let members = etcd_members(state)?;
+    if let Some(m) = members
+        .iter()
+        .find(|m| m.name == old.name && m.peer_urls.contains(&peer))
+    {
+        sh::run(&mut etcdctl_cmd(
+            state,
+            &eps,
+            &["member", "remove", &format!("{:x}", m.id)],
+        ))?;
+    }
+    let members = etcd_members(state)?;
+    if !members.iter().any(|m| m.peer_urls.contains(&peer)) {
+        sh::run(&mut etcdctl_cmd(
+            state,
+            &eps,
+            &["member", "add", &name, &format!("--peer-urls={peer}")],
+        ))?;
+    }
+    let initial_cluster = etcd_members(state)?
+        .iter()
+        .map(|m| {
+            let n = if m.peer_urls.contains(&peer) {
+                name.clone()
+            } else {
+                m.name.clone()
+            };
+            format!("{n}={}", m.peer_urls.first().cloned().unwrap_or_default())
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Replacement {
+        name,
+        initial_cluster,
+    })
+}
+
+/// `overlayctl ARGS` against host `i`'s agent of a lab, from inside host `i` (for callers
+/// that share a lab between threads: it needs only the lab's state).
+pub fn ctl_cmd(state: &LabState, i: usize, args: &[&str]) -> Command {
+    let h = &state.hosts[i];
+    let ctl = state.bin_dir.join("overlayctl");
+    let mut c = in_ns(&h.ns, ctl.to_str().expect("utf-8"));
+    c.args(args)
+        .env("OVERLAY_SOCKET", h.run_dir.join("overlay.sock"));
+    c
+}
+
+/// Path of network `net`'s sandbox namespace on a host (kernel datapath).
+pub fn sandbox_path(h: &HostState, net: &str) -> PathBuf {
+    h.run_dir.join("dp").join("netns").join(net)
+}
+
+/// `etcdctl` (v3 API) against `endpoints` of a lab, run in its underlay namespace.
+pub fn etcdctl_cmd(state: &LabState, endpoints: &[String], args: &[&str]) -> Command {
+    let ul = ns_name(&state.name, "ul");
+    let mut c = in_ns(&ul, "etcdctl");
+    c.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(["--dial-timeout=1s", "--command-timeout=3s"])
+        .args(args);
+    c
+}
+
+/// [`etcdctl_cmd`], run to completion (fails on a non-zero exit).
+pub fn etcdctl(state: &LabState, endpoints: &[String], args: &[&str]) -> Result<Output> {
+    sh::run(&mut etcdctl_cmd(state, endpoints, args))
+}
+
+/// One line of `etcdctl endpoint status -w json`.
+#[derive(Debug, Deserialize)]
+struct EndpointStatus {
+    #[serde(rename = "Status")]
+    status: StatusBody,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusBody {
+    header: StatusHeader,
+    #[serde(default)]
+    leader: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusHeader {
+    #[serde(default)]
+    raft_term: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct MemberList {
+    members: Vec<MemberInfo>,
+}
+
+/// A member as `etcdctl member list -w json` shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MemberInfo {
+    /// Member id.
+    #[serde(rename = "ID")]
+    pub id: u64,
+    /// Name (empty while an added member has not started).
+    #[serde(default)]
+    pub name: String,
+    /// Peer URLs.
+    #[serde(rename = "peerURLs", default)]
+    pub peer_urls: Vec<String>,
 }
 
 /// Removes a lab's processes (from lab.json), mounts, namespaces and files, by name alone.
@@ -749,7 +1241,8 @@ pub fn teardown_by_name(name: &str) -> Vec<anyhow::Error> {
             .hosts
             .iter()
             .filter_map(|h| h.pid)
-            .chain(state.etcd_pid);
+            .chain(state.etcd_pid)
+            .chain(state.members.iter().filter_map(|m| m.pid));
         for pid in pids {
             if Path::new(&format!("/proc/{pid}")).exists() && cmdline_is_ours(pid) {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);

@@ -5,10 +5,12 @@
 //! - [`bench`]: the benchmarks, side by side in one run;
 //! - [`pki`]: certificates for the lab's etcd over TLS;
 //! - [`package`]: the Debian package (`cargo xtask package`);
+//! - [`chaos`]: faults with invariants (`cargo xtask chaos`);
 //! - [`sh`]: small helpers to run commands and enter namespaces;
 //! - [`vagrant`]: the lab on real VMs (`vagrant/`): box, up, end-to-end test, down.
 
 pub mod bench;
+pub mod chaos;
 pub mod lab;
 pub mod package;
 pub mod pki;

@@ -5,6 +5,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use xtask::{
+    chaos,
     lab::{self, DatapathSel, KvKind, Lab, LabConfig, LabGuard},
     sh, vagrant,
 };
@@ -30,6 +31,37 @@ enum Cmd {
     /// The Debian package: target/debian/overlay-agent_<version>_amd64.deb (cargo-deb; run
     /// scripts/package-deps.sh first), checked after it is built.
     Package(xtask::package::PackageArgs),
+    /// Faults with invariants: a 3-host lab on a 3-member etcd, a workload, a seeded schedule
+    /// of faults; a verdict per invariant (non-zero exit on a violation).
+    Chaos {
+        /// Length of the run in minutes (faults end by then; the final checks follow).
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Seed of the schedule and the workload (the same seed gives the same schedule).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Datapath of the hosts.
+        #[arg(long, value_enum, default_value_t = DatapathSel::Kernel)]
+        datapath: DatapathSel,
+        /// Lab name (prefix of its namespaces).
+        #[arg(long, default_value = "chaos")]
+        name: String,
+        /// Where the report and the logs go (default: target/chaos/seed-S).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Print the schedule and exit.
+        #[arg(long)]
+        schedule_only: bool,
+        /// Print only the report, not every event as it happens.
+        #[arg(long)]
+        quiet: bool,
+        /// Leave these faults out of the schedule (repeatable): kill-leader, replace-member,
+        /// cut-host, kill-agent-attach, kill-agent-detach, kill-agent-create, pause-all,
+        /// pause-leader, delete-container-iface, delete-host-iface, delete-vxlan, delete-fdb,
+        /// delete-neigh, delete-flood, fill-state-dir.
+        #[arg(long, value_name = "FAULT")]
+        without: Vec<String>,
+    },
     /// The multi-host demo: a lab, a network, containers on every host talking by name; then
     /// everything is removed.
     Demo {
@@ -86,6 +118,13 @@ enum LabCmd {
         /// Datapath of the hosts.
         #[arg(long, value_enum, default_value_t = DatapathSel::Kernel)]
         datapath: DatapathSel,
+        /// Members of the etcd cluster (with `--kv etcd`): 1 runs one etcd on 198.18.0.1,
+        /// more run a cluster with member N on 198.18.0.(1+N).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+        etcd_members: u8,
+        /// Give each host's state dir a tmpfs of its own of this size (e.g. `4m`).
+        #[arg(long)]
+        state_tmpfs: Option<String>,
         /// Lab name (prefix of its namespaces).
         #[arg(long, default_value = "lab")]
         name: String,
@@ -160,18 +199,33 @@ fn run(cli: Cli) -> Result<i32> {
             hosts,
             kv,
             datapath,
+            etcd_members,
+            state_tmpfs,
             name,
             launch,
             agent_args,
         }) => {
+            if etcd_members > 1 && kv != KvKind::Etcd {
+                bail!("--etcd-members needs --kv etcd");
+            }
             build_agent()?;
             let mut cfg = LabConfig::new(&name, hosts);
             cfg.kv = kv;
             cfg.datapath = datapath;
             cfg.launch = launch;
+            cfg.etcd_members = etcd_members.into();
+            cfg.state_tmpfs = state_tmpfs;
             cfg.agent_args = agent_args;
             let lab = Lab::up(cfg)?;
             println!("lab {name} is up: {hosts} hosts, kv {}", lab.state.kv_url);
+            for m in &lab.state.members {
+                println!(
+                    "  etcd member {} at {} log {}",
+                    m.name,
+                    m.endpoint(),
+                    m.log.display()
+                );
+            }
             for h in &lab.state.hosts {
                 println!(
                     "  {}  ns {}  {}  {}  log {}",
@@ -244,6 +298,50 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Package(args) => {
             xtask::package::run(&args)?;
             Ok(0)
+        }
+        Cmd::Chaos {
+            minutes,
+            seed,
+            datapath,
+            name,
+            out,
+            schedule_only,
+            quiet,
+            without,
+        } => {
+            if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
+                bail!("--minutes must be more than 0 and at most a day");
+            }
+            let length = std::time::Duration::from_secs_f64(minutes * 60.0);
+            if schedule_only {
+                let s = chaos::schedule_of(seed, length)
+                    .without(&without)
+                    .map_err(anyhow::Error::msg)?;
+                print!("{s}");
+                return Ok(0);
+            }
+            build_agent()?;
+            let out = match out {
+                Some(o) => o,
+                None => sh::bin_dir()
+                    .parent()
+                    .context("target dir")?
+                    .join("chaos")
+                    .join(format!("seed-{seed}")),
+            };
+            let cfg = chaos::Config {
+                name,
+                seed,
+                length,
+                datapath,
+                out: out.clone(),
+                verbose: !quiet,
+                without,
+            };
+            let report = chaos::run(&cfg)?;
+            println!("{report}");
+            println!("report and logs: {}", out.display());
+            Ok(if report.passed() { 0 } else { 1 })
         }
         Cmd::Demo { hosts, kv } => {
             build_agent()?;

@@ -83,7 +83,7 @@ impl Agent {
                     .await);
             }
         };
-        self.local.insert(Attachment {
+        let kept = self.local.insert(Attachment {
             endpoint: rec.clone(),
             network: net.clone(),
             netns: netns.to_path_buf(),
@@ -93,6 +93,24 @@ impl Agent {
             // Docker's own resolver owns 127.0.0.11 in its containers.
             dns_listener: standalone,
         });
+        if let Err(e) = kept {
+            // An attachment the next agent would not know of: its interface would be torn
+            // down after a restart. Refuse it now instead.
+            let err = AgentError::io("recording the attachment in the state dir", e);
+            let step = self
+                .rec
+                .unplumb(&key)
+                .await
+                .err()
+                .map(|u| format!("removing the interfaces of {}: {u}", rec.id));
+            return Err(self
+                .undo(
+                    format!("attaching {} to {}", rec.id, net.name),
+                    err,
+                    vec![step],
+                )
+                .await);
+        }
         // Before the container runs: its first DNS query must find it.
         self.names.containers_changed(&self.local.all());
         self.rec.settled(&key);
@@ -107,6 +125,10 @@ impl Agent {
     /// KV): its interfaces go, and with `gateway` (standalone attach; under Docker the gateway
     /// is Docker's) its gateway-bridge interface goes too when it was the namespace's last
     /// one. Idempotent. Returns the local attachment it removed.
+    ///
+    /// The local state is changed first: a removal that cannot be saved (a full state dir)
+    /// changes nothing, where a kept interface's attachment left on disk would be brought
+    /// back, record and all, by the next agent.
     pub async fn unplumb(
         &self,
         network: &str,
@@ -114,10 +136,26 @@ impl Agent {
         gateway: bool,
     ) -> Result<Option<Attachment>> {
         let _g = self.rec.lock().await;
-        self.rec
+        let removed = self
+            .local
+            .remove(network, id)
+            .map_err(|e| AgentError::io(format!("forgetting {id} on {network}"), e))?;
+        if let Err(e) = self
+            .rec
             .unplumb_locked(&(network.to_string(), id.to_string()))
-            .await?;
-        let removed = self.local.remove(network, id);
+            .await
+        {
+            let Some(a) = removed else { return Err(e) };
+            // Nothing changed after all: the attachment stays.
+            return Err(match self.local.insert(a) {
+                Ok(()) => e,
+                Err(back) => AgentError::Rollback {
+                    op: format!("detaching {id} from {network}"),
+                    error: Box::new(e),
+                    cleanup: vec![format!("keeping its attachment: {back}")],
+                },
+            });
+        }
         self.names.containers_changed(&self.local.all());
         if gateway
             && let Some(a) = &removed
@@ -182,27 +220,20 @@ impl Agent {
                         net.name
                     )));
                 }
-                let ip = self.store.allocate_addr(&net, req.ip, &id).await?;
-                tracing::debug!(took = ?t0.elapsed(), "attach: address allocated");
-                let rec = EndpointRecord {
-                    id: id.clone(),
-                    network: net.name.clone(),
-                    host: me.clone(),
-                    name: req.name.clone(),
-                    aliases: req.aliases.clone(),
-                    ip,
-                    mac: req.mac.unwrap_or_else(|| ipam::mac_for(ip)),
-                    publish: req.publish.clone(),
-                };
-                if let Err(e) = self.store.create_endpoint(&rec).await {
-                    return Err(self
-                        .undo(
-                            format!("recording {id} on {}", net.name),
-                            e.into(),
-                            vec![self.release_step(&net.name, ip, &id).await],
-                        )
-                        .await);
-                }
+                let rec = self
+                    .store
+                    .create_endpoint_with_addr(&net, &id, req.ip, |ip| EndpointRecord {
+                        id: id.clone(),
+                        network: net.name.clone(),
+                        host: me.clone(),
+                        name: req.name.clone(),
+                        aliases: req.aliases.clone(),
+                        ip,
+                        mac: req.mac.unwrap_or_else(|| ipam::mac_for(ip)),
+                        publish: req.publish.clone(),
+                    })
+                    .await?;
+                tracing::debug!(took = ?t0.elapsed(), "attach: address claimed and endpoint recorded");
                 (rec, true)
             }
         };
@@ -257,7 +288,24 @@ impl Agent {
                 None
             }
         };
-        self.local.insert(att);
+        if let Err(e) = self.local.insert(att) {
+            let mut cleanup = vec![
+                self.unplumb(&net.name, &id, true)
+                    .await
+                    .err()
+                    .map(|u| format!("removing the interfaces of {id}: {u}")),
+            ];
+            if created {
+                cleanup.push(self.forget_step(&rec).await);
+            }
+            return Err(self
+                .undo(
+                    format!("attaching {id} to {}", net.name),
+                    AgentError::io("recording the attachment in the state dir", e),
+                    cleanup,
+                )
+                .await);
+        }
         // Names before returning: `ip netns exec X ping peer.net` works right after attach.
         self.sync_names().await;
         tracing::info!(network = %net.name, endpoint = %id, ip = %rec.ip, ifname = %plumbed.ifname, took = ?t0.elapsed(), "attached");
@@ -295,15 +343,6 @@ impl Agent {
             Counters::add(&self.counters.detaches, 1);
         }
         Ok(DetachReply { removed })
-    }
-
-    /// Releases an address claim, as a cleanup step: `None` when it worked, else what is left.
-    async fn release_step(&self, net: &str, ip: std::net::Ipv4Addr, id: &str) -> Option<String> {
-        self.store
-            .release_addr(net, ip, id)
-            .await
-            .err()
-            .map(|e| format!("releasing {ip} on {net}: {e}"))
     }
 
     /// Removes an endpoint record this operation created, and its address claim.

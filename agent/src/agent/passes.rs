@@ -40,7 +40,9 @@ impl Agent {
             {
                 tracing::info!(network = %net, endpoint = %id, ifname = %ifname, "recording the container's interface name");
                 a.ifname = ifname.clone();
-                self.local.insert(a);
+                if let Err(e) = self.local.insert(a) {
+                    tracing::warn!(network = %net, endpoint = %id, error = %e, "recording the container's interface name; next pass retries");
+                }
             }
         }
     }

@@ -7,6 +7,7 @@ use ovl_model::Plug;
 
 use ovl_core::store::NetworkRequest;
 
+use crate::local::LocalState;
 use crate::{
     api::types::{AttachRequest, DetachRequest},
     counters::Counters,
@@ -485,5 +486,139 @@ async fn a_deleted_record_is_written_again_with_its_address_claim() {
     assert!(
         l.dp.keys().contains(&("net1".into(), "c1".into())),
         "still not torn down"
+    );
+}
+
+#[tokio::test]
+async fn a_state_dir_that_cannot_be_written_refuses_attach_and_detach_and_changes_nothing() {
+    // A full disk (chaos: the state dir filled): an attach answered success that the next
+    // agent does not know of loses its interface at the restart, a detach answered success
+    // that stays in local.json gets its record written back. Both must be refused instead.
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.expect("attach");
+    let state = l.dir.path().join("state");
+    let away = l.dir.path().join("state-away");
+    std::fs::rename(&state, &away).unwrap();
+
+    let e = l.agent.attach(attach_req("c2")).await.unwrap_err();
+    assert!(e.to_string().contains("recording the attachment"), "{e}");
+    assert!(
+        l.agent
+            .store()
+            .endpoint("net1", "c2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claims = l
+        .agent
+        .store()
+        .kv()
+        .list(&ovl_core::keys::addrs_of("net1"))
+        .await
+        .unwrap();
+    assert!(
+        claims.entries.iter().all(|c| c.value != b"c2"),
+        "no address left claimed"
+    );
+    assert!(!l.dp.keys().contains(&("net1".into(), "c2".into())));
+    assert!(l.agent.local().get("net1", "c2").is_none());
+
+    let e = l
+        .agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("forgetting c1 on net1"), "{e}");
+    assert!(l.dp.keys().contains(&("net1".into(), "c1".into())));
+    assert!(l.agent.local().get("net1", "c1").is_some());
+    assert!(
+        l.agent
+            .store()
+            .endpoint("net1", "c1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Room again: both work.
+    std::fs::rename(&away, &state).unwrap();
+    l.agent.attach(attach_req("c2")).await.expect("attach");
+    l.agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c1".into(),
+        })
+        .await
+        .expect("detach");
+    let on_disk = LocalState::load(state.join("local.json")).unwrap();
+    let ids: Vec<String> = on_disk.all().into_iter().map(|a| a.endpoint.id).collect();
+    assert_eq!(ids, vec!["c2".to_string()]);
+}
+
+#[tokio::test]
+async fn an_address_claimed_by_an_attach_that_died_is_used_again_or_released() {
+    // An agent killed between claiming an address and recording the endpoint (as older
+    // agents wrote them: two writes) leaves the claim alone. A user who asks again gets that
+    // address; a user who undoes the attach frees it.
+    let l = lab().await;
+    let net = l.agent.store().network("net1").await.unwrap().unwrap();
+    let orphan = l
+        .agent
+        .store()
+        .allocate_addr(&net, None, "c1")
+        .await
+        .unwrap();
+    let r = l.agent.attach(attach_req("c1")).await.expect("attach");
+    assert_eq!(r.endpoint.ip, orphan, "the claim is used again");
+
+    let other = l
+        .agent
+        .store()
+        .allocate_addr(&net, None, "c2")
+        .await
+        .unwrap();
+    let reply = l
+        .agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c2".into(),
+        })
+        .await
+        .expect("detach");
+    assert!(!reply.removed, "there was no endpoint");
+    assert_eq!(
+        l.agent.store().addr_owner("net1", other).await.unwrap(),
+        None,
+        "the orphan claim is released"
+    );
+    // c1's claim is untouched.
+    assert_eq!(
+        l.agent.store().addr_owner("net1", orphan).await.unwrap(),
+        Some("c1".into())
+    );
+
+    // An attach asking for another address than its orphan claim frees the old one.
+    let stale = l
+        .agent
+        .store()
+        .allocate_addr(&net, None, "c3")
+        .await
+        .unwrap();
+    let want: std::net::Ipv4Addr = "10.10.0.77".parse().unwrap();
+    let mut req = attach_req("c3");
+    req.ip = Some(want);
+    let r = l.agent.attach(req).await.expect("attach with --ip");
+    assert_eq!(r.endpoint.ip, want);
+    assert_eq!(
+        l.agent.store().addr_owner("net1", stale).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        l.agent.store().addr_owner("net1", want).await.unwrap(),
+        Some("c3".into())
     );
 }

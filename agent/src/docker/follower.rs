@@ -107,7 +107,10 @@ impl DockerPlugin {
             a.hosts_file = c.hosts_path.clone();
             a.endpoint.name = c.container_name.clone();
             a.endpoint.aliases = c.aliases.clone();
-            self.agent.local().insert(a);
+            if let Err(e) = self.agent.local().insert(a) {
+                tracing::warn!(network = %net, endpoint = %c.endpoint_id, error = %e, "keeping container names locally; retrying");
+                return false;
+            }
             self.agent.kick();
         }
         match self.agent.store().endpoint(&net, &c.endpoint_id).await {

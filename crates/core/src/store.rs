@@ -727,6 +727,111 @@ impl ClusterStore {
         }
     }
 
+    /// Claims an address on `net` for endpoint `id` and records the endpoint, in one
+    /// transaction, so that an agent dying half-way leaves neither: `want` if given (refused
+    /// if taken or outside the subnet), else the lowest free address; `make` builds the record
+    /// for the address. A claim `id` already holds (left by an older agent that died between
+    /// the two writes) is used again, or released when `want` names another address.
+    /// [`StoreError::Conflict`] if the name is taken on the network.
+    pub async fn create_endpoint_with_addr(
+        &self,
+        net: &NetworkRecord,
+        id: &str,
+        want: Option<Ipv4Addr>,
+        make: impl Fn(Ipv4Addr) -> EndpointRecord,
+    ) -> Result<EndpointRecord> {
+        if let Some(ip) = want {
+            if !ipam::is_host_addr(net.subnet, ip) {
+                return Err(StoreError::Invalid(format!(
+                    "address {ip} is not a host address of network {} ({})",
+                    net.name, net.subnet
+                )));
+            }
+            if ip == net.gateway {
+                return Err(StoreError::Conflict(format!(
+                    "address {ip} is the gateway of network {}",
+                    net.name
+                )));
+            }
+        }
+        let ekey = keys::endpoint(&net.name, id);
+        let taken =
+            || StoreError::Conflict(format!("name {id} is already used on network {}", net.name));
+        for _ in 0..MAX_ATTEMPTS {
+            if self.kv.get(&ekey).await?.is_some() {
+                return Err(taken());
+            }
+            let listing = self.kv.list(&keys::addrs_of(&net.name)).await?;
+            let mut used = BTreeSet::new();
+            let mut held: Option<(Ipv4Addr, Revision)> = None;
+            for e in &listing.entries {
+                let Some(ip) = e
+                    .key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|s| s.parse::<Ipv4Addr>().ok())
+                else {
+                    continue;
+                };
+                if e.value == id.as_bytes() {
+                    held = Some((ip, e.mod_revision));
+                }
+                used.insert(ip);
+            }
+            used.insert(net.gateway);
+            let ip = match (want, held) {
+                (Some(w), Some((h, _))) if w == h => w,
+                (Some(w), _) if used.contains(&w) => {
+                    return Err(StoreError::Conflict(format!(
+                        "address {w} is already in use on network {}",
+                        net.name
+                    )));
+                }
+                (Some(w), _) => w,
+                (None, Some((h, _))) => h,
+                (None, None) => ipam::free_addrs(net.subnet, &used).next().ok_or_else(|| {
+                    StoreError::Exhausted(format!(
+                        "network {} ({}) has no free address left",
+                        net.name, net.subnet
+                    ))
+                })?,
+            };
+            let rec = make(ip);
+            let akey = keys::addr(&net.name, ip);
+            let mut compares = vec![Compare::ModRevision(ekey.clone(), 0)];
+            let mut ops = vec![TxnOp::Put {
+                key: ekey.clone(),
+                value: encode(&rec),
+                lease: None,
+            }];
+            match held {
+                Some((h, rev)) if h == ip => {
+                    compares.push(Compare::ModRevision(akey, rev));
+                }
+                other => {
+                    compares.push(Compare::ModRevision(akey.clone(), 0));
+                    ops.push(TxnOp::Put {
+                        key: akey,
+                        value: id.as_bytes().to_vec(),
+                        lease: None,
+                    });
+                    if let Some((h, rev)) = other {
+                        let old = keys::addr(&net.name, h);
+                        compares.push(Compare::ModRevision(old.clone(), rev));
+                        ops.push(TxnOp::Delete { key: old });
+                    }
+                }
+            }
+            if self.kv.txn(compares, ops).await?.is_some() {
+                return Ok(rec);
+            }
+        }
+        Err(StoreError::Contention(format!(
+            "recording endpoint {id} on {}",
+            net.name
+        )))
+    }
+
     /// Writes an endpoint record (e.g. to add its name or aliases later).
     pub async fn put_endpoint(&self, ep: &EndpointRecord) -> Result<()> {
         self.kv
@@ -807,12 +912,35 @@ impl ClusterStore {
     }
 
     /// Deletes an endpoint and releases its address in one transaction. Returns the removed
-    /// record, or `None` if there was none (idempotent).
+    /// record, or `None` if there was none (idempotent). Without a record, addresses still
+    /// claimed by `id` (an agent that died between claiming and recording) are released, as
+    /// long as no record appears meanwhile.
     pub async fn delete_endpoint(&self, net: &str, id: &str) -> Result<Option<EndpointRecord>> {
         for _ in 0..MAX_ATTEMPTS {
             let key = keys::endpoint(net, id);
             let Some((ep, rev)) = self.get_json::<EndpointRecord>(&key).await? else {
-                return Ok(None);
+                let orphans: Vec<(String, Revision)> = self
+                    .kv
+                    .list(&keys::addrs_of(net))
+                    .await?
+                    .entries
+                    .into_iter()
+                    .filter(|e| e.value == id.as_bytes())
+                    .map(|e| (e.key, e.mod_revision))
+                    .collect();
+                if orphans.is_empty() {
+                    return Ok(None);
+                }
+                let mut compares = vec![Compare::ModRevision(key.clone(), 0)];
+                let mut ops = Vec::new();
+                for (k, r) in orphans {
+                    compares.push(Compare::ModRevision(k.clone(), r));
+                    ops.push(TxnOp::Delete { key: k });
+                }
+                if self.kv.txn(compares, ops).await?.is_some() {
+                    return Ok(None);
+                }
+                continue;
             };
             let mut compares = vec![Compare::ModRevision(key.clone(), rev)];
             let mut ops = vec![TxnOp::Delete { key }];
