@@ -230,9 +230,13 @@ step "cloning $repo into the root"
 git clone --quiet --no-hardlinks "$repo" "$run/upper/root/overlay-agent"
 (
   cd "$repo"
-  git ls-files -z --modified --others --exclude-standard | (cd "$run/upper/root/overlay-agent" && xargs -0r rm -f)
-  git ls-files -z --modified --others --exclude-standard |
-    xargs -0r tar -c --ignore-failed-read -f - 2>/dev/null | tar -x -C "$run/upper/root/overlay-agent"
+  changed=$(git ls-files --modified --others --exclude-standard | wc -l)
+  # A clean checkout (as CI's) has nothing to copy: tar would get an empty stream.
+  if [ "$changed" -gt 0 ]; then
+    git ls-files -z --modified --others --exclude-standard | (cd "$run/upper/root/overlay-agent" && xargs -0r rm -f)
+    git ls-files -z --modified --others --exclude-standard |
+      tar -c --null -T - --ignore-failed-read -f - 2>/dev/null | tar -x -C "$run/upper/root/overlay-agent"
+  fi
 )
 
 step "running ${cmd[*]} in a pristine $suite root (as root, fresh overlay)"
