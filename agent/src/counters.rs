@@ -26,6 +26,8 @@ pub struct Counters {
     /// Packets to the DNS address for Docker containers dropped by its guard (not from the
     /// host itself nor from an allowed container bridge).
     pub dns_dropped: AtomicU64,
+    /// VXLAN packets refused: from senders that are not registered hosts, or from containers.
+    pub vxlan_refused: AtomicU64,
 }
 
 impl Counters {

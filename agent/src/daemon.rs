@@ -64,6 +64,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let dp = crate::datapath::open(&settings).await?;
     let mut gw_cfg = ovl_gateway::GatewayConfig::new(settings.state_dir.join("gateway"));
     gw_cfg.subnet = settings.gw_subnet;
+    gw_cfg.vxlan_port = Some(settings.vxlan_port);
     // The DNS address for Docker containers: never reachable through the underlay interface,
     // even when it is a bridge an `--dns-interfaces` pattern matches.
     let underlay = ovl_netlink::underlay_interface(settings.advertise_addr)
@@ -101,7 +102,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         names: Arc::new(names),
         probe: Arc::new(crate::probe::UnderlayProbe),
     };
-    let agent = Agent::new(settings, kv, mtu, services, local);
+    // Overlay subnets must stay out of it; unknown (no netmask) is not fatal.
+    let network = ovl_netlink::underlay_network(settings.advertise_addr).ok();
+    let agent = Agent::new(
+        settings,
+        kv,
+        crate::agent::Underlay { mtu, network },
+        services,
+        local,
+    );
 
     let mut loops = tokio::task::JoinSet::new();
     tasks::spawn_all(&agent, &mut loops);

@@ -209,6 +209,8 @@ pub struct FakeGateway {
     pub up: Mutex<bool>,
     /// Fails the next attach with a port conflict on this port.
     pub fail_attach: Mutex<Option<u16>>,
+    /// The VTEPs last admitted.
+    pub admitted: Mutex<Option<std::collections::BTreeSet<std::net::Ipv4Addr>>>,
 }
 
 impl FakeGateway {
@@ -290,6 +292,20 @@ impl Gateway for FakeGateway {
 
     async fn dns_dropped(&self) -> gateway::Result<Option<u64>> {
         Ok(None)
+    }
+
+    async fn admit(
+        &self,
+        vteps: std::collections::BTreeSet<std::net::Ipv4Addr>,
+    ) -> gateway::Result<bool> {
+        let mut a = self.admitted.lock().unwrap();
+        let changed = a.as_ref() != Some(&vteps);
+        *a = Some(vteps);
+        Ok(changed)
+    }
+
+    async fn vxlan_refused(&self) -> gateway::Result<Option<u64>> {
+        Ok(self.admitted.lock().unwrap().as_ref().map(|_| 0))
     }
 }
 
@@ -381,7 +397,10 @@ impl TestAgent {
         let agent = Agent::new(
             settings,
             kv,
-            1500,
+            crate::agent::Underlay {
+                mtu: 1500,
+                network: Some("198.18.0.0/24".parse().expect("a network")),
+            },
             Services {
                 datapath: dp.clone(),
                 gateway: gw.clone(),

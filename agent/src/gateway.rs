@@ -44,6 +44,13 @@ pub trait Gateway: Send + Sync {
 
     /// Packets the DNS guard dropped since the agent started (`None`: no guard).
     async fn dns_dropped(&self) -> Result<Option<u64>>;
+
+    /// Admits VXLAN from these VTEPs only, and none from containers; `true` when the list
+    /// changed.
+    async fn admit(&self, vteps: std::collections::BTreeSet<std::net::Ipv4Addr>) -> Result<bool>;
+
+    /// VXLAN packets refused since the agent started (`None`: no admission yet).
+    async fn vxlan_refused(&self) -> Result<Option<u64>>;
 }
 
 #[async_trait::async_trait]
@@ -74,6 +81,14 @@ impl Gateway for ovl_gateway::Gateway {
 
     async fn unpublish(&self, key: &str) -> Result<()> {
         ovl_gateway::Gateway::unpublish(self, key).await
+    }
+
+    async fn admit(&self, vteps: std::collections::BTreeSet<std::net::Ipv4Addr>) -> Result<bool> {
+        ovl_gateway::Gateway::admit(self, vteps).await
+    }
+
+    async fn vxlan_refused(&self) -> Result<Option<u64>> {
+        ovl_gateway::Gateway::vxlan_refused(self).await
     }
 
     async fn ensure_dns(&self) -> Result<()> {

@@ -284,6 +284,13 @@ fn bad_input_changes_nothing() {
     let before = snapshot(&lab);
     let ns2 = lab.add_container("c2").unwrap();
     let p2 = format!("/run/netns/{ns2}");
+    let mut many_aliases: Vec<String> = ["attach", "net1", "--name", "c2", "--netns", &p2]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for i in 0..17 {
+        many_aliases.extend(["--alias".to_string(), format!("a{i}")]);
+    }
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["network", "create", "net2", "--subnet", "10.30.0.128/25"],
@@ -361,12 +368,70 @@ fn bad_input_changes_nothing() {
             "already used",
         ),
         (vec!["network", "rm", "net1"], "detach them first"),
+        // Issue 16 (6): subnets out of reach of an overlay, ports of the agent, bounds.
+        (
+            vec!["network", "create", "net2", "--subnet", "127.0.0.0/24"],
+            "loopback range",
+        ),
+        (
+            vec!["network", "create", "net2", "--subnet", "169.254.0.0/24"],
+            "link-local range",
+        ),
+        (
+            vec!["network", "create", "net2", "--subnet", "224.1.0.0/24"],
+            "multicast range",
+        ),
+        (
+            vec!["network", "create", "net2", "--subnet", "198.18.0.0/25"],
+            "underlay network 198.18.0.0/24",
+        ),
+        (
+            vec![
+                "attach",
+                "net1",
+                "--name",
+                "c2",
+                "--netns",
+                &p2,
+                "--publish",
+                "4789:4789/udp",
+            ],
+            "VXLAN port",
+        ),
+        (
+            many_aliases.iter().map(String::as_str).collect(),
+            "17 aliases given",
+        ),
     ];
     for (args, needle) in cases {
         let out = lab.ctl(1, &args).unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
+    // The same name in another namespace on its own host: refused, the live interface stays
+    // in its container.
+    let out = lab
+        .ctl(0, &["attach", "net1", "--name", "c1", "--netns", &p2])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already attached"),
+        "{}",
+        stderr(&out)
+    );
+    let c1_ns = format!("{}-c-c1", lab.state.name);
+    assert!(
+        nsexec(&c1_ns, &["ip", "link", "show", "eth0"])
+            .status
+            .success()
+    );
+    // The same namespace again: a no-op that answers success.
+    let c1_path = format!("/run/netns/{c1_ns}");
+    ctl(
+        &lab,
+        0,
+        &["attach", "net1", "--name", "c1", "--netns", &c1_path],
+    );
     assert_eq!(snapshot(&lab), before, "a refused request changed state");
     // Nothing leaked: the next automatic address is the one after c1's.
     let (_, ip) = attach(&lab, 1, "net1", "c2", &[]);
@@ -383,4 +448,75 @@ fn bad_input_changes_nothing() {
         .collect();
     names.sort();
     assert_eq!(names, ["eth0", "eth1", "lo"]);
+}
+
+/// Issue 17 (4): an address reused on another host is reachable from every host at once,
+/// even when its new container stays silent (IPv6 off, as Docker starts containers: no
+/// DAD or router solicitation that would teach the bridge its port). Before, the new host's
+/// bridge kept the MAC (derived from the address) where it had learned it, on the vxlan
+/// port, and dropped every frame for it for up to 300 s.
+#[test]
+fn reused_address_is_reachable_from_every_host() {
+    let lab = lab("t17mac", 3, KvKind::Embedded);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (_old, ip) = attach(&lab, 0, "net1", "old", &[]);
+    let (c2, _) = attach(&lab, 1, "net1", "c2", &[]);
+    let (c3, _) = attach(&lab, 2, "net1", "c3", &[]);
+    // Host 2's bridge learns the address's MAC on its vxlan port.
+    within("c2 and c3 reach old on h1", Duration::from_secs(10), || {
+        ping(&c2, &ip) && ping(&c3, &ip)
+    });
+    ctl(&lab, 0, &["detach", "net1", "--name", "old"]);
+    lab.add_container("new").unwrap_or_else(|e| panic!("{e:#}"));
+    let new_ns = format!("{}-c-new", lab.state.name);
+    for k in ["all", "default"] {
+        let o = nsexec(
+            &new_ns,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let (_new, ip_new) = attach(&lab, 1, "net1", "new", &["--ip", &ip]);
+    assert_eq!(ip_new, ip);
+    // The agent pinned the MAC to the new container's port on host 2's bridge.
+    let sb = sandbox(&lab, 1, "net1");
+    let fdb = Command::new("nsenter")
+        .arg(format!("--net={sb}"))
+        .args(["bridge", "fdb", "show", "br", "br0"])
+        .output()
+        .unwrap();
+    let mac = ctl(&lab, 1, &["endpoints", "net1"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["record"]["name"] == "new" || e["name"] == "new")
+        .map(|e| {
+            e["record"]["mac"]
+                .as_str()
+                .or(e["mac"].as_str())
+                .unwrap()
+                .to_string()
+        })
+        .unwrap();
+    let line = stdout(&fdb)
+        .lines()
+        .find(|l| l.starts_with(&mac))
+        .map(str::to_string);
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.contains("static") && l.contains("sticky") && !l.contains("vxlan")),
+        "{mac} on h2's bridge: {line:?}\n{}",
+        stdout(&fdb)
+    );
+    // Reached from a remote host and from its own host, within the convergence time.
+    let took = within(
+        "c3 (h3) and c2 (h2) reach new",
+        Duration::from_secs(3),
+        || ping(&c3, &ip) && ping(&c2, &ip),
+    );
+    eprintln!("t17mac: reused address reached from every host after {took:?}");
 }

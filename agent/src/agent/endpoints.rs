@@ -171,10 +171,12 @@ impl Agent {
     pub async fn attach(&self, req: AttachRequest) -> Result<AttachReply> {
         let t0 = Instant::now();
         model::validate_endpoint_name(&req.name).map_err(AgentError::Invalid)?;
+        super::checks::aliases(&req.aliases)?;
         for a in &req.aliases {
             model::validate_endpoint_name(a)
                 .map_err(|e| AgentError::Invalid(e.replace("container name", "alias")))?;
         }
+        super::checks::published(&req.publish, &self.settings)?;
         let netns: PathBuf = match (&req.netns, req.pid) {
             (Some(p), None) => p.clone(),
             (None, Some(pid)) => format!("/proc/{pid}/ns/net").into(),
@@ -204,7 +206,20 @@ impl Agent {
             })?;
         let id = req.name.clone();
         let (rec, created) = match self.store.endpoint(&net.name, &id).await? {
-            Some(e) if e.host == me => (e, false), // idempotent: attach again what is recorded
+            Some(e) if e.host == me => {
+                // The same name in another namespace would move the live interface out of
+                // its container: refused. The same namespace again is a no-op.
+                if let Some(a) = self.local.get(&net.name, &id)
+                    && local::netns_key(&netns).ok().as_deref() != Some(a.netns_key.as_str())
+                {
+                    return Err(AgentError::Conflict(format!(
+                        "name {id} is already attached on network {} to {}; detach it first",
+                        net.name,
+                        a.netns.display()
+                    )));
+                }
+                (e, false)
+            }
             Some(e) => {
                 return Err(AgentError::Conflict(format!(
                     "name {} is already used on network {} (on host {})",

@@ -65,6 +65,14 @@ impl Agent {
         if !ports.is_empty() {
             d.push(("published".into(), ports.join(" ")));
         }
+        d.push((
+            "vxlan admission".into(),
+            format!(
+                "udp {} from registered hosts only, none from containers; {} refused",
+                self.settings.vxlan_port,
+                crate::counters::Counters::get(&self.counters.vxlan_refused)
+            ),
+        ));
         if let Some(addr) = self.settings.dns_addr {
             let serving = self
                 .names
@@ -226,7 +234,32 @@ impl Agent {
     }
 
     /// `overlayctl datapath`: details and counters of the datapath.
-    pub async fn datapath_details(&self) -> crate::datapath::Details {
-        self.rec.datapath().details().await
+    pub async fn datapath_details(&self) -> DatapathReport {
+        DatapathReport {
+            details: self.rec.datapath().details().await,
+            vxlan_admission: AdmissionReport {
+                port: self.settings.vxlan_port,
+                refused: crate::counters::Counters::get(&self.counters.vxlan_refused),
+            },
+        }
     }
+}
+
+/// `overlayctl datapath`: the datapath's own details and the VXLAN admission in front of it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DatapathReport {
+    /// What the datapath reports.
+    #[serde(flatten)]
+    pub details: crate::datapath::Details,
+    /// Who may send VXLAN to this host.
+    pub vxlan_admission: AdmissionReport,
+}
+
+/// VXLAN admission (both datapaths): only registered hosts' VTEPs, nothing from containers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdmissionReport {
+    /// The guarded UDP port.
+    pub port: u16,
+    /// Packets refused since the agent started.
+    pub refused: u64,
 }

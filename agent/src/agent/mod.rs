@@ -6,6 +6,7 @@
 //! pass). The control API, the Docker plugin and the long-running loops (`tasks`) call these
 //! verbs; nothing reaches into the fields.
 
+pub mod checks;
 mod endpoints;
 mod inspect;
 mod networks;
@@ -20,11 +21,13 @@ use std::{
     time::Instant,
 };
 
+use ipnetwork::Ipv4Network;
 use ovl_core::{ClusterStore, ClusterView};
 use ovl_kv::Kv;
 use tokio::sync::{Notify, watch};
 
 pub use endpoints::Plumbed;
+pub use inspect::{AdmissionReport, DatapathReport};
 
 use crate::{
     config::Settings,
@@ -62,11 +65,21 @@ pub struct Services {
     pub probe: Arc<dyn VtepProbe>,
 }
 
+/// What the agent knows of this host's underlay, read once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct Underlay {
+    /// MTU of the interface holding the advertise address.
+    pub mtu: u32,
+    /// The network of the advertise address (overlay subnets must stay out of it).
+    pub network: Option<Ipv4Network>,
+}
+
 /// The agent.
 pub struct Agent {
     settings: Settings,
     store: ClusterStore,
     underlay_mtu: u32,
+    underlay: Option<Ipv4Network>,
     view: watch::Sender<Arc<ClusterView>>,
     health: Mutex<KvHealth>,
     registered: AtomicBool,
@@ -90,7 +103,7 @@ impl Agent {
     pub fn new(
         settings: Settings,
         kv: Arc<dyn Kv>,
-        underlay_mtu: u32,
+        underlay: Underlay,
         services: Services,
         local: LocalState,
     ) -> Arc<Self> {
@@ -98,7 +111,8 @@ impl Agent {
         Arc::new(Agent {
             settings,
             store,
-            underlay_mtu,
+            underlay_mtu: underlay.mtu,
+            underlay: underlay.network,
             view: watch::channel(Arc::new(ClusterView::default())).0,
             health: Mutex::new(KvHealth::default()),
             registered: AtomicBool::new(false),

@@ -36,6 +36,7 @@ impl Agent {
     pub async fn create_network(&self, req: NetworkRequest) -> Result<NetworkInfo> {
         if let Some(s) = req.subnet {
             let v = self.view();
+            super::checks::subnet(s, self.underlay, &v)?;
             let mut gws: Vec<(String, ipnetwork::Ipv4Network)> = v
                 .hosts
                 .values()

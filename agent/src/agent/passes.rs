@@ -52,6 +52,25 @@ impl Agent {
     pub async fn reconcile_gateway(&self) {
         let _g = self.rec.lock().await;
         self.read_dns_drops().await;
+        // Only from a view read from the KV: an empty one at start would shut every host out.
+        if self.view_ready() {
+            let vteps = self.view().hosts.values().map(|h| h.vtep).collect();
+            match self.gw.admit(vteps).await {
+                Ok(true) => {
+                    tracing::info!("VXLAN admitted from the cluster's hosts only (list updated)")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "updating VXLAN admission"),
+            }
+        }
+        match self.gw.vxlan_refused().await {
+            Ok(Some(n)) => self
+                .counters
+                .vxlan_refused
+                .store(n, std::sync::atomic::Ordering::Relaxed),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "reading the VXLAN admission counter"),
+        }
         match self.gw.repair().await {
             Ok(true) => tracing::info!("gateway bridge or firewall rules repaired"),
             Ok(false) => {}

@@ -622,3 +622,53 @@ async fn an_address_claimed_by_an_attach_that_died_is_used_again_or_released() {
         Some("c3".into())
     );
 }
+
+#[tokio::test]
+async fn refused_inputs_claim_nothing() {
+    let l = lab().await;
+    let nets_before = l.agent.store().networks().await.unwrap();
+    for s in ["127.0.0.0/24", "224.0.0.0/24", "198.18.0.0/25"] {
+        let e = l
+            .agent
+            .create_network(NetworkRequest {
+                name: "net2".into(),
+                subnet: Some(s.parse().unwrap()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("subnet"), "{s}: {e}");
+    }
+    assert_eq!(l.agent.store().networks().await.unwrap(), nets_before);
+    let mut r = attach_req("c1");
+    r.aliases = (0..17).map(|i| format!("a{i}")).collect();
+    assert!(l.agent.attach(r).await.is_err());
+    let mut r = attach_req("c1");
+    r.publish = vec!["4789:4789/udp".parse().unwrap()];
+    let e = l.agent.attach(r).await.unwrap_err();
+    assert!(e.to_string().contains("VXLAN port"), "{e}");
+    assert!(l.agent.store().endpoints(None).await.unwrap().is_empty());
+    assert!(l.dp.keys().is_empty());
+    // Positive control: the same request within bounds is accepted.
+    let mut r = attach_req("c1");
+    r.aliases = (0..16).map(|i| format!("a{i}")).collect();
+    r.publish = vec!["8080:80/tcp".parse().unwrap()];
+    l.agent.attach(r).await.expect("attach within bounds");
+}
+
+#[tokio::test]
+async fn a_name_attached_here_is_not_moved_to_another_namespace() {
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.expect("attach");
+    let before = l.dp.ports.lock().unwrap().clone();
+    let mut r = attach_req("c1");
+    // Another namespace file (the fakes never enter it).
+    r.netns = Some(PathBuf::from("/proc/self/ns/uts"));
+    let e = l.agent.attach(r).await.unwrap_err();
+    assert!(matches!(e, AgentError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("already attached"), "{e}");
+    assert_eq!(*l.dp.ports.lock().unwrap(), before);
+    // The same namespace again is a no-op.
+    l.agent.attach(attach_req("c1")).await.expect("again");
+    assert_eq!(l.dp.keys(), before.keys().cloned().collect());
+}

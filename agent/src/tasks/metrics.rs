@@ -74,6 +74,12 @@ pub fn render(agent: &Agent) -> String {
         get(&c.dns_dropped),
     );
     metric(
+        "vxlan_refused_total",
+        "counter",
+        "VXLAN packets dropped: from senders that are not registered hosts, or from containers.",
+        get(&c.vxlan_refused),
+    );
+    metric(
         "rollback_failures_total",
         "counter",
         "Cleanup steps after a failed operation that failed themselves.",

@@ -760,6 +760,23 @@ impl KernelDatapath {
     /// Plugs an endpoint into an existing sandbox (the lock is held): adopts and converges
     /// what exists of it, replaces what is stale, creates what is missing.
     async fn plug_locked(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
+        let made = self.plug_port(spec, ep).await?;
+        // The bridge may have learned this MAC on the vxlan port while the address lived on
+        // another host; pinned to the port, what the agent programmed wins over what the
+        // bridge learned, now and later.
+        let sb = Netlink::open(Some(&self.sandbox_path(&spec.name))).await?;
+        let port = sb
+            .link_by_name(&made.host_ifname)
+            .await?
+            .ok_or_else(|| Error::NoSandbox {
+                network: spec.name.clone(),
+            })?;
+        sb.bridge_fdb_pin(port.index, ep.mac).await?;
+        Ok(made)
+    }
+
+    /// The port and container end of [`Self::plug_locked`].
+    async fn plug_port(&self, spec: &NetworkSpec, ep: &EndpointSpec) -> Result<Attached> {
         let sandbox = self.sandbox_path(&spec.name);
         let sb = Netlink::open(Some(&sandbox)).await?;
         let host_ifname = port_name(&ep.endpoint_id);

@@ -63,7 +63,13 @@ pub struct GatewayConfig {
     /// The agent's DNS address for Docker containers and who may reach it: held by the
     /// interface [`DNS_IFACE`], guarded by the `dns_guard` chain of our table.
     pub dns: Option<DnsGuard>,
+    /// The VXLAN UDP port to guard (see [`Gateway::admit`]); `None`: no admission.
+    pub vxlan_port: Option<u16>,
 }
+
+/// Bridges of containers on a host besides ours: Docker's default bridge, its gateway bridge
+/// and its user-defined bridges. Their traffic never goes to a VXLAN port.
+pub const CONTAINER_BRIDGES: &[&str] = &["docker0", "docker_gwbridge", "br-*"];
 
 impl GatewayConfig {
     /// Defaults: bridge `ovl_gwbridge`, automatic subnet, the agent's own namespace.
@@ -74,6 +80,7 @@ impl GatewayConfig {
             state_dir: state_dir.into(),
             host_netns: None,
             dns: None,
+            vxlan_port: None,
         }
     }
 }
@@ -107,6 +114,8 @@ struct Applied {
     /// What the DNS guard's counter held when this process replaced the table (each apply
     /// starts the kernel's counter again).
     dns_dropped_before: u64,
+    /// The same for the VXLAN admission counter.
+    vxlan_refused_before: u64,
     /// Bridge, forwarding and ruleset have been set up by this process.
     ensured: bool,
 }
@@ -206,10 +215,65 @@ impl Gateway {
     /// What our table holds for `st`: the gateway's chains once it has a subnet, the DNS
     /// guard when configured.
     fn rules(&self, st: &State) -> ruleset::Ruleset {
+        let admission = self
+            .cfg
+            .vxlan_port
+            .zip(st.vteps.as_ref())
+            .map(|(port, vteps)| {
+                let mut containers: Vec<String> =
+                    CONTAINER_BRIDGES.iter().map(|b| b.to_string()).collect();
+                containers.push(self.cfg.bridge.clone());
+                if let Some(d) = &self.cfg.dns {
+                    containers.extend(d.allow.iter().cloned());
+                }
+                ruleset::Admission {
+                    port,
+                    vteps: vteps.iter().copied().collect(),
+                    containers,
+                }
+            });
         ruleset::Ruleset {
             gateway: st.spec(&self.cfg.bridge),
             dns: self.cfg.dns.clone(),
+            admission,
         }
+    }
+
+    /// Admits VXLAN from `vteps` only (the cluster's registered hosts) and keeps containers'
+    /// traffic away from every VXLAN port; a no-op without [`GatewayConfig::vxlan_port`].
+    /// The list is kept in the state file, so an agent restarted while the KV is down keeps
+    /// admitting the hosts it last knew. Returns whether the list changed.
+    pub async fn admit(&self, vteps: std::collections::BTreeSet<Ipv4Addr>) -> Result<bool> {
+        if self.cfg.vxlan_port.is_none() {
+            return Ok(false);
+        }
+        let mut applied = self.op.lock().await;
+        let old = self.current();
+        if old.vteps.as_ref() == Some(&vteps) && applied.listing.is_some() {
+            return Ok(false);
+        }
+        let mut st = old.clone();
+        st.vteps = Some(vteps);
+        self.apply(&mut applied, &st).await?;
+        if let Err(e) = self.commit(st) {
+            if let Err(re) = self.apply(&mut applied, &old).await {
+                tracing::error!(error = %re, "restoring ruleset after failed state write");
+            }
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// VXLAN packets refused since this process started (unregistered senders, containers);
+    /// `None` before [`Gateway::admit`] was ever called.
+    pub async fn vxlan_refused(&self) -> Result<Option<u64>> {
+        if self.cfg.vxlan_port.is_none() || self.current().vteps.is_none() {
+            return Ok(None);
+        }
+        let applied = self.op.lock().await;
+        Ok(Some(
+            applied.vxlan_refused_before + self.counter(ruleset::VXLAN_REFUSED).await?,
+        ))
     }
 
     /// Sets up the DNS address of [`GatewayConfig::dns`]: the interface [`DNS_IFACE`]
@@ -233,22 +297,17 @@ impl Gateway {
             return Ok(None);
         }
         let applied = self.op.lock().await;
-        Ok(Some(applied.dns_dropped_before + self.dns_counter().await?))
+        Ok(Some(
+            applied.dns_dropped_before + self.counter(ruleset::DNS_DROPPED).await?,
+        ))
     }
 
-    async fn dns_counter(&self) -> Result<u64> {
+    async fn counter(&self, name: &str) -> Result<u64> {
         let out = sys::nft(
             self.ns(),
-            &[
-                "-j",
-                "list",
-                "counter",
-                "inet",
-                ruleset::TABLE,
-                ruleset::DNS_DROPPED,
-            ],
+            &["-j", "list", "counter", "inet", ruleset::TABLE, name],
             "",
-            "reading the DNS guard counter",
+            &format!("reading the counter {name}"),
         )
         .await?;
         ruleset::parse_counter(&out)
@@ -341,11 +400,18 @@ impl Gateway {
         if rules.is_empty() {
             return Ok(());
         }
+        // Each apply starts the kernel's counters again: keep what they held.
         if rules.dns.is_some()
             && applied.listing.is_some()
-            && let Ok(n) = self.dns_counter().await
+            && let Ok(n) = self.counter(ruleset::DNS_DROPPED).await
         {
             applied.dns_dropped_before += n;
+        }
+        if rules.admission.is_some()
+            && applied.listing.is_some()
+            && let Ok(n) = self.counter(ruleset::VXLAN_REFUSED).await
+        {
+            applied.vxlan_refused_before += n;
         }
         sys::nft(
             self.ns(),
@@ -566,7 +632,7 @@ impl Gateway {
     pub async fn reconcile(&self) -> Result<bool> {
         let mut applied = self.op.lock().await;
         let st = self.current();
-        if st.subnet.is_none() && self.cfg.dns.is_none() {
+        if st.subnet.is_none() && self.cfg.dns.is_none() && st.vteps.is_none() {
             return Ok(false);
         }
         let mut repaired = false;

@@ -31,6 +31,14 @@
 //!   neighbour on the underlay that routes it to us by hand (the kernel answers ARP for any
 //!   local address on any interface).
 //!
+//! - `vxlan_admission` (filter, input, once the agent has given the VTEPs of the cluster's
+//!   hosts): VXLAN (the agent's UDP port) is accepted only from those addresses; the rest
+//!   is dropped and counted in [`VXLAN_REFUSED`]. Both datapaths receive VXLAN through a
+//!   UDP socket of the host, so this one rule admits for both.
+//! - `vxlan_containment` (filter, forward): nothing from a container bridge (ours, Docker's)
+//!   goes to a VXLAN port anywhere: masqueraded as its host, it would pass another host's
+//!   admission and enter any network. Counted in [`VXLAN_REFUSED`] too.
+//!
 //! The gateway chains exist once the bridge is set up, the DNS guard whenever it is
 //! configured: a Docker host that never attaches a container with `overlayctl` has a table
 //! with the guard alone.
@@ -54,6 +62,20 @@ use crate::error::{Error, Result};
 pub const TABLE: &str = "overlay_agent";
 /// The named counter of packets the DNS guard dropped.
 pub const DNS_DROPPED: &str = "dns_dropped";
+/// The named counter of VXLAN packets refused (unregistered sender, or from a container).
+pub const VXLAN_REFUSED: &str = "vxlan_refused";
+
+/// Who may send VXLAN to this host (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// The VXLAN UDP port.
+    pub port: u16,
+    /// VTEP addresses of the cluster's registered hosts.
+    pub vteps: Vec<Ipv4Addr>,
+    /// Container bridges (names or `prefix*` patterns) whose traffic never goes to a VXLAN
+    /// port.
+    pub containers: Vec<String>,
+}
 
 /// A published port with the endpoint that owns it and that endpoint's gateway address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,12 +145,14 @@ pub struct Ruleset {
     pub gateway: Option<RulesetSpec>,
     /// The DNS guard.
     pub dns: Option<DnsGuard>,
+    /// VXLAN admission and containment.
+    pub admission: Option<Admission>,
 }
 
 impl Ruleset {
     /// Whether there is nothing to put in the table.
     pub fn is_empty(&self) -> bool {
-        self.gateway.is_none() && self.dns.is_none()
+        self.gateway.is_none() && self.dns.is_none() && self.admission.is_none()
     }
 }
 
@@ -193,6 +217,9 @@ pub fn render_table(rules: &Ruleset) -> String {
     }
     if let Some(guard) = &rules.dns {
         render_dns_guard(&mut s, guard);
+    }
+    if let Some(a) = &rules.admission {
+        render_admission(&mut s, a);
     }
     s.push_str("}\n");
     s
@@ -281,6 +308,43 @@ fn render_dns_guard(s: &mut String, g: &DnsGuard) {
     s.push_str("\t}\n");
 }
 
+fn render_admission(s: &mut String, a: &Admission) {
+    let port = a.port;
+    let _ = writeln!(s, "\tcounter {VXLAN_REFUSED} {{\n\t}}");
+    s.push_str("\tchain vxlan_admission {\n");
+    s.push_str("\t\ttype filter hook input priority filter; policy accept;\n");
+    let mut vteps = a.vteps.clone();
+    vteps.sort();
+    vteps.dedup();
+    if !vteps.is_empty() {
+        let set: Vec<String> = vteps.iter().map(|v| v.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "\t\tudp dport {port} ip saddr {{ {} }} accept",
+            set.join(", ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\t\tudp dport {port} counter name \"{VXLAN_REFUSED}\" drop"
+    );
+    s.push_str("\t}\n");
+    let mut containers = a.containers.clone();
+    containers.sort();
+    containers.dedup();
+    if !containers.is_empty() {
+        let set: Vec<String> = containers.iter().map(|n| q(n)).collect();
+        s.push_str("\tchain vxlan_containment {\n");
+        s.push_str("\t\ttype filter hook forward priority filter; policy accept;\n");
+        let _ = writeln!(
+            s,
+            "\t\tiifname {{ {} }} udp dport {port} counter name \"{VXLAN_REFUSED}\" drop",
+            set.join(", ")
+        );
+        s.push_str("\t}\n");
+    }
+}
+
 /// Renders the full atomic batch for `nft -f -`: create-if-missing, delete, redefine.
 pub fn render_batch(rules: &Ruleset) -> String {
     format!(
@@ -335,6 +399,7 @@ mod tests {
         Ruleset {
             gateway: Some(spec.clone()),
             dns: None,
+            admission: None,
         }
     }
 
@@ -427,6 +492,7 @@ mod tests {
         let only = Ruleset {
             gateway: None,
             dns: Some(guard.clone()),
+            admission: None,
         };
         let expected = "table inet overlay_agent {
 \tcounter dns_dropped {
@@ -454,12 +520,45 @@ mod tests {
                 deny: vec![],
                 ..guard
             }),
+            admission: None,
         };
         let t = render_table(&both);
         assert_eq!(t.matches("table inet overlay_agent").count(), 1);
         assert!(t.contains("\tchain forward {") && t.contains("\tchain dns_guard {"));
         // No allowed interface: only the host itself.
         assert!(!t.contains("th dport 53 accept"), "{t}");
+    }
+
+    #[test]
+    fn admission_lists_the_vteps_and_drops_the_rest() {
+        let a = Admission {
+            port: 4789,
+            vteps: vec![Ipv4Addr::new(198, 18, 0, 12), Ipv4Addr::new(198, 18, 0, 11)],
+            containers: vec!["ovl_gw0".into(), "br-*".into()],
+        };
+        let t = render_table(&Ruleset {
+            admission: Some(a.clone()),
+            ..Default::default()
+        });
+        assert!(
+            t.contains("udp dport 4789 ip saddr { 198.18.0.11, 198.18.0.12 } accept"),
+            "{t}"
+        );
+        assert!(
+            t.contains("udp dport 4789 counter name \"vxlan_refused\" drop"),
+            "{t}"
+        );
+        assert!(
+            t.contains("iifname { \"br-*\", \"ovl_gw0\" } udp dport 4789 counter"),
+            "{t}"
+        );
+        // No host known yet: nothing is admitted (an empty set would not parse).
+        let t = render_table(&Ruleset {
+            admission: Some(Admission { vteps: vec![], ..a }),
+            ..Default::default()
+        });
+        assert!(!t.contains("ip saddr {"), "{t}");
+        assert!(t.contains("udp dport 4789 counter name"), "{t}");
     }
 
     #[test]

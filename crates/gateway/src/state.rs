@@ -42,6 +42,10 @@ pub struct State {
     /// Endpoints by id.
     #[serde(default)]
     pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// VTEPs admitted to send VXLAN (`None`: never given; kept so a restart during a KV
+    /// outage keeps admitting the hosts last known).
+    #[serde(default)]
+    pub vteps: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
 }
 
 impl State {

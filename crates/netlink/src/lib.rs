@@ -25,4 +25,4 @@ pub mod veth;
 pub use error::{Error, Result};
 pub use host::HostMounts;
 pub use link::{FdbEntry, Link, NeighEntry, Netlink, VethPeer, VxlanConfig, VxlanInfo, is_errno};
-pub use mtu::{underlay_interface, underlay_mtu};
+pub use mtu::{underlay_interface, underlay_mtu, underlay_network};

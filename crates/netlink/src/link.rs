@@ -611,6 +611,26 @@ impl Netlink {
             .collect())
     }
 
+    /// `bridge fdb replace MAC dev PORT master static sticky`: pins `mac` to bridge port
+    /// `index`. The bridge then never moves it to another port by learning (a frame from the
+    /// vxlan port with that source MAC, an entry learned before the endpoint was plugged).
+    pub async fn bridge_fdb_pin(&self, index: u32, mac: MacAddr) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Noarp;
+        m.header.flags = NeighbourFlags::Controller | NeighbourFlags::Sticky;
+        m.header.kind = RouteType::Unspec;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        self.send_ack(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | rtnetlink::packet_core::NLM_F_REPLACE,
+            &format!("bridge fdb pin {mac} to port {index}"),
+        )
+        .await
+    }
+
     fn fdb_message(index: u32, mac: MacAddr, dst: Ipv4Addr) -> NeighbourMessage {
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Bridge;

@@ -10,6 +10,25 @@ pub fn underlay_mtu(addr: Ipv4Addr) -> Result<u32> {
     interface_mtu(&underlay_interface(addr)?)
 }
 
+/// The network of `addr` on the interface holding it (`198.18.0.2/24` -> `198.18.0.0/24`).
+pub fn underlay_network(addr: Ipv4Addr) -> Result<ipnetwork::Ipv4Network> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::sys("getifaddrs", e))?;
+    let mask = addrs
+        .into_iter()
+        .find(|ifa| {
+            ifa.address
+                .as_ref()
+                .and_then(|a| a.as_sockaddr_in())
+                .is_some_and(|sin| sin.ip() == addr)
+        })
+        .and_then(|ifa| ifa.netmask)
+        .and_then(|m| m.as_sockaddr_in().map(|s| s.ip()))
+        .ok_or(Error::NoAddress { addr })?;
+    let prefix = u32::from(mask).count_ones() as u8;
+    let net = ipnetwork::Ipv4Network::new(addr, prefix).expect("a netmask's prefix is valid");
+    Ok(ipnetwork::Ipv4Network::new(net.network(), prefix).expect("same prefix"))
+}
+
 /// Name of the interface holding `addr` in the caller's network namespace.
 pub fn underlay_interface(addr: Ipv4Addr) -> Result<String> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::sys("getifaddrs", e))?;
