@@ -194,6 +194,7 @@ impl Datapath for FakeDatapath {
             observed: None,
             error: None,
             switched: None,
+            spoofed_dropped: 0,
         })
     }
 }

@@ -38,6 +38,9 @@ pub struct KernelDetails {
     /// What it removed of the eBPF datapath when it started, if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub switched: Option<Switched>,
+    /// Frames from containers with another MAC, IPv4 source or ARP sender than their
+    /// endpoint's, dropped since the agent started.
+    pub spoofed_dropped: u64,
 }
 
 impl KernelBackend {
@@ -129,6 +132,15 @@ impl Datapath for KernelBackend {
         } else {
             out.endpoints = ovl_dp_kernel::statuses(desired, &have);
         }
+        // Level-triggered like the rest: a table removed by hand comes back.
+        for net in desired.networks.keys() {
+            if let Err(e) = self.dp.guard(net).await {
+                out.failed.push(OpFailure {
+                    op: format!("guard the ports of {net}"),
+                    error: e.into(),
+                });
+            }
+        }
         {
             let mut last = self.last.lock().expect("status lock");
             log_changes(&last, &out.endpoints);
@@ -193,6 +205,7 @@ impl Datapath for KernelBackend {
             observed,
             error,
             switched: self.switched.clone(),
+            spoofed_dropped: self.dp.spoofed().await,
         })
     }
 }

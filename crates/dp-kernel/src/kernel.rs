@@ -30,6 +30,7 @@ use ovl_netlink::{HostMounts, Link, Netlink, VxlanConfig, is_errno};
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
+use crate::guard;
 use crate::plan::{
     Observed, ObservedBridge, ObservedEndpoint, ObservedNeigh, ObservedNetwork, ObservedVxlan, Op,
     port_marker,
@@ -77,6 +78,9 @@ pub struct KernelDatapath {
     mounts: HostMounts,
     /// Serializes mutations so two reconcile passes never race on one sandbox.
     lock: Mutex<()>,
+    /// Per network: the anti-spoofing batch last applied, and what its counter held
+    /// before it was last replaced (a replace starts the kernel's counter again).
+    guards: std::sync::Mutex<HashMap<String, (String, u64)>>,
 }
 
 /// Cached per-network handles during one `apply`.
@@ -101,7 +105,98 @@ impl KernelDatapath {
             host_netns,
             mounts,
             lock: Mutex::new(()),
+            guards: std::sync::Mutex::default(),
         })
+    }
+
+    /// Makes the anti-spoofing table of `network`'s sandbox match its ports (see
+    /// [`crate::guard`]): re-applied when the ports changed or someone removed the table.
+    /// A network without a sandbox has nothing to guard.
+    pub async fn guard(&self, network: &str) -> Result<()> {
+        validate_network_name(network)?;
+        let sandbox = self.sandbox_path(network);
+        if !is_netns(&sandbox) {
+            self.guards.lock().expect("guards lock").remove(network);
+            return Ok(());
+        }
+        let ports: Vec<guard::Port> = self
+            .endpoints(network)
+            .await?
+            .into_values()
+            .filter_map(|e| {
+                Some(guard::Port {
+                    ifname: e.host_ifname,
+                    mac: e.mac?,
+                    ip: e.ip?,
+                })
+            })
+            .collect();
+        let batch = guard::render(&ports);
+        let last = self
+            .guards
+            .lock()
+            .expect("guards lock")
+            .get(network)
+            .cloned();
+        let held = self.guard_counter(&sandbox).await;
+        if let (Some((text, _)), Some(_)) = (&last, held)
+            && *text == batch
+        {
+            return Ok(());
+        }
+        ovl_netlink::nft::run(
+            Some(&sandbox),
+            &["-f", "-"],
+            &batch,
+            &format!("guarding the ports of {network}"),
+        )
+        .await?;
+        let before = last.map_or(0, |(_, b)| b) + held.unwrap_or(0);
+        self.guards
+            .lock()
+            .expect("guards lock")
+            .insert(network.to_string(), (batch, before));
+        Ok(())
+    }
+
+    /// Frames the anti-spoofing tables dropped since this process started, all networks.
+    pub async fn spoofed(&self) -> u64 {
+        let nets: Vec<(String, u64)> = self
+            .guards
+            .lock()
+            .expect("guards lock")
+            .iter()
+            .map(|(n, (_, b))| (n.clone(), *b))
+            .collect();
+        let mut total = 0;
+        for (n, before) in nets {
+            total += before
+                + self
+                    .guard_counter(&self.sandbox_path(&n))
+                    .await
+                    .unwrap_or(0);
+        }
+        total
+    }
+
+    /// The guard's counter in a sandbox, `None` when its table is not there.
+    async fn guard_counter(&self, sandbox: &Path) -> Option<u64> {
+        let out = ovl_netlink::nft::run(
+            Some(sandbox),
+            &[
+                "-j",
+                "list",
+                "counter",
+                "bridge",
+                guard::TABLE,
+                guard::COUNTER,
+            ],
+            "",
+            "reading the guard counter",
+        )
+        .await
+        .ok()?;
+        ovl_netlink::nft::counter_packets(&out)
     }
 
     /// The run dir given to [`KernelDatapath::new`].
@@ -754,7 +849,10 @@ impl KernelDatapath {
                 self.apply_one(op, &mut conns).await?;
             }
         }
-        self.plug_locked(spec, ep).await
+        let made = self.plug_locked(spec, ep).await?;
+        // Guarded before the caller hands the container over.
+        self.guard(&spec.name).await?;
+        Ok(made)
     }
 
     /// Plugs an endpoint into an existing sandbox (the lock is held): adopts and converges
@@ -956,7 +1054,8 @@ impl KernelDatapath {
             return Ok(());
         }
         let sb = Netlink::open(Some(&path)).await?;
-        remove_port(&sb, endpoint_id).await
+        remove_port(&sb, endpoint_id).await?;
+        self.guard(network).await
     }
 
     /// The local endpoints of a network as recorded on their ports.

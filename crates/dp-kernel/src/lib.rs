@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod guard;
 pub mod kernel;
 pub mod plan;
 

@@ -70,6 +70,14 @@ pub enum Error {
         /// Whose it should have been.
         owner: String,
     },
+    /// `nft` failed (or could not be run).
+    #[error("{context}: nft: {stderr}")]
+    Nft {
+        /// What was being done.
+        context: String,
+        /// What nft said.
+        stderr: String,
+    },
     /// No interface holds an address.
     #[error("no interface holds the address {addr}")]
     NoAddress {

@@ -7,7 +7,8 @@
 //! - [`host`]: the host's mount namespace, where the mounts that must outlive the agent go;
 //! - [`veth`]: endpoint plumbing both datapaths share;
 //! - [`garp`]: gratuitous ARP announcements;
-//! - [`mtu`]: the underlay MTU.
+//! - [`mtu`]: the underlay MTU;
+//! - [`nft`]: the `nft` command in a namespace.
 //!
 //! Depends only on `ovl-model` among the workspace's crates.
 
@@ -19,6 +20,7 @@ pub mod host;
 pub mod link;
 pub mod mtu;
 pub mod netns;
+pub mod nft;
 pub mod sync;
 pub mod veth;
 
