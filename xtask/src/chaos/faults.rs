@@ -95,12 +95,22 @@ fn find_leader(w: &World, id: usize) -> Result<usize> {
 }
 
 fn kill_leader(w: &World, id: usize, down: Duration) -> Result<()> {
-    let slot = find_leader(w, id)?;
-    let (name, pid) = {
+    // Another fault may stop the member that leads between the lookup and the kill (the
+    // survivors name a dead leader until their election timeout): look again then.
+    let t = Instant::now();
+    let (slot, name, pid) = loop {
+        let slot = find_leader(w, id)?;
         let mut lab = w.lab.lock().expect("lab");
         let m = lab.state.members[slot].clone();
-        lab.signal_member(slot, Signal::SIGKILL)?;
-        (m.name, m.pid)
+        if m.pid.is_some() {
+            lab.signal_member(slot, Signal::SIGKILL)?;
+            break (slot, m.name, m.pid);
+        }
+        drop(lab);
+        if t.elapsed() > WAIT_FOR_CLUSTER {
+            bail!("the etcd leader {} is stopped and no other leads", m.name);
+        }
+        std::thread::sleep(Duration::from_millis(500));
     };
     let killed = Instant::now();
     w.event(
