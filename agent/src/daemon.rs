@@ -65,6 +65,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut gw_cfg = ovl_gateway::GatewayConfig::new(settings.state_dir.join("gateway"));
     gw_cfg.subnet = settings.gw_subnet;
     gw_cfg.vxlan_port = Some(settings.vxlan_port);
+    gw_cfg.agent_tcp = settings.metrics_addr.iter().map(|a| a.port()).collect();
     // The DNS address for Docker containers: never reachable through the underlay interface,
     // even when it is a bridge an `--dns-interfaces` pattern matches.
     let underlay = ovl_netlink::underlay_interface(settings.advertise_addr)

@@ -55,6 +55,7 @@ fn planted(from: &str, target: &str, victim: &str, attacker_ip: &str) -> bool {
 fn admission(name: &str, datapath: DatapathSel) {
     let mut cfg = LabConfig::new(name, 2);
     cfg.datapath = datapath;
+    cfg.agent_args = vec!["--metrics-addr".into(), "0.0.0.0:9464".into()];
     let lab = lab_with(cfg);
     ctl(
         &lab,
@@ -166,6 +167,38 @@ fn admission(name: &str, datapath: DatapathSel) {
         Duration::from_secs(10),
         || refused(&lab, 0) > before,
     );
+    // The agent's metrics port on its host: closed to containers (positive control first,
+    // with the chain deleted by hand).
+    let route = stdout(&nsexec(&c1, &["ip", "-4", "route", "show", "default"]));
+    let gw = route
+        .split_whitespace()
+        .nth(2)
+        .expect("a default route")
+        .to_string();
+    let url = format!("http://{gw}:9464/metrics");
+    let fetch = || {
+        nsexec(&c1, &["curl", "-sf", "-m", "2", &url])
+            .status
+            .success()
+    };
+    within(
+        "c1 reaches the metrics without the rule",
+        Duration::from_secs(10),
+        || {
+            nft_in(&lab, 0, "delete chain inet overlay_agent agent_ports");
+            fetch()
+        },
+    );
+    within(
+        "the agent restores its rule",
+        Duration::from_secs(10),
+        || nft_in(&lab, 0, "list chain inet overlay_agent agent_ports"),
+    );
+    assert!(
+        !fetch(),
+        "{name}: a container reached the agent's metrics port"
+    );
+
     // To its own host: refused by admission (its source is no VTEP).
     ip_ns(
         &c1,

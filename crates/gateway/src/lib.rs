@@ -65,6 +65,8 @@ pub struct GatewayConfig {
     pub dns: Option<DnsGuard>,
     /// The VXLAN UDP port to guard (see [`Gateway::admit`]); `None`: no admission.
     pub vxlan_port: Option<u16>,
+    /// TCP ports the agent listens on in the host (metrics): closed to containers.
+    pub agent_tcp: Vec<u16>,
 }
 
 /// Bridges of containers on a host besides ours: Docker's default bridge, its gateway bridge
@@ -81,6 +83,7 @@ impl GatewayConfig {
             host_netns: None,
             dns: None,
             vxlan_port: None,
+            agent_tcp: Vec::new(),
         }
     }
 }
@@ -230,6 +233,7 @@ impl Gateway {
                     port,
                     vteps: vteps.iter().copied().collect(),
                     containers,
+                    agent_tcp: self.cfg.agent_tcp.clone(),
                 }
             });
         ruleset::Ruleset {

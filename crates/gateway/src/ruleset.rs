@@ -75,6 +75,8 @@ pub struct Admission {
     /// Container bridges (names or `prefix*` patterns) whose traffic never goes to a VXLAN
     /// port.
     pub containers: Vec<String>,
+    /// TCP ports of the agent's own listeners on the host (metrics), closed to containers.
+    pub agent_tcp: Vec<u16>,
 }
 
 /// A published port with the endpoint that owns it and that endpoint's gateway address.
@@ -342,6 +344,21 @@ fn render_admission(s: &mut String, a: &Admission) {
             set.join(", ")
         );
         s.push_str("\t}\n");
+        let mut tcp = a.agent_tcp.clone();
+        tcp.sort();
+        tcp.dedup();
+        if !tcp.is_empty() {
+            let ports: Vec<String> = tcp.iter().map(|p| p.to_string()).collect();
+            s.push_str("\tchain agent_ports {\n");
+            s.push_str("\t\ttype filter hook input priority filter; policy accept;\n");
+            let _ = writeln!(
+                s,
+                "\t\tiifname {{ {} }} tcp dport {{ {} }} drop",
+                set.join(", "),
+                ports.join(", ")
+            );
+            s.push_str("\t}\n");
+        }
     }
 }
 
@@ -535,6 +552,7 @@ mod tests {
             port: 4789,
             vteps: vec![Ipv4Addr::new(198, 18, 0, 12), Ipv4Addr::new(198, 18, 0, 11)],
             containers: vec!["ovl_gw0".into(), "br-*".into()],
+            agent_tcp: vec![9464],
         };
         let t = render_table(&Ruleset {
             admission: Some(a.clone()),
@@ -558,6 +576,7 @@ mod tests {
             ..Default::default()
         });
         assert!(!t.contains("ip saddr {"), "{t}");
+        assert!(t.contains("tcp dport { 9464 } drop"), "{t}");
         assert!(t.contains("udp dport 4789 counter name"), "{t}");
     }
 
