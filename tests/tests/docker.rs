@@ -934,13 +934,7 @@ fn two_hosts(name: &str, engine: Engine) {
     within("networks gone from host 2", Duration::from_secs(5), || {
         lab.ovl_networks(1).is_empty()
     });
-    within("KV clean", Duration::from_secs(10), || {
-        lab.etcd_keys("/ovl/v1/endpoints/").is_empty()
-            && lab.etcd_keys("/ovl/v1/networks/").is_empty()
-            && lab.etcd_keys("/ovl/v1/addrs/").is_empty()
-            && lab.etcd_keys("/ovl/v1/docker/").is_empty()
-            && lab.etcd_keys("/ovl/v1/vnis/").is_empty()
-    });
+    kv_clean(&lab);
     for i in 0..2 {
         let dp = lab.hosts[i].run.join("dp/netns");
         within(
@@ -1049,11 +1043,7 @@ fn two_hosts_ebpf(name: &str, engine: Engine) {
     within("fastnet gone from host 1", Duration::from_secs(5), || {
         lab.ovl_networks(0).is_empty()
     });
-    within("KV clean", Duration::from_secs(10), || {
-        lab.etcd_keys("/ovl/v1/endpoints/").is_empty()
-            && lab.etcd_keys("/ovl/v1/networks/").is_empty()
-            && lab.etcd_keys("/ovl/v1/docker/").is_empty()
-    });
+    kv_clean(&lab);
     for i in 0..2 {
         within(
             &format!("h{} BPF maps empty", i + 1),
@@ -1263,11 +1253,7 @@ fn network_everywhere(name: &str, engine: Engine) {
         lab.ovl_networks(1).is_empty()
     });
     eprintln!("{name}: removal on host 1 reached host 2 in {t:?}");
-    within("KV clean", Duration::from_secs(10), || {
-        lab.etcd_keys("/ovl/v1/networks/").is_empty()
-            && lab.etcd_keys("/ovl/v1/docker/").is_empty()
-            && lab.etcd_keys("/ovl/v1/addrs/").is_empty()
-    });
+    kv_clean(&lab);
 }
 
 #[test]
@@ -1395,4 +1381,23 @@ fn compose_two_hosts(name: &str, engine: Engine) {
                 && !lab.ovl_networks(1).contains_key("myapp_front")
         },
     );
+}
+
+/// Waits (10 s) for the cluster's keys to be gone; names what is left when they are not.
+fn kv_clean(lab: &DockerLab) {
+    let left = || -> Vec<String> {
+        ["endpoints", "networks", "addrs", "docker", "vnis"]
+            .iter()
+            .flat_map(|p| lab.etcd_keys(&format!("/ovl/v1/{p}/")))
+            .collect()
+    };
+    let t = std::time::Instant::now();
+    while !left().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "KV not clean after 10 s: {:?}",
+            left()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -171,6 +171,17 @@ impl DockerPlugin {
                 }
             }
         };
+        // An inspect already named it: that is authoritative, and an early event that comes
+        // after it (Compose connects a container to several networks) must not take its
+        // aliases away.
+        if self
+            .agent
+            .local()
+            .get(&net, &endpoint_id)
+            .is_some_and(|a| !a.endpoint.name.is_empty())
+        {
+            return;
+        }
         // Known only from the inspect; keep what an earlier one found.
         let hosts_path = self
             .agent

@@ -214,8 +214,18 @@ impl Names for DnsNames {
         for a in local {
             by_ns.entry(a.netns_key.as_str()).or_default().push(a);
         }
+        // Hosts files per file: a Docker container whose namespace file is not visible here
+        // has one key per endpoint, but one hosts file for all its networks.
+        let mut by_file: BTreeMap<String, Vec<&Attachment>> = BTreeMap::new();
+        for a in local {
+            let key = match &a.hosts_file {
+                Some(f) => format!("file:{}", f.display()),
+                None => format!("ns:{}", a.netns_key),
+            };
+            by_file.entry(key).or_default().push(a);
+        }
         let mut rewritten = 0;
-        for atts in by_ns.values() {
+        for atts in by_file.values() {
             let nets: BTreeSet<&str> = atts.iter().map(|a| a.endpoint.network.as_str()).collect();
             let ids: BTreeSet<&str> = atts.iter().map(|a| a.endpoint.id.as_str()).collect();
             let files: BTreeSet<&PathBuf> =
