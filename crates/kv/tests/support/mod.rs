@@ -305,14 +305,20 @@ impl Workers {
         let mut children = Vec::new();
         for id in 0..n {
             let mut cmd = Command::new(&exe);
-            cmd.args(["--exact", "kvt_worker", "--nocapture", "--test-threads=1"])
-                .env("KVT_WORKER", mode)
-                .env("KVT_URL", url)
-                .env("KVT_ID", id.to_string())
-                .env("KVT_START_AT", start_at.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            cmd.args([
+                "--exact",
+                "kvt_worker",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("KVT_WORKER", mode)
+            .env("KVT_URL", url)
+            .env("KVT_ID", id.to_string())
+            .env("KVT_START_AT", start_at.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
             for (k, v) in extra {
                 cmd.env(k, v);
             }
