@@ -11,8 +11,9 @@
  *                  the tunnel key in their metadata; deliver to local
  *                  endpoints of that VNI.
  *   vtep_ingress   tc ingress of the underlay interface holding the local
- *                  VTEP address: VXLAN frames for a known local endpoint are
- *                  decapsulated here and handed straight into the container,
+ *                  VTEP address: VXLAN frames for a known local endpoint
+ *                  that come from the VTEP programmed for their inner source
+ *                  MAC are decapsulated here and handed straight into the container,
  *                  skipping the UDP socket, vxlan_rcv and the vxlan device's
  *                  GRO cell. Everything else goes on unchanged (BUM, unknown
  *                  MACs, non-IPv4 inner frames, checksums to verify: the vxlan
@@ -766,6 +767,17 @@ int vtep_ingress(struct __sk_buff *skb)
 			return TCX_NEXT;
 		target = *local;
 	}
+
+	/* Only from the VTEP the agent programmed for the sender's MAC: anything
+	 * else (a sender that is no registered host, a stale or forged outer
+	 * source) takes the slow path through the host's UDP socket, where the
+	 * agent's VXLAN admission rule decides. Skipping it here would let any
+	 * machine on the underlay reach a container by its (guessable) MAC. */
+	struct ovl_mac_key sk = { .vni = vni };
+	mac_copy(sk.mac, inner->h_source);
+	struct ovl_remote *sender = bpf_map_lookup_elem(&REMOTE, &sk);
+	if (!sender || sender->vtep != bpf_ntohl(iph->saddr))
+		return TCX_NEXT;
 
 	/* A non-zero outer UDP checksum must have been verified (by a NIC) for
 	 * us to skip it; otherwise udp_rcv verifies it on the slow path. */
