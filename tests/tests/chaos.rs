@@ -84,9 +84,20 @@ fn events(w: &World, text: &str) -> Vec<String> {
         .collect()
 }
 
-/// An attach that must be acknowledged (retried while the answer is unclear).
+/// An attach that must be acknowledged (retried while the answer is unclear). A refusal
+/// because the KV did not answer in time is asked again, as a user would, for up to 30 s:
+/// the agent's etcd client spreads requests over the members, and one may land on the
+/// member that hangs until the client gives up on it.
 fn attach_ok(w: &World, host: usize, net: &str, name: &str) {
-    let o = w.attach(host, net, name, "test");
+    let t = std::time::Instant::now();
+    let mut o = w.attach(host, net, name, "test");
+    while let Outcome::Refused(why) = &o
+        && why.contains("unreachable")
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+        o = w.attach(host, net, name, "test");
+    }
     if let Outcome::Unknown(_) = o {
         assert!(w.resolve_ep(net, name, true, w.now() + Duration::from_secs(60)));
     } else {
