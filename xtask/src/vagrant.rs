@@ -665,8 +665,18 @@ fn read_pidfile(p: &Path) -> Result<i32> {
 fn ensure_pool(paths: &Paths) -> Result<()> {
     let dir = paths.state.join("pool");
     fs::create_dir_all(&dir)?;
+    let target = dir.display().to_string();
+    // A pool left by a lab of another checkout points elsewhere (perhaps at a directory that
+    // is gone, and then it cannot start): define it again for this one.
+    if virsh_ok(&["pool-info", POOL])
+        && !virsh_lines(&["pool-dumpxml", POOL])
+            .iter()
+            .any(|l| l.trim() == format!("<path>{target}</path>"))
+    {
+        let _ = virsh_ok(&["pool-destroy", POOL]);
+        checked(&mut virsh(&["pool-undefine", POOL]))?;
+    }
     if !virsh_ok(&["pool-info", POOL]) {
-        let target = dir.display().to_string();
         checked(&mut virsh(&[
             "pool-define-as",
             POOL,

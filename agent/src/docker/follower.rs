@@ -292,15 +292,28 @@ impl DockerPlugin {
             .collect();
         for op in plan_sync(&cluster, &here, &binding) {
             match op {
-                SyncOp::Create(spec) => match engine.networks.create(&spec).await {
-                    Ok(id) => {
-                        tracing::info!(network = %spec.name, subnet = %spec.subnet, %id, "cluster network created in Docker");
-                        self.dedupe(engine, &spec.name, &id).await?;
+                SyncOp::Create(spec) => {
+                    // The view may lag behind a removal: creating the network here from it
+                    // would make dockerd ask the plugin for it and bring it back in the
+                    // cluster. Ask the KV.
+                    match self.agent.store().network(&spec.name).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::debug!(network = %spec.name, error = %e, "checking before creating a Docker network");
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(network = %spec.name, error = %e, "creating a cluster network in Docker")
+                    match engine.networks.create(&spec).await {
+                        Ok(id) => {
+                            tracing::info!(network = %spec.name, subnet = %spec.subnet, %id, "cluster network created in Docker");
+                            self.dedupe(engine, &spec.name, &id).await?;
+                        }
+                        Err(e) => {
+                            tracing::warn!(network = %spec.name, error = %e, "creating a cluster network in Docker")
+                        }
                     }
-                },
+                }
                 SyncOp::Recreate { id, spec } => {
                     let Some(d) = engine.networks.inspect(&id).await? else {
                         continue;
