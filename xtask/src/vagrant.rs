@@ -1291,7 +1291,7 @@ fn check_stop(nodes: &Nodes, from: &str, to: &str, leader_ip: &str) -> Result<()
         if state != "inactive" {
             bail!("overlay-agent is {state} after systemctl stop");
         }
-        let ns = format!("/run/overlay-agent/netns/{NET}");
+        let ns = format!("/run/overlay-agent/dp/netns/{NET}");
         let fdb = nodes.sh(
             to,
             &format!(
