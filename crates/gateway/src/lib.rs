@@ -258,13 +258,7 @@ impl Gateway {
         }
         let mut st = old.clone();
         st.vteps = Some(vteps);
-        self.apply(&mut applied, &st).await?;
-        if let Err(e) = self.commit(st) {
-            if let Err(re) = self.apply(&mut applied, &old).await {
-                tracing::error!(error = %re, "restoring ruleset after failed state write");
-            }
-            return Err(e);
-        }
+        self.apply_and_commit(&mut applied, st, &old).await?;
         Ok(true)
     }
 
@@ -425,6 +419,19 @@ impl Gateway {
         )
         .await?;
         applied.listing = Some(self.listing().await?);
+        Ok(())
+    }
+
+    /// Applies `st`, then saves it; when the save fails, the kernel gets `old` back so kernel
+    /// and state file stay in agreement.
+    async fn apply_and_commit(&self, applied: &mut Applied, st: State, old: &State) -> Result<()> {
+        self.apply(applied, &st).await?;
+        if let Err(e) = self.commit(st) {
+            if let Err(re) = self.apply(applied, old).await {
+                tracing::error!(error = %re, "restoring ruleset after failed state write");
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -594,15 +601,7 @@ impl Gateway {
             .expect("checked above")
             .ports
             .extend(fresh);
-        self.apply(&mut applied, &st).await?;
-        if let Err(e) = self.commit(st) {
-            // Keep kernel and state file in agreement.
-            if let Err(re) = self.apply(&mut applied, &old).await {
-                tracing::error!(error = %re, "restoring ruleset after failed state write");
-            }
-            return Err(e);
-        }
-        Ok(())
+        self.apply_and_commit(&mut applied, st, &old).await
     }
 
     /// Removes every published port of an endpoint (no-op when it has none or is unknown).
@@ -617,14 +616,7 @@ impl Gateway {
         }
         rec.ports.clear();
         let old = self.current();
-        self.apply(&mut applied, &st).await?;
-        if let Err(e) = self.commit(st) {
-            if let Err(re) = self.apply(&mut applied, &old).await {
-                tracing::error!(error = %re, "restoring ruleset after failed state write");
-            }
-            return Err(e);
-        }
-        Ok(())
+        self.apply_and_commit(&mut applied, st, &old).await
     }
 
     /// Makes the kernel match the state again: recreates the bridge (and re-attaches known
