@@ -36,8 +36,12 @@ pub struct Cli {
 pub enum Cmd {
     /// Host id, KV health, datapath mode, counts.
     Status,
-    /// Every host: id, VTEP address, alive.
-    Hosts,
+    /// Every host: id, VTEP address, state; `hosts rm ID` forgets a host gone for good.
+    Hosts {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        cmd: Option<HostsCmd>,
+    },
     /// Create, list, inspect and remove networks.
     #[command(subcommand)]
     Network(NetCmd),
@@ -66,6 +70,18 @@ pub enum Cmd {
     Dns(DnsCmd),
     /// Datapath details and counters.
     Datapath,
+}
+
+/// `overlayctl hosts ...`.
+#[derive(Debug, Subcommand)]
+pub enum HostsCmd {
+    /// Forget a host that is gone for good: its endpoints, their addresses and its record.
+    /// Every host drops its entries and stops admitting its VXLAN. Refused while its agent
+    /// runs; an agent that comes back registers again.
+    Rm {
+        /// Host id.
+        id: String,
+    },
 }
 
 /// `overlayctl network ...`.

@@ -377,18 +377,30 @@ impl TestAgent {
     /// agents: one cluster) or a fresh one.
     pub async fn new(host: &str, addr: &str, kv: Option<&Path>) -> TestAgent {
         let dir = tempfile::tempdir().expect("temp dir");
+        let kv_path = kv
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("kv.sqlite"));
+        let kv = ovl_kv::open(None, &kv_path).await.expect("embedded KV");
+        Self::with_kv(host, addr, kv, dir)
+    }
+
+    /// The same over a KV of the caller's (e.g. a [`FlakyKv`]), its dirs in `dir`.
+    pub fn with_kv(
+        host: &str,
+        addr: &str,
+        kv: Arc<dyn ovl_kv::Kv>,
+        dir: tempfile::TempDir,
+    ) -> TestAgent {
         let settings = Settings::resolve(Cli {
             host_id: Some(host.into()),
             advertise_addr: Some(addr.into()),
             run_dir: Some(dir.path().join("run")),
             state_dir: Some(dir.path().join("state")),
+            // Only loops a test starts itself use it: relists every 6 s.
+            resync_interval: Some(1),
             ..Default::default()
         })
         .expect("settings");
-        let kv_path = kv
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| dir.path().join("kv.sqlite"));
-        let kv = ovl_kv::open(None, &kv_path).await.expect("embedded KV");
         let dp = Arc::new(FakeDatapath::default());
         let gw = Arc::new(FakeGateway::default());
         let names = Arc::new(FakeNames::default());
@@ -425,5 +437,126 @@ impl TestAgent {
         let v = self.agent.store().view().await.expect("view");
         self.agent.publish(v);
         self.agent.set_ready();
+    }
+}
+
+/// A KV whose listings of the whole cluster state fail while [`FlakyKv::fail_list`] is set
+/// (as the one listing over gRPC's message cap did), and whose watches end with
+/// [`ovl_kv::KvError::Compacted`] when [`FlakyKv::compact`] is notified (as a watch resumed
+/// from a compacted revision does); everything else passed to the store inside.
+pub struct FlakyKv {
+    /// The real store.
+    pub inner: Arc<dyn ovl_kv::Kv>,
+    /// Whether listings of the cluster state fail.
+    pub fail_list: std::sync::atomic::AtomicBool,
+    /// Listings of the cluster state asked for.
+    pub lists: std::sync::atomic::AtomicUsize,
+    /// Ends every open watch with a compaction error.
+    pub compact: Arc<tokio::sync::Notify>,
+}
+
+impl FlakyKv {
+    /// Over `inner`, nothing failing yet.
+    pub fn new(inner: Arc<dyn ovl_kv::Kv>) -> Arc<FlakyKv> {
+        Arc::new(FlakyKv {
+            inner,
+            fail_list: false.into(),
+            lists: 0.into(),
+            compact: Arc::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ovl_kv::Kv for FlakyKv {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn get(&self, key: &str) -> ovl_kv::Result<Option<ovl_kv::KvEntry>> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> ovl_kv::Result<ovl_kv::Listing> {
+        if prefix == ovl_core::keys::ROOT {
+            self.lists
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if prefix == ovl_core::keys::ROOT
+            && self.fail_list.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(ovl_kv::KvError::Backend(
+                "decoded message length too large: found 12700000 bytes, the limit is: 4194304 bytes".into(),
+            ));
+        }
+        self.inner.list(prefix).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<ovl_kv::LeaseId>,
+    ) -> ovl_kv::Result<ovl_kv::Revision> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn create(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<ovl_kv::LeaseId>,
+    ) -> ovl_kv::Result<Option<ovl_kv::Revision>> {
+        self.inner.create(key, value, lease).await
+    }
+    async fn cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: ovl_kv::Revision,
+        lease: Option<ovl_kv::LeaseId>,
+    ) -> ovl_kv::Result<Option<ovl_kv::Revision>> {
+        self.inner.cas(key, value, expected, lease).await
+    }
+    async fn delete(&self, key: &str) -> ovl_kv::Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn delete_cas(&self, key: &str, expected: ovl_kv::Revision) -> ovl_kv::Result<bool> {
+        self.inner.delete_cas(key, expected).await
+    }
+    async fn txn(
+        &self,
+        compares: Vec<ovl_kv::Compare>,
+        ops: Vec<ovl_kv::TxnOp>,
+    ) -> ovl_kv::Result<Option<ovl_kv::Revision>> {
+        self.inner.txn(compares, ops).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: ovl_kv::Revision,
+    ) -> ovl_kv::Result<ovl_kv::WatchStream> {
+        use futures::StreamExt;
+        let events = self.inner.watch(prefix, from_revision).await?;
+        let compact = self.compact.clone();
+        let compacted = futures::stream::once(async move {
+            Err(ovl_kv::KvError::Compacted {
+                requested: from_revision,
+                compacted: from_revision + 1,
+            })
+        });
+        Ok(Box::pin(
+            events
+                .take_until(async move { compact.notified().await })
+                .chain(compacted),
+        ))
+    }
+    async fn grant_lease(&self, ttl: std::time::Duration) -> ovl_kv::Result<ovl_kv::LeaseId> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: ovl_kv::LeaseId) -> ovl_kv::Result<()> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke(&self, lease: ovl_kv::LeaseId) -> ovl_kv::Result<()> {
+        self.inner.revoke(lease).await
+    }
+    async fn health(&self) -> ovl_kv::Result<ovl_kv::Revision> {
+        self.inner.health().await
     }
 }

@@ -1,5 +1,8 @@
 //! Issue 16 (2, 3): VXLAN is admitted only from the VTEPs of registered hosts, and nothing
-//! from a container reaches a VXLAN port, on both datapaths. The attacker's frames are real
+//! from a container reaches a VXLAN port, on both datapaths. The admitted list follows the
+//! cluster: the same frames are delivered once their sender is a registered host, again
+//! refused once it is forgotten (`overlayctl hosts rm`), and the list outlives a KV outage
+//! and an agent restart during it. The attacker's frames are real
 //! VXLAN made by a kernel vxlan device: one in a namespace on the underlay that is not a
 //! registered host, one inside a container. What they would do (an ARP request that plants a
 //! neighbour entry in a container of the target network) is shown first with the rule taken
@@ -151,6 +154,45 @@ fn admission(name: &str, datapath: DatapathSel) {
         Duration::from_secs(10),
         || refused(&lab, 0) > before,
     );
+    // Unicast to the container's gateway-bridge address (the way in to ports never
+    // published: replies would leave through the gateway bridge), positive control first.
+    let gw1 = stdout(&nsexec(
+        &c1,
+        &["ip", "-4", "-o", "addr", "show", "dev", "eth1"],
+    ))
+    .split_whitespace()
+    .nth(3)
+    .and_then(|a| a.split('/').next())
+    .expect("c1's gateway-bridge address")
+    .to_string();
+    ip_ns(&rogue, &format!("route add {gw1}/32 dev vx"));
+    ip_ns(
+        &rogue,
+        &format!("neigh replace {gw1} lladdr {mac1} dev vx nud permanent"),
+    );
+    within(
+        "the rogue's unicast to c1's gateway-bridge address gets in without the rule",
+        Duration::from_secs(10),
+        || {
+            nft_in(&lab, 0, "delete chain inet overlay_agent vxlan_admission");
+            planted(&rogue, &gw1, &c1, "10.40.0.99")
+        },
+    );
+    within(
+        "the agent restores its rule",
+        Duration::from_secs(10),
+        || nft_in(&lab, 0, "list chain inet overlay_agent vxlan_admission"),
+    );
+    let before = refused(&lab, 0);
+    assert!(
+        !planted(&rogue, &gw1, &c1, "10.40.0.99"),
+        "{name}: VXLAN to a container's gateway-bridge address from an unregistered sender got in"
+    );
+    within(
+        "h1 counts the refused frames to the gateway-bridge address",
+        Duration::from_secs(10),
+        || refused(&lab, 0) > before,
+    );
     // Registered hosts still get through.
     assert!(ping(&c2, &ip1));
 
@@ -237,4 +279,174 @@ fn vxlan_admission_kernel() {
 #[test]
 fn vxlan_admission_ebpf() {
     admission("t16ae", DatapathSel::Ebpf);
+}
+
+/// h3's underlay address: the rogue behind it leaves masqueraded as h3.
+const H3: &str = "198.18.0.13";
+
+/// Whether host `i`'s admission chain lists `vtep`.
+fn admits(lab: &Lab, i: usize, vtep: &str) -> bool {
+    let o = nsexec(
+        &lab.host(i).ns,
+        &[
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "overlay_agent",
+            "vxlan_admission",
+        ],
+    );
+    stdout(&o).contains(vtep)
+}
+
+fn admission_follows_the_cluster(name: &str, datapath: DatapathSel) {
+    let mut cfg = LabConfig::new(name, 3);
+    cfg.datapath = datapath;
+    cfg.kv = KvKind::Etcd;
+    cfg.start_agents = false;
+    let mut lab = lab_with(cfg);
+    for i in 0..2 {
+        lab.start_agent(i).unwrap();
+        lab.wait_agent(i).unwrap();
+    }
+    ctl(
+        &lab,
+        0,
+        &[
+            "network",
+            "create",
+            "net1",
+            "--subnet",
+            "10.40.0.0/24",
+            "--vni",
+            "5001",
+        ],
+    );
+    let (c1, ip1) = attach(&lab, 0, "net1", "c1", &[]);
+    let (c2, _) = attach(&lab, 1, "net1", "c2", &[]);
+    within("c2 reaches c1", Duration::from_secs(10), || ping(&c2, &ip1));
+
+    // The rogue sits behind h3's namespace, which has no agent yet: its VXLAN leaves
+    // masqueraded as 198.18.0.13, a VTEP no host has registered.
+    let h3 = lab.host(2).ns.clone();
+    let rogue = lab.add_container("rogue").unwrap();
+    ip_ns(
+        &h3,
+        &format!("link add rg0 type veth peer name eth0 netns {rogue}"),
+    );
+    ip_ns(&h3, "addr add 198.19.0.249/30 dev rg0");
+    ip_ns(&h3, "link set rg0 up");
+    ip_ns(&rogue, "addr add 198.19.0.250/30 dev eth0");
+    ip_ns(&rogue, "link set eth0 up");
+    ip_ns(&rogue, "route add default via 198.19.0.249");
+    assert!(
+        nsexec(&h3, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .status
+            .success()
+    );
+    let nat = "add table ip rogue_nat; \
+        add chain ip rogue_nat post { type nat hook postrouting priority 100; }; \
+        add rule ip rogue_nat post ip saddr 198.19.0.250 masquerade";
+    let o = nsexec(&h3, &["nft", nat]);
+    assert!(o.status.success(), "nft: {}", stderr(&o));
+    ip_ns(
+        &rogue,
+        "link add vx type vxlan id 5001 remote 198.18.0.11 local 198.19.0.250 dstport 4789 nolearning noudpcsum",
+    );
+    ip_ns(&rogue, "addr add 10.40.0.99/24 dev vx");
+    ip_ns(&rogue, "link set vx up");
+    let before = refused(&lab, 0);
+    assert!(!admits(&lab, 0, H3));
+    assert!(
+        !planted(&rogue, &ip1, &c1, "10.40.0.99"),
+        "{name}: VXLAN from an unregistered VTEP reached a container"
+    );
+    within(
+        "h1 counts the refused frames",
+        Duration::from_secs(10),
+        || refused(&lab, 0) > before,
+    );
+
+    // h3 registers (its agent starts): admitted within a resync; the same frames get in.
+    lab.start_agent(2).unwrap();
+    lab.wait_agent(2).unwrap();
+    let took = within(
+        "h1 admits h3 and the same frames reach c1",
+        Duration::from_secs(10),
+        || admits(&lab, 0, H3) && planted(&rogue, &ip1, &c1, "10.40.0.99"),
+    );
+    eprintln!("{name}: a new host admitted {took:?} after its agent answered");
+
+    // A KV outage, and h1's agent restarted during it: the list stays.
+    lab.stop_etcd().unwrap();
+    lab.signal_agent(0, nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    lab.start_agent(0).unwrap();
+    lab.wait_agent(0).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        admits(&lab, 0, H3),
+        "{name}: the admitted list lost in a KV outage"
+    );
+    assert!(
+        planted(&rogue, &ip1, &c1, "10.40.0.99"),
+        "{name}: a registered host cut off by a KV outage"
+    );
+    assert!(ping(&c2, &ip1), "{name}: h2 cut off by a KV outage");
+    lab.start_etcd().unwrap();
+    lab.wait_etcd_healthy(Duration::from_secs(20)).unwrap();
+
+    // Forgetting h3: refused while its agent runs, and for the host asking; nothing changes.
+    for (i, id, why) in [
+        (0, "h3", "stop its agent"),
+        (0, "h1", "this host"),
+        (0, "h9", "not found"),
+    ] {
+        let o = lab.ctl(i, &["hosts", "rm", id]).unwrap();
+        assert!(!o.status.success(), "hosts rm {id} succeeded");
+        assert!(stderr(&o).contains(why), "hosts rm {id}: {}", stderr(&o));
+    }
+    assert!(admits(&lab, 0, H3));
+    // h3's agent gone for good: forgotten, cut off within a resync.
+    lab.signal_agent(2, nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    within("h3's lease expires", Duration::from_secs(15), || {
+        alive_seen_by(&lab, 0)
+            .iter()
+            .any(|(h, alive)| h == "h3" && !alive)
+    });
+    let f = ctl(&lab, 1, &["hosts", "rm", "h3"]);
+    assert_eq!(f["id"], "h3");
+    let took = within("h1 no longer admits h3", Duration::from_secs(10), || {
+        !admits(&lab, 0, H3)
+    });
+    eprintln!("{name}: a forgotten host cut off {took:?} after `hosts rm`");
+    let before = refused(&lab, 0);
+    assert!(
+        !planted(&rogue, &ip1, &c1, "10.40.0.99"),
+        "{name}: a forgotten host's VXLAN reached a container"
+    );
+    within("h1 counts them", Duration::from_secs(10), || {
+        refused(&lab, 0) > before
+    });
+    assert!(ping(&c2, &ip1), "{name}: h2 cut off with h3");
+    assert!(
+        ctl(&lab, 0, &["hosts"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["id"] != "h3"),
+        "h3 still listed"
+    );
+}
+
+#[test]
+fn admission_follows_the_cluster_kernel() {
+    admission_follows_the_cluster("t16fk", DatapathSel::Kernel);
+}
+
+#[test]
+fn admission_follows_the_cluster_ebpf() {
+    admission_follows_the_cluster("t16fe", DatapathSel::Ebpf);
 }

@@ -24,6 +24,11 @@ impl Agent {
             reachable: h.last_error.is_none() && h.last_ok.is_some(),
             error: h.last_error.clone(),
             last_ok_secs: h.last_ok.map(|t| t.elapsed().as_secs()),
+            head_revision: h.head,
+            view_behind: h.head.map(|head| (head - v.revision).max(0)),
+            view_age_ms: h.confirmed.map(|t| t.elapsed().as_millis() as u64),
+            sync_error: h.sync_failing.as_ref().map(|(_, e)| e.clone()),
+            sync_failing_secs: h.sync_failing.as_ref().map(|(t, _)| t.elapsed().as_secs()),
         };
         Status {
             host_id: self.settings.host_id.clone(),

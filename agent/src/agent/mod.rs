@@ -2,12 +2,13 @@
 //! health, the reconciler that owns the datapath, the gateway and names services, local
 //! attachments) behind private fields, and its operations, one file per concern:
 //! [`endpoints`] (attach, detach, the plumbing verb), [`networks`] (create, list, remove),
-//! [`inspect`] (status, hosts, peers, lookups) and [`passes`] (one reconcile, gateway or names
+//! [`hosts`] (forget a host gone for good), [`inspect`] (status, hosts, peers, lookups) and [`passes`] (one reconcile, gateway or names
 //! pass). The control API, the Docker plugin and the long-running loops (`tasks`) call these
 //! verbs; nothing reaches into the fields.
 
 pub mod checks;
 mod endpoints;
+mod hosts;
 mod inspect;
 mod networks;
 mod passes;
@@ -51,6 +52,14 @@ struct KvHealth {
     last_ok: Option<Instant>,
     /// The last error, cleared by the next success.
     last_error: Option<String>,
+    /// The store's revision at the last probe.
+    head: Option<i64>,
+    /// When the view was last known current: a listing, a watch event, or a probe that
+    /// found the store at the view's revision.
+    confirmed: Option<Instant>,
+    /// A listing or watch of the cluster state failing since then, and why (the probe alone
+    /// succeeding says nothing about a view that cannot be read).
+    sync_failing: Option<(Instant, String)>,
 }
 
 /// The side-effecting services an agent drives: real ones in the daemon, fakes in tests.
@@ -271,6 +280,35 @@ impl Agent {
                 h.last_error = None;
             }
             Err(e) => h.last_error = Some(e),
+        }
+    }
+
+    /// Records the store's revision from a probe; a store at the view's revision confirms
+    /// the view is current.
+    pub fn note_head(&self, head: i64) {
+        let current = head <= self.view().revision;
+        let mut h = self.health.lock().expect("health lock");
+        h.head = Some(head);
+        if current {
+            h.confirmed = Some(Instant::now());
+        }
+    }
+
+    /// Records the outcome of a listing or a watch of the cluster state, for `status`.
+    pub fn note_sync(&self, outcome: std::result::Result<(), String>) {
+        let mut h = self.health.lock().expect("health lock");
+        match outcome {
+            Ok(()) => {
+                h.confirmed = Some(Instant::now());
+                h.sync_failing = None;
+            }
+            Err(e) => {
+                let since = h
+                    .sync_failing
+                    .as_ref()
+                    .map_or_else(Instant::now, |(t, _)| *t);
+                h.sync_failing = Some((since, e));
+            }
         }
     }
 

@@ -672,3 +672,179 @@ async fn a_name_attached_here_is_not_moved_to_another_namespace() {
     l.agent.attach(attach_req("c1")).await.expect("again");
     assert_eq!(l.dp.keys(), before.keys().cloned().collect());
 }
+
+#[tokio::test]
+async fn a_host_gone_for_good_is_forgotten_and_no_longer_admitted() {
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.unwrap();
+    remote(&l, "h2", [198, 18, 0, 12], "r2", true).await;
+    remote(&l, "h3", [198, 18, 0, 13], "r3", false).await;
+    l.publish_view().await;
+    l.agent.reconcile_gateway().await;
+    let admitted = |l: &Lab| l.gw.admitted.lock().unwrap().clone().unwrap_or_default();
+    assert!(admitted(&l).contains(&[198, 18, 0, 13].into()));
+    // Refused: this host, an alive host, an unknown one; nothing changes.
+    for (id, status) in [("h1", 409), ("h2", 409), ("h9", 404)] {
+        let e = l.agent.forget_host(id).await.unwrap_err();
+        assert_eq!(e.status(), status, "{id}: {e}");
+    }
+    assert!(e_is(l.agent.forget_host("h2").await, "stop its agent"));
+    assert_eq!(l.agent.store().endpoints(None).await.unwrap().len(), 3);
+    // h3's agent is gone: forgotten with its endpoint and address.
+    let f = l.agent.forget_host("h3").await.unwrap();
+    assert_eq!(f.endpoints, vec!["net1/r3".to_string()]);
+    let store = l.agent.store();
+    assert!(store.host("h3").await.unwrap().is_none());
+    assert!(store.endpoint("net1", "r3").await.unwrap().is_none());
+    let net1: Vec<_> = store.endpoints(Some("net1")).await.unwrap();
+    assert_eq!(net1.len(), 2);
+    l.publish_view().await;
+    l.agent.reconcile_gateway().await;
+    assert!(!admitted(&l).contains(&[198, 18, 0, 13].into()));
+    assert!(admitted(&l).contains(&[198, 18, 0, 12].into()));
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(peers_in(&l.dp), 1, "only h2's entry is left");
+    // Again: not found, nothing else touched.
+    assert_eq!(l.agent.forget_host("h3").await.unwrap_err().status(), 404);
+}
+
+fn e_is<T: std::fmt::Debug>(r: Result<T, AgentError>, text: &str) -> bool {
+    matches!(r, Err(e) if e.to_string().contains(text))
+}
+
+/// Polls `status` until `f` holds (10 s at most).
+async fn until(agent: &super::Agent, what: &str, f: impl Fn(&crate::api::types::Status) -> bool) {
+    for _ in 0..200 {
+        if f(&agent.status()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what}: {:?}", agent.status().kv);
+}
+
+/// Issue 18 (3): `status` says how far behind the view is, and that listing keeps failing
+/// while the store still answers its probe (a listing over the message cap once froze a
+/// view while status said the KV was fine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_when_the_view_cannot_be_read() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let inner = ovl_kv::open(None, &dir.path().join("kv.sqlite"))
+        .await
+        .unwrap();
+    let kv = crate::fakes::FlakyKv::new(inner);
+    let l = Lab::with_kv("h1", "198.18.0.11", kv.clone(), dir);
+    let sync = tokio::spawn(crate::tasks::sync::run(l.agent.clone()));
+    let probe = tokio::spawn(crate::tasks::sync::probe_health(l.agent.clone()));
+    until(&l.agent, "a current view", |s| {
+        s.kv.view_behind == Some(0) && s.kv.view_age_ms.is_some_and(|ms| ms < 2000)
+    })
+    .await;
+    l.agent
+        .create_network(NetworkRequest {
+            name: "net1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    until(&l.agent, "the watch brings the network", |s| {
+        s.counts.networks == 1 && s.kv.view_behind == Some(0) && s.kv.sync_error.is_none()
+    })
+    .await;
+
+    // Listings fail from now on; the next relist (every 6 s here) cannot read the view.
+    kv.fail_list.store(true, Ordering::Relaxed);
+    until(&l.agent, "the failing listing shown", |s| {
+        s.kv.reachable
+            && s.kv
+                .sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains("listing") && e.contains("too large"))
+    })
+    .await;
+    // Writes the view misses show as revisions behind, and its age grows.
+    l.agent
+        .create_network(NetworkRequest {
+            name: "net2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    until(&l.agent, "the view behind the store", |s| {
+        s.kv.view_behind.is_some_and(|b| b > 0) && s.kv.view_age_ms.is_some_and(|ms| ms > 1000)
+    })
+    .await;
+    let s = l.agent.status();
+    assert_eq!(s.counts.networks, 1, "the frozen view: {s:?}");
+
+    // Back to normal: the error clears and the view catches up.
+    kv.fail_list.store(false, Ordering::Relaxed);
+    until(&l.agent, "caught up", |s| {
+        s.kv.sync_error.is_none() && s.kv.view_behind == Some(0) && s.counts.networks == 2
+    })
+    .await;
+    sync.abort();
+    probe.abort();
+}
+
+/// Issue 18 (1): a watch ended by a compaction lists again; the same state makes no new
+/// view, so the datapath is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_watch_relists_and_leaves_the_datapath_alone() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let inner = ovl_kv::open(None, &dir.path().join("kv.sqlite"))
+        .await
+        .unwrap();
+    let kv = crate::fakes::FlakyKv::new(inner);
+    let l = Lab::with_kv("h1", "198.18.0.11", kv.clone(), dir);
+    l.agent
+        .create_network(NetworkRequest {
+            name: "net1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sync = tokio::spawn(crate::tasks::sync::run(l.agent.clone()));
+    l.agent.attach(attach_req("c1")).await.unwrap();
+    remote(&l, "h2", [198, 18, 0, 12], "r2", true).await;
+    until(&l.agent, "the view has both endpoints", |s| {
+        s.counts.endpoints == 2 && s.kv.sync_error.is_none()
+    })
+    .await;
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(peers_in(&l.dp), 1);
+    let view = l.agent.view();
+    let lists = kv.lists.load(Ordering::Relaxed);
+
+    kv.compact.notify_waiters();
+    for _ in 0..100 {
+        if kv.lists.load(Ordering::Relaxed) > lists {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        kv.lists.load(Ordering::Relaxed) > lists,
+        "no relist after the compaction"
+    );
+    until(&l.agent, "synced again", |s| s.kv.sync_error.is_none()).await;
+    assert!(
+        std::sync::Arc::ptr_eq(&view, &l.agent.view()),
+        "the same state published as a new view"
+    );
+    assert_eq!(
+        l.agent.reconcile_once().await.unwrap(),
+        0,
+        "datapath touched"
+    );
+    assert_eq!(peers_in(&l.dp), 1);
+    // And the watch after the relist still delivers.
+    remote(&l, "h3", [198, 18, 0, 13], "r3", true).await;
+    until(&l.agent, "a new endpoint after the relist", |s| {
+        s.counts.endpoints == 3
+    })
+    .await;
+    sync.abort();
+}

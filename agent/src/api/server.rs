@@ -8,7 +8,7 @@ use axum::{
     extract::{Path as UrlPath, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use ovl_core::store::NetworkRequest;
 use serde::{Deserialize, de::DeserializeOwned};
@@ -60,6 +60,14 @@ pub fn router() -> Router<Arc<Agent>> {
         .route(
             "/v1/hosts",
             get(|State(a): Shared| async move { Json(a.hosts().await) }),
+        )
+        .route(
+            "/v1/hosts/{id}",
+            delete(
+                |State(a): Shared, UrlPath(id): UrlPath<String>| async move {
+                    a.forget_host(&id).await.map(Json)
+                },
+            ),
         )
         .route(
             "/v1/networks",

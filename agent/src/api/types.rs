@@ -23,6 +23,23 @@ pub struct KvStatus {
     pub error: Option<String>,
     /// Seconds since the last successful probe (`None`: never reached).
     pub last_ok_secs: Option<u64>,
+    /// The store's revision at the last probe.
+    #[serde(default)]
+    pub head_revision: Option<i64>,
+    /// Revisions the view is behind the store at the last probe (writes outside the
+    /// agent's prefix count too, so this is an upper bound).
+    #[serde(default)]
+    pub view_behind: Option<i64>,
+    /// Milliseconds since the view was last confirmed current (a listing, a watch event,
+    /// or a probe that found the store at the view's revision).
+    #[serde(default)]
+    pub view_age_ms: Option<u64>,
+    /// Why listing or watching the cluster state keeps failing, while it does.
+    #[serde(default)]
+    pub sync_error: Option<String>,
+    /// Seconds it has been failing.
+    #[serde(default)]
+    pub sync_failing_secs: Option<u64>,
 }
 
 /// Counts shown by `overlayctl status`.
@@ -64,6 +81,15 @@ pub struct Status {
     /// Extra lines other parts add (gateway, DNS, datapath), as key/value pairs.
     #[serde(default)]
     pub details: Vec<(String, String)>,
+}
+
+/// The answer of `DELETE /v1/hosts/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForgottenHost {
+    /// The host forgotten.
+    pub id: String,
+    /// Its endpoints removed with it, as `network/name`.
+    pub endpoints: Vec<String>,
 }
 
 /// One row of `GET /v1/hosts`.

@@ -8,7 +8,7 @@ use overlay_agent::{
         client::{Client, ClientError},
         types::*,
     },
-    ctl::{Cli, Cmd, DnsCmd, NetCmd},
+    ctl::{Cli, Cmd, DnsCmd, HostsCmd, NetCmd},
 };
 use ovl_core::{EndpointRecord, store::NetworkRequest};
 use serde::Serialize;
@@ -116,6 +116,20 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     )
                 };
                 println!("kv:          {} {}", s.kv.backend, kv);
+                let age = s.kv.view_age_ms.map_or("never confirmed".into(), |ms| {
+                    format!("confirmed {:.1}s ago", ms as f64 / 1000.0)
+                });
+                let behind = match (s.kv.head_revision, s.kv.view_behind) {
+                    (Some(h), Some(b)) => format!(", store at {h}, {b} behind"),
+                    _ => String::new(),
+                };
+                println!("view:        revision {}{behind}, {age}", s.view_revision);
+                if let Some(e) = &s.kv.sync_error {
+                    println!(
+                        "sync:        FAILING for {}s: {e}",
+                        s.kv.sync_failing_secs.unwrap_or(0)
+                    );
+                }
                 println!("registered:  {}", if s.registered { "yes" } else { "no" });
                 let n = &s.counts;
                 println!("hosts:       {} ({} alive)", n.hosts, n.hosts_alive);
@@ -129,7 +143,24 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             });
         }
-        Cmd::Hosts => {
+        Cmd::Hosts {
+            cmd: Some(HostsCmd::Rm { id }),
+        } => {
+            let f: ForgottenHost = c.delete(&format!("/v1/hosts/{id}")).await?;
+            print(json, &f, |f| {
+                println!(
+                    "forgot host {} and its {} endpoint(s){}",
+                    f.id,
+                    f.endpoints.len(),
+                    if f.endpoints.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", f.endpoints.join(", "))
+                    }
+                )
+            });
+        }
+        Cmd::Hosts { cmd: None } => {
             let hosts: Vec<HostInfo> = c.get("/v1/hosts").await?;
             print(json, &hosts, |hs| {
                 let rows = hs
@@ -138,11 +169,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                         vec![
                             h.id.clone(),
                             h.vtep.to_string(),
-                            if h.alive {
-                                "alive".into()
-                            } else {
-                                "dead".into()
-                            },
+                            h.state.clone(),
                             h.datapath.clone(),
                             h.underlay_mtu.to_string(),
                             h.version.clone(),

@@ -19,6 +19,7 @@ pub async fn run(agent: Arc<Agent>) {
             Ok(v) => v,
             Err(e) => {
                 agent.note_kv(Err(e.to_string()));
+                agent.note_sync(Err(format!("listing: {e}")));
                 tracing::warn!(error = %e, retry_in = ?backoff, "listing cluster state failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -26,6 +27,7 @@ pub async fn run(agent: Arc<Agent>) {
             }
         };
         agent.note_kv(Ok(()));
+        agent.note_sync(Ok(()));
         backoff = Duration::from_millis(200);
         if *agent.view() != view {
             agent.publish(view.clone());
@@ -35,6 +37,7 @@ pub async fn run(agent: Arc<Agent>) {
             Ok(s) => s,
             Err(e) => {
                 agent.note_kv(Err(e.to_string()));
+                agent.note_sync(Err(format!("watching: {e}")));
                 tokio::time::sleep(backoff).await;
                 continue;
             }
@@ -45,6 +48,7 @@ pub async fn run(agent: Arc<Agent>) {
             tokio::select! {
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
+                        agent.note_sync(Ok(()));
                         if view.apply(&ev) {
                             agent.publish(view.clone());
                         }
@@ -54,6 +58,7 @@ pub async fn run(agent: Arc<Agent>) {
                         // Backends resume by themselves; an error here is reported and we
                         // start over from a fresh listing.
                         agent.note_kv(Err(e.to_string()));
+                        agent.note_sync(Err(format!("watching: {e}")));
                         tracing::warn!(error = %e, "watch failed; relisting");
                         tokio::time::sleep(backoff).await;
                         break;
@@ -71,7 +76,10 @@ pub async fn probe_health(agent: Arc<Agent>) {
     loop {
         let outcome = tokio::time::timeout(Duration::from_secs(3), store.health()).await;
         let outcome = match outcome {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(head)) => {
+                agent.note_head(head);
+                Ok(())
+            }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!(
                 "KV store {} did not answer within 3s",

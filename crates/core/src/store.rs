@@ -119,8 +119,8 @@ impl ClusterStore {
         self.kv.describe()
     }
 
-    /// Checks that the store answers.
-    pub async fn health(&self) -> Result<()> {
+    /// Checks that the store answers; returns its current revision.
+    pub async fn health(&self) -> Result<Revision> {
         Ok(self.kv.health().await?)
     }
 
@@ -207,6 +207,31 @@ impl ClusterStore {
                 (h, a)
             })
             .collect())
+    }
+
+    /// Forgets a host that is gone for good: its endpoints (with their address claims) and
+    /// then its host record, so every other host drops its entries, names and VXLAN
+    /// admission. Refused while the host holds its lease (its agent runs: stop it first).
+    /// Returns the endpoints removed. A host that comes back registers again.
+    pub async fn forget_host(&self, id: &str) -> Result<Vec<EndpointRecord>> {
+        if self.host(id).await?.is_none() {
+            return Err(StoreError::NotFound(format!("host {id} not found")));
+        }
+        if self.alive(id).await?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "host {id} is alive (its agent holds its lease): stop its agent first"
+            )));
+        }
+        let mut removed = Vec::new();
+        for ep in self.endpoints(None).await? {
+            if ep.host == id
+                && let Some(ep) = self.delete_endpoint(&ep.network, &ep.id).await?
+            {
+                removed.push(ep);
+            }
+        }
+        self.kv.delete(&keys::host(id)).await?;
+        Ok(removed)
     }
 
     // ---- networks ----

@@ -709,13 +709,9 @@ impl Kv for EmbeddedKv {
         }
     }
 
-    async fn health(&self) -> Result<()> {
-        self.with_conn(|conn, path| {
-            meta(conn, "rev")
-                .map(|_| ())
-                .map_err(|e| db_err(path, "health check", e))
-        })
-        .await
+    async fn health(&self) -> Result<Revision> {
+        self.with_conn(|conn, path| meta(conn, "rev").map_err(|e| db_err(path, "health check", e)))
+            .await
     }
 }
 

@@ -43,6 +43,25 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The value size etcd refuses by default (`--max-request-bytes`, 1.5 MiB, includes the key).
 const DEFAULT_SERVER_LIMIT: usize = 1536 * 1024;
+
+/// Keys per page of a list, so an answer stays small however large the cluster.
+const LIST_PAGE: i64 = 500;
+
+/// The message cap for list answers: a page of [`LIST_PAGE`] records of the sizes the store
+/// writes stays far below it (gRPC's default is 4 MiB).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// The end of etcd's range for every key starting with `prefix` (all keys for an empty one).
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
 /// How long a broken watch waits before it reconnects, at most.
 const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(2);
 /// Pause between attempts when an endpoint refuses connections.
@@ -585,6 +604,52 @@ impl EtcdKv {
         }
     }
 
+    /// One snapshot of `prefix` read in pages of [`LIST_PAGE`] keys, every page at the
+    /// revision of the first: one answer for the whole keyspace outgrew the client's message
+    /// cap near 17k endpoints (12 MB at 50k).
+    async fn list_pages(&self, prefix: &str) -> Result<Listing> {
+        let end = range_end(prefix.as_bytes());
+        let mut entries = Vec::new();
+        // etcd takes no empty key: every key is the range from "\0" to "\0".
+        let mut from = if prefix.is_empty() {
+            vec![0]
+        } else {
+            prefix.as_bytes().to_vec()
+        };
+        let mut revision = 0;
+        loop {
+            let resp = self
+                .call("list", Some(prefix), Resend::Always, |c| {
+                    let (from, end) = (from.clone(), end.clone());
+                    async move {
+                        let mut opts = GetOptions::new().with_range(end).with_limit(LIST_PAGE);
+                        if revision > 0 {
+                            opts = opts.with_revision(revision);
+                        }
+                        c.kv_client()
+                            .max_decoding_message_size(MAX_ANSWER)
+                            .get(from, Some(opts))
+                            .await
+                    }
+                })
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            let kvs = resp.kvs();
+            entries.extend(kvs.iter().map(entry));
+            match kvs.last() {
+                Some(last) if resp.more() => {
+                    // The next page starts right after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(Listing { entries, revision })
+    }
+
     fn check_size(key: &str, value: &[u8]) -> Result<()> {
         // Checked here too so the error carries the real size; the server enforces its own.
         if key.len() + value.len() > DEFAULT_SERVER_LIMIT {
@@ -616,24 +681,14 @@ impl Kv for EtcdKv {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
-        let p = prefix.to_string();
-        let resp = self
-            .call("list", Some(prefix), Resend::Always, |mut c| {
-                let p = p.clone();
-                async move {
-                    let opts = if p.is_empty() {
-                        GetOptions::new().with_all_keys()
-                    } else {
-                        GetOptions::new().with_prefix()
-                    };
-                    c.get(p, Some(opts)).await
-                }
-            })
-            .await?;
-        Ok(Listing {
-            entries: resp.kvs().iter().map(entry).collect(),
-            revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
-        })
+        // A page's revision may be compacted before the next page is read: start over.
+        let mut tries = 0;
+        loop {
+            match self.list_pages(prefix).await {
+                Err(e) if tries < 2 && e.to_string().contains("compacted") => tries += 1,
+                r => return r,
+            }
+        }
     }
 
     async fn put(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
@@ -789,11 +844,11 @@ impl Kv for EtcdKv {
         .map_err(|e| self.lease_error(e, Some(lease)))
     }
 
-    async fn health(&self) -> Result<()> {
+    async fn health(&self) -> Result<Revision> {
         self.call("health check", None, Resend::Always, |mut c| async move {
             c.get(HEALTH_KEY, Some(GetOptions::new().with_count_only()))
                 .await
-                .map(|_| ())
+                .map(|r| r.header().map(|h| h.revision()).unwrap_or_default())
         })
         .await
     }
@@ -991,6 +1046,14 @@ mod tests {
 
     fn status(s: tonic::Status) -> EtcdError {
         EtcdError::GRpcStatus(s)
+    }
+
+    #[test]
+    fn a_range_ends_right_after_its_prefix() {
+        assert_eq!(range_end(b"/ovl/v1/"), b"/ovl/v10".to_vec());
+        assert_eq!(range_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(range_end(b"\xff\xff"), vec![0]);
+        assert_eq!(range_end(b""), vec![0]);
     }
 
     #[test]

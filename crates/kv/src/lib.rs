@@ -270,8 +270,9 @@ pub trait Kv: Send + Sync + 'static {
     /// Revokes a lease, deleting every key attached to it.
     async fn revoke(&self, lease: LeaseId) -> Result<()>;
 
-    /// Checks that the store answers (a cheap round trip).
-    async fn health(&self) -> Result<()>;
+    /// Checks that the store answers (a cheap round trip) and returns its current revision
+    /// (how far a view is behind it is the difference).
+    async fn health(&self) -> Result<Revision>;
 }
 
 /// A parsed `--kv` URL: which backend to open and where.

@@ -378,6 +378,49 @@ async fn large_values(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// A listing far larger than gRPC's default 4 MiB answer (the size of a 20k-endpoint
+/// cluster) comes back whole, sorted and at one revision; keys beside the prefix stay out.
+async fn large_listing(f: &Fixture) -> Result<()> {
+    let kv = &f.kv;
+    const KEYS: usize = 2400;
+    let value = |i: usize| -> Vec<u8> { (0..5000).map(|j| ((i * 31 + j) % 251) as u8).collect() };
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
+        let ops = chunk
+            .iter()
+            .map(|&i| TxnOp::Put {
+                key: format!("/list/{i:05}"),
+                value: value(i),
+                lease: None,
+            })
+            .collect();
+        ensure!(kv.txn(vec![], ops).await?.is_some());
+    }
+    kv.put("/lisu", b"beside", None).await?;
+    kv.put("/list", b"the prefix itself, not under it", None)
+        .await?;
+    let l = kv.list("/list/").await?;
+    let bytes: usize = l.entries.iter().map(|e| e.value.len()).sum();
+    ensure!(bytes > 2 * 4 * 1024 * 1024, "only {bytes} bytes listed");
+    ensure!(
+        l.entries.len() == KEYS,
+        "{} of {KEYS} keys",
+        l.entries.len()
+    );
+    for (i, e) in l.entries.iter().enumerate() {
+        ensure!(e.key == format!("/list/{i:05}"), "key {i} is {}", e.key);
+        ensure!(e.value == value(i), "value of {} differs", e.key);
+    }
+    ensure!(l.revision >= l.entries.iter().map(|e| e.mod_revision).max().unwrap_or(0));
+    // The whole keyspace too (the agent's relist reads everything under its root).
+    let all = kv.list("").await?;
+    ensure!(
+        all.entries.len() >= KEYS + 2,
+        "{} keys in all",
+        all.entries.len()
+    );
+    Ok(())
+}
+
 /// Several processes race to create one key: exactly one wins.
 async fn multi_process_create(f: &Fixture) -> Result<()> {
     const N: usize = 4;
@@ -513,6 +556,7 @@ both_backends!(
     lease_expiry,
     lease_keep_alive,
     large_values,
+    large_listing,
     multi_process_create,
     multi_process_cas,
 );

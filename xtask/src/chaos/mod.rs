@@ -405,7 +405,9 @@ impl World {
                     detach_tries: 0,
                     by: by.to_string(),
                 });
-            if e.state != EpState::Live {
+            // A retry of an attach whose first try had no answer stays unknown until one
+            // comes: that first try may have landed.
+            if !matches!(e.state, EpState::Live | EpState::Unknown) {
                 e.state = EpState::Attaching;
             }
         }
@@ -432,6 +434,9 @@ impl World {
                 drop(l);
                 self.note_duration(host, "attach", took);
             }
+            // A retry that never reached the agent (it is still down) tells nothing about
+            // the first try: the user asks again later.
+            Outcome::NotSent(_) if e.state == EpState::Unknown => {}
             Outcome::Refused(m) | Outcome::NotSent(m) => {
                 if e.acked_at.is_none() {
                     e.state = EpState::Refused;

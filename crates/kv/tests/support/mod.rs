@@ -254,7 +254,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match kv.health().await {
-                Ok(()) => return Ok(()),
+                Ok(_) => return Ok(()),
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(100)).await;
