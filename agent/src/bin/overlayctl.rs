@@ -169,7 +169,11 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                         vec![
                             h.id.clone(),
                             h.vtep.to_string(),
-                            h.state.clone(),
+                            if h.alive {
+                                "alive".into()
+                            } else {
+                                "dead".into()
+                            },
                             h.datapath.clone(),
                             h.underlay_mtu.to_string(),
                             h.version.clone(),
