@@ -55,6 +55,36 @@ fn planted(from: &str, target: &str, victim: &str, attacker_ip: &str) -> bool {
     has_neigh(victim, attacker_ip)
 }
 
+/// `gets_in` (an attack) fails, and host 1 counts what it refused.
+fn refused_and_counted(lab: &Lab, what: &str, gets_in: impl FnOnce() -> bool) {
+    let before = refused(lab, 0);
+    assert!(!gets_in(), "{what}");
+    within(
+        &format!("h1 counts what it refused: {what}"),
+        Duration::from_secs(10),
+        || refused(lab, 0) > before,
+    );
+}
+
+/// The attack `gets_in` works with the agent's `chain` deleted by hand (the positive
+/// control); once the agent has put the chain back it is refused and counted.
+fn shown_then_refused(lab: &Lab, chain: &str, what: &str, mut gets_in: impl FnMut() -> bool) {
+    within(
+        &format!("{what}: works without {chain}"),
+        Duration::from_secs(10),
+        || {
+            nft_in(lab, 0, &format!("delete chain inet overlay_agent {chain}"));
+            gets_in()
+        },
+    );
+    within(
+        "the agent restores its rule",
+        Duration::from_secs(10),
+        || nft_in(lab, 0, &format!("list chain inet overlay_agent {chain}")),
+    );
+    refused_and_counted(lab, what, gets_in);
+}
+
 fn admission(name: &str, datapath: DatapathSel) {
     let mut cfg = LabConfig::new(name, 2);
     cfg.datapath = datapath;
@@ -111,29 +141,11 @@ fn admission(name: &str, datapath: DatapathSel) {
     );
     ip_ns(&rogue, "addr add 10.40.0.99/24 dev vx");
     ip_ns(&rogue, "link set vx up");
-    // Positive control: with the admission chain deleted by hand, the frames get in.
-    within(
-        "the rogue's ARP reaches c1 without the rule",
-        Duration::from_secs(10),
-        || {
-            nft_in(&lab, 0, "delete chain inet overlay_agent vxlan_admission");
-            planted(&rogue, &ip1, &c1, "10.40.0.99")
-        },
-    );
-    within(
-        "the agent restores its rule",
-        Duration::from_secs(10),
-        || nft_in(&lab, 0, "list chain inet overlay_agent vxlan_admission"),
-    );
-    let before = refused(&lab, 0);
-    assert!(
-        !planted(&rogue, &ip1, &c1, "10.40.0.99"),
-        "{name}: VXLAN from an unregistered sender reached a container"
-    );
-    within(
-        "h1 counts the refused frames",
-        Duration::from_secs(10),
-        || refused(&lab, 0) > before,
+    shown_then_refused(
+        &lab,
+        "vxlan_admission",
+        &format!("{name}: the rogue's ARP (VXLAN from an unregistered sender) reaches c1"),
+        || planted(&rogue, &ip1, &c1, "10.40.0.99"),
     );
     // Unicast to the container's MAC (guessable: it derives from the address), with no ARP:
     // on the eBPF path this is the frame its fast decapsulation would take.
@@ -144,15 +156,10 @@ fn admission(name: &str, datapath: DatapathSel) {
         &rogue,
         &format!("neigh replace {ip1} lladdr {mac1} dev vx nud permanent"),
     );
-    let before = refused(&lab, 0);
-    assert!(
-        !planted(&rogue, &ip1, &c1, "10.40.0.99"),
-        "{name}: unicast VXLAN from an unregistered sender reached a container"
-    );
-    within(
-        "h1 counts the refused unicast",
-        Duration::from_secs(10),
-        || refused(&lab, 0) > before,
+    refused_and_counted(
+        &lab,
+        &format!("{name}: unicast VXLAN from an unregistered sender reached a container"),
+        || planted(&rogue, &ip1, &c1, "10.40.0.99"),
     );
     // Unicast to the container's gateway-bridge address (the way in to ports never
     // published: replies would leave through the gateway bridge), positive control first.
@@ -170,28 +177,11 @@ fn admission(name: &str, datapath: DatapathSel) {
         &rogue,
         &format!("neigh replace {gw1} lladdr {mac1} dev vx nud permanent"),
     );
-    within(
-        "the rogue's unicast to c1's gateway-bridge address gets in without the rule",
-        Duration::from_secs(10),
-        || {
-            nft_in(&lab, 0, "delete chain inet overlay_agent vxlan_admission");
-            planted(&rogue, &gw1, &c1, "10.40.0.99")
-        },
-    );
-    within(
-        "the agent restores its rule",
-        Duration::from_secs(10),
-        || nft_in(&lab, 0, "list chain inet overlay_agent vxlan_admission"),
-    );
-    let before = refused(&lab, 0);
-    assert!(
-        !planted(&rogue, &gw1, &c1, "10.40.0.99"),
-        "{name}: VXLAN to a container's gateway-bridge address from an unregistered sender got in"
-    );
-    within(
-        "h1 counts the refused frames to the gateway-bridge address",
-        Duration::from_secs(10),
-        || refused(&lab, 0) > before,
+    shown_then_refused(
+        &lab,
+        "vxlan_admission",
+        &format!("{name}: the rogue's unicast to c1's gateway-bridge address gets in"),
+        || planted(&rogue, &gw1, &c1, "10.40.0.99"),
     );
     // Registered hosts still get through.
     assert!(ping(&c2, &ip1));
@@ -204,29 +194,15 @@ fn admission(name: &str, datapath: DatapathSel) {
     );
     ip_ns(&c1, "addr add 10.41.0.99/24 dev vxe");
     ip_ns(&c1, "link set vxe up");
-    within(
-        "c1's ARP reaches d2 without the rule",
-        Duration::from_secs(10),
+    shown_then_refused(
+        &lab,
+        "vxlan_containment",
+        &format!("{name}: a container's VXLAN (c1's ARP) enters another network"),
         || {
-            nft_in(&lab, 0, "delete chain inet overlay_agent vxlan_containment");
+            // A fresh ARP each try: c1 would otherwise reuse what it learned.
+            nsexec(&c1, &["ip", "neigh", "flush", "dev", "vxe"]);
             planted(&c1, &ipd2, &d2, "10.41.0.99")
         },
-    );
-    within(
-        "the agent restores its rule",
-        Duration::from_secs(10),
-        || nft_in(&lab, 0, "list chain inet overlay_agent vxlan_containment"),
-    );
-    nsexec(&c1, &["ip", "neigh", "flush", "dev", "vxe"]);
-    let before = refused(&lab, 0);
-    assert!(
-        !planted(&c1, &ipd2, &d2, "10.41.0.99"),
-        "{name}: a container's VXLAN entered another network"
-    );
-    within(
-        "h1 counts the contained frames",
-        Duration::from_secs(10),
-        || refused(&lab, 0) > before,
     );
     // The agent's metrics port on its host: closed to containers (positive control first,
     // with the chain deleted by hand).
@@ -356,16 +332,11 @@ fn admission_follows_the_cluster(name: &str, datapath: DatapathSel) {
     );
     ip_ns(&rogue, "addr add 10.40.0.99/24 dev vx");
     ip_ns(&rogue, "link set vx up");
-    let before = refused(&lab, 0);
     assert!(!admits(&lab, 0, H3));
-    assert!(
-        !planted(&rogue, &ip1, &c1, "10.40.0.99"),
-        "{name}: VXLAN from an unregistered VTEP reached a container"
-    );
-    within(
-        "h1 counts the refused frames",
-        Duration::from_secs(10),
-        || refused(&lab, 0) > before,
+    refused_and_counted(
+        &lab,
+        &format!("{name}: VXLAN from an unregistered VTEP reached a container"),
+        || planted(&rogue, &ip1, &c1, "10.40.0.99"),
     );
 
     // h3 registers (its agent starts): admitted within a resync; the same frames get in.
@@ -422,14 +393,11 @@ fn admission_follows_the_cluster(name: &str, datapath: DatapathSel) {
         !admits(&lab, 0, H3)
     });
     eprintln!("{name}: a forgotten host cut off {took:?} after `hosts rm`");
-    let before = refused(&lab, 0);
-    assert!(
-        !planted(&rogue, &ip1, &c1, "10.40.0.99"),
-        "{name}: a forgotten host's VXLAN reached a container"
+    refused_and_counted(
+        &lab,
+        &format!("{name}: a forgotten host's VXLAN reached a container"),
+        || planted(&rogue, &ip1, &c1, "10.40.0.99"),
     );
-    within("h1 counts them", Duration::from_secs(10), || {
-        refused(&lab, 0) > before
-    });
     assert!(ping(&c2, &ip1), "{name}: h2 cut off with h3");
     assert!(
         ctl(&lab, 0, &["hosts"])

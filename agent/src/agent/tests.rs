@@ -723,18 +723,23 @@ async fn until(agent: &super::Agent, what: &str, f: impl Fn(&crate::api::types::
     panic!("{what}: {:?}", agent.status().kv);
 }
 
+/// Agent h1 over a fresh embedded KV behind a [`crate::fakes::FlakyKv`].
+async fn flaky_lab() -> (Lab, std::sync::Arc<crate::fakes::FlakyKv>) {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = ovl_kv::open(None, &dir.path().join("kv.sqlite"))
+        .await
+        .unwrap();
+    let kv = crate::fakes::FlakyKv::new(inner);
+    (Lab::with_kv("h1", "198.18.0.11", kv.clone(), dir), kv)
+}
+
 /// Issue 18 (3): `status` says how far behind the view is, and that listing keeps failing
 /// while the store still answers its probe (a listing over the message cap once froze a
 /// view while status said the KV was fine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_says_when_the_view_cannot_be_read() {
     use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
-    let inner = ovl_kv::open(None, &dir.path().join("kv.sqlite"))
-        .await
-        .unwrap();
-    let kv = crate::fakes::FlakyKv::new(inner);
-    let l = Lab::with_kv("h1", "198.18.0.11", kv.clone(), dir);
+    let (l, kv) = flaky_lab().await;
     let sync = tokio::spawn(crate::tasks::sync::run(l.agent.clone()));
     let probe = tokio::spawn(crate::tasks::sync::probe_health(l.agent.clone()));
     until(&l.agent, "a current view", |s| {
@@ -793,12 +798,7 @@ async fn status_says_when_the_view_cannot_be_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_watch_relists_and_leaves_the_datapath_alone() {
     use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
-    let inner = ovl_kv::open(None, &dir.path().join("kv.sqlite"))
-        .await
-        .unwrap();
-    let kv = crate::fakes::FlakyKv::new(inner);
-    let l = Lab::with_kv("h1", "198.18.0.11", kv.clone(), dir);
+    let (l, kv) = flaky_lab().await;
     l.agent
         .create_network(NetworkRequest {
             name: "net1".into(),
