@@ -9,6 +9,14 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: run as root (the lab and the datapath tests need it)" >&2
   exit 1
 fi
+# A clean run fills about 25 GB (target dir, Docker roots, VM images). With less free, etcd and
+# dockerd are the first to fail, with errors far from the cause: say so up front.
+need_gb=${OVL_CI_NEED_GB:-25}
+free_gb=$(df --output=avail -BG . | tail -1 | tr -dc 0-9)
+if [ "$free_gb" -lt "$need_gb" ]; then
+  echo "test.sh: only ${free_gb} GB free on $(df --output=target . | tail -1); a full run needs about ${need_gb} GB" >&2
+  exit 1
+fi
 scripts/install-deps.sh
 # Root filesystems of Debian 13 and unstable for the Docker 26 and 28 tests (cached; rebuilt
 # only when their recipe changes).
