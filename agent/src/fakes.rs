@@ -329,7 +329,7 @@ impl Names for FakeNames {
         0
     }
 
-    fn refresh_zone(&self, _view: &ClusterView) {}
+    fn refresh_zone(&self, _view: &ClusterView, _local: &[Attachment]) {}
 
     fn containers_changed(&self, local: &[Attachment]) {
         *self.containers.lock().unwrap() = local.to_vec();

@@ -136,6 +136,15 @@ impl LocalState {
             .cloned()
     }
 
+    /// Whether any attachment is on `net`.
+    pub fn on_network(&self, net: &str) -> bool {
+        self.inner
+            .lock()
+            .expect("local state lock")
+            .values()
+            .any(|a| a.endpoint.network == net)
+    }
+
     /// Every attachment.
     pub fn all(&self) -> Vec<Attachment> {
         self.inner

@@ -14,5 +14,6 @@ pub mod chaos;
 pub mod lab;
 pub mod package;
 pub mod pki;
+pub mod scale;
 pub mod sh;
 pub mod vagrant;

@@ -23,7 +23,7 @@ use std::{
 };
 
 use ipnetwork::Ipv4Network;
-use ovl_core::{ClusterStore, ClusterView};
+use ovl_core::{Change, ClusterStore, ClusterView};
 use ovl_kv::Kv;
 use tokio::sync::{Notify, watch};
 
@@ -178,6 +178,35 @@ impl Agent {
     pub fn publish(&self, v: ClusterView) {
         self.view.send_replace(Arc::new(v));
         self.kick.notify_one();
+    }
+
+    /// Publishes the view after one watch event. The loops that act on views (reconcile,
+    /// names, the Docker follower) wake only when the change [`concerns`](Self::concerns)
+    /// this host, so an endpoint coming and going elsewhere in a large cluster costs this
+    /// agent the event's decoding and nothing more; the view is swapped in all the same, for
+    /// the next pass and for inspection.
+    pub fn publish_change(&self, v: ClusterView, change: &Change) {
+        let wake = self.concerns(change);
+        self.view.send_if_modified(|cur| {
+            *cur = Arc::new(v);
+            wake
+        });
+        if wake {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Whether a change concerns this host: any host or network record (few, and they
+    /// change VTEP lists, admission and Docker's networks), an endpoint on a network with an
+    /// endpoint here, or an endpoint record naming this host (before or after the change).
+    pub fn concerns(&self, change: &Change) -> bool {
+        match change {
+            Change::None => false,
+            Change::Host(_) | Change::Network(_) => true,
+            Change::Endpoint { network, hosts } => {
+                hosts.contains(&self.settings.host_id) || self.local.on_network(network)
+            }
+        }
     }
 
     /// Marks that a full listing of the KV has been seen: reconciliation may start.

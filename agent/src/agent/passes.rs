@@ -143,6 +143,6 @@ impl Agent {
     /// Swaps the DNS zone for the current view's at once (the names loop does it on every
     /// view change, before its debounced pass).
     pub fn refresh_zone(&self) {
-        self.names.refresh_zone(&self.view());
+        self.names.refresh_zone(&self.view(), &self.local.all());
     }
 }

@@ -272,6 +272,11 @@ async fn a_pass_removes_ports_of_endpoints_no_longer_desired() {
 /// Writes the record of a remote endpoint of host `host` (at `vtep`) on net1, with `host`
 /// registered and alive when `alive`.
 async fn remote(l: &Lab, host: &str, vtep: [u8; 4], id: &str, alive: bool) {
+    remote_on(l, "net1", host, vtep, id, alive).await
+}
+
+/// The same on network `net`.
+async fn remote_on(l: &Lab, net: &str, host: &str, vtep: [u8; 4], id: &str, alive: bool) {
     let store = l.agent.store();
     store
         .put_host(&ovl_core::HostRecord {
@@ -301,12 +306,12 @@ async fn remote(l: &Lab, host: &str, vtep: [u8; 4], id: &str, alive: bool) {
             .await
             .unwrap();
     }
-    let net = store.network("net1").await.unwrap().unwrap();
+    let net = store.network(net).await.unwrap().unwrap();
     let ip = store.allocate_addr(&net, None, id).await.unwrap();
     store
         .create_endpoint(&ovl_core::EndpointRecord {
             id: id.into(),
-            network: "net1".into(),
+            network: net.name.clone(),
             host: host.into(),
             name: id.into(),
             aliases: vec![],
@@ -846,5 +851,87 @@ async fn a_compacted_watch_relists_and_leaves_the_datapath_alone() {
         s.counts.endpoints == 3
     })
     .await;
+    sync.abort();
+}
+
+/// Issue 18 (2): endpoints coming and going on a network without an endpoint here swap the
+/// view in but wake no loop (no reconcile pass, no names pass, no Docker follower pass); one
+/// on this host's network wakes them (the positive control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_elsewhere_wake_nothing_here() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let (l, kv) = flaky_lab().await;
+    for name in ["net1", "net2"] {
+        l.agent
+            .create_network(NetworkRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let sync = tokio::spawn(crate::tasks::sync::run(l.agent.clone()));
+    l.agent.attach(attach_req("c1")).await.unwrap();
+    // h2 registered and alive (a host change wakes everyone: VTEP lists, admission).
+    remote_on(&l, "net2", "h2", [198, 18, 0, 12], "x0", true).await;
+    until(&l.agent, "the view has c1 and x0", |s| {
+        s.counts.endpoints == 2
+    })
+    .await;
+
+    let mut views = l.agent.subscribe();
+    // A relist during the burst may publish (and wake) on its own: try again in a window
+    // without one (relists come every 6 s here).
+    let mut clean = false;
+    for round in 1..=3 {
+        views.borrow_and_update();
+        while tokio::time::timeout(Duration::from_millis(20), l.agent.kicked())
+            .await
+            .is_ok()
+        {}
+        let lists = kv.lists.load(Ordering::Relaxed);
+        let before = l.agent.view().endpoints.len();
+        for i in 0..20 {
+            let id = format!("x{round}-{i}");
+            remote_on(&l, "net2", "h2", [198, 18, 0, 12], &id, true).await;
+        }
+        until(&l.agent, "the burst in the view", |s| {
+            s.counts.endpoints == before + 20
+        })
+        .await;
+        if kv.lists.load(Ordering::Relaxed) != lists {
+            continue;
+        }
+        assert!(
+            !views.has_changed().unwrap(),
+            "endpoints on a network without one here woke the view's subscribers"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), l.agent.kicked())
+                .await
+                .is_err(),
+            "endpoints on a network without one here asked for a reconcile pass"
+        );
+        clean = true;
+        break;
+    }
+    assert!(clean, "no round without a relist");
+
+    // Positive control: one endpoint on net1, where c1 lives, wakes both.
+    remote_on(&l, "net1", "h2", [198, 18, 0, 12], "r1", true).await;
+    let woke = tokio::time::timeout(Duration::from_secs(5), views.changed()).await;
+    assert!(
+        woke.is_ok(),
+        "an endpoint on this host's network woke nothing"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), l.agent.kicked())
+            .await
+            .is_ok(),
+        "an endpoint on this host's network asked for no pass"
+    );
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(peers_in(&l.dp), 1, "the peer on net1 programmed");
     sync.abort();
 }

@@ -2,7 +2,12 @@
 //! carries none), and every cluster network present in this host's dockerd (created once,
 //! present everywhere; see the module docs of `docker`).
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use ovl_core::NetworkRecord;
 use ovl_docker::{
@@ -51,15 +56,17 @@ pub(super) fn spec_of(net: &NetworkRecord) -> NetworkCreate {
 
 /// The steps that make `here` (this dockerd's networks of our driver) match `cluster`.
 /// `binding` are the NetworkIDs created here whose name is not bound yet (left alone).
-pub(super) fn plan_sync(
-    cluster: &BTreeMap<String, NetworkRecord>,
+pub(super) fn plan_sync<'a>(
+    cluster: impl IntoIterator<Item = &'a NetworkRecord>,
     here: &[DockerNetwork],
     binding: &[String],
 ) -> Vec<SyncOp> {
     let mut ops = Vec::new();
     let by_name: BTreeMap<&str, &DockerNetwork> =
         here.iter().map(|d| (d.name.as_str(), d)).collect();
-    for net in cluster.values() {
+    let mut known = BTreeSet::new();
+    for net in cluster {
+        known.insert(net.name.as_str());
         let spec = spec_of(net);
         match by_name.get(net.name.as_str()) {
             None => ops.push(SyncOp::Create(spec)),
@@ -82,7 +89,7 @@ pub(super) fn plan_sync(
         }
     }
     for d in here {
-        if !cluster.contains_key(&d.name) && !binding.contains(&d.id) {
+        if !known.contains(d.name.as_str()) && !binding.contains(&d.id) {
             ops.push(SyncOp::Remove {
                 id: d.id.clone(),
                 name: d.name.clone(),
@@ -257,7 +264,7 @@ impl DockerPlugin {
     async fn sync_loop(self: Arc<Self>, engine: Engine) {
         let mut views = self.agent.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(5));
-        let mut seen: Option<BTreeMap<String, NetworkRecord>> = None;
+        let mut seen: Option<imbl::OrdMap<String, NetworkRecord>> = None;
         loop {
             tokio::select! {
                 r = views.changed() => {
@@ -290,7 +297,7 @@ impl DockerPlugin {
             .filter(|d| d.name.is_none())
             .map(|d| d.network_id)
             .collect();
-        for op in plan_sync(&cluster, &here, &binding) {
+        for op in plan_sync(cluster.values(), &here, &binding) {
             match op {
                 SyncOp::Create(spec) => {
                     // The view may lag behind a removal: creating the network here from it
@@ -400,7 +407,7 @@ impl DockerPlugin {
     /// show them too.
     async fn record_labels(
         &self,
-        cluster: &BTreeMap<String, NetworkRecord>,
+        cluster: &imbl::OrdMap<String, NetworkRecord>,
         here: &[DockerNetwork],
     ) {
         for d in here {

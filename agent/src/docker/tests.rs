@@ -141,7 +141,7 @@ async fn the_same_plain_create_on_a_second_host_takes_the_cluster_subnet_and_lea
         options: BTreeMap::new(),
         containers: vec![],
     }];
-    let ops = plan_sync(&c.h2.agent.view().networks, &here, &[]);
+    let ops = plan_sync(c.h2.agent.view().networks.values(), &here, &[]);
     assert_eq!(
         ops,
         vec![SyncOp::Recreate {
@@ -252,7 +252,7 @@ async fn docker_network_rm_removes_the_cluster_network_only_when_no_container_us
         "kept while web on h2 uses it"
     );
     c.h1.publish_view().await;
-    let ops = plan_sync(&c.h1.agent.view().networks, &[], &[]);
+    let ops = plan_sync(c.h1.agent.view().networks.values(), &[], &[]);
     assert!(
         matches!(&ops[..], [SyncOp::Create(s)] if s.name == "appnet"),
         "{ops:?}"
@@ -327,7 +327,7 @@ fn sync_plan_creates_missing_recreates_differing_and_removes_orphans() {
         here("i-x", "x", "10.10.9.0/24"),
         here("i-y", "y", "10.10.8.0/24"),
     ];
-    let ops = plan_sync(&cluster, &docker, &["i-y".to_string()]);
+    let ops = plan_sync(cluster.values(), &docker, &["i-y".to_string()]);
     assert_eq!(
         ops,
         vec![
@@ -357,7 +357,7 @@ fn sync_plan_creates_missing_recreates_differing_and_removes_orphans() {
         }
         let only_b: BTreeMap<_, _> = [("b".to_string(), cluster["b"].clone())].into();
         assert_eq!(
-            plan_sync(&only_b, &[d], &[]),
+            plan_sync(only_b.values(), &[d], &[]),
             vec![SyncOp::Recreate {
                 id: "i-b".into(),
                 spec: spec_of(&cluster["b"])
@@ -373,7 +373,7 @@ fn sync_plan_creates_missing_recreates_differing_and_removes_orphans() {
         here("i-b", "b", "10.10.2.0/24"),
         docker_c,
     ];
-    assert!(plan_sync(&cluster, &docker, &[]).is_empty());
+    assert!(plan_sync(cluster.values(), &docker, &[]).is_empty());
 }
 
 #[test]

@@ -41,9 +41,9 @@ pub trait Names: Send + Sync {
     /// attachments; returns how many hosts files were rewritten.
     async fn sync(&self, view: &ClusterView, local: &[Attachment]) -> usize;
 
-    /// Swaps in the zone of `view` at once (no hosts files, no listeners): what DNS answers
-    /// follows the view without waiting for a pass.
-    fn refresh_zone(&self, view: &ClusterView);
+    /// Swaps in the zone of `view` for the networks of `local` at once (no hosts files, no
+    /// listeners): what DNS answers follows the view without waiting for a pass.
+    fn refresh_zone(&self, view: &ClusterView, local: &[Attachment]);
 
     /// The local attachments changed (a Docker Join or Leave): the DNS address for Docker
     /// containers learns at once which namespaces are its clients, so the first query of a
@@ -76,11 +76,15 @@ pub struct DnsNames {
     shared_error: Mutex<Option<String>>,
 }
 
-/// Builds the zone from the view: every endpoint with a name.
-pub fn zone_of(view: &ClusterView) -> Zone {
-    let records = view
-        .endpoints
-        .values()
+/// Builds the zone from the view: every endpoint with a name on the networks of `local`.
+/// Only containers on this host ask this DNS, and they see only their networks' names, so
+/// the zone's size (and the cost of rebuilding it) follows this host's networks, not the
+/// cluster. Every network's name is known, so `name.othernet` is answered, not forwarded.
+pub fn zone_of(view: &ClusterView, local: &[Attachment]) -> Zone {
+    let nets: BTreeSet<&str> = local.iter().map(|a| a.endpoint.network.as_str()).collect();
+    let records = nets
+        .iter()
+        .flat_map(|n| view.endpoints_on(n))
         .filter(|e| !e.name.is_empty())
         .map(|e| NameRecord {
             network: e.network.clone(),
@@ -189,8 +193,8 @@ impl Names for DnsNames {
         Ok(Some(hosts))
     }
 
-    fn refresh_zone(&self, view: &ClusterView) {
-        self.zone.store(Arc::new(zone_of(view)));
+    fn refresh_zone(&self, view: &ClusterView, local: &[Attachment]) {
+        self.zone.store(Arc::new(zone_of(view, local)));
     }
 
     fn containers_changed(&self, local: &[Attachment]) {
@@ -205,7 +209,7 @@ impl Names for DnsNames {
 
     async fn sync(&self, view: &ClusterView, local: &[Attachment]) -> usize {
         // DNS first: answers must not wait for hosts files (a lease wait, a slow disk).
-        let zone = Arc::new(zone_of(view));
+        let zone = Arc::new(zone_of(view, local));
         self.zone.store(zone.clone());
         self.containers_changed(local);
         self.ensure_shared().await;

@@ -102,21 +102,17 @@ pub struct Here {
 /// spec where this host plugged them, so the datapath maintains their container ends too.
 pub fn desired(view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
     let mut out = Desired::default();
-    let mut nets: BTreeMap<&str, &NetworkRecord> =
-        view.networks.iter().map(|(n, r)| (n.as_str(), r)).collect();
-    for ((n, _), l) in &here.endpoints {
-        nets.entry(n.as_str()).or_insert(&l.network);
+    // Only the networks with an endpoint here: the work follows this host's networks, not
+    // the size of the cluster.
+    let mut by_net: BTreeMap<&str, BTreeMap<&str, &Local>> = BTreeMap::new();
+    for ((n, id), l) in &here.endpoints {
+        by_net.entry(n).or_default().insert(id, l);
     }
-    for net in nets.values() {
-        let local: BTreeMap<&str, &Local> = here
-            .endpoints
-            .iter()
-            .filter(|((n, _), _)| *n == net.name)
-            .map(|((_, id), l)| (id.as_str(), l))
-            .collect();
-        if local.is_empty() {
+    for (name, local) in by_net {
+        let Some(first) = local.values().next() else {
             continue;
-        }
+        };
+        let net = view.networks.get(name).unwrap_or(&first.network);
         let mut peers = Vec::new();
         let mut flood = BTreeSet::new();
         for ep in view.endpoints_on(&net.name) {

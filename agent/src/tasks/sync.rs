@@ -49,8 +49,9 @@ pub async fn run(agent: Arc<Agent>) {
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
                         agent.note_sync(Ok(()));
-                        if view.apply(&ev) {
-                            agent.publish(view.clone());
+                        let change = view.apply(&ev);
+                        if !change.is_none() {
+                            agent.publish_change(view.clone(), &change);
                         }
                     }
                     Some(Err(KvError::Compacted { .. })) | None => break,

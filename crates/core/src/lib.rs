@@ -18,4 +18,4 @@ pub use model::{
     AliveRecord, DockerPool, EndpointRecord, HostRecord, MacAddr, NetworkRecord, PortMap, Proto,
 };
 pub use store::{ClusterStore, Repair, StoreError};
-pub use view::ClusterView;
+pub use view::{Change, ClusterView};

@@ -66,13 +66,23 @@ pub fn check(data: &[u8]) {
         revision: 7,
         ..ClusterView::default()
     };
-    let relevant = watched.apply(&WatchEvent::Put(entry(key, value)));
+    let change = watched.apply(&WatchEvent::Put(entry(key, value)));
     assert_eq!(watched, from_listing, "listing and watch disagree on {key}");
+    let empty_at_7 = ClusterView {
+        revision: 7,
+        ..ClusterView::default()
+    };
     assert_eq!(
-        relevant,
-        !matches!(keys::classify(key), keys::KeyRef::Other),
-        "relevance of {key}"
+        change.is_none(),
+        watched == empty_at_7,
+        "a change is reported exactly when the view changed ({key})"
     );
+    if !change.is_none() {
+        assert!(
+            !matches!(keys::classify(key), keys::KeyRef::Other),
+            "only records the datapath or names read count as a change ({key})"
+        );
+    }
 
     // A record that decoded survives the store's encoding unchanged.
     if let Some(json) = reencoded(&from_listing, key) {
