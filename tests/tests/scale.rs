@@ -66,8 +66,8 @@ fn two_hundred_hosts_ten_thousand_endpoints() {
         net_size: 200,
     };
     let t = Instant::now();
-    let mut sim = scale::populate_in(&rt, &lab.state.kv_url, shape)
-        .unwrap_or_else(|e| panic!("populating: {e:#}"));
+    let mut sim =
+        scale::populate_in(&rt, &lab, shape).unwrap_or_else(|e| panic!("populating: {e:#}"));
     assert_eq!(sim.endpoints.len(), 9900);
     assert_eq!(sim.nets.len(), 50);
     eprintln!(

@@ -94,6 +94,25 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Two real agents inside simulated clusters of growing size (records and leases in
+    /// etcd): convergence, listing, RSS, idle CPU, etcd requests, event latency.
+    Scale {
+        /// Cluster sizes in hosts, two of them real (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "100,300,1000")]
+        hosts: Vec<usize>,
+        /// Endpoints per host.
+        #[arg(long, default_value_t = 50)]
+        per_host: usize,
+        /// Endpoints per network.
+        #[arg(long, default_value_t = 200)]
+        net_size: usize,
+        /// Seconds of the idle window (CPU and etcd requests), at most 90.
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
+        /// Endpoints added, then removed, on host 1's network.
+        #[arg(long, default_value_t = 100)]
+        events: usize,
+    },
     /// Docker + ovl vs Docker's classic overlay vs the underlay.
     Docker {
         /// Runs per path.
@@ -291,6 +310,19 @@ fn run(cli: Cli) -> Result<i32> {
                 BenchCmd::Datapath { runs } => xtask::bench::datapath::run(runs)?,
                 BenchCmd::Dns { runs } => xtask::bench::dns::run(runs)?,
                 BenchCmd::Docker { runs, datapath } => xtask::bench::docker::run(runs, &datapath)?,
+                BenchCmd::Scale {
+                    hosts,
+                    per_host,
+                    net_size,
+                    idle_secs,
+                    events,
+                } => xtask::bench::scale::run(&xtask::bench::scale::Opts {
+                    hosts,
+                    per_host,
+                    net_size,
+                    idle_secs,
+                    events,
+                })?,
             }
             Ok(0)
         }

@@ -5,14 +5,20 @@
 //! few of those networks, and what their kernels hold is compared with what the records say
 //! they must hold.
 //!
-//! Simulated VTEPs are lab underlay addresses no namespace owns (`198.18.0.30` upwards): a
-//! flood towards one ends in an unanswered ARP on the lab's bridge, never off the machine.
+//! Simulated VTEPs are in `198.18.4.0/22`, in the benchmarking block the lab's underlay
+//! comes from, owned by no namespace: the lab's namespaces have no link out of the lab, and
+//! its underlay namespace (every host's default route) blackholes that range, so a flood
+//! towards a simulated host ends there.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::Path,
     process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -27,12 +33,19 @@ use rand::{Rng, SeedableRng, seq::IteratorRandom};
 
 use crate::lab::Lab;
 
-/// The first simulated VTEP's last octet (lab hosts are `.11` and up, etcd `.1` to `.4`).
-const FIRST_VTEP: u8 = 30;
-/// How many simulated hosts the lab's underlay `/24` holds.
-pub const MAX_SIM_HOSTS: usize = 200;
+/// The range of simulated VTEPs.
+const SIM_VTEPS: &str = "198.18.4.0/22";
+/// How many simulated hosts [`SIM_VTEPS`] holds.
+pub const MAX_SIM_HOSTS: usize = 1022;
+
+/// Simulated host `i`'s VTEP.
+fn sim_vtep(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 4, 1)) + i as u32)
+}
 /// Lease TTL of a simulated host (kept alive every third of it).
-const LEASE_TTL: Duration = Duration::from_secs(30);
+const LEASE_TTL: Duration = Duration::from_secs(120);
+/// The longest [`SimCluster::quiet`] window the leases survive.
+pub const QUIET_MAX: Duration = Duration::from_secs(90);
 /// Writers in flight while populating (one network each).
 const WRITERS: usize = 16;
 
@@ -57,6 +70,8 @@ pub struct SimCluster {
     /// The simulated endpoints now in the KV, by (network, id).
     pub endpoints: BTreeMap<(String, String), EndpointRecord>,
     keeper: tokio::task::JoinHandle<()>,
+    leases: Vec<i64>,
+    paused: Arc<AtomicBool>,
     next_id: usize,
 }
 
@@ -100,7 +115,7 @@ impl SimCluster {
     pub async fn populate(kv_url: &str, shape: Shape) -> Result<SimCluster> {
         if shape.hosts > MAX_SIM_HOSTS {
             bail!(
-                "at most {MAX_SIM_HOSTS} simulated hosts fit the lab's underlay /24 ({} asked)",
+                "at most {MAX_SIM_HOSTS} simulated hosts fit {SIM_VTEPS} ({} asked)",
                 shape.hosts
             );
         }
@@ -117,7 +132,7 @@ impl SimCluster {
         let hosts: Vec<HostRecord> = (0..shape.hosts)
             .map(|i| HostRecord {
                 id: format!("s{i}"),
-                vtep: Ipv4Addr::new(198, 18, 0, FIRST_VTEP + i as u8),
+                vtep: sim_vtep(i),
                 underlay_mtu: 1500,
                 datapath: "kernel".into(),
                 version: "sim".into(),
@@ -140,7 +155,8 @@ impl SimCluster {
                 .await?;
             leases.push(lease);
         }
-        let keeper = tokio::spawn(keep_alive(store.clone(), leases));
+        let paused = Arc::new(AtomicBool::new(false));
+        let keeper = tokio::spawn(keep_alive(store.clone(), leases.clone(), paused.clone()));
 
         let total = shape.hosts * shape.per_host;
         let n_nets = total.div_ceil(shape.net_size).max(1);
@@ -202,6 +218,8 @@ impl SimCluster {
             hosts,
             endpoints,
             keeper,
+            leases,
+            paused,
             next_id: total,
         })
     }
@@ -209,6 +227,53 @@ impl SimCluster {
     /// The typed store the cluster was written through.
     pub fn store(&self) -> &ClusterStore {
         &self.store
+    }
+
+    /// Renews every simulated host's lease now, and stops renewing them until
+    /// [`SimCluster::resume`] (at most [`QUIET_MAX`]): a window in which every request etcd
+    /// serves comes from the real agents.
+    pub async fn quiet(&self) -> Result<()> {
+        for &l in &self.leases {
+            self.store.keep_alive(l).await?;
+        }
+        self.paused.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Renews the leases again, after [`SimCluster::quiet`].
+    pub async fn resume(&self) -> Result<()> {
+        for &l in &self.leases {
+            self.store.keep_alive(l).await?;
+        }
+        self.paused.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Adds one endpoint of a random simulated host on `net`.
+    pub async fn add(&mut self, net: &str, rng: &mut impl Rng) -> Result<EndpointRecord> {
+        let net = self
+            .nets
+            .iter()
+            .find(|x| x.name == net)
+            .with_context(|| format!("no network {net}"))?
+            .clone();
+        let host = self.hosts[rng.random_range(0..self.hosts.len())].id.clone();
+        let id = format!("e{}", self.next_id);
+        self.next_id += 1;
+        let rec = self
+            .store
+            .create_endpoint_with_addr(&net, &id, None, |ip| record(&net, &id, &host, ip))
+            .await
+            .with_context(|| format!("endpoint {id} on {}", net.name))?;
+        self.endpoints.insert((net.name.clone(), id), rec.clone());
+        Ok(rec)
+    }
+
+    /// Removes one simulated endpoint.
+    pub async fn remove(&mut self, net: &str, id: &str) -> Result<()> {
+        self.store.delete_endpoint(net, id).await?;
+        self.endpoints.remove(&(net.to_string(), id.to_string()));
+        Ok(())
     }
 
     /// Removes `n` random simulated endpoints and adds `n` new ones on random networks and
@@ -264,9 +329,12 @@ impl SimCluster {
     }
 }
 
-async fn keep_alive(store: ClusterStore, leases: Vec<i64>) {
+async fn keep_alive(store: ClusterStore, leases: Vec<i64>, paused: Arc<AtomicBool>) {
     loop {
         tokio::time::sleep(LEASE_TTL / 3).await;
+        if paused.load(Ordering::Relaxed) {
+            continue;
+        }
         for &l in &leases {
             if let Err(e) = store.keep_alive(l).await {
                 eprintln!("keeping a simulated host's lease {l:x} alive: {e}");
@@ -401,15 +469,33 @@ pub fn runtime(lab: &Lab) -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// [`SimCluster::populate`] on `rt`'s own threads (in the lab's underlay namespace).
-pub fn populate_in(rt: &tokio::runtime::Runtime, kv_url: &str, shape: Shape) -> Result<SimCluster> {
-    let url = kv_url.to_string();
+/// [`SimCluster::populate`] on `rt`'s own threads (in the lab's underlay namespace), after
+/// blackholing the simulated VTEPs there.
+pub fn populate_in(rt: &tokio::runtime::Runtime, lab: &Lab, shape: Shape) -> Result<SimCluster> {
+    let ul = format!("{}-ul", lab.state.name);
+    crate::sh::run(Command::new("ip").args([
+        "-n",
+        &ul,
+        "route",
+        "replace",
+        "blackhole",
+        SIM_VTEPS,
+    ]))?;
+    let url = lab.state.kv_url.clone();
     rt.block_on(rt.spawn(async move { SimCluster::populate(&url, shape).await }))?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simulated_vteps_stay_in_their_range() {
+        let range: ipnetwork::Ipv4Network = SIM_VTEPS.parse().unwrap();
+        assert_eq!(sim_vtep(0), Ipv4Addr::new(198, 18, 4, 1));
+        let last = sim_vtep(MAX_SIM_HOSTS - 1);
+        assert!(range.contains(last) && last != range.broadcast(), "{last}");
+    }
 
     #[test]
     fn endpoints_spread_over_every_network_and_hosts_over_networks() {

@@ -29,6 +29,7 @@ impl Agent {
             view_age_ms: h.confirmed.map(|t| t.elapsed().as_millis() as u64),
             sync_error: h.sync_failing.as_ref().map(|(_, e)| e.clone()),
             sync_failing_secs: h.sync_failing.as_ref().map(|(t, _)| t.elapsed().as_secs()),
+            last_list_ms: h.last_list.map(|d| d.as_secs_f64() * 1000.0),
         };
         Status {
             host_id: self.settings.host_id.clone(),

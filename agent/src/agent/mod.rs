@@ -60,6 +60,8 @@ struct KvHealth {
     /// A listing or watch of the cluster state failing since then, and why (the probe alone
     /// succeeding says nothing about a view that cannot be read).
     sync_failing: Option<(Instant, String)>,
+    /// How long the last full listing took, read and decoded.
+    last_list: Option<std::time::Duration>,
 }
 
 /// The side-effecting services an agent drives: real ones in the daemon, fakes in tests.
@@ -339,6 +341,11 @@ impl Agent {
                 h.sync_failing = Some((since, e));
             }
         }
+    }
+
+    /// Records how long a full listing of the cluster state took (the time a resync costs).
+    pub fn note_list(&self, took: std::time::Duration) {
+        self.health.lock().expect("health lock").last_list = Some(took);
     }
 
     /// This host's record as it should be in the KV.

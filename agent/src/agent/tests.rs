@@ -935,3 +935,32 @@ async fn endpoints_elsewhere_wake_nothing_here() {
     assert_eq!(peers_in(&l.dp), 1, "the peer on net1 programmed");
     sync.abort();
 }
+
+/// Which changes concern a host: its networks' endpoints, records naming it, hosts and
+/// networks; not other networks' endpoints.
+#[tokio::test]
+async fn what_concerns_this_host() {
+    use ovl_core::Change;
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.unwrap();
+    let ep = |network: &str, hosts: &[&str]| Change::Endpoint {
+        network: network.into(),
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+    };
+    let a = &l.agent;
+    assert!(
+        a.concerns(&ep("net1", &["h2"])),
+        "an endpoint on its network"
+    );
+    assert!(
+        !a.concerns(&ep("net2", &["h2"])),
+        "another network's endpoint"
+    );
+    assert!(
+        a.concerns(&ep("net2", &["h2", "h1"])),
+        "a record that named this host before"
+    );
+    assert!(a.concerns(&Change::Host("h9".into())));
+    assert!(a.concerns(&Change::Network("net9".into())));
+    assert!(!a.concerns(&Change::None));
+}

@@ -40,6 +40,10 @@ pub struct KvStatus {
     /// Seconds it has been failing.
     #[serde(default)]
     pub sync_failing_secs: Option<u64>,
+    /// Milliseconds the last full listing of the cluster state took, read and decoded: what
+    /// a resync costs.
+    #[serde(default)]
+    pub last_list_ms: Option<f64>,
 }
 
 /// Counts shown by `overlayctl status`.

@@ -123,7 +123,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     (Some(h), Some(b)) => format!(", store at {h}, {b} behind"),
                     _ => String::new(),
                 };
-                println!("view:        revision {}{behind}, {age}", s.view_revision);
+                let list = s.kv.last_list_ms.map_or(String::new(), |ms| {
+                    format!(", last full listing {ms:.0} ms")
+                });
+                println!(
+                    "view:        revision {}{behind}, {age}{list}",
+                    s.view_revision
+                );
                 if let Some(e) = &s.kv.sync_error {
                     println!(
                         "sync:        FAILING for {}s: {e}",

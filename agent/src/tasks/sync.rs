@@ -15,8 +15,12 @@ pub async fn run(agent: Arc<Agent>) {
     let store = agent.store().clone();
     let mut backoff = Duration::from_millis(200);
     loop {
+        let started = std::time::Instant::now();
         let mut view = match store.view().await {
-            Ok(v) => v,
+            Ok(v) => {
+                agent.note_list(started.elapsed());
+                v
+            }
             Err(e) => {
                 agent.note_kv(Err(e.to_string()));
                 agent.note_sync(Err(format!("listing: {e}")));

@@ -5,6 +5,7 @@ pub mod converge;
 pub mod datapath;
 pub mod dns;
 pub mod docker;
+pub mod scale;
 
 /// Median of a non-empty sample.
 pub fn median(v: &mut [f64]) -> f64 {
