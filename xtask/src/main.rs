@@ -109,8 +109,8 @@ enum BenchCmd {
         /// Seconds of the idle window (CPU and etcd requests), at most 90.
         #[arg(long, default_value_t = 60)]
         idle_secs: u64,
-        /// Endpoints added, then removed, on host 1's network.
-        #[arg(long, default_value_t = 100)]
+        /// Endpoints added, then removed, on host 1's network (it must have room for them).
+        #[arg(long, default_value_t = 40)]
         events: usize,
     },
     /// Docker + ovl vs Docker's classic overlay vs the underlay.

@@ -10,14 +10,22 @@ use super::Agent;
 use crate::{counters::Counters, error::Result};
 
 impl Agent {
-    /// One reconciliation pass: endpoint records checked against what this host knows (and
-    /// repaired), then the datapath; returns the number of datapath operations applied.
+    /// One full reconciliation pass: endpoint records checked against what this host knows
+    /// (and repaired), then the datapath, container ends included; returns the number of
+    /// datapath operations applied.
     pub async fn reconcile_once(&self) -> Result<usize> {
+        self.reconcile_pass(true).await
+    }
+
+    /// One reconciliation pass; without `containers`, the local endpoints' container ends
+    /// are left as they are and not looked at (the pass after a change: its cost follows
+    /// the change, not the number of containers here).
+    pub async fn reconcile_pass(&self, containers: bool) -> Result<usize> {
         let view = self.view();
         self.check_records(&view).await;
         let done = self
             .rec
-            .pass(&view, &self.me(), || self.here(&view))
+            .pass(&view, &self.me(), || self.here(&view), containers)
             .await?;
         self.record_ifnames(&done.endpoints);
         let c = &self.counters;

@@ -8,7 +8,7 @@ use ovl_model::{Attached, Desired, EndpointSpec, EndpointStatus, NetworkSpec};
 
 use super::{
     Converged, Datapath, Details, DpResult, OpFailure, Report, Switched, endpoint_lines,
-    log_changes,
+    record_statuses,
 };
 
 /// tc programs + one collect-metadata vxlan device.
@@ -44,11 +44,10 @@ impl Datapath for EbpfAdapter {
     }
 
     async fn converge(&self, desired: &Desired) -> DpResult<Converged> {
-        let pass = self.backend.converge(desired).await?;
+        let mut pass = self.backend.converge(desired).await?;
         {
             let mut last = self.last.lock().expect("status lock");
-            log_changes(&last, &pass.endpoints);
-            *last = pass.endpoints.clone();
+            pass.endpoints = record_statuses(&mut last, std::mem::take(&mut pass.endpoints));
         }
         Ok(Converged {
             applied: pass.applied,

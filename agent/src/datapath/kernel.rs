@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{
     Converged, Datapath, Details, DpResult, OpFailure, Report, Switched, endpoint_lines,
-    log_changes,
+    record_statuses,
 };
 
 /// Bridge + vxlan sandboxes, one per network.
@@ -143,8 +143,7 @@ impl Datapath for KernelBackend {
         }
         {
             let mut last = self.last.lock().expect("status lock");
-            log_changes(&last, &out.endpoints);
-            *last = out.endpoints.clone();
+            out.endpoints = record_statuses(&mut last, std::mem::take(&mut out.endpoints));
         }
         Ok(out)
     }

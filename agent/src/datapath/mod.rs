@@ -197,6 +197,26 @@ fn endpoint_lines(
     }
 }
 
+/// Records a pass's endpoint states over the last ones. A pass that did not look at an
+/// endpoint's container end (a pass after a change skips those found fine before) reports it
+/// unchecked: the state found by the last pass that looked stays.
+fn record_statuses(
+    last: &mut BTreeMap<(String, String), EndpointStatus>,
+    mut new: BTreeMap<(String, String), EndpointStatus>,
+) -> BTreeMap<(String, String), EndpointStatus> {
+    for (key, st) in new.iter_mut() {
+        if *st == EndpointStatus::Unchecked
+            && let Some(before) = last.get(key)
+            && before.is_ok()
+        {
+            *st = before.clone();
+        }
+    }
+    log_changes(last, &new);
+    *last = new.clone();
+    new
+}
+
 /// Logs the endpoints whose state changed in a pass: a container namespace found gone or a
 /// repair that failed (warnings), a container end repaired (info).
 fn log_changes(
@@ -306,5 +326,49 @@ fn switch_from<E: Into<DatapathError>>(
                 error: Some(e.to_string()),
             }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> (String, String) {
+        ("net1".into(), id.into())
+    }
+
+    #[test]
+    fn an_unchecked_end_keeps_the_state_the_last_look_found() {
+        let ok = EndpointStatus::Ok {
+            ifname: "eth0".into(),
+        };
+        let gone = EndpointStatus::NetnsGone {
+            netns: "/run/netns/x".into(),
+        };
+        let mut last = BTreeMap::from([(key("a"), ok.clone()), (key("b"), gone.clone())]);
+        let pass = BTreeMap::from([
+            (key("a"), EndpointStatus::Unchecked),
+            (key("b"), EndpointStatus::Unchecked),
+            (key("c"), EndpointStatus::Unchecked),
+        ]);
+        let shown = record_statuses(&mut last, pass);
+        assert_eq!(
+            shown[&key("a")],
+            ok,
+            "skipped because it was fine: still fine"
+        );
+        assert_eq!(
+            shown[&key("b")],
+            EndpointStatus::Unchecked,
+            "only a fine state carries over"
+        );
+        assert_eq!(shown[&key("c")], EndpointStatus::Unchecked);
+        assert_eq!(last, shown);
+        // A look that finds a problem replaces the fine state.
+        let drifted = EndpointStatus::Drifted {
+            problems: vec!["mtu".into()],
+        };
+        let shown = record_statuses(&mut last, BTreeMap::from([(key("a"), drifted.clone())]));
+        assert_eq!(shown[&key("a")], drifted);
     }
 }

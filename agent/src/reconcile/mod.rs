@@ -86,9 +86,24 @@ impl Reconciler {
         view: &ClusterView,
         me: &Me<'_>,
         here: impl FnOnce() -> Here,
+        containers: bool,
     ) -> Result<Converged> {
         let _g = self.lock.lock().await;
-        let want = self.desired(view, me, &here());
+        let mut want = self.desired(view, me, &here());
+        if !containers {
+            // Container ends found fine by an earlier pass are not looked at again; new or
+            // broken ones are.
+            let fine: BTreeSet<EndpointKey> = self
+                .dp
+                .endpoint_status()
+                .into_iter()
+                .filter(|(_, st)| st.is_ok())
+                .map(|(k, _)| k)
+                .collect();
+            want = want.without_container_checks(|net, id| {
+                fine.contains(&(net.to_string(), id.to_string()))
+            });
+        }
         let done = self.dp.converge(&want).await?;
         self.announce_new_peers(&want).await;
         Ok(done)

@@ -30,6 +30,24 @@ pub struct Desired {
     pub networks: BTreeMap<String, DesiredNetwork>,
 }
 
+impl Desired {
+    /// The same state without the spec of the local endpoints `skip(network, id)` picks: a
+    /// pass over it keeps both ends of those as they are and enters none of their namespaces.
+    /// Passes that follow a change (a watch event, an attach) skip the container ends found
+    /// fine before, so their cost does not grow with the number of containers here; the
+    /// periodic pass checks and restores every container end.
+    pub fn without_container_checks(mut self, skip: impl Fn(&str, &str) -> bool) -> Desired {
+        for (name, net) in self.networks.iter_mut() {
+            for (id, spec) in net.local_endpoints.iter_mut() {
+                if skip(name, id) {
+                    *spec = None;
+                }
+            }
+        }
+        self
+    }
+}
+
 /// The remote peers to program, after dropping the ones on this host and resolving
 /// duplicates deterministically: for each IP and for each MAC the smallest peer (by
 /// `(ip, mac, vtep)`) wins, whatever order the caller listed them in.
@@ -59,6 +77,42 @@ pub fn effective_peers(spec: &NetworkSpec, peers: &[RemotePeer]) -> Vec<RemotePe
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn container_checks_are_skipped_only_where_asked() {
+        use crate::spec::EndpointSpec;
+        let spec = |id: &str| EndpointSpec {
+            endpoint_id: id.into(),
+            netns: "/run/netns/x".into(),
+            mac: MacAddr([2, 0x42, 10, 10, 0, 2]),
+            ip: Ipv4Addr::new(10, 10, 0, 2),
+            prefix_len: 24,
+            mtu: 1450,
+            ifname: None,
+            plug: Default::default(),
+        };
+        let mut d = Desired::default();
+        let mut net = DesiredNetwork {
+            spec: NetworkSpec {
+                name: "net1".into(),
+                vni: 1,
+                subnet: "10.10.0.0/24".parse().unwrap(),
+                mtu: 1450,
+                local_vtep: Ipv4Addr::new(198, 18, 0, 11),
+                vxlan_port: VXLAN_PORT,
+            },
+            peers: vec![],
+            flood: BTreeSet::new(),
+            local_endpoints: BTreeMap::new(),
+        };
+        net.local_endpoints.insert("a".into(), Some(spec("a")));
+        net.local_endpoints.insert("b".into(), Some(spec("b")));
+        d.networks.insert("net1".into(), net);
+        let d = d.without_container_checks(|n, id| n == "net1" && id == "a");
+        let eps = &d.networks["net1"].local_endpoints;
+        assert!(eps["a"].is_none(), "skipped");
+        assert!(eps["b"].is_some(), "still checked");
+    }
+
     use super::*;
     use crate::{MacAddr, VXLAN_PORT};
 

@@ -249,8 +249,8 @@ fn wait_exact(
     }
 }
 
-/// Adds `n` endpoints on `net` one by one, then removes them, each time with ten writes on
-/// other networks in between; returns (p50, p99) in ms of add and remove, from the write's
+/// Adds `n` endpoints on `net` one by one, then removes them, each time with five endpoints
+/// replaced on other networks in between; returns (p50, p99) in ms of add and remove, from the write's
 /// acknowledgement to `ip monitor neigh` showing it on host 1.
 fn events(
     lab: &Lab,
@@ -285,14 +285,32 @@ fn events(
         .map(|x| x.name.clone())
         .filter(|x| x != net)
         .collect();
+    // Five endpoints replaced on other networks (their sizes stay as they are).
     let noise = |sim: &mut SimCluster, rng: &mut rand_chacha::ChaCha8Rng| -> Result<()> {
-        use rand::Rng;
-        for _ in 0..10 {
+        use rand::{Rng, seq::IteratorRandom};
+        if others.is_empty() {
+            return Ok(());
+        }
+        for _ in 0..5 {
             let other = &others[rng.random_range(0..others.len())];
+            let victim = sim
+                .endpoints
+                .keys()
+                .filter(|(n, _)| n == other)
+                .choose(rng)
+                .cloned();
+            if let Some((n, id)) = victim {
+                rt.block_on(sim.remove(&n, &id))?;
+            }
             rt.block_on(sim.add(other, rng))?;
         }
         Ok(())
     };
+    // Room on the network: a /24 holds 253 endpoints.
+    let used = sim.endpoints.keys().filter(|(n, _)| n == net).count() + 2;
+    if used + n > 253 {
+        bail!("{net} holds {used} endpoints: no room for {n} more (lower --events or --net-size)");
+    }
     let mut added = Vec::new();
     let mut acked: BTreeMap<String, Instant> = BTreeMap::new();
     for _ in 0..n {
