@@ -751,6 +751,10 @@ async fn status_says_when_the_view_cannot_be_read() {
         s.kv.view_behind == Some(0) && s.kv.view_age_ms.is_some_and(|ms| ms < 2000)
     })
     .await;
+    assert!(
+        l.agent.status().kv.last_list_ms.is_some_and(|ms| ms >= 0.0),
+        "how long the first listing took"
+    );
     l.agent
         .create_network(NetworkRequest {
             name: "net1".into(),
