@@ -9,29 +9,6 @@ use std::time::{Duration, Instant};
 use ovl_tests::*;
 use xtask::scale::{self, Shape, SimCluster};
 
-/// Every (host, network) pair's entries against the KV's records; `None` when all match.
-fn mismatch(
-    lab: &Lab,
-    sim: &SimCluster,
-    rt: &tokio::runtime::Runtime,
-    watched: &[(usize, &str)],
-) -> Option<String> {
-    let view = match rt.block_on(sim.store().view()) {
-        Ok(v) => v,
-        Err(e) => return Some(format!("listing the KV: {e}")),
-    };
-    let mut out = Vec::new();
-    for &(i, net) in watched {
-        let want = scale::expected(&view, &lab.host(i).id, net);
-        match scale::actual(lab, i, net) {
-            Ok(have) if have == want => {}
-            Ok(have) => out.push(format!("h{} {net}: {}", i + 1, want.diff(&have))),
-            Err(e) => out.push(format!("h{} {net}: {e:#}", i + 1)),
-        }
-    }
-    (!out.is_empty()).then(|| out.join("\n"))
-}
-
 /// Polls until every watched pair is exact; panics with the last difference.
 fn exact_within(
     what: &str,
@@ -43,8 +20,10 @@ fn exact_within(
 ) -> Duration {
     let start = Instant::now();
     loop {
-        let Some(diff) = mismatch(lab, sim, rt, watched) else {
-            return start.elapsed();
+        let diff = match scale::mismatch(lab, sim, rt, watched) {
+            Ok(None) => return start.elapsed(),
+            Ok(Some(d)) => d,
+            Err(e) => format!("listing the KV: {e:#}"),
         };
         if start.elapsed() > timeout {
             panic!("{what}: not exact after {timeout:?}:\n{diff}");

@@ -302,30 +302,15 @@ impl SimCluster {
         for (net, id) in &gone {
             self.store.delete_endpoint(net, id).await?;
         }
-        let mut added = 0;
         for k in 0..n {
             let net = if k < focus && !on.is_empty() {
-                let name = on[k % on.len()];
-                self.nets
-                    .iter()
-                    .find(|x| x.name == name)
-                    .with_context(|| format!("no network {name}"))?
-                    .clone()
+                on[k % on.len()].to_string()
             } else {
-                self.nets[rng.random_range(0..self.nets.len())].clone()
+                self.nets[rng.random_range(0..self.nets.len())].name.clone()
             };
-            let host = self.hosts[rng.random_range(0..self.hosts.len())].id.clone();
-            let id = format!("e{}", self.next_id);
-            self.next_id += 1;
-            let rec = self
-                .store
-                .create_endpoint_with_addr(&net, &id, None, |ip| record(&net, &id, &host, ip))
-                .await
-                .with_context(|| format!("endpoint {id} on {}", net.name))?;
-            self.endpoints.insert((net.name.clone(), id), rec);
-            added += 1;
+            self.add(&net, &mut rng).await?;
         }
-        Ok(gone.len() + added)
+        Ok(gone.len() + n)
     }
 }
 
@@ -358,36 +343,49 @@ pub struct Entries {
 impl Entries {
     /// How the two differ, in a line (empty: equal).
     pub fn diff(&self, actual: &Entries) -> String {
-        let mut out = Vec::new();
-        let d = |what: &str, want: usize, missing: usize, extra: usize| {
-            format!("{what}: {want} wanted, {missing} missing, {extra} extra")
-        };
-        if self.fdb != actual.fdb {
-            out.push(d(
-                "fdb",
-                self.fdb.len(),
-                self.fdb.difference(&actual.fdb).count(),
-                actual.fdb.difference(&self.fdb).count(),
-            ));
-        }
-        if self.neigh != actual.neigh {
-            out.push(d(
-                "neigh",
-                self.neigh.len(),
-                self.neigh.difference(&actual.neigh).count(),
-                actual.neigh.difference(&self.neigh).count(),
-            ));
-        }
-        if self.flood != actual.flood {
-            out.push(d(
-                "flood",
-                self.flood.len(),
-                self.flood.difference(&actual.flood).count(),
-                actual.flood.difference(&self.flood).count(),
-            ));
-        }
-        out.join("; ")
+        [
+            set_diff("fdb", &self.fdb, &actual.fdb),
+            set_diff("neigh", &self.neigh, &actual.neigh),
+            set_diff("flood", &self.flood, &actual.flood),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ")
     }
+}
+
+/// How one set of entries differs from the wanted one (`None`: equal).
+fn set_diff<T: Ord>(what: &str, want: &BTreeSet<T>, have: &BTreeSet<T>) -> Option<String> {
+    (want != have).then(|| {
+        format!(
+            "{what}: {} wanted, {} missing, {} extra",
+            want.len(),
+            want.difference(have).count(),
+            have.difference(want).count()
+        )
+    })
+}
+
+/// Every watched (lab host, network) pair's entries against a fresh listing of the KV;
+/// `None` when all are exact, else one line per pair that is not.
+pub fn mismatch(
+    lab: &Lab,
+    sim: &SimCluster,
+    rt: &tokio::runtime::Runtime,
+    watched: &[(usize, &str)],
+) -> Result<Option<String>> {
+    let view = rt.block_on(sim.store().view())?;
+    let mut out = Vec::new();
+    for &(i, net) in watched {
+        let want = expected(&view, &lab.host(i).id, net);
+        match actual(lab, i, net) {
+            Ok(have) if have == want => {}
+            Ok(have) => out.push(format!("h{} {net}: {}", i + 1, want.diff(&have))),
+            Err(e) => out.push(format!("h{} {net}: {e:#}", i + 1)),
+        }
+    }
+    Ok((!out.is_empty()).then(|| out.join("; ")))
 }
 
 /// The entries `me` must hold on `net` according to `view` (a fresh listing of the KV).

@@ -229,21 +229,11 @@ fn wait_exact(
 ) -> Result<()> {
     let start = Instant::now();
     loop {
-        let view = rt.block_on(sim.store().view())?;
-        let mut diff = Vec::new();
-        for &(i, net) in watched {
-            let want = scale::expected(&view, &lab.host(i).id, net);
-            match scale::actual(lab, i, net) {
-                Ok(have) if have == want => {}
-                Ok(have) => diff.push(format!("h{} {net}: {}", i + 1, want.diff(&have))),
-                Err(e) => diff.push(format!("h{} {net}: {e:#}", i + 1)),
-            }
-        }
-        if diff.is_empty() {
+        let Some(diff) = scale::mismatch(lab, sim, rt, watched)? else {
             return Ok(());
-        }
+        };
         if start.elapsed() > timeout {
-            bail!("not exact after {timeout:?}: {}", diff.join("; "));
+            bail!("not exact after {timeout:?}: {diff}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
