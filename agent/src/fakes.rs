@@ -453,6 +453,18 @@ pub struct FlakyKv {
     pub lists: std::sync::atomic::AtomicUsize,
     /// Ends every open watch with a compaction error.
     pub compact: Arc<tokio::sync::Notify>,
+    /// Whether listings of the cluster state, once read, wait for [`FlakyKv::release`]
+    /// before they answer (a slow listing of a large cluster).
+    pub hold_list: std::sync::atomic::AtomicBool,
+    /// Listings read and waiting for [`FlakyKv::release`].
+    pub held: std::sync::atomic::AtomicUsize,
+    /// Lets every held listing answer.
+    pub release: tokio::sync::Notify,
+}
+
+/// Whether a listing reads the cluster state (what the sync loop lists).
+fn lists_view(prefixes: &[&str]) -> bool {
+    prefixes == ovl_core::keys::VIEW || prefixes == [ovl_core::keys::ROOT]
 }
 
 impl FlakyKv {
@@ -463,6 +475,9 @@ impl FlakyKv {
             fail_list: false.into(),
             lists: 0.into(),
             compact: Arc::default(),
+            hold_list: false.into(),
+            held: 0.into(),
+            release: tokio::sync::Notify::new(),
         })
     }
 }
@@ -476,18 +491,28 @@ impl ovl_kv::Kv for FlakyKv {
         self.inner.get(key).await
     }
     async fn list(&self, prefix: &str) -> ovl_kv::Result<ovl_kv::Listing> {
-        if prefix == ovl_core::keys::ROOT {
-            self.lists
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.list_many(&[prefix]).await
+    }
+    async fn list_many(&self, prefixes: &[&str]) -> ovl_kv::Result<ovl_kv::Listing> {
+        use std::sync::atomic::Ordering;
+        if !lists_view(prefixes) {
+            return self.inner.list_many(prefixes).await;
         }
-        if prefix == ovl_core::keys::ROOT
-            && self.fail_list.load(std::sync::atomic::Ordering::Relaxed)
-        {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        if self.fail_list.load(Ordering::Relaxed) {
             return Err(ovl_kv::KvError::Backend(
                 "decoded message length too large: found 12700000 bytes, the limit is: 4194304 bytes".into(),
             ));
         }
-        self.inner.list(prefix).await
+        let listing = self.inner.list_many(prefixes).await?;
+        if self.hold_list.load(Ordering::Relaxed) {
+            let released = self.release.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            self.held.fetch_add(1, Ordering::Relaxed);
+            released.await;
+        }
+        Ok(listing)
     }
     async fn put(
         &self,

@@ -1249,20 +1249,8 @@ pub fn teardown_by_name(name: &str) -> Vec<anyhow::Error> {
             }
         }
     }
-    // Mounts under the lab dir (per-network sandbox namespaces of the agents), deepest first.
-    let prefix = format!("{}/", dir.display());
-    let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
-        if let Err(e) = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH) {
-            errs.push(anyhow::anyhow!("umount {m}: {e}"));
-        }
-    }
+    // Mounts under the lab dir (per-network sandbox namespaces of the agents).
+    errs.extend(unmount_under(&dir));
     // Namespaces of the lab (hosts, underlay, outside, containers made by tests).
     let ns_prefix = format!("{name}-");
     if let Ok(rd) = fs::read_dir("/run/netns") {
@@ -1282,6 +1270,29 @@ pub fn teardown_by_name(name: &str) -> Vec<anyhow::Error> {
         errs.push(anyhow::anyhow!("removing {}: {e}", dir.display()));
     }
     errs
+}
+
+/// Unmounts everything mounted under `dir` in this mount namespace, deepest first (agents'
+/// sandbox namespaces, a BPF filesystem an agent mounted in its run dir); one error per
+/// mount that stays.
+pub fn unmount_under(dir: &Path) -> Vec<anyhow::Error> {
+    let prefix = format!("{}/", dir.display());
+    let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    mounts.dedup();
+    mounts
+        .into_iter()
+        .filter_map(|m| {
+            nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH)
+                .err()
+                .map(|e| anyhow::anyhow!("umount {m}: {e}"))
+        })
+        .collect()
 }
 
 fn cmdline_is_ours(pid: u32) -> bool {

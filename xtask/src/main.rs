@@ -112,6 +112,9 @@ enum BenchCmd {
         /// Endpoints added, then removed, on host 1's network (it must have room for them).
         #[arg(long, default_value_t = 40)]
         events: usize,
+        /// Rounds over every size; the table shows each figure's median.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
     },
     /// Docker + ovl vs Docker's classic overlay vs the underlay.
     Docker {
@@ -316,12 +319,14 @@ fn run(cli: Cli) -> Result<i32> {
                     net_size,
                     idle_secs,
                     events,
+                    runs,
                 } => xtask::bench::scale::run(&xtask::bench::scale::Opts {
                     hosts,
                     per_host,
                     net_size,
                     idle_secs,
                     events,
+                    runs,
                 })?,
             }
             Ok(0)

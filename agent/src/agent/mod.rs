@@ -343,6 +343,13 @@ impl Agent {
         }
     }
 
+    /// Records that a watch event arrived: the view is current, but an earlier listing
+    /// error stays shown until a listing succeeds (the periodic listing is the safety net
+    /// for missed events, and it is failing).
+    pub fn note_event(&self) {
+        self.health.lock().expect("health lock").confirmed = Some(Instant::now());
+    }
+
     /// Records how long a full listing of the cluster state took (the time a resync costs).
     pub fn note_list(&self, took: std::time::Duration) {
         self.health.lock().expect("health lock").last_list = Some(took);

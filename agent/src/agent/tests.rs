@@ -767,20 +767,39 @@ async fn status_says_when_the_view_cannot_be_read() {
     })
     .await;
 
-    // Listings fail from now on; the next relist (every 6 s here) cannot read the view.
+    // Listings fail from now on; the next periodic relist (every 6 s here) cannot read the
+    // view. The watch still runs: the view stays current, the failing listing is shown.
     kv.fail_list.store(true, Ordering::Relaxed);
-    until(&l.agent, "the failing listing shown", |s| {
+    let failing = |s: &crate::api::types::Status| {
         s.kv.reachable
             && s.kv
                 .sync_error
                 .as_deref()
                 .is_some_and(|e| e.contains("listing") && e.contains("too large"))
-    })
-    .await;
-    // Writes the view misses show as revisions behind, and its age grows.
+    };
+    until(&l.agent, "the failing listing shown", failing).await;
     l.agent
         .create_network(NetworkRequest {
             name: "net2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    until(&l.agent, "the watch still brings changes", |s| {
+        s.counts.networks == 2 && s.kv.view_behind == Some(0)
+    })
+    .await;
+    assert!(
+        failing(&l.agent.status()),
+        "an event hid the failing listing"
+    );
+
+    // The watch ends (compacted) and every listing fails: the view freezes. Writes the view
+    // misses show as revisions behind, and its age grows.
+    kv.compact.notify_waiters();
+    l.agent
+        .create_network(NetworkRequest {
+            name: "net3".into(),
             ..Default::default()
         })
         .await
@@ -790,12 +809,13 @@ async fn status_says_when_the_view_cannot_be_read() {
     })
     .await;
     let s = l.agent.status();
-    assert_eq!(s.counts.networks, 1, "the frozen view: {s:?}");
+    assert_eq!(s.counts.networks, 2, "the frozen view: {s:?}");
+    assert!(failing(&s), "{s:?}");
 
     // Back to normal: the error clears and the view catches up.
     kv.fail_list.store(false, Ordering::Relaxed);
     until(&l.agent, "caught up", |s| {
-        s.kv.sync_error.is_none() && s.kv.view_behind == Some(0) && s.counts.networks == 2
+        s.kv.sync_error.is_none() && s.kv.view_behind == Some(0) && s.counts.networks == 3
     })
     .await;
     sync.abort();
@@ -855,6 +875,73 @@ async fn a_compacted_watch_relists_and_leaves_the_datapath_alone() {
         s.counts.endpoints == 3
     })
     .await;
+    sync.abort();
+}
+
+/// Issue 18 (1): the periodic relist runs next to the watch: an endpoint written while a
+/// (slow) listing is in flight is in the view before the listing answers, and it stays
+/// there after the listing, whose snapshot predates it, is merged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_keep_flowing_during_a_relist() {
+    use std::sync::atomic::Ordering;
+    let (l, kv) = flaky_lab().await;
+    l.agent
+        .create_network(NetworkRequest {
+            name: "net1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sync = tokio::spawn(crate::tasks::sync::run(l.agent.clone()));
+    l.agent.attach(attach_req("c1")).await.unwrap();
+    // Positive control: with no listing in flight the watch brings an endpoint.
+    remote(&l, "h2", [198, 18, 0, 12], "r1", true).await;
+    until(&l.agent, "r1 through the watch", |s| {
+        s.counts.endpoints == 2
+    })
+    .await;
+
+    // The next periodic listing (every 6 s here) takes its snapshot and then hangs.
+    kv.hold_list.store(true, Ordering::Relaxed);
+    for _ in 0..400 {
+        if kv.held.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        kv.held.load(Ordering::Relaxed),
+        1,
+        "no periodic listing held"
+    );
+    remote(&l, "h3", [198, 18, 0, 13], "r2", true).await;
+    until(&l.agent, "r2 while the listing hangs", |s| {
+        s.counts.endpoints == 3
+    })
+    .await;
+    assert_eq!(kv.held.load(Ordering::Relaxed), 1, "the listing answered");
+
+    // The listing answers without r2 (its snapshot is older): the merged view keeps it.
+    let lists = kv.lists.load(Ordering::Relaxed);
+    kv.hold_list.store(false, Ordering::Relaxed);
+    kv.release.notify_waiters();
+    remote(&l, "h3", [198, 18, 0, 13], "r3", true).await;
+    until(&l.agent, "r3 after the listing", |s| {
+        s.counts.endpoints == 4
+    })
+    .await;
+    let v = l.agent.view();
+    for id in ["c1", "r1", "r2", "r3"] {
+        assert!(
+            v.endpoints.values().any(|e| e.name == id),
+            "{id} missing from the view after the merge"
+        );
+    }
+    assert_eq!(
+        kv.lists.load(Ordering::Relaxed),
+        lists,
+        "the relist restarted the sync instead of merging"
+    );
     sync.abort();
 }
 

@@ -1,12 +1,14 @@
 //! Keeps the agent's view of the cluster current: list, then watch from the listing's
 //! revision; relist after a compaction or an error, and relist periodically anyway (level
-//! triggered: the datapath never depends on having seen every event). Also probes KV health.
+//! triggered: the datapath never depends on having seen every event). The periodic relist
+//! runs next to the watch, so events keep being applied while a large cluster is listed.
+//! Also probes KV health.
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
-use ovl_core::StoreError;
-use ovl_kv::KvError;
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use ovl_core::{ClusterView, StoreError};
+use ovl_kv::{KvError, WatchEvent};
 
 use crate::{agent::Agent, counters::Counters};
 
@@ -46,16 +48,21 @@ pub async fn run(agent: Arc<Agent>) {
                 continue;
             }
         };
-        let relist = tokio::time::sleep(agent.settings().resync_interval * 6);
+        let period = agent.settings().resync_interval * 6;
+        let relist = tokio::time::sleep(period);
         tokio::pin!(relist);
+        let mut listing: Option<Relist> = None;
         loop {
             tokio::select! {
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
-                        agent.note_sync(Ok(()));
+                        agent.note_event();
                         let change = view.apply(&ev);
                         if !change.is_none() {
                             agent.publish_change(view.clone(), &change);
+                        }
+                        if let Some(l) = &mut listing {
+                            l.since.push(ev);
                         }
                     }
                     Some(Err(KvError::Compacted { .. })) | None => break,
@@ -69,10 +76,68 @@ pub async fn run(agent: Arc<Agent>) {
                         break;
                     }
                 },
-                _ = &mut relist => break,
+                _ = &mut relist, if listing.is_none() => {
+                    let store = store.clone();
+                    listing = Some(Relist {
+                        started: std::time::Instant::now(),
+                        read: async move { store.view().await }.boxed(),
+                        since: Vec::new(),
+                    });
+                }
+                fresh = async { (&mut listing.as_mut().expect("a listing").read).await },
+                    if listing.is_some() =>
+                {
+                    let l = listing.take().expect("a listing");
+                    match fresh {
+                        Ok(fresh) => {
+                            agent.note_list(l.started.elapsed());
+                            agent.note_kv(Ok(()));
+                            agent.note_sync(Ok(()));
+                            view = merge(view, fresh, &l.since, &agent);
+                        }
+                        Err(e) => {
+                            // The watch still runs: the view stays current through it; the
+                            // next period tries again.
+                            agent.note_kv(Err(e.to_string()));
+                            agent.note_sync(Err(format!("listing: {e}")));
+                            tracing::warn!(error = %e, "periodic listing failed");
+                        }
+                    }
+                    relist.as_mut().reset(tokio::time::Instant::now() + period);
+                }
             }
         }
     }
+}
+
+/// A periodic listing in flight, and the watch events that arrived since it started.
+struct Relist {
+    started: std::time::Instant,
+    read: BoxFuture<'static, Result<ClusterView, StoreError>>,
+    since: Vec<WatchEvent>,
+}
+
+/// The view after a periodic listing: the listing, plus the events the watch delivered
+/// after the listing's snapshot. Published with a wake only if it differs from what the
+/// watch had built (an event was missed); otherwise swapped in quietly.
+fn merge(
+    current: ClusterView,
+    mut fresh: ClusterView,
+    since: &[WatchEvent],
+    agent: &Agent,
+) -> ClusterView {
+    let at = fresh.revision;
+    for ev in since.iter().filter(|ev| ev.revision() > at) {
+        fresh.apply(ev);
+    }
+    fresh.revision = fresh.revision.max(current.revision);
+    if !fresh.same_records(&current) {
+        tracing::info!(revision = at, "a periodic listing corrected the view");
+        agent.publish(fresh.clone());
+    } else if fresh.revision != current.revision {
+        agent.publish_change(fresh.clone(), &ovl_core::Change::None);
+    }
+    fresh
 }
 
 /// Probes the KV every second and records the outcome for `status`.

@@ -35,6 +35,10 @@ pub const ENDPOINTS: &str = "/ovl/v1/endpoints/";
 /// Prefix of Docker pool reservations.
 pub const DOCKER_POOLS: &str = "/ovl/v1/docker/pools/";
 
+/// The prefixes a [`crate::ClusterView`] is built from: the address and VNI claims, the
+/// subnet index and Docker's pools (more than half the keys of a large cluster) are not read.
+pub const VIEW: [&str; 4] = [HOSTS, ALIVE, NETWORKS, ENDPOINTS];
+
 /// Key of a Docker pool reservation.
 pub fn docker_pool(token: &str) -> String {
     format!("{DOCKER_POOLS}{token}")

@@ -126,9 +126,10 @@ impl ClusterStore {
 
     // ---- the cluster view ----
 
-    /// The whole cluster state as a view, with the revision it reflects.
+    /// The cluster state as a view (the records under [`keys::VIEW`]), with the revision it
+    /// reflects.
     pub async fn view(&self) -> Result<ClusterView> {
-        let listing = self.kv.list(keys::ROOT).await?;
+        let listing = self.kv.list_many(&keys::VIEW).await?;
         Ok(ClusterView::from_listing(&listing))
     }
 

@@ -84,7 +84,7 @@ fn when(changed: bool, change: impl FnOnce() -> Change) -> Change {
 }
 
 impl ClusterView {
-    /// Builds a view from a listing of [`keys::ROOT`].
+    /// Builds a view from a listing of [`keys::VIEW`] (or of all of [`keys::ROOT`]).
     pub fn from_listing(listing: &Listing) -> Self {
         let mut v = ClusterView {
             revision: listing.revision,
@@ -165,6 +165,14 @@ impl ClusterView {
             WatchEvent::Put(e) => self.put(&e.key, &e.value),
             WatchEvent::Delete { key, .. } => self.delete(key),
         }
+    }
+
+    /// Whether both views hold the same records (at whatever revisions).
+    pub fn same_records(&self, other: &ClusterView) -> bool {
+        self.hosts == other.hosts
+            && self.alive == other.alive
+            && self.networks == other.networks
+            && self.endpoints == other.endpoints
     }
 
     /// Whether a host is alive (its lease is held).

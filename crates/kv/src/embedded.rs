@@ -554,20 +554,28 @@ impl Kv for EmbeddedKv {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
-        let prefix = prefix.as_bytes().to_vec();
+        self.list_many(&[prefix]).await
+    }
+
+    async fn list_many(&self, prefixes: &[&str]) -> Result<Listing> {
+        let prefixes: Vec<Vec<u8>> = prefixes.iter().map(|p| p.as_bytes().to_vec()).collect();
         self.with_conn(move |conn, path| {
             let read = |conn: &mut Connection| -> rusqlite::Result<Listing> {
                 // One read transaction: the entries and the revision come from one snapshot.
                 let tx = conn.transaction()?;
                 let revision = meta(&tx, "rev")?;
-                let entries = {
+                let mut entries = Vec::new();
+                {
                     let mut st = tx.prepare(
                         "SELECT key, value, create_rev, mod_rev, lease FROM kv
                          WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) ORDER BY key",
                     )?;
-                    st.query_map(params![prefix, prefix_end(&prefix)], row_entry)?
-                        .collect::<rusqlite::Result<Vec<_>>>()?
-                };
+                    for prefix in &prefixes {
+                        for e in st.query_map(params![prefix, prefix_end(prefix)], row_entry)? {
+                            entries.push(e?);
+                        }
+                    }
+                }
                 tx.commit()?;
                 Ok(Listing { entries, revision })
             };

@@ -606,10 +606,10 @@ impl EtcdKv {
         }
     }
 
-    /// One snapshot of `prefix` read in pages of [`LIST_PAGE`] keys, every page at the
-    /// revision of the first: one answer for the whole keyspace outgrew the client's message
-    /// cap near 17k endpoints (12 MB at 50k).
-    async fn list_pages(&self, prefix: &str) -> Result<Listing> {
+    /// One snapshot of `prefix` read in pages of [`LIST_PAGE`] keys, every page at revision
+    /// `at` (`0`: at the revision of the first page): one answer for the whole keyspace
+    /// outgrew the client's message cap near 17k endpoints (12 MB at 50k).
+    async fn list_pages(&self, prefix: &str, at: Revision) -> Result<Listing> {
         let end = range_end(prefix.as_bytes());
         let mut entries = Vec::new();
         // etcd takes no empty key: every key is the range from "\0" to "\0".
@@ -618,7 +618,7 @@ impl EtcdKv {
         } else {
             prefix.as_bytes().to_vec()
         };
-        let mut revision = 0;
+        let mut revision = at;
         loop {
             let resp = self
                 .call("list", Some(prefix), Resend::Always, |c| {
@@ -683,12 +683,34 @@ impl Kv for EtcdKv {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
+        self.list_many(&[prefix]).await
+    }
+
+    async fn list_many(&self, prefixes: &[&str]) -> Result<Listing> {
         // A page's revision may be compacted before the next page is read: start over.
         let mut tries = 0;
         loop {
-            match self.list_pages(prefix).await {
-                Err(e) if tries < 2 && e.to_string().contains("compacted") => tries += 1,
-                r => return r,
+            let mut all = Listing {
+                entries: Vec::new(),
+                revision: 0,
+            };
+            let mut failed = None;
+            for p in prefixes {
+                match self.list_pages(p, all.revision).await {
+                    Ok(l) => {
+                        all.revision = l.revision;
+                        all.entries.extend(l.entries);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => return Ok(all),
+                Some(e) if tries < 2 && e.to_string().contains("compacted") => tries += 1,
+                Some(e) => return Err(e),
             }
         }
     }

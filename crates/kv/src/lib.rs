@@ -221,6 +221,11 @@ pub trait Kv: Send + Sync + 'static {
     /// Lists every key starting with `prefix`, sorted by key, with the snapshot revision.
     async fn list(&self, prefix: &str) -> Result<Listing>;
 
+    /// Lists every key under each of `prefixes` (disjoint), in the order given, all from one
+    /// snapshot: the listing's revision covers every entry. A view that reads a few prefixes
+    /// lists only those, not what else lies under a common root.
+    async fn list_many(&self, prefixes: &[&str]) -> Result<Listing>;
+
     /// Creates or replaces a key; returns the revision of the write.
     async fn put(&self, key: &str, value: &[u8], lease: Option<LeaseId>) -> Result<Revision>;
 

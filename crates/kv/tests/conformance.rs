@@ -421,6 +421,100 @@ async fn large_listing(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// A listing of several prefixes (the agent's view reads four of its root's) comes back in
+/// the order asked, each sorted, nothing from beside them, and all from one snapshot while
+/// a writer keeps adding keys under two of them in one write: what it holds is exactly what
+/// the store held at the listing's revision.
+async fn list_many_one_snapshot(f: &Fixture) -> Result<()> {
+    let kv = f.kv.clone();
+    // More than one page of etcd's listing under /many/a/.
+    for chunk in (0..2500usize).collect::<Vec<_>>().chunks(100) {
+        let ops = chunk
+            .iter()
+            .map(|&i| TxnOp::Put {
+                key: format!("/many/a/{i:05}"),
+                value: vec![b'a'; 100],
+                lease: None,
+            })
+            .collect();
+        ensure!(kv.txn(vec![], ops).await?.is_some());
+    }
+    kv.put("/many/c/skipped", b"not asked for", None).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (kv, stop) = (kv.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // One write to both prefixes: in any one snapshot they hold as many.
+                let put = |key: String| TxnOp::Put {
+                    key,
+                    value: b"w".to_vec(),
+                    lease: None,
+                };
+                let ops = vec![
+                    put(format!("/many/a/w{n:06}")),
+                    put(format!("/many/z/{n:06}")),
+                ];
+                anyhow::ensure!(kv.txn(vec![], ops).await?.is_some());
+                n += 1;
+            }
+            anyhow::Ok(n)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The writer's prefix last: a backend reading it at its own moment, not at the
+    // revision of the first prefix's snapshot, lists keys newer than the listing.
+    let l = kv.list_many(&["/many/a/", "/many/z/"]).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await??;
+    let keys: Vec<&str> = l.entries.iter().map(|e| e.key.as_str()).collect();
+    let (a, zs) = keys.split_at(
+        keys.iter()
+            .take_while(|k| k.starts_with("/many/a/"))
+            .count(),
+    );
+    let ws = a.iter().filter(|k| k.starts_with("/many/a/w")).count();
+    ensure!(
+        a.len() - ws == 2500 && ws == zs.len(),
+        "{} keys under /many/a/ ({ws} of the writer's) and {} under /many/z/",
+        a.len(),
+        zs.len()
+    );
+    ensure!(
+        a.iter().all(|k| k.starts_with("/many/a/")),
+        "{:?}... where /many/a/ was asked first",
+        a.first()
+    );
+    ensure!(
+        zs.iter().all(|k| k.starts_with("/many/z/")),
+        "{:?}... after /many/a/",
+        zs.first()
+    );
+    ensure!(a.windows(2).all(|w| w[0] < w[1]), "not sorted");
+    ensure!(zs.windows(2).all(|w| w[0] < w[1]), "not sorted");
+    ensure!(
+        l.entries.iter().all(|e| e.mod_revision <= l.revision),
+        "an entry newer than the listing's revision {}",
+        l.revision
+    );
+    let then = kv
+        .list("/many/z/")
+        .await?
+        .entries
+        .iter()
+        .filter(|e| e.mod_revision <= l.revision)
+        .count();
+    ensure!(
+        zs.len() == then && written > then,
+        "listed {} of the {then} keys at revision {} ({written} written in all)",
+        zs.len(),
+        l.revision
+    );
+    Ok(())
+}
+
 /// Several processes race to create one key: exactly one wins.
 async fn multi_process_create(f: &Fixture) -> Result<()> {
     const N: usize = 4;
@@ -557,6 +651,7 @@ both_backends!(
     lease_keep_alive,
     large_values,
     large_listing,
+    list_many_one_snapshot,
     multi_process_create,
     multi_process_cas,
 );

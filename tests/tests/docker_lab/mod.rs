@@ -107,6 +107,9 @@ impl Drop for DockerLab {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for e in xtask::lab::unmount_under(&self.work) {
+            eprintln!("{e}");
+        }
         self.lab.take();
         if let Err(e) = fs::remove_dir_all(&self.work) {
             eprintln!("removing {}: {e}", self.work.display());

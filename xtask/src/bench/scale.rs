@@ -43,6 +43,8 @@ pub struct Opts {
     pub idle_secs: u64,
     /// Endpoints added and removed on host 1's network.
     pub events: usize,
+    /// Rounds over every size (sizes side by side in each round); figures are medians.
+    pub runs: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +61,25 @@ struct Row {
     del: (f64, f64),
 }
 
+impl Row {
+    /// Each figure's median over `rows` (one size, several rounds).
+    fn median(rows: &[Row]) -> Row {
+        let m = |f: fn(&Row) -> f64| median(&mut rows.iter().map(f).collect::<Vec<_>>());
+        Row {
+            hosts: rows[0].hosts,
+            endpoints: rows[0].endpoints,
+            written_s: m(|r| r.written_s),
+            converged_s: m(|r| r.converged_s),
+            list_ms: m(|r| r.list_ms),
+            rss_mb: m(|r| r.rss_mb),
+            idle_cpu: m(|r| r.idle_cpu),
+            etcd_rps: m(|r| r.etcd_rps),
+            add: (m(|r| r.add.0), m(|r| r.add.1)),
+            del: (m(|r| r.del.0), m(|r| r.del.1)),
+        }
+    }
+}
+
 /// Runs every size and prints the table.
 pub fn run(o: &Opts) -> Result<()> {
     println!(
@@ -68,11 +89,17 @@ pub fn run(o: &Opts) -> Result<()> {
     if o.idle_secs > QUIET_MAX.as_secs() {
         bail!("--idle-secs at most {}", QUIET_MAX.as_secs());
     }
-    let mut rows = Vec::new();
-    for &n in &o.hosts {
-        let r = measure(n, o).with_context(|| format!("{n} hosts"))?;
-        println!("  {r:?}");
-        rows.push(r);
+    let mut runs: Vec<Vec<Row>> = vec![Vec::new(); o.hosts.len()];
+    for round in 1..=o.runs.max(1) {
+        for (i, &n) in o.hosts.iter().enumerate() {
+            let r = measure(n, o).with_context(|| format!("{n} hosts, round {round}"))?;
+            println!("  round {round}: {r:?}");
+            runs[i].push(r);
+        }
+    }
+    let rows: Vec<Row> = runs.iter().map(|r| Row::median(r)).collect();
+    if o.runs > 1 {
+        println!("\nmedians of {} rounds:", o.runs);
     }
     println!(
         "\n| hosts | endpoints | written in s | start -> converged s | full listing ms | RSS MB | idle CPU % of a core | etcd req/s per agent | add p50/p99 ms | remove p50/p99 ms |"
