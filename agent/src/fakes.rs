@@ -460,6 +460,9 @@ pub struct FlakyKv {
     pub held: std::sync::atomic::AtomicUsize,
     /// Lets every held listing answer.
     pub release: tokio::sync::Notify,
+    /// Whether transactions (deleting an endpoint with its address claim) fail as if the
+    /// store stopped answering; reads still answer.
+    pub fail_txn: std::sync::atomic::AtomicBool,
 }
 
 /// Whether a listing reads the cluster state (what the sync loop lists).
@@ -478,6 +481,7 @@ impl FlakyKv {
             hold_list: false.into(),
             held: 0.into(),
             release: tokio::sync::Notify::new(),
+            fail_txn: false.into(),
         })
     }
 }
@@ -550,6 +554,12 @@ impl ovl_kv::Kv for FlakyKv {
         compares: Vec<ovl_kv::Compare>,
         ops: Vec<ovl_kv::TxnOp>,
     ) -> ovl_kv::Result<Option<ovl_kv::Revision>> {
+        if self.fail_txn.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ovl_kv::KvError::Unreachable {
+                store: self.inner.describe(),
+                reason: "connection refused (test)".into(),
+            });
+        }
         self.inner.txn(compares, ops).await
     }
     async fn watch(

@@ -6,7 +6,7 @@
 //! known networks while the KV is unreachable, and it survives restarts.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -46,6 +46,49 @@ fn yes() -> bool {
 pub struct LocalState {
     path: PathBuf,
     inner: Mutex<BTreeMap<String, Attachment>>,
+    /// Detaches begun and not yet finished in the KV (`detaching.json` beside the file).
+    detaching: Mutex<BTreeSet<(String, String)>>,
+}
+
+/// Where the detaches not finished in the KV are kept, beside `local.json`.
+fn detaching_path(path: &Path) -> PathBuf {
+    path.with_file_name("detaching.json")
+}
+
+/// Reads a JSON file; an absent file is the default value, a corrupt one an error.
+fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> std::io::Result<T> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` to `path`: a temporary renamed over it, so a crash never leaves half a
+/// file. A failed write (a full disk) removes the temporary and is returned.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let res = serde_json::to_vec_pretty(value)
+        .map_err(std::io::Error::other)
+        .and_then(|b| crate::perms::write_private(&tmp, b))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        if let Err(rm) = std::fs::remove_file(&tmp)
+            && rm.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %tmp.display(), error = %rm, "removing a half-written state file");
+        }
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("saving {}: {e}", path.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// Key of an attachment: `network/endpoint`.
@@ -62,43 +105,54 @@ pub fn netns_key(path: &Path) -> std::io::Result<String> {
 impl LocalState {
     /// Loads the file (an absent file is an empty state; a corrupt one is an error).
     pub fn load(path: PathBuf) -> std::io::Result<Self> {
-        let map = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e),
-        };
+        let map = read_json(&path)?;
+        let detaching = read_json(&detaching_path(&path))?;
         Ok(LocalState {
             path,
             inner: Mutex::new(map),
+            detaching: Mutex::new(detaching),
         })
     }
 
-    /// Writes `map` to the file: a temporary renamed over it, so a crash never leaves half a
-    /// file. A failed write (a full disk) removes the temporary and is returned: the caller
-    /// must not act as if the change were kept, or a restart would forget it (an attach
-    /// answered success whose interface the next agent tears down) or bring it back (a
-    /// detached endpoint whose record the next agent writes again).
+    /// Writes `map` to the file. A failed write is returned: the caller must not act as if
+    /// the change were kept, or a restart would forget it (an attach answered success whose
+    /// interface the next agent tears down) or bring it back (a detached endpoint whose
+    /// record the next agent writes again).
     fn save(&self, map: &BTreeMap<String, Attachment>) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let res = serde_json::to_vec_pretty(map)
-            .map_err(std::io::Error::other)
-            .and_then(|b| crate::perms::write_private(&tmp, b))
-            .and_then(|_| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = res {
-            if let Err(rm) = std::fs::remove_file(&tmp)
-                && rm.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %tmp.display(), error = %rm, "removing a half-written local state file");
-            }
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("saving {}: {e}", self.path.display()),
-            ));
+        write_json(&self.path, map)
+    }
+
+    /// Notes that a detach of `id` on `net` begins, before the interface goes: if the KV
+    /// fails before the record is deleted, or the agent dies, the record is deleted later
+    /// ([`LocalState::detaching`]). Kept only if it could be saved.
+    pub fn begin_detach(&self, net: &str, id: &str) -> std::io::Result<()> {
+        self.update_detaching(|d| d.insert((net.to_string(), id.to_string())))
+    }
+
+    /// Notes that a detach is finished (its record is gone) or did not happen.
+    pub fn end_detach(&self, net: &str, id: &str) -> std::io::Result<()> {
+        self.update_detaching(|d| d.remove(&(net.to_string(), id.to_string())))
+    }
+
+    /// Detaches begun and not finished in the KV: `(network, endpoint)`.
+    pub fn detaching(&self) -> Vec<(String, String)> {
+        self.detaching
+            .lock()
+            .expect("detaching lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn update_detaching(
+        &self,
+        f: impl FnOnce(&mut BTreeSet<(String, String)>) -> bool,
+    ) -> std::io::Result<()> {
+        let mut d = self.detaching.lock().expect("detaching lock");
+        let mut next = d.clone();
+        if f(&mut next) {
+            write_json(&detaching_path(&self.path), &next)?;
+            *d = next;
         }
         Ok(())
     }

@@ -781,6 +781,45 @@ fn two_hosts(name: &str, engine: Engine) {
         can_ping(&lab, 1, "client", "web2")
     });
 
+    // Issue 17 (4): an address freed on host 1 and taken by a new container on host 2 is
+    // reachable from host 1 within 1 s (host 2 had learned its MAC, derived from the
+    // address, towards host 1).
+    lab.run_sleeper(0, "old", "appnet");
+    let reused = ip_of(&lab, 0, "old", "appnet");
+    within("client reaches old on h1", Duration::from_secs(20), || {
+        can_ping(&lab, 1, "client", &reused)
+    });
+    lab.docker(0, &["rm", "-f", "old"]);
+    lab.docker(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "new",
+            "--network",
+            "appnet",
+            "--ip",
+            &reused,
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
+    let started = Instant::now();
+    assert_eq!(ip_of(&lab, 1, "new", "appnet"), reused);
+    within("web (h1) reaches new (h2)", Duration::from_secs(10), || {
+        can_ping(&lab, 0, "web", &reused)
+    });
+    let took = started.elapsed();
+    eprintln!("{name}: reused address {reused} reached from h1 {took:?} after docker run");
+    assert!(
+        took <= Duration::from_secs(1),
+        "the reused address took {took:?} to be reachable from h1"
+    );
+    assert!(can_ping(&lab, 1, "client", &reused), "and from h2");
+    lab.docker(1, &["rm", "-f", "new"]);
+
     // KV outage: running containers keep talking, a new container fails with a clear message,
     // removing one works and reaches the KV once it is back.
     let web2_ep = lab.docker(

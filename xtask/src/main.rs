@@ -124,7 +124,18 @@ enum BenchCmd {
         /// Datapath of the ovl agents: kernel or ebpf.
         #[arg(long, default_value = "kernel", value_parser = ["kernel", "ebpf"])]
         datapath: String,
+        /// Docker Engines, one lab each: 20.10 (against the classic overlay), 26, 28
+        /// (against Swarm's), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "20.10", value_parser = engine)]
+        engine: Vec<ovl_docker::testing::Engine>,
     },
+}
+
+fn engine(s: &str) -> Result<ovl_docker::testing::Engine, String> {
+    ovl_docker::testing::Engine::ALL
+        .into_iter()
+        .find(|e| e.label() == s)
+        .ok_or_else(|| format!("{s}: one of 20.10, 26, 28"))
 }
 
 #[derive(Subcommand)]
@@ -312,7 +323,11 @@ fn run(cli: Cli) -> Result<i32> {
                 BenchCmd::Converge { attaches } => xtask::bench::converge::run(attaches)?,
                 BenchCmd::Datapath { runs } => xtask::bench::datapath::run(runs)?,
                 BenchCmd::Dns { runs } => xtask::bench::dns::run(runs)?,
-                BenchCmd::Docker { runs, datapath } => xtask::bench::docker::run(runs, &datapath)?,
+                BenchCmd::Docker {
+                    runs,
+                    datapath,
+                    engine,
+                } => xtask::bench::docker::run(runs, &datapath, &engine)?,
                 BenchCmd::Scale {
                     hosts,
                     per_host,

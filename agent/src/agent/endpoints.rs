@@ -346,12 +346,35 @@ impl Agent {
                 id, req.network, r.host
             )));
         }
-        self.unplumb(&req.network, &id, true).await?;
-        let removed = self
-            .store
-            .delete_endpoint(&req.network, &id)
-            .await?
-            .is_some();
+        // Noted before the interface goes, so the record goes too even if the KV fails
+        // after that or the agent dies (a reconcile pass finishes it, see records.rs).
+        let here = self.local.get(&req.network, &id).is_some();
+        if here {
+            self.local
+                .begin_detach(&req.network, &id)
+                .map_err(|e| AgentError::io(format!("noting the detach of {id}"), e))?;
+        }
+        if let Err(e) = self.unplumb(&req.network, &id, true).await {
+            if here && self.local.get(&req.network, &id).is_some() {
+                // Still attached: nothing to finish later.
+                self.end_detach(&req.network, &id);
+            }
+            return Err(e);
+        }
+        let removed = match self.store.delete_endpoint(&req.network, &id).await {
+            Ok(r) => r.is_some(),
+            Err(e) if here => {
+                return Err(AgentError::Unavailable(format!(
+                    "{id} is detached from {} on this host, but its record could not be removed ({}); the agent removes it when the KV answers again",
+                    req.network,
+                    AgentError::from(e)
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if here {
+            self.end_detach(&req.network, &id);
+        }
         self.sync_names().await;
         if removed {
             tracing::info!(network = %req.network, endpoint = %id, "detached");

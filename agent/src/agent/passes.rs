@@ -22,6 +22,7 @@ impl Agent {
     /// the change, not the number of containers here).
     pub async fn reconcile_pass(&self, containers: bool) -> Result<usize> {
         let view = self.view();
+        self.finish_detaches().await;
         self.check_records(&view).await;
         let done = self
             .rec

@@ -54,6 +54,45 @@ pub(crate) fn suspects(local: &[Attachment], view: &ClusterView) -> Vec<Suspect>
 }
 
 impl Agent {
+    /// Forgets a finished (or abandoned) detach; a failure to save is logged: the next pass
+    /// finds the record gone and tries again.
+    pub(super) fn end_detach(&self, net: &str, id: &str) {
+        if let Err(e) = self.local.end_detach(net, id) {
+            tracing::warn!(network = %net, endpoint = %id, error = %e, "forgetting a finished detach");
+        }
+    }
+
+    /// Finishes detaches whose interface went but whose record stayed (the KV failed half
+    /// way, or the agent died): the record is deleted if it still names this host. A detach
+    /// that never got to the interface (the endpoint is still attached) is forgotten.
+    pub(super) async fn finish_detaches(&self) {
+        for (net, id) in self.local.detaching() {
+            let _g = self.rec.lock().await;
+            if self.local.get(&net, &id).is_some() {
+                self.end_detach(&net, &id);
+                continue;
+            }
+            let done = match self.store.endpoint(&net, &id).await {
+                // While the record exists no other host can take its key: deleting it
+                // after this read deletes this host's record.
+                Ok(Some(r)) if r.host == self.settings.host_id => {
+                    self.store.delete_endpoint(&net, &id).await.map(|_| {
+                        tracing::info!(network = %net, endpoint = %id, "detach finished: record removed");
+                        Counters::add(&self.counters.detaches, 1);
+                    })
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => self.end_detach(&net, &id),
+                Err(e) => {
+                    tracing::debug!(network = %net, endpoint = %id, error = %e, "finishing a detach; next pass retries")
+                }
+            }
+        }
+    }
+
     /// Checks the records of local endpoints against the view and repairs those the KV
     /// confirms are wrong (the view may only lag behind a write: the KV is read first).
     pub(super) async fn check_records(&self, view: &ClusterView) {

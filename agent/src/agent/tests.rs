@@ -537,7 +537,10 @@ async fn a_state_dir_that_cannot_be_written_refuses_attach_and_detach_and_change
         })
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("forgetting c1 on net1"), "{e}");
+    assert!(
+        e.to_string().contains("noting the detach of c1") && e.to_string().contains("saving"),
+        "{e}"
+    );
     assert!(l.dp.keys().contains(&("net1".into(), "c1".into())));
     assert!(l.agent.local().get("net1", "c1").is_some());
     assert!(
@@ -876,6 +879,94 @@ async fn a_compacted_watch_relists_and_leaves_the_datapath_alone() {
     })
     .await;
     sync.abort();
+}
+
+/// A detach whose KV write fails after the interface went (the KV stopped answering half
+/// way) says so, and the record is removed by a reconcile pass once the KV answers, also
+/// after a restart of the agent; a detach that never got that far leaves nothing to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detach_cut_by_the_kv_is_finished_later() {
+    use std::sync::atomic::Ordering;
+    let (l, kv) = flaky_lab().await;
+    l.agent
+        .create_network(NetworkRequest {
+            name: "net1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for c in ["c1", "c2"] {
+        l.agent.attach(attach_req(c)).await.unwrap();
+    }
+    let records = || async {
+        let mut v: Vec<String> = l
+            .agent
+            .store()
+            .view()
+            .await
+            .unwrap()
+            .endpoints
+            .values()
+            .map(|e| e.name.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(records().await, ["c1", "c2"]);
+
+    kv.fail_txn.store(true, Ordering::Relaxed);
+    let err = l
+        .agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("detached from net1 on this host")
+            && err.to_string().contains("removes it when the KV answers"),
+        "{err}"
+    );
+    assert!(
+        l.agent.local().get("net1", "c1").is_none(),
+        "c1 still attached"
+    );
+    assert_eq!(
+        l.agent.local().detaching(),
+        [("net1".to_string(), "c1".to_string())]
+    );
+    // While the KV fails, a pass keeps the intent.
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(records().await, ["c1", "c2"]);
+    assert_eq!(l.agent.local().detaching().len(), 1);
+
+    // The intent survives a restart (a new state loaded from the same file).
+    let again = crate::local::LocalState::load(l.dir.path().join("state/local.json")).unwrap();
+    assert_eq!(again.detaching(), [("net1".to_string(), "c1".to_string())]);
+
+    // The KV answers again: the next pass removes the record, and only that one.
+    kv.fail_txn.store(false, Ordering::Relaxed);
+    l.agent.reconcile_once().await.unwrap();
+    assert_eq!(records().await, ["c2"]);
+    assert!(l.agent.local().detaching().is_empty());
+    assert!(
+        crate::local::LocalState::load(l.dir.path().join("state/local.json"))
+            .unwrap()
+            .detaching()
+            .is_empty()
+    );
+
+    // Positive control: a detach with the KV answering finishes at once, no intent left.
+    l.agent
+        .detach(DetachRequest {
+            network: "net1".into(),
+            name: "c2".into(),
+        })
+        .await
+        .unwrap();
+    assert!(records().await.is_empty());
+    assert!(l.agent.local().detaching().is_empty());
 }
 
 /// Issue 18 (1): the periodic relist runs next to the watch: an endpoint written while a

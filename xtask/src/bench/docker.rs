@@ -1,11 +1,14 @@
-//! `cargo xtask bench docker --runs N`: Docker + ovl against Docker's own classic overlay
-//! (Docker 20.10 `--cluster-store` on an etcd with the v2 API) and the underlay, side by side
-//! in one run on one 2-host lab (one dockerd per host serving both overlays):
+//! `cargo xtask bench docker --runs N --engine 20.10,26,28`: Docker + ovl against Docker's own
+//! overlay and the underlay, side by side in one run on one 2-host lab per engine (one dockerd
+//! per host serving both overlays). Docker's own overlay is the classic one on 20.10
+//! (`--cluster-store` on an etcd with the v2 API) and Swarm's (`--attachable`, host 1 the
+//! manager, host 2 a worker) on 26 and 28, where the classic one is gone:
 //!
 //! * container-to-container iperf3 throughput (TCP, one stream; the iperf3 binary of the
 //!   machine run inside each container's network namespace);
 //! * ping RTT between the two containers;
-//! * convergence: `docker run` on host 2 until a container on host 1 pings it by name.
+//! * convergence: `docker run` on host 2 until a container on host 1 pings it by name;
+//! * a network created on host 1 only, until `docker run --network` on host 2 succeeds on it.
 //!
 //! Measurements are interleaved with a rotating order so drift does not favour one path;
 //! medians over `runs`. If the classic overlay cannot be brought up, its column says why.
@@ -18,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use ovl_docker::testing::{Dockerd, DockerdOpts};
+use ovl_docker::testing::{Dockerd, DockerdOpts, Engine};
 
 use super::median;
 use crate::{
@@ -31,6 +34,8 @@ const IMAGE: &str = "t6/busybox:latest";
 const SECONDS: u32 = 5;
 /// Client port of the etcd with the v2 API that Docker's cluster store needs.
 const ETCD2_PORT: u16 = 2389;
+/// Swarm's address pool (its ingress network), inside the lab's range.
+const SWARM_POOL: &str = "198.18.176.0/21";
 
 /// A process we started; killed by PID when dropped.
 struct Proc(Child);
@@ -46,6 +51,8 @@ impl Drop for Proc {
 struct Env {
     /// `--datapath` of the agents.
     datapath: String,
+    /// The Docker Engine on both hosts.
+    engine: Engine,
     agents: Vec<Proc>,
     dockerds: Vec<Dockerd>,
     etcd2: Option<Proc>,
@@ -77,7 +84,7 @@ impl Env {
             .expect("lab up")
     }
 
-    fn up(datapath: &str) -> Result<Env> {
+    fn up(datapath: &str, engine: Engine) -> Result<Env> {
         let mut cfg = LabConfig::new(LAB, 2);
         cfg.kv = KvKind::Etcd;
         cfg.start_agents = false;
@@ -87,6 +94,7 @@ impl Env {
         fs::create_dir_all(&work)?;
         let mut env = Env {
             datapath: datapath.to_string(),
+            engine,
             agents: Vec::new(),
             dockerds: Vec::new(),
             etcd2: None,
@@ -94,23 +102,82 @@ impl Env {
             lab: Some(lab),
             work,
         };
-        env.start_etcd2()?;
+        if engine == Engine::Host {
+            env.start_etcd2()?;
+        }
         env.start_dns()?;
         for i in 0..2 {
             let h = env.lab().host(i).clone();
-            let mut opts = DockerdOpts::for_host(i as u8 + 1);
+            let bin = env.lab().state.bin_dir.clone();
+            let mut opts = DockerdOpts::for_engine(i as u8 + 1, engine, &[&env.work, &bin]);
             opts.dns = Some(UNDERLAY_GW.parse()?);
-            opts.extra_args = vec![
-                format!("--cluster-store=etcd://{UNDERLAY_GW}:{ETCD2_PORT}"),
-                format!("--cluster-advertise={}:2376", h.addr),
-            ];
+            if engine == Engine::Host {
+                opts.extra_args = vec![
+                    format!("--cluster-store=etcd://{UNDERLAY_GW}:{ETCD2_PORT}"),
+                    format!("--cluster-advertise={}:2376", h.addr),
+                ];
+            }
             let d = Dockerd::start(&h.ns, &env.work, opts)
-                .with_context(|| format!("dockerd on {}", h.ns))?;
+                .with_context(|| format!("dockerd {engine} on {}", h.ns))?;
+            if i == 0 {
+                let (v, api) = d.server_version()?;
+                println!("Docker Engine {v} (API {api}) from {engine}");
+            }
             d.import_busybox(IMAGE)?;
             env.dockerds.push(d);
             env.start_agent(i)?;
         }
         Ok(env)
+    }
+
+    /// Docker's own overlay on this engine: "classic" (cluster store) or "Swarm".
+    fn theirs(&self) -> &'static str {
+        if self.engine == Engine::Host {
+            "classic"
+        } else {
+            "Swarm"
+        }
+    }
+
+    /// Host 1 initialises a swarm (the manager), host 2 joins it as a worker.
+    fn swarm_up(&self) -> Result<()> {
+        let (a1, a2) = (
+            self.lab().host(0).addr.clone(),
+            self.lab().host(1).addr.clone(),
+        );
+        self.docker(
+            0,
+            &[
+                "swarm",
+                "init",
+                "--advertise-addr",
+                &a1,
+                "--listen-addr",
+                &format!("{a1}:2377"),
+                "--default-addr-pool",
+                SWARM_POOL,
+                "--default-addr-pool-mask-length",
+                "24",
+            ],
+        )
+        .context("docker swarm init on h1")?;
+        let token = self.docker(0, &["swarm", "join-token", "-q", "worker"])?;
+        self.docker(
+            1,
+            &[
+                "swarm",
+                "join",
+                "--token",
+                &token,
+                "--advertise-addr",
+                &a2,
+                "--listen-addr",
+                &format!("{a2}:2377"),
+                &format!("{a1}:2377"),
+            ],
+        )
+        .context("docker swarm join on h2")?;
+        Ok(())
     }
 
     fn start_etcd2(&mut self) -> Result<()> {
@@ -415,6 +482,7 @@ struct Samples {
     rtt_ms: Vec<f64>,
     conv_ms: Vec<f64>,
     after_run_ms: Vec<f64>,
+    create_ms: Vec<f64>,
     error: Option<String>,
 }
 
@@ -434,30 +502,39 @@ fn ratio(a: &mut [f64], b: &mut [f64]) -> String {
     }
 }
 
-/// Brings up Docker's classic overlay; `Err` says exactly why not.
+/// `docker network create` of Docker's own overlay `name` on host 1 (`--attachable` for
+/// Swarm's, so plain containers may join it).
+fn create_theirs(env: &Env, name: &str, subnet: Option<&str>) -> Result<()> {
+    let mut args = vec!["network", "create", "-d", "overlay"];
+    if env.engine != Engine::Host {
+        args.push("--attachable");
+    }
+    if let Some(s) = subnet {
+        args.extend(["--subnet", s]);
+    }
+    args.push(name);
+    env.docker(0, &args)
+        .with_context(|| format!("docker network create -d overlay ({})", env.theirs()))?;
+    Ok(())
+}
+
+/// Brings up Docker's own overlay; `Err` says exactly why not.
 fn classic_up(env: &Env) -> Result<(String, String, String)> {
-    env.docker(
-        0,
-        &[
-            "network",
-            "create",
-            "-d",
-            "overlay",
-            "--subnet",
-            "10.201.0.0/24",
-            "classic",
-        ],
-    )
-    .context("docker network create -d overlay (cluster store)")?;
-    wait_for(
-        "classic network visible on host 2",
-        Duration::from_secs(30),
-        || {
-            env.docker(1, &["network", "inspect", "classic"])
-                .ok()
-                .map(|_| ())
-        },
-    )?;
+    if env.engine != Engine::Host {
+        env.swarm_up()?;
+    }
+    create_theirs(env, "classic", Some("10.201.0.0/24"))?;
+    if env.engine == Engine::Host {
+        wait_for(
+            "classic network visible on host 2",
+            Duration::from_secs(30),
+            || {
+                env.docker(1, &["network", "inspect", "classic"])
+                    .ok()
+                    .map(|_| ())
+            },
+        )?;
+    }
     env.docker(
         0,
         &[
@@ -506,13 +583,85 @@ fn classic_up(env: &Env) -> Result<(String, String, String)> {
     Ok((p1, p2, ip2))
 }
 
-/// Runs the benchmark.
-pub fn run(runs: usize, datapath: &str) -> Result<()> {
+/// A network created on host 1 only (ours, or Docker's own overlay), until `docker run
+/// --network` on host 2 succeeds on it; ms from the create.
+fn create_to_usable(env: &Env, ours: bool, run: usize) -> Result<f64> {
+    let net = format!("{}{run}", if ours { "cro" } else { "crd" });
+    let c = format!("{net}c");
+    let start = Instant::now();
+    if ours {
+        env.docker(
+            0,
+            &[
+                "network",
+                "create",
+                "-d",
+                "ovl",
+                "--ipam-driver",
+                "ovl",
+                &net,
+            ],
+        )?;
+    } else {
+        create_theirs(env, &net, None)?;
+    }
+    let res = poll_every(
+        &format!("{net} usable on h2"),
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || {
+            let args = [
+                "run",
+                "-d",
+                "--name",
+                &c,
+                "--network",
+                &net,
+                IMAGE,
+                "sleep",
+                "100000",
+            ];
+            match env.docker(1, &args) {
+                Ok(_) => Some(start.elapsed()),
+                Err(_) => {
+                    // A container created but not started would block the name.
+                    let _ = env.docker(1, &["rm", "-f", &c]);
+                    None
+                }
+            }
+        },
+    );
+    if let Err(e) = env.docker(1, &["rm", "-f", &c]) {
+        eprintln!("removing {c}: {e:#}");
+    }
+    if let Err(e) = poll_every(
+        &format!("{net} removed"),
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || env.docker(0, &["network", "rm", &net]).ok(),
+    ) {
+        eprintln!("{e:#}");
+    }
+    let took = res?;
+    eprintln!("{net}: usable on h2 {took:?} after the create on h1");
+    Ok(took.as_secs_f64() * 1000.0)
+}
+
+/// Runs the benchmark once per engine.
+pub fn run(runs: usize, datapath: &str, engines: &[Engine]) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bench docker needs root (network namespaces, dockerd)");
     }
+    for &engine in engines {
+        run_on(runs, datapath, engine).with_context(|| format!("Docker {engine}"))?;
+    }
+    Ok(())
+}
+
+fn run_on(runs: usize, datapath: &str, engine: Engine) -> Result<()> {
     let runs = runs.max(1);
-    let env = Env::up(datapath)?;
+    let env = Env::up(datapath, engine)?;
+    let theirs = format!("Docker overlay ({})", env.theirs());
     for i in 0..2 {
         env.docker(
             i,
@@ -588,7 +737,7 @@ pub fn run(runs: usize, datapath: &str) -> Result<()> {
         vec![Samples::default(), Samples::default(), Samples::default()];
     match &classic {
         Ok((k1, k2, ip)) => paths.push(PathSpec {
-            label: "Docker overlay (classic)",
+            label: "Docker's own overlay",
             client: Place::Pid(k1.clone()),
             server: Place::Pid(k2.clone()),
             server_ip: ip.clone(),
@@ -596,7 +745,7 @@ pub fn run(runs: usize, datapath: &str) -> Result<()> {
         Err(e) => samples[2].error = Some(format!("{e:#}")),
     }
     println!(
-        "bench docker: ovl on the {datapath} datapath, {runs} runs, iperf3 TCP 1 stream {SECONDS} s, ping -c 50 -i 0.01, convergence = docker run on h2 until a container on h1 pings it by name"
+        "bench docker on Docker {engine}: ovl on the {datapath} datapath against {theirs}, {runs} runs, iperf3 TCP 1 stream {SECONDS} s, ping -c 50 -i 0.01, convergence = docker run on h2 until a container on h1 pings it by name, create -> usable = network create on h1 until docker run on h2 joins it"
     );
     for run in 0..runs {
         for k in 0..paths.len() {
@@ -628,7 +777,22 @@ pub fn run(runs: usize, datapath: &str) -> Result<()> {
                     samples[2].conv_ms.push(ms);
                     samples[2].after_run_ms.push(after);
                 }
-                Err(e) => eprintln!("run {run} classic convergence: {e:#}"),
+                Err(e) => eprintln!("run {run} {theirs} convergence: {e:#}"),
+            }
+        }
+        // Alternate which overlay's network is created first.
+        let order = if run % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for ours in order {
+            if !ours && classic.is_err() {
+                continue;
+            }
+            match create_to_usable(&env, ours, run) {
+                Ok(ms) => samples[if ours { 1 } else { 2 }].create_ms.push(ms),
+                Err(e) => eprintln!("run {run} create -> usable (ours: {ours}): {e:#}"),
             }
         }
     }
@@ -637,7 +801,8 @@ pub fn run(runs: usize, datapath: &str) -> Result<()> {
     };
     println!();
     println!(
-        "| metric (median of {runs}) | underlay | Docker + ovl | Docker overlay (classic) | ovl / underlay | ovl / classic |"
+        "| metric (median of {runs}), Docker {engine} | underlay | Docker + ovl | {theirs} | ovl / underlay | ovl / {} |",
+        env.theirs()
     );
     println!("|---|---|---|---|---|---|");
     println!(
@@ -672,8 +837,14 @@ pub fn run(runs: usize, datapath: &str) -> Result<()> {
         fmt(&mut c.after_run_ms, 0),
         ratio(&mut o.after_run_ms, &mut c.after_run_ms)
     );
+    println!(
+        "| network created on h1 -> `docker run` on h2 joins it, ms | - | {} | {} | - | {} |",
+        fmt(&mut o.create_ms, 0),
+        fmt(&mut c.create_ms, 0),
+        ratio(&mut o.create_ms, &mut c.create_ms)
+    );
     if let Some(e) = &c.error {
-        println!("\nDocker classic overlay could not be brought up: {e}");
+        println!("\n{theirs} could not be brought up: {e}");
     }
     if let Ok(keep) = std::env::var("OVL_KEEP_LOGS") {
         let _ = fs::create_dir_all(&keep);
