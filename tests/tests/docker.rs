@@ -783,11 +783,14 @@ fn two_hosts(name: &str, engine: Engine) {
 
     // Issue 17 (4): an address freed on host 1 and taken by a new container on host 2 is
     // reachable from host 1 within 1 s (host 2 had learned its MAC, derived from the
-    // address, towards host 1).
-    lab.run_sleeper(0, "old", "appnet");
-    let reused = ip_of(&lab, 0, "old", "appnet");
-    within("client reaches old on h1", Duration::from_secs(20), || {
-        can_ping(&lab, 1, "client", &reused)
+    // address, towards host 1). On intnet: Docker 23+ takes `--ip` only on a network created
+    // with `--subnet`.
+    lab.run_sleeper(0, "r1", "intnet");
+    lab.run_sleeper(1, "r2", "intnet");
+    lab.run_sleeper(0, "old", "intnet");
+    let reused = ip_of(&lab, 0, "old", "intnet");
+    within("r2 (h2) reaches old (h1)", Duration::from_secs(20), || {
+        can_ping(&lab, 1, "r2", &reused)
     });
     lab.docker(0, &["rm", "-f", "old"]);
     lab.docker(
@@ -798,7 +801,7 @@ fn two_hosts(name: &str, engine: Engine) {
             "--name",
             "new",
             "--network",
-            "appnet",
+            "intnet",
             "--ip",
             &reused,
             IMAGE,
@@ -807,9 +810,9 @@ fn two_hosts(name: &str, engine: Engine) {
         ],
     );
     let started = Instant::now();
-    assert_eq!(ip_of(&lab, 1, "new", "appnet"), reused);
-    within("web (h1) reaches new (h2)", Duration::from_secs(10), || {
-        can_ping(&lab, 0, "web", &reused)
+    assert_eq!(ip_of(&lab, 1, "new", "intnet"), reused);
+    within("r1 (h1) reaches new (h2)", Duration::from_secs(10), || {
+        can_ping(&lab, 0, "r1", &reused)
     });
     let took = started.elapsed();
     eprintln!("{name}: reused address {reused} reached from h1 {took:?} after docker run");
@@ -817,8 +820,9 @@ fn two_hosts(name: &str, engine: Engine) {
         took <= Duration::from_secs(1),
         "the reused address took {took:?} to be reachable from h1"
     );
-    assert!(can_ping(&lab, 1, "client", &reused), "and from h2");
-    lab.docker(1, &["rm", "-f", "new"]);
+    assert!(can_ping(&lab, 1, "r2", &reused), "and from h2");
+    lab.docker(0, &["rm", "-f", "r1"]);
+    lab.docker(1, &["rm", "-f", "r2", "new"]);
 
     // KV outage: running containers keep talking, a new container fails with a clear message,
     // removing one works and reaches the KV once it is back.
