@@ -71,8 +71,14 @@ impl Drop for Env {
         }
         self.etcd2.take();
         self.dns.take();
+        // The agents (killed) leave their per-network namespaces mounted in their run dirs.
+        for e in crate::lab::unmount_under(&self.work) {
+            eprintln!("{e:#}");
+        }
         self.lab.take();
-        let _ = fs::remove_dir_all(&self.work);
+        if let Err(e) = fs::remove_dir_all(&self.work) {
+            eprintln!("removing {}: {e}", self.work.display());
+        }
     }
 }
 
