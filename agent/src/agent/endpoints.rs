@@ -364,11 +364,13 @@ impl Agent {
         let removed = match self.store.delete_endpoint(&req.network, &id).await {
             Ok(r) => r.is_some(),
             Err(e) if here => {
-                return Err(AgentError::Unavailable(format!(
-                    "{id} is detached from {} on this host, but its record could not be removed ({}); the agent removes it when the KV answers again",
-                    req.network,
-                    AgentError::from(e)
-                )));
+                // Done as far as the user is concerned: the rest is the agent's, kept on disk.
+                tracing::warn!(network = %req.network, endpoint = %id, error = %e, "detached; the record is removed when the KV answers again");
+                self.sync_names().await;
+                return Ok(DetachReply {
+                    removed: true,
+                    deferred: true,
+                });
             }
             Err(e) => return Err(e.into()),
         };
@@ -380,7 +382,10 @@ impl Agent {
             tracing::info!(network = %req.network, endpoint = %id, "detached");
             Counters::add(&self.counters.detaches, 1);
         }
-        Ok(DetachReply { removed })
+        Ok(DetachReply {
+            removed,
+            deferred: false,
+        })
     }
 
     /// Removes an endpoint record this operation created, and its address claim.

@@ -199,6 +199,11 @@ pub struct DetachRequest {
 pub struct DetachReply {
     /// Whether an endpoint existed.
     pub removed: bool,
+    /// The container is detached on this host, but the KV failed before its record was
+    /// removed: the agent removes the record when the KV answers again (the intent is kept
+    /// in the state dir, across restarts).
+    #[serde(default)]
+    pub deferred: bool,
 }
 
 /// One network's section of `GET /v1/peers`.

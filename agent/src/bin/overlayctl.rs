@@ -280,7 +280,11 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 )
                 .await?;
             print(json, &r, |r| {
-                if r.removed {
+                if r.deferred {
+                    println!(
+                        "detached {name} from {network} on this host; the KV did not answer, so its record is removed when it does"
+                    );
+                } else if r.removed {
                     println!("detached {name} from {network}");
                 } else {
                     println!("{name} was not attached to {network}");

@@ -592,6 +592,7 @@ mod tests {
                     detach_from: None,
                     detached_at: None,
                     detach_tries: 0,
+                    deferred: false,
                     by: "test".into(),
                 },
             );
@@ -771,6 +772,7 @@ mod tests {
                 detach_from: None,
                 detached_at: None,
                 detach_tries: 0,
+                deferred: false,
                 by: "t".into(),
             },
         );

@@ -168,16 +168,32 @@ pub fn judge_world(w: &World, sched: &Schedule) -> Result<Report> {
 
 /// The strict KV checks of the end: every leak counts, there is nothing open any more.
 fn final_kv(w: &World) -> Result<()> {
+    let l = w.ledger.lock().expect("ledger").clone();
+    // A detach answered with its record's removal deferred is finished by the agent's next
+    // pass once the KV answers: give that a bounded while before judging.
+    let deferred_left = |s: &check::Snapshot| {
+        check::leaks(s, &l).iter().any(|k| {
+            l.eps
+                .get(&(k.net.clone(), k.id.clone()))
+                .is_some_and(|e| e.deferred)
+        })
+    };
     let mut snap = None;
     let t = Instant::now();
-    while snap.is_none() && t.elapsed() < Duration::from_secs(30) {
+    while t.elapsed() < Duration::from_secs(30) {
         match w.snapshot() {
-            Ok(s) => snap = Some(s),
+            Ok(s) => {
+                let wait = deferred_left(&s.0) && t.elapsed() < Duration::from_secs(15);
+                snap = Some(s);
+                if !wait {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }
     let (s, t0, t1) = snap.context("the KV did not answer at the end")?;
-    let l = w.ledger.lock().expect("ledger").clone();
     for u in check::unique(&s)
         .into_iter()
         .chain(check::unique_in_ledger(&l))

@@ -57,6 +57,10 @@ pub struct Ep {
     pub detach_from: Option<Duration>,
     /// When a detach answered success.
     pub detached_at: Option<Duration>,
+    /// The detach answered success with its record's removal deferred (the KV failed half
+    /// way): the agent removes it later, so it is not expected gone at once, only at the end.
+    #[serde(default)]
+    pub deferred: bool,
     /// Detaches asked for so far.
     #[serde(skip)]
     pub detach_tries: u32,

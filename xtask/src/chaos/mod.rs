@@ -403,6 +403,7 @@ impl World {
                     detach_from: None,
                     detached_at: None,
                     detach_tries: 0,
+                    deferred: false,
                     by: by.to_string(),
                 });
             // A retry of an attach whose first try had no answer stays unknown until one
@@ -511,7 +512,7 @@ impl World {
     /// and removes its namespace.
     pub fn detach_done(&self, host: usize, net: &str, name: &str, o: &Outcome, took: Duration) {
         self.count_op(host, "detach", &format!("{net}/{name}"), o);
-        let Outcome::Done(_) = o else {
+        let Outcome::Done(reply) = o else {
             // Refused, not sent or unknown: still to be detached (retried). A first detach
             // refused: by the agent's contract nothing changed (after an earlier attempt
             // without an answer, the interface may be gone already).
@@ -548,9 +549,23 @@ impl World {
                 return;
             };
             e.state = EpState::Detached;
-            e.detached_at = Some(self.now());
+            // A deferred removal is the agent's to finish: the record may stay until the KV
+            // answers and a pass runs; the final leak check still holds it to that.
+            e.deferred = reply["deferred"] == true;
+            if !e.deferred {
+                e.detached_at = Some(self.now());
+            }
             e.clone()
         };
+        if ep.deferred {
+            self.event(
+                None,
+                format!(
+                    "detach of {net}/{name} on h{}: done there, the record's removal deferred by the agent",
+                    host + 1
+                ),
+            );
+        }
         self.note_duration(host, "detach", took);
         if let (Some(ifname), Some(ip)) = (&ep.ifname, ep.ip) {
             let out = Command::new("ip")
