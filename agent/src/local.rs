@@ -69,28 +69,6 @@ fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> std::io::
     }
 }
 
-/// Writes `value` to `path`: a temporary renamed over it, so a crash never leaves half a
-/// file. A failed write (a full disk) removes the temporary and is returned.
-fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let res = serde_json::to_vec_pretty(value)
-        .map_err(std::io::Error::other)
-        .and_then(|b| crate::perms::write_private(&tmp, b))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
-        if let Err(rm) = std::fs::remove_file(&tmp)
-            && rm.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %tmp.display(), error = %rm, "removing a half-written state file");
-        }
-        return Err(std::io::Error::new(
-            e.kind(),
-            format!("saving {}: {e}", path.display()),
-        ));
-    }
-    Ok(())
-}
-
 /// Key of an attachment: `network/endpoint`.
 pub fn key(net: &str, id: &str) -> String {
     format!("{net}/{id}")
@@ -119,7 +97,7 @@ impl LocalState {
     /// interface the next agent tears down) or bring it back (a detached endpoint whose
     /// record the next agent writes again).
     fn save(&self, map: &BTreeMap<String, Attachment>) -> std::io::Result<()> {
-        write_json(&self.path, map)
+        crate::perms::write_json(&self.path, map)
     }
 
     /// Notes that a detach of `id` on `net` begins, before the interface goes: if the KV
@@ -151,7 +129,7 @@ impl LocalState {
         let mut d = self.detaching.lock().expect("detaching lock");
         let mut next = d.clone();
         if f(&mut next) {
-            write_json(&detaching_path(&self.path), &next)?;
+            crate::perms::write_json(&detaching_path(&self.path), &next)?;
             *d = next;
         }
         Ok(())

@@ -59,6 +59,29 @@ pub fn write_private(path: &Path, bytes: impl AsRef<[u8]>) -> io::Result<()> {
     f.sync_all()
 }
 
+/// Writes `value` as JSON to `path`, readable by root only, through a temporary renamed over
+/// it, so a crash never leaves half a file. A failed write (a full disk) removes the
+/// temporary and is returned with the path.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let res = serde_json::to_vec_pretty(value)
+        .map_err(io::Error::other)
+        .and_then(|b| write_private(&tmp, b))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        if let Err(rm) = std::fs::remove_file(&tmp)
+            && rm.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %tmp.display(), error = %rm, "removing a half-written state file");
+        }
+        return Err(io::Error::new(
+            e.kind(),
+            format!("saving {}: {e}", path.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// Binds a unix socket at `path` with `mode` and, if given, group owner `gid`: bound under a
 /// temporary name, given its owner and mode, then renamed into place, so no client ever
 /// finds it with other permissions. A stale file at `path` is replaced by the rename.

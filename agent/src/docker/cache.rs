@@ -8,18 +8,14 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Mutex};
 use ovl_core::NetworkRecord;
 use serde::{Deserialize, Serialize};
 
-/// Writes `value` to `path` through a temporary file and a rename, so a crash never leaves
-/// half a file.
+/// Writes `value` to `path` ([`crate::perms::write_json`]); a failure is logged (the next
+/// change writes the whole table again).
 fn save_json<T: Serialize>(path: &std::path::Path, value: &T, what: &str) {
-    let tmp = path.with_extension("json.tmp");
-    let res = serde_json::to_vec_pretty(value)
-        .map_err(std::io::Error::other)
-        .and_then(|b| crate::perms::write_private(&tmp, b))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
+    if let Err(e) = crate::perms::write_json(path, value) {
         tracing::error!(path = %path.display(), error = %e, "saving {what}");
     }
 }
+
 /// What this host knows about one Docker network of our driver.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DockerNet {

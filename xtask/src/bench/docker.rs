@@ -508,6 +508,23 @@ fn ratio(a: &mut [f64], b: &mut [f64]) -> String {
     }
 }
 
+/// `docker network create -d ovl --ipam-driver ovl NAME` on host `i`.
+fn create_ours(env: &Env, i: usize, name: &str) -> Result<()> {
+    env.docker(
+        i,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ovl",
+            "--ipam-driver",
+            "ovl",
+            name,
+        ],
+    )?;
+    Ok(())
+}
+
 /// `docker network create` of Docker's own overlay `name` on host 1 (`--attachable` for
 /// Swarm's, so plain containers may join it).
 fn create_theirs(env: &Env, name: &str, subnet: Option<&str>) -> Result<()> {
@@ -596,18 +613,7 @@ fn create_to_usable(env: &Env, ours: bool, run: usize) -> Result<f64> {
     let c = format!("{net}c");
     let start = Instant::now();
     if ours {
-        env.docker(
-            0,
-            &[
-                "network",
-                "create",
-                "-d",
-                "ovl",
-                "--ipam-driver",
-                "ovl",
-                &net,
-            ],
-        )?;
+        create_ours(env, 0, &net)?;
     } else {
         create_theirs(env, &net, None)?;
     }
@@ -669,18 +675,7 @@ fn run_on(runs: usize, datapath: &str, engine: Engine) -> Result<()> {
     let env = Env::up(datapath, engine)?;
     let theirs = format!("Docker overlay ({})", env.theirs());
     for i in 0..2 {
-        env.docker(
-            i,
-            &[
-                "network",
-                "create",
-                "-d",
-                "ovl",
-                "--ipam-driver",
-                "ovl",
-                "ovlnet",
-            ],
-        )?;
+        create_ours(&env, i, "ovlnet")?;
     }
     env.docker(
         0,
