@@ -72,6 +72,11 @@ pub fn defaults() -> Vec<(&'static str, Value)> {
         ),
         ("datapath-fallback", Value::Boolean(s.datapath_fallback)),
         ("vxlan-port", Value::Integer(i64::from(s.vxlan_port))),
+        ("wg-port", Value::Integer(i64::from(s.wg_port))),
+        (
+            "encrypted-vxlan-port",
+            Value::Integer(i64::from(s.encrypted_vxlan_port)),
+        ),
         ("lease-ttl", secs(s.lease_ttl)),
         ("resync-interval", secs(s.resync_interval)),
         ("subnet-pool", Value::String(s.subnet_pool.pool.to_string())),

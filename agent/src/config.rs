@@ -102,6 +102,14 @@ pub struct Cli {
     /// classic overlay (whose vxlan devices would otherwise refuse to come up).
     #[arg(long, env = "OVERLAY_VXLAN_PORT")]
     pub vxlan_port: Option<u16>,
+    /// UDP port of WireGuard between hosts, for encrypted networks (default 51820). Every
+    /// host of the cluster publishes its own in its host record.
+    #[arg(long, env = "OVERLAY_WG_PORT")]
+    pub wg_port: Option<u16>,
+    /// UDP port of the VXLAN of encrypted networks inside WireGuard (default 4790). Every
+    /// host of the cluster must use the same; it must differ from --vxlan-port.
+    #[arg(long, env = "OVERLAY_ENCRYPTED_VXLAN_PORT")]
+    pub encrypted_vxlan_port: Option<u16>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "OVERLAY_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
@@ -166,6 +174,10 @@ pub struct FileConfig {
     datapath_fallback: Option<bool>,
     #[serde(alias = "vxlan_port")]
     vxlan_port: Option<u16>,
+    #[serde(alias = "wg_port")]
+    wg_port: Option<u16>,
+    #[serde(alias = "encrypted_vxlan_port")]
+    encrypted_vxlan_port: Option<u16>,
     #[serde(alias = "metrics_addr")]
     metrics_addr: Option<String>,
     #[serde(alias = "lease_ttl")]
@@ -211,6 +223,10 @@ pub struct Settings {
     pub datapath_fallback: bool,
     /// UDP port of VXLAN.
     pub vxlan_port: u16,
+    /// UDP port of WireGuard.
+    pub wg_port: u16,
+    /// UDP port of the VXLAN of encrypted networks (routed into WireGuard).
+    pub encrypted_vxlan_port: u16,
     /// Metrics listen address.
     pub metrics_addr: Option<SocketAddr>,
     /// Liveness lease TTL.
@@ -373,6 +389,28 @@ impl Settings {
                 "invalid --vxlan-port 0: must be a UDP port 1-65535".into(),
             ));
         }
+        let wg_port = cli.wg_port.or(file.wg_port).unwrap_or(ovl_model::WG_PORT);
+        let encrypted_vxlan_port = cli
+            .encrypted_vxlan_port
+            .or(file.encrypted_vxlan_port)
+            .unwrap_or(ovl_model::ENCRYPTED_VXLAN_PORT);
+        let ports = [
+            ("--vxlan-port", vxlan_port),
+            ("--wg-port", wg_port),
+            ("--encrypted-vxlan-port", encrypted_vxlan_port),
+        ];
+        for (i, (flag, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                return Err(ConfigError(format!(
+                    "invalid {flag} 0: must be a UDP port 1-65535"
+                )));
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                return Err(ConfigError(format!(
+                    "invalid {flag} {port}: {other} uses it; the ports must differ"
+                )));
+            }
+        }
         let resync = cli.resync_interval.or(file.resync_interval).unwrap_or(5);
         if !(1..=3600).contains(&resync) {
             return Err(ConfigError(format!(
@@ -454,6 +492,8 @@ impl Settings {
                 || file.no_docker_network_sync.unwrap_or(false)),
             datapath_fallback: cli.datapath_fallback || file.datapath_fallback.unwrap_or(false),
             vxlan_port,
+            wg_port,
+            encrypted_vxlan_port,
             metrics_addr,
             lease_ttl: Duration::from_secs(lease_ttl),
             resync_interval: Duration::from_secs(resync),

@@ -70,6 +70,18 @@ pub enum Cmd {
     Dns(DnsCmd),
     /// Datapath details and counters.
     Datapath,
+    /// This host's WireGuard key (encrypted networks).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+/// `overlayctl keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Make a new key pair for this host's WireGuard, use it at once and publish its public
+    /// key; the other hosts take it within one watch event. Also ends a revocation (a key
+    /// an operator removed from the KV).
+    Rotate,
 }
 
 /// `overlayctl hosts ...`.
@@ -103,6 +115,10 @@ pub enum NetCmd {
         /// No gateway bridge, no route off the overlay.
         #[arg(long)]
         internal: bool,
+        /// Encrypt and authenticate traffic between hosts with WireGuard (the container MTU
+        /// leaves room for its 60 bytes).
+        #[arg(long)]
+        encrypted: bool,
         /// Container MTU (default: underlay MTU - 50 on each host).
         #[arg(long)]
         mtu: Option<u32>,

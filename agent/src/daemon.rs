@@ -65,6 +65,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut gw_cfg = ovl_gateway::GatewayConfig::new(settings.state_dir.join("gateway"));
     gw_cfg.subnet = settings.gw_subnet;
     gw_cfg.vxlan_port = Some(settings.vxlan_port);
+    gw_cfg.encrypted_port = Some(settings.encrypted_vxlan_port);
     gw_cfg.agent_tcp = settings.metrics_addr.iter().map(|a| a.port()).collect();
     // The DNS address for Docker containers: never reachable through the underlay interface,
     // even when it is a bridge an `--dns-interfaces` pattern matches.
@@ -97,11 +98,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         (addr, clients)
     });
     let names = crate::names::DnsNames::new(settings.dns_upstream.clone(), shared)?;
+    let tunnel = crate::tunnel::wireguard::WireGuard::open(
+        &settings.state_dir,
+        settings.wg_port,
+        settings.encrypted_vxlan_port,
+    )
+    .context("loading the WireGuard key")?;
     let services = Services {
         datapath: dp,
         gateway: Arc::new(gw),
         names: Arc::new(names),
         probe: Arc::new(crate::probe::UnderlayProbe),
+        tunnel: Arc::new(tunnel),
     };
     // Overlay subnets must stay out of it; unknown (no netmask) is not fatal.
     let network = ovl_netlink::underlay_network(settings.advertise_addr).ok();

@@ -24,6 +24,7 @@ use crate::{
     local::LocalState,
     names::Names,
     probe::{Probe, VtepProbe},
+    tunnel::{Tunnel, TunnelError, TunnelPlan, TunnelStatus},
 };
 
 /// A probe whose answers the test sets per VTEP (`Silent` when unset).
@@ -42,6 +43,76 @@ impl VtepProbe for FakeProbe {
             .get(&vtep)
             .copied()
             .unwrap_or(Probe::Silent)
+    }
+}
+
+/// A tunnel that keeps the last plan it was given and a key that is a counter: the
+/// public key of generation `n` of host `h` is `h-key-n`.
+pub struct FakeTunnel {
+    host: String,
+    /// Key generation (bumped by `rotate`).
+    pub generation: Mutex<u32>,
+    /// Revoked public keys.
+    pub revoked: Mutex<BTreeSet<String>>,
+    /// The last plan applied (`None`: none, or torn down).
+    pub plan: Mutex<Option<TunnelPlan>>,
+    /// How many times `apply` ran.
+    pub applied: std::sync::atomic::AtomicUsize,
+}
+
+impl FakeTunnel {
+    /// The tunnel of `host`, key generation 0.
+    pub fn new(host: &str) -> Self {
+        FakeTunnel {
+            host: host.into(),
+            generation: Mutex::new(0),
+            revoked: Mutex::new(BTreeSet::new()),
+            plan: Mutex::new(None),
+            applied: Default::default(),
+        }
+    }
+
+    fn public(&self) -> String {
+        format!("{}-key-{}", self.host, self.generation.lock().unwrap())
+    }
+}
+
+#[async_trait::async_trait]
+impl Tunnel for FakeTunnel {
+    fn record(&self) -> Option<ovl_core::WgRecord> {
+        let key = self.public();
+        (!self.revoked.lock().unwrap().contains(&key)).then(|| ovl_core::WgRecord {
+            public_key: key,
+            port: ovl_model::WG_PORT,
+            kind: "userspace".into(),
+        })
+    }
+
+    async fn apply(&self, plan: Option<&TunnelPlan>) -> Result<(), TunnelError> {
+        self.applied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.plan.lock().unwrap() = plan.cloned();
+        Ok(())
+    }
+
+    async fn rotate(&self) -> Result<ovl_core::WgRecord, TunnelError> {
+        *self.generation.lock().unwrap() += 1;
+        Ok(self.record().expect("a fresh key is not revoked"))
+    }
+
+    fn revoke(&self, public_key: &str) -> Result<bool, TunnelError> {
+        Ok(public_key == self.public() && self.revoked.lock().unwrap().insert(public_key.into()))
+    }
+
+    fn status(&self) -> TunnelStatus {
+        TunnelStatus {
+            kind: "userspace".into(),
+            public_key: self.public(),
+            port: ovl_model::WG_PORT,
+            up: self.plan.lock().unwrap().is_some(),
+            revoked: self.record().is_none(),
+            ..Default::default()
+        }
     }
 }
 
@@ -368,6 +439,8 @@ pub struct TestAgent {
     pub names: Arc<FakeNames>,
     /// Its VTEP probe.
     pub probe: Arc<FakeProbe>,
+    /// Its tunnel.
+    pub tunnel: Arc<FakeTunnel>,
     /// Its run and state dirs (removed when dropped).
     pub dir: tempfile::TempDir,
 }
@@ -405,6 +478,7 @@ impl TestAgent {
         let gw = Arc::new(FakeGateway::default());
         let names = Arc::new(FakeNames::default());
         let probe = Arc::new(FakeProbe::default());
+        let tunnel = Arc::new(FakeTunnel::new(host));
         std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
         let local = LocalState::load(dir.path().join("state/local.json")).expect("local state");
         let agent = Agent::new(
@@ -419,6 +493,7 @@ impl TestAgent {
                 gateway: gw.clone(),
                 names: names.clone(),
                 probe: probe.clone(),
+                tunnel: tunnel.clone(),
             },
             local,
         );
@@ -428,6 +503,7 @@ impl TestAgent {
             gw,
             names,
             probe,
+            tunnel,
             dir,
         }
     }

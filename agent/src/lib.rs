@@ -9,7 +9,8 @@
 //!   one pass of each loop), calling the cluster store (`ovl-core`) and the seams below;
 //! - [`reconcile`]: the reconciler that owns the datapath, and the desired state (pure);
 //! - the seams over side effects, each a trait with its real implementation (fakes in the
-//!   unit tests): [`datapath`] (kernel and eBPF), [`gateway`], [`names`], [`probe`];
+//!   unit tests): [`datapath`] (kernel and eBPF), [`gateway`], [`names`], [`probe`],
+//!   [`tunnel`] (WireGuard for encrypted networks);
 //! - [`ready`]: tells systemd (`Type=notify`) once the sockets answer; [`ctl`]: the
 //!   command line of `overlayctl`; [`conffile`]: the commented config file the package
 //!   ships, rendered from the flags;
@@ -36,6 +37,7 @@ pub mod probe;
 pub mod ready;
 pub mod reconcile;
 pub mod tasks;
+pub mod tunnel;
 
 /// Release and git revision of this build, e.g. `0.1.0+g6381a6a1b2` (the release alone when
 /// built without git): `--version` of both binaries and the version each host records.

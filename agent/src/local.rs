@@ -220,6 +220,7 @@ mod tests {
                 subnet: "10.10.0.0/24".parse().unwrap(),
                 gateway: "10.10.0.1".parse().unwrap(),
                 internal: false,
+                encrypted: false,
                 mtu: None,
                 labels: Default::default(),
                 options: Default::default(),

@@ -137,6 +137,7 @@ impl SimCluster {
                 datapath: "kernel".into(),
                 version: "sim".into(),
                 gw_subnet: None,
+                wg: None,
             })
             .collect();
         let mut leases = Vec::new();

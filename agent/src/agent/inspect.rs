@@ -48,6 +48,7 @@ impl Agent {
             },
             view_revision: v.revision,
             details: self.gateway_details(),
+            wireguard: self.tunnel.status(),
         }
     }
 
@@ -129,6 +130,8 @@ impl Agent {
                     underlay_mtu: h.underlay_mtu,
                     gw_subnet: h.gw_subnet,
                     datapath: h.datapath,
+                    wireguard: h.wg.as_ref().map(|w| w.kind.clone()),
+                    public_key: h.wg.map(|w| w.public_key),
                     version: h.version,
                     alive,
                     state: state.to_string(),

@@ -2,7 +2,7 @@
 //! health, the reconciler that owns the datapath, the gateway and names services, local
 //! attachments) behind private fields, and its operations, one file per concern:
 //! [`endpoints`] (attach, detach, the plumbing verb), [`networks`] (create, list, remove),
-//! [`hosts`] (forget a host gone for good), [`inspect`] (status, hosts, peers, lookups) and [`passes`] (one reconcile, gateway or names
+//! [`hosts`] (forget a host gone for good), [`keys`] (this host's WireGuard key), [`inspect`] (status, hosts, peers, lookups) and [`passes`] (one reconcile, gateway or names
 //! pass). The control API, the Docker plugin and the long-running loops (`tasks`) call these
 //! verbs; nothing reaches into the fields.
 
@@ -10,6 +10,7 @@ pub mod checks;
 mod endpoints;
 mod hosts;
 mod inspect;
+mod keys;
 mod networks;
 mod passes;
 mod records;
@@ -43,6 +44,7 @@ use crate::{
         desired::{Here, Local, Me, Plugged},
         liveness::{HostState, Liveness},
     },
+    tunnel::Tunnel,
 };
 
 /// Health of the KV as last probed.
@@ -74,6 +76,8 @@ pub struct Services {
     pub names: Arc<dyn Names>,
     /// Probes of other hosts' VTEPs.
     pub probe: Arc<dyn VtepProbe>,
+    /// WireGuard between hosts, for encrypted networks.
+    pub tunnel: Arc<dyn Tunnel>,
 }
 
 /// What the agent knows of this host's underlay, read once at start.
@@ -107,6 +111,7 @@ pub struct Agent {
     names_pass: tokio::sync::Mutex<()>,
     probe: Arc<dyn VtepProbe>,
     liveness: Mutex<Liveness>,
+    tunnel: Arc<dyn Tunnel>,
 }
 
 impl Agent {
@@ -130,7 +135,7 @@ impl Agent {
             ready: AtomicBool::new(false),
             kick: Notify::new(),
             names_kick: Notify::new(),
-            rec: Reconciler::new(services.datapath),
+            rec: Reconciler::new(services.datapath, services.tunnel.clone()),
             gw: services.gateway,
             local,
             names: services.names,
@@ -138,6 +143,7 @@ impl Agent {
             names_pass: tokio::sync::Mutex::new(()),
             probe: services.probe,
             liveness: Mutex::new(Liveness::default()),
+            tunnel: services.tunnel,
         })
     }
 
@@ -250,6 +256,8 @@ impl Agent {
             vtep: self.settings.advertise_addr,
             underlay_mtu: self.underlay_mtu,
             vxlan_port: self.settings.vxlan_port,
+            encrypted_vxlan_port: self.settings.encrypted_vxlan_port,
+            keyed: self.tunnel.record().is_some(),
         }
     }
 
@@ -364,6 +372,7 @@ impl Agent {
             datapath: self.rec.datapath().mode().to_string(),
             version: crate::VERSION.to_string(),
             gw_subnet: self.gw.info().map(|i| i.subnet),
+            wg: self.tunnel.record(),
         }
     }
 
@@ -373,8 +382,8 @@ impl Agent {
     }
 
     /// The container MTU of a network on this host.
-    pub fn mtu_for(&self, mtu: Option<u32>) -> u32 {
-        ovl_model::overlay_mtu(self.underlay_mtu, mtu)
+    pub fn mtu_for(&self, net: &ovl_core::NetworkRecord) -> u32 {
+        crate::reconcile::desired::spec(net, &self.me()).mtu
     }
 
     /// Closes the names service's listeners (shutdown).

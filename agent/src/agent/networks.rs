@@ -25,7 +25,7 @@ impl Agent {
             ));
         }
         NetworkInfo {
-            mtu_here: self.mtu_for(rec.mtu),
+            mtu_here: self.mtu_for(&rec),
             record: rec,
             endpoints,
             details,

@@ -286,6 +286,7 @@ async fn remote_on(l: &Lab, net: &str, host: &str, vtep: [u8; 4], id: &str, aliv
             datapath: "kernel".into(),
             version: "t".into(),
             gw_subnet: None,
+            wg: None,
         })
         .await
         .unwrap();

@@ -119,6 +119,10 @@ pub fn router() -> Router<Arc<Agent>> {
             get(|State(a): Shared| async move { Json(a.datapath_details().await) }),
         )
         .route(
+            "/v1/keys/rotate",
+            post(|State(a): Shared| async move { a.rotate_key().await.map(Json) }),
+        )
+        .route(
             "/v1/peers",
             get(|State(a): Shared, Query(f): Query<NetFilter>| async move {
                 a.peers(f.network.as_deref()).await.map(Json)

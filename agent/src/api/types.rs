@@ -85,6 +85,22 @@ pub struct Status {
     /// Extra lines other parts add (gateway, DNS, datapath), as key/value pairs.
     #[serde(default)]
     pub details: Vec<(String, String)>,
+    /// This host's WireGuard, for encrypted networks.
+    #[serde(default)]
+    pub wireguard: crate::tunnel::TunnelStatus,
+}
+
+/// The answer of `POST /v1/keys/rotate`: this host's new WireGuard key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// This host.
+    pub host: String,
+    /// The new public key (base64).
+    pub public_key: String,
+    /// `kernel` or `userspace`.
+    pub kind: String,
+    /// WireGuard's UDP port.
+    pub port: u16,
 }
 
 /// The answer of `DELETE /v1/hosts/{id}`.
@@ -110,6 +126,12 @@ pub struct HostInfo {
     pub gw_subnet: Option<ipnetwork::Ipv4Network>,
     /// Datapath mode.
     pub datapath: String,
+    /// Its WireGuard (`kernel` or `userspace`), `None` without a published key.
+    #[serde(default)]
+    pub wireguard: Option<String>,
+    /// Its WireGuard public key.
+    #[serde(default)]
+    pub public_key: Option<String>,
     /// Agent version.
     pub version: String,
     /// Whether its lease is held.

@@ -8,7 +8,7 @@ use overlay_agent::{
         client::{Client, ClientError},
         types::*,
     },
-    ctl::{Cli, Cmd, DnsCmd, HostsCmd, NetCmd},
+    ctl::{Cli, Cmd, DnsCmd, HostsCmd, KeysCmd, NetCmd},
 };
 use ovl_core::{EndpointRecord, store::NetworkRequest};
 use serde::Serialize;
@@ -147,6 +147,36 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 for (k, v) in &s.details {
                     println!("{:<12} {}", format!("{k}:"), v);
                 }
+                let w = &s.wireguard;
+                let state = if w.revoked {
+                    "key REVOKED (removed from the KV; `overlayctl keys rotate` makes a new one)"
+                        .to_string()
+                } else if w.up {
+                    let shaken = w
+                        .peers
+                        .iter()
+                        .filter(|p| p.handshake_secs_ago.is_some())
+                        .count();
+                    format!("up, {} peer(s), {shaken} with a handshake", w.peers.len())
+                } else {
+                    "down (no encrypted network here)".into()
+                };
+                println!(
+                    "wireguard:   {} udp {}, key {}, {state}",
+                    w.kind, w.port, w.public_key
+                );
+                if let Some(e) = &w.last_error {
+                    println!("wireguard:   FAILING: {e}");
+                }
+            });
+        }
+        Cmd::Keys(KeysCmd::Rotate) => {
+            let k: KeyInfo = c.post("/v1/keys/rotate", &serde_json::json!({})).await?;
+            print(json, &k, |k| {
+                println!(
+                    "host {}: new WireGuard public key {} ({}, udp {})",
+                    k.host, k.public_key, k.kind, k.port
+                )
             });
         }
         Cmd::Hosts {
@@ -181,13 +211,22 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                                 "dead".into()
                             },
                             h.datapath.clone(),
+                            h.wireguard.clone().unwrap_or_else(|| "-".into()),
                             h.underlay_mtu.to_string(),
                             h.version.clone(),
                         ]
                     })
                     .collect();
                 table(
-                    &["HOST", "VTEP", "STATE", "DATAPATH", "MTU", "VERSION"],
+                    &[
+                        "HOST",
+                        "VTEP",
+                        "STATE",
+                        "DATAPATH",
+                        "WIREGUARD",
+                        "MTU",
+                        "VERSION",
+                    ],
                     rows,
                 );
             });
@@ -198,6 +237,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             gateway,
             vni,
             internal,
+            encrypted,
             mtu,
             labels,
         }) => {
@@ -207,6 +247,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 gateway,
                 vni,
                 internal,
+                encrypted,
                 mtu,
                 labels: labels.into_iter().collect(),
                 ..Default::default()
@@ -228,6 +269,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 println!("subnet:     {}", n.record.subnet);
                 println!("gateway:    {}", n.record.gateway);
                 println!("internal:   {}", n.record.internal);
+                println!("encrypted:  {}", n.record.encrypted);
                 println!("mtu:        {}", n.mtu_here);
                 println!("endpoints:  {}", n.endpoints);
                 for (k, v) in &n.details {

@@ -18,9 +18,10 @@ use ovl_model::Plug;
 
 /// The driver options (`-o`) ovl understands; anything else is refused with a clear error
 /// before anything is created.
-pub(super) const DRIVER_OPTIONS: [&str; 2] = [
+pub(super) const DRIVER_OPTIONS: [&str; 3] = [
     ovl_docker::options::MTU,
     ovl_docker::identity::NETWORK_NAME_OPTION,
+    ovl_docker::options::ENCRYPTED,
 ];
 
 /// Refuses driver options ovl does not know (a typo would otherwise be silently ignored).
@@ -35,7 +36,9 @@ pub(super) fn check_driver_options(
             "unknown driver option {k:?} (ovl knows {})",
             DRIVER_OPTIONS.join(", ")
         ))),
-        None => Ok(()),
+        None => ovl_docker::options::encrypted(generic)
+            .map(|_| ())
+            .map_err(|e| PluginError::Invalid(e.to_string())),
     }
 }
 

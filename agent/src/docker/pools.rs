@@ -166,6 +166,8 @@ impl DockerPlugin {
                     subnet: Some(pool.subnet),
                     gateway: pool.gateway,
                     internal: pool.internal,
+                    encrypted: ovl_docker::options::encrypted(&pool.options)
+                        .map_err(|e| PluginError::Invalid(e.to_string()))?,
                     mtu: pool.mtu,
                     options: pool.options.clone(),
                     labels,

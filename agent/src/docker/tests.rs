@@ -295,6 +295,7 @@ fn sync_plan_creates_missing_recreates_differing_and_removes_orphans() {
         subnet: subnet.parse().unwrap(),
         gateway: subnet.replace(".0/24", ".1").parse().unwrap(),
         internal: false,
+        encrypted: false,
         mtu: None,
         labels: BTreeMap::new(),
         options: BTreeMap::new(),

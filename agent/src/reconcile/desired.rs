@@ -8,8 +8,11 @@ use std::{
 
 use ovl_core::{ClusterView, NetworkRecord};
 use ovl_model::{
-    Desired, DesiredNetwork, EndpointSpec, MacAddr, NetworkSpec, Plug, RemotePeer, overlay_mtu,
+    Desired, DesiredNetwork, EndpointSpec, MacAddr, NetworkSpec, Plug, RemotePeer, WG_OVERHEAD,
+    encrypted_mtu, overlay_mtu,
 };
+
+use crate::tunnel::{TunnelPeer, TunnelPlan};
 
 /// What this host needs to know to compute its desired state.
 #[derive(Debug, Clone)]
@@ -22,18 +25,69 @@ pub struct Me<'a> {
     pub underlay_mtu: u32,
     /// UDP port of VXLAN.
     pub vxlan_port: u16,
+    /// UDP port of the VXLAN of encrypted networks (routed into WireGuard).
+    pub encrypted_vxlan_port: u16,
+    /// Whether this host's WireGuard key is published: without it, no other host takes its
+    /// encrypted traffic, so it programs no peer on encrypted networks either.
+    pub keyed: bool,
 }
 
-/// The datapath spec of a network on this host.
+/// The datapath spec of a network on this host: an encrypted network has its own VXLAN port
+/// and room for WireGuard's header in its MTU.
 pub fn spec(net: &NetworkRecord, me: &Me<'_>) -> NetworkSpec {
+    let (mtu, vxlan_port) = if net.encrypted {
+        (
+            encrypted_mtu(me.underlay_mtu, net.mtu),
+            me.encrypted_vxlan_port,
+        )
+    } else {
+        (overlay_mtu(me.underlay_mtu, net.mtu), me.vxlan_port)
+    };
     NetworkSpec {
         name: net.name.clone(),
         vni: net.vni,
         subnet: net.subnet,
-        mtu: overlay_mtu(me.underlay_mtu, net.mtu),
+        mtu,
         local_vtep: me.vtep,
-        vxlan_port: me.vxlan_port,
+        vxlan_port,
     }
+}
+
+/// The tunnel this host needs for `want`: `None` without an encrypted network here; else
+/// one peer per host that floods one of them (its VTEP on the host's record, with its
+/// published key and port).
+pub fn tunnel(view: &ClusterView, me: &Me<'_>, want: &Desired) -> Option<TunnelPlan> {
+    let encrypted: Vec<_> = want
+        .networks
+        .values()
+        .filter(|n| n.spec.vxlan_port == me.encrypted_vxlan_port)
+        .collect();
+    if encrypted.is_empty() {
+        return None;
+    }
+    let vteps: BTreeSet<Ipv4Addr> = encrypted
+        .iter()
+        .flat_map(|n| n.flood.iter().copied())
+        .collect();
+    let mut peers: Vec<TunnelPeer> = view
+        .hosts
+        .values()
+        .filter(|h| h.id != me.host && vteps.contains(&h.vtep))
+        .filter_map(|h| {
+            let wg = h.wg.as_ref()?;
+            Some(TunnelPeer {
+                host: h.id.clone(),
+                public_key: wg.public_key.clone(),
+                endpoint: std::net::SocketAddrV4::new(h.vtep, wg.port),
+                vtep: h.vtep,
+            })
+        })
+        .collect();
+    peers.sort_by(|a, b| a.host.cmp(&b.host));
+    Some(TunnelPlan {
+        mtu: me.underlay_mtu.saturating_sub(WG_OVERHEAD),
+        peers,
+    })
 }
 
 /// Where this host plugged a local endpoint, from its own records (`local.json`).
@@ -123,6 +177,10 @@ pub fn desired(view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
             let Some(host) = view.hosts.get(&ep.host) else {
                 continue;
             };
+            if net.encrypted && (host.wg.is_none() || !me.keyed) {
+                // No key on either side: no tunnel between the two, and never in the clear.
+                continue;
+            }
             if host.vtep == me.vtep {
                 // A misconfigured host claiming our VTEP: never loop traffic to ourselves.
                 continue;
@@ -169,6 +227,7 @@ mod tests {
             datapath: "kernel".into(),
             version: "t".into(),
             gw_subnet: None,
+            wg: None,
         }
     }
 
@@ -215,6 +274,7 @@ mod tests {
                     subnet: subnet.parse().unwrap(),
                     gateway: "10.10.0.1".parse().unwrap(),
                     internal: false,
+                    encrypted: false,
                     mtu: None,
                     labels: Default::default(),
                     options: Default::default(),
@@ -238,6 +298,8 @@ mod tests {
         vtep: Ipv4Addr::new(198, 18, 0, 11),
         underlay_mtu: 1400,
         vxlan_port: ovl_model::VXLAN_PORT,
+        encrypted_vxlan_port: ovl_model::ENCRYPTED_VXLAN_PORT,
+        keyed: true,
     };
 
     /// What h1 has: endpoint `a` of net1, not plugged by this agent (as the view records it).
@@ -278,6 +340,78 @@ mod tests {
             n.local_endpoints,
             [("a".to_string(), None)].into_iter().collect()
         );
+    }
+
+    /// The view with net1 encrypted and every host keyed except `unkeyed`.
+    fn encrypted_view(unkeyed: &[&str]) -> ClusterView {
+        let mut v = view();
+        v.networks.get_mut("net1").unwrap().encrypted = true;
+        let ids: Vec<String> = v.hosts.keys().cloned().collect();
+        for id in ids {
+            if !unkeyed.contains(&id.as_str()) {
+                v.hosts.get_mut(&id).unwrap().wg = Some(ovl_core::WgRecord {
+                    public_key: format!("{id}-key"),
+                    port: 51820,
+                    kind: "userspace".into(),
+                });
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn encrypted_networks_go_through_wireguard() {
+        let v = encrypted_view(&[]);
+        let d = desired(&v, &ME, &here());
+        let n = &d.networks["net1"];
+        assert_eq!(n.spec.vxlan_port, ovl_model::ENCRYPTED_VXLAN_PORT);
+        assert_eq!(n.spec.mtu, 1400 - 60 - 50, "room for WireGuard and VXLAN");
+        assert_eq!(n.peers.len(), 3);
+        let t = tunnel(&v, &ME, &d).expect("a tunnel for an encrypted network");
+        assert_eq!(t.mtu, 1340);
+        let got: Vec<_> = t
+            .peers
+            .iter()
+            .map(|p| (p.host.as_str(), p.endpoint))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("h2", "198.18.0.12:51820".parse().unwrap()),
+                ("h3", "198.18.0.13:51820".parse().unwrap())
+            ]
+        );
+        assert_eq!(t.peers[0].public_key, "h2-key");
+        assert_eq!(t.peers[0].vtep, Ipv4Addr::new(198, 18, 0, 12));
+        // Positive control of the other direction: a plain network needs no tunnel.
+        let plain = desired(&view(), &ME, &here());
+        assert_eq!(
+            plain.networks["net1"].spec.vxlan_port,
+            ovl_model::VXLAN_PORT
+        );
+        assert_eq!(tunnel(&view(), &ME, &plain), None);
+    }
+
+    #[test]
+    fn hosts_without_a_key_are_cut_off_from_encrypted_networks() {
+        let v = encrypted_view(&["h3"]);
+        let d = desired(&v, &ME, &here());
+        let n = &d.networks["net1"];
+        assert_eq!(n.peers.len(), 1, "only h2's endpoint: h3 has no key");
+        assert_eq!(
+            n.flood,
+            [Ipv4Addr::new(198, 18, 0, 12)].into_iter().collect()
+        );
+        let t = tunnel(&v, &ME, &d).unwrap();
+        assert_eq!(t.peers.len(), 1);
+        assert_eq!(t.peers[0].host, "h2");
+        // This host's own key revoked: it programs no peer at all, and keeps the device
+        // (an empty peer set) so nothing leaves in the clear.
+        let me = Me { keyed: false, ..ME };
+        let d = desired(&v, &me, &here());
+        assert!(d.networks["net1"].peers.is_empty());
+        assert!(d.networks["net1"].flood.is_empty());
+        assert_eq!(tunnel(&v, &me, &d).unwrap().peers, vec![]);
     }
 
     #[test]

@@ -154,6 +154,7 @@ mod tests {
                     datapath: "kernel".into(),
                     version: "t".into(),
                     gw_subnet: None,
+                    wg: None,
                 },
             );
         }

@@ -23,6 +23,7 @@ use ovl_model::{Attached, Desired, EndpointSpec, MacAddr, NetworkSpec};
 use crate::{
     datapath::{Converged, Datapath, Report},
     error::{AgentError, Result},
+    tunnel::Tunnel,
 };
 pub use desired::EndpointKey;
 use desired::{Here, Me};
@@ -30,6 +31,9 @@ use desired::{Here, Me};
 /// The datapath and what serialises and remembers changes to it.
 pub struct Reconciler {
     dp: Arc<dyn Datapath>,
+    /// WireGuard for encrypted networks: brought to the plan before the datapath, so the
+    /// routes into the tunnel exist when entries towards it are programmed.
+    tunnel: Arc<dyn Tunnel>,
     /// Serialises datapath changes: passes, attaches and detaches never interleave.
     lock: tokio::sync::Mutex<()>,
     /// Local endpoints being attached, counted as desired until they are recorded.
@@ -40,9 +44,10 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// A reconciler driving `dp`.
-    pub fn new(dp: Arc<dyn Datapath>) -> Self {
+    pub fn new(dp: Arc<dyn Datapath>, tunnel: Arc<dyn Tunnel>) -> Self {
         Reconciler {
             dp,
+            tunnel,
             lock: tokio::sync::Mutex::new(()),
             pending: Mutex::new(BTreeMap::new()),
             announced: Mutex::new(BTreeSet::new()),
@@ -103,6 +108,11 @@ impl Reconciler {
             want = want.without_container_checks(|net, id| {
                 fine.contains(&(net.to_string(), id.to_string()))
             });
+        }
+        let plan = desired::tunnel(view, me, &want);
+        if let Err(e) = self.tunnel.apply(plan.as_ref()).await {
+            // The datapath still converges: plain networks do not depend on the tunnel.
+            tracing::warn!(error = %e, "WireGuard for encrypted networks; retrying on the next pass");
         }
         let done = self.dp.converge(&want).await?;
         self.announce_new_peers(&want).await;

@@ -30,10 +30,11 @@ pub async fn run(agent: Arc<Agent>) {
     let ttl = s.lease_ttl;
     let renew = ttl / 3;
     let mut lease: Option<LeaseId> = None;
+    let mut published: Option<String> = None;
     let mut backoff = Duration::from_millis(250);
     loop {
         let host = agent.host_record();
-        match step(&agent, &host, &alive, ttl, &mut lease).await {
+        match step(&agent, host, &alive, ttl, &mut lease, &mut published).await {
             Ok(()) => {
                 agent.set_registered(true);
                 backoff = Duration::from_millis(250);
@@ -54,20 +55,32 @@ pub async fn run(agent: Arc<Agent>) {
     }
 }
 
+/// One registration step. `published` is the WireGuard key this process last wrote: a
+/// record found without it was changed by an operator, who revoked the key (see
+/// `Agent::key_removed`); a record found missing altogether is restored as it was.
 async fn step(
     agent: &Agent,
-    host: &HostRecord,
+    mut host: HostRecord,
     alive: &AliveRecord,
     ttl: Duration,
     lease: &mut Option<LeaseId>,
+    published: &mut Option<String>,
 ) -> Result<(), StoreError> {
     let store = agent.store();
     match *lease {
         Some(id) => {
             store.keep_alive(id).await?;
+            let current = store.host(&host.id).await?;
+            if let (Some(cur), Some(key)) = (&current, published.as_deref())
+                && cur.wg.is_none()
+                && host.wg.as_ref().is_some_and(|w| w.public_key == key)
+                && agent.key_removed(key)
+            {
+                host = agent.host_record();
+            }
             // Level-triggered: restore either record if it went missing or changed.
-            if store.host(&host.id).await?.as_ref() != Some(host) {
-                store.put_host(host).await?;
+            if current.as_ref() != Some(&host) {
+                store.put_host(&host).await?;
             }
             if store.alive(&host.id).await?.is_none() {
                 store.put_alive(alive, id).await?;
@@ -75,11 +88,12 @@ async fn step(
         }
         None => {
             let id = store.grant_lease(ttl).await?;
-            store.put_host(host).await?;
+            store.put_host(&host).await?;
             store.put_alive(alive, id).await?;
             *lease = Some(id);
             tracing::info!(host = %host.id, vtep = %host.vtep, lease = format!("{id:x}"), "registered");
         }
     }
+    *published = host.wg.map(|w| w.public_key);
     Ok(())
 }

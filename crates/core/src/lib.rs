@@ -16,6 +16,7 @@ pub mod view;
 
 pub use model::{
     AliveRecord, DockerPool, EndpointRecord, HostRecord, MacAddr, NetworkRecord, PortMap, Proto,
+    WgRecord,
 };
 pub use store::{ClusterStore, Repair, StoreError};
 pub use view::{Change, ClusterView};

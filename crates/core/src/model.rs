@@ -23,6 +23,22 @@ pub struct HostRecord {
     /// Subnet of the host's gateway bridge, once chosen (overlay subnets must avoid it).
     #[serde(default)]
     pub gw_subnet: Option<Ipv4Network>,
+    /// The host's WireGuard, for encrypted networks; `None`: the host takes part in none
+    /// (an older agent, or its key was removed: it is cut off from encrypted networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg: Option<WgRecord>,
+}
+
+/// A host's WireGuard as other hosts need it: the public half of its key pair (the private
+/// half never leaves the host's state dir), its port and which implementation runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgRecord {
+    /// Public key, base64 (44 characters), as `wg` prints it.
+    pub public_key: String,
+    /// UDP port WireGuard listens on, on the host's VTEP address.
+    pub port: u16,
+    /// `kernel` or `userspace`.
+    pub kind: String,
 }
 
 /// Liveness of a host: present while the host's lease is kept alive.
@@ -51,6 +67,9 @@ pub struct NetworkRecord {
     pub internal: bool,
     /// Container MTU override; `None` = each host's underlay MTU - 50.
     pub mtu: Option<u32>,
+    /// Traffic between hosts goes through WireGuard (`--encrypted`, `-o encrypted`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
     /// Labels, as `docker network inspect` shows them on every host (Compose keeps its
     /// project, network and config-hash labels here).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

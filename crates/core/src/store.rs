@@ -73,6 +73,9 @@ pub struct NetworkRequest {
     pub internal: bool,
     /// Container MTU override.
     pub mtu: Option<u32>,
+    /// WireGuard between hosts (see [`NetworkRecord::encrypted`]).
+    #[serde(default)]
+    pub encrypted: bool,
     /// Labels (see [`NetworkRecord::labels`]).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -352,6 +355,7 @@ impl ClusterStore {
                 gateway,
                 internal: req.internal,
                 mtu: req.mtu,
+                encrypted: req.encrypted,
                 labels: req.labels.clone(),
                 options: req.options.clone(),
             };

@@ -19,6 +19,8 @@ pub const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
 pub const INTERNAL: &str = "com.docker.network.internal";
 /// MTU, given as `-o com.docker.network.driver.mtu=N`.
 pub const MTU: &str = "com.docker.network.driver.mtu";
+/// `-o encrypted`: WireGuard between hosts (Docker's own overlay spells it the same way).
+pub const ENCRYPTED: &str = "encrypted";
 /// Published ports (`-p`).
 pub const PORT_MAP: &str = "com.docker.network.portmap";
 /// Exposed ports (`EXPOSE`, `--expose`).
@@ -165,6 +167,23 @@ fn parse_bool(key: &str, v: &Value) -> Result<bool, OptionError> {
         other => Err(OptionError::new(
             key,
             format!("expected a boolean, got {}", type_name(other)),
+        )),
+    }
+}
+
+/// `-o encrypted` among the driver options: present (empty, as Docker passes `-o encrypted`,
+/// or `true`/`1`/`yes`/`on`) asks for it; `false`/`0`/`no`/`off` or absent does not.
+pub fn encrypted(generic: &BTreeMap<String, String>) -> Result<bool, OptionError> {
+    match generic
+        .get(ENCRYPTED)
+        .map(|v| v.trim().to_ascii_lowercase())
+    {
+        None => Ok(false),
+        Some(v) if matches!(v.as_str(), "" | "true" | "1" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
+        Some(v) => Err(OptionError::new(
+            ENCRYPTED,
+            format!("expected nothing (-o encrypted) or true/false, got {v:?}"),
         )),
     }
 }
@@ -343,6 +362,20 @@ mod tests {
         assert!(mtu(&map(json!({GENERIC: {MTU: "big"}}))).is_err());
         assert!(mtu(&map(json!({GENERIC: {MTU: "10"}}))).is_err());
         assert!(mtu(&map(json!({MTU: -1}))).is_err());
+    }
+
+    #[test]
+    fn encrypted_as_docker_spells_it() {
+        let g = |v: Option<&str>| {
+            v.map(|v| BTreeMap::from([(ENCRYPTED.to_string(), v.to_string())]))
+                .unwrap_or_default()
+        };
+        assert!(encrypted(&g(Some(""))).unwrap(), "-o encrypted");
+        assert!(encrypted(&g(Some("true"))).unwrap());
+        assert!(!encrypted(&g(Some("false"))).unwrap());
+        assert!(!encrypted(&g(None)).unwrap());
+        let e = encrypted(&g(Some("maybe"))).unwrap_err();
+        assert!(e.to_string().contains("encrypted"), "{e}");
     }
 
     #[test]

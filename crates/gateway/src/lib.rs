@@ -65,6 +65,10 @@ pub struct GatewayConfig {
     pub dns: Option<DnsGuard>,
     /// The VXLAN UDP port to guard (see [`Gateway::admit`]); `None`: no admission.
     pub vxlan_port: Option<u16>,
+    /// The VXLAN port of encrypted networks: admitted only from the WireGuard interface
+    /// [`ovl_model::WG_IFNAME`] (what arrives there was decrypted and authenticated), never
+    /// from the underlay. Guarded together with [`GatewayConfig::vxlan_port`].
+    pub encrypted_port: Option<u16>,
     /// TCP ports the agent listens on in the host (metrics): closed to containers.
     pub agent_tcp: Vec<u16>,
 }
@@ -83,6 +87,7 @@ impl GatewayConfig {
             host_netns: None,
             dns: None,
             vxlan_port: None,
+            encrypted_port: None,
             agent_tcp: Vec::new(),
         }
     }
@@ -231,6 +236,7 @@ impl Gateway {
                 }
                 ruleset::Admission {
                     port,
+                    encrypted_port: self.cfg.encrypted_port,
                     vteps: vteps.iter().copied().collect(),
                     containers,
                     agent_tcp: self.cfg.agent_tcp.clone(),

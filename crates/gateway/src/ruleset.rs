@@ -34,7 +34,10 @@
 //! - `vxlan_admission` (filter, input, once the agent has given the VTEPs of the cluster's
 //!   hosts): VXLAN (the agent's UDP port) is accepted only from those addresses; the rest
 //!   is dropped and counted in [`VXLAN_REFUSED`]. Both datapaths receive VXLAN through a
-//!   UDP socket of the host, so this one rule admits for both.
+//!   UDP socket of the host, so this one rule admits for both. The VXLAN port of encrypted
+//!   networks is accepted only from the WireGuard interface (decrypted, authenticated by
+//!   the peer's key), never from the underlay: a forged plain datagram is dropped and
+//!   counted the same way.
 //! - `vxlan_containment` (filter, forward): nothing from a container bridge (ours, Docker's)
 //!   goes to a VXLAN port anywhere: masqueraded as its host, it would pass another host's
 //!   admission and enter any network. Counted in [`VXLAN_REFUSED`] too.
@@ -54,6 +57,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+use ovl_model::WG_IFNAME;
 pub use ovl_model::{PortMap, Proto};
 
 use crate::error::{Error, Result};
@@ -70,6 +74,8 @@ pub const VXLAN_REFUSED: &str = "vxlan_refused";
 pub struct Admission {
     /// The VXLAN UDP port.
     pub port: u16,
+    /// The VXLAN UDP port of encrypted networks, admitted from [`ovl_model::WG_IFNAME`] only.
+    pub encrypted_port: Option<u16>,
     /// VTEP addresses of the cluster's registered hosts.
     pub vteps: Vec<Ipv4Addr>,
     /// Container bridges (names or `prefix*` patterns) whose traffic never goes to a VXLAN
@@ -330,7 +336,15 @@ fn render_admission(s: &mut String, a: &Admission) {
         s,
         "\t\tudp dport {port} counter name \"{VXLAN_REFUSED}\" drop"
     );
+    if let Some(e) = a.encrypted_port {
+        let _ = writeln!(s, "\t\tudp dport {e} iifname {} accept", q(WG_IFNAME));
+        let _ = writeln!(s, "\t\tudp dport {e} counter name \"{VXLAN_REFUSED}\" drop");
+    }
     s.push_str("\t}\n");
+    let ports = match a.encrypted_port {
+        Some(e) => format!("{{ {port}, {e} }}"),
+        None => port.to_string(),
+    };
     let mut containers = a.containers.clone();
     containers.sort();
     containers.dedup();
@@ -340,7 +354,7 @@ fn render_admission(s: &mut String, a: &Admission) {
         s.push_str("\t\ttype filter hook forward priority filter; policy accept;\n");
         let _ = writeln!(
             s,
-            "\t\tiifname {{ {} }} udp dport {port} counter name \"{VXLAN_REFUSED}\" drop",
+            "\t\tiifname {{ {} }} udp dport {ports} counter name \"{VXLAN_REFUSED}\" drop",
             set.join(", ")
         );
         s.push_str("\t}\n");
@@ -550,6 +564,7 @@ mod tests {
     fn admission_lists_the_vteps_and_drops_the_rest() {
         let a = Admission {
             port: 4789,
+            encrypted_port: None,
             vteps: vec![Ipv4Addr::new(198, 18, 0, 12), Ipv4Addr::new(198, 18, 0, 11)],
             containers: vec!["ovl_gw0".into(), "br-*".into()],
             agent_tcp: vec![9464],
@@ -578,6 +593,34 @@ mod tests {
         assert!(!t.contains("ip saddr {"), "{t}");
         assert!(t.contains("tcp dport { 9464 } drop"), "{t}");
         assert!(t.contains("udp dport 4789 counter name"), "{t}");
+    }
+
+    #[test]
+    fn encrypted_vxlan_only_from_wireguard() {
+        let a = Admission {
+            port: 4789,
+            encrypted_port: Some(4790),
+            vteps: vec![Ipv4Addr::new(198, 18, 0, 12)],
+            containers: vec!["ovl_gw0".into()],
+            agent_tcp: vec![],
+        };
+        let t = render_table(&Ruleset {
+            admission: Some(a),
+            ..Default::default()
+        });
+        let accept = t
+            .find("udp dport 4790 iifname \"ovlwg0\" accept")
+            .expect(&t);
+        let drop = t
+            .find("udp dport 4790 counter name \"vxlan_refused\" drop")
+            .expect(&t);
+        assert!(accept < drop, "{t}");
+        // Not even a registered VTEP may send it in the clear.
+        assert!(!t.contains("udp dport 4790 ip saddr"), "{t}");
+        assert!(
+            t.contains("iifname { \"ovl_gw0\" } udp dport { 4789, 4790 } counter"),
+            "{t}"
+        );
     }
 
     #[test]

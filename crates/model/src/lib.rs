@@ -36,6 +36,6 @@ pub use names::{
 };
 pub use port::{PortMap, Proto};
 pub use spec::{
-    Attached, EndpointSpec, MAX_VNI, NetworkSpec, Plug, RemotePeer, VXLAN_OVERHEAD, VXLAN_PORT,
-    overlay_mtu,
+    Attached, ENCRYPTED_VXLAN_PORT, EndpointSpec, MAX_VNI, NetworkSpec, Plug, RemotePeer,
+    VXLAN_OVERHEAD, VXLAN_PORT, WG_IFNAME, WG_OVERHEAD, WG_PORT, encrypted_mtu, overlay_mtu,
 };

@@ -17,6 +17,22 @@ pub const VXLAN_PORT: u16 = 4789;
 /// container MTU is the underlay MTU minus this.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
+/// Bytes WireGuard over IPv4 adds to a packet (IPv4 20, UDP 8, WireGuard data header 16,
+/// authentication tag 16): an encrypted network's VXLAN travels inside it, so its container
+/// MTU is the underlay MTU minus this and [`VXLAN_OVERHEAD`].
+pub const WG_OVERHEAD: u32 = 60;
+
+/// The WireGuard interface that carries encrypted networks between hosts.
+pub const WG_IFNAME: &str = "ovlwg0";
+
+/// UDP port of WireGuard between hosts (the protocol's customary port).
+pub const WG_PORT: u16 = 51820;
+
+/// UDP port of the VXLAN of encrypted networks. It differs from [`VXLAN_PORT`] so that a
+/// policy rule can route exactly this VXLAN into the WireGuard interface, and so that the
+/// firewall can refuse it from anywhere but that interface.
+pub const ENCRYPTED_VXLAN_PORT: u16 = 4790;
+
 /// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 
@@ -24,6 +40,12 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// [`VXLAN_OVERHEAD`].
 pub fn overlay_mtu(underlay_mtu: u32, network_override: Option<u32>) -> u32 {
     network_override.unwrap_or(underlay_mtu.saturating_sub(VXLAN_OVERHEAD))
+}
+
+/// The container MTU of an encrypted network: its override, else the underlay's minus
+/// [`WG_OVERHEAD`] and [`VXLAN_OVERHEAD`].
+pub fn encrypted_mtu(underlay_mtu: u32, network_override: Option<u32>) -> u32 {
+    overlay_mtu(underlay_mtu.saturating_sub(WG_OVERHEAD), network_override)
 }
 
 /// One overlay network as this host programs it.

@@ -8,7 +8,8 @@
 //! - [`veth`]: endpoint plumbing both datapaths share;
 //! - [`garp`]: gratuitous ARP announcements;
 //! - [`mtu`]: the underlay MTU;
-//! - [`nft`]: the `nft` command in a namespace.
+//! - [`nft`]: the `nft` command in a namespace;
+//! - [`rule`]: a policy rule for one UDP port and the routes of its table.
 //!
 //! Depends only on `ovl-model` among the workspace's crates.
 
@@ -21,6 +22,7 @@ pub mod link;
 pub mod mtu;
 pub mod netns;
 pub mod nft;
+pub mod rule;
 pub mod sync;
 pub mod veth;
 
@@ -28,3 +30,4 @@ pub use error::{Error, Result};
 pub use host::HostMounts;
 pub use link::{FdbEntry, Link, NeighEntry, Netlink, VethPeer, VxlanConfig, VxlanInfo, is_errno};
 pub use mtu::{underlay_interface, underlay_mtu, underlay_network};
+pub use rule::PortRule;

@@ -1,0 +1,301 @@
+//! The real tunnel: userspace WireGuard (`ovl-wg`) on a TUN device in the agent's network
+//! namespace (the host's), the policy rule that routes the encrypted networks' VXLAN port
+//! into it, and one host route per peer in the rule's table.
+//!
+//! The key pair lives in `<state-dir>/wg.key` (0600), made on first start. Keys an operator
+//! revoked (removed from the KV) are listed in `<state-dir>/wg-revoked.json`, so a restart
+//! does not publish them again; `keys rotate` makes a new one.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::SystemTime,
+};
+
+use ipnetwork::Ipv4Network;
+use ovl_core::WgRecord;
+use ovl_model::WG_IFNAME;
+use ovl_netlink::{Netlink, PortRule};
+use ovl_wg::{KeyPair, PublicKey, Userspace};
+
+use super::{PeerState, Tunnel, TunnelError, TunnelPlan, TunnelStatus};
+
+/// Routing table of the encrypted networks' VXLAN.
+pub const TABLE: u32 = 4790;
+/// Priority of the rule that selects it (before the main table, 32766).
+pub const RULE_PRIORITY: u32 = 4790;
+
+const KIND: &str = "userspace";
+
+/// Userspace WireGuard for encrypted networks.
+pub struct WireGuard {
+    key_path: PathBuf,
+    revoked_path: PathBuf,
+    port: u16,
+    /// Into the tunnel: the VXLAN of encrypted networks (destination port), and for the
+    /// reverse-path check of what comes out of it (the kernel looks up the reply's flow,
+    /// source port = that port), the same table: so decrypted VXLAN passes even strict
+    /// `rp_filter`, and the device needs no address.
+    rules: [PortRule; 2],
+    key: Mutex<KeyPair>,
+    revoked: Mutex<BTreeSet<String>>,
+    dev: tokio::sync::Mutex<Option<Device>>,
+    status: Mutex<TunnelStatus>,
+}
+
+/// The device while it exists, and the plan it was given.
+struct Device {
+    wg: Userspace,
+    plan: Option<TunnelPlan>,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TunnelError {
+    let context = context.into();
+    move |source| TunnelError::Io { context, source }
+}
+
+impl WireGuard {
+    /// Loads (or makes) the key pair in `state_dir`; WireGuard on UDP `port`, carrying the
+    /// VXLAN of UDP port `vxlan_port`. The device is made by the first [`Tunnel::apply`]
+    /// with a plan.
+    pub fn open(state_dir: &Path, port: u16, vxlan_port: u16) -> Result<Self, TunnelError> {
+        let key_path = state_dir.join("wg.key");
+        let revoked_path = state_dir.join("wg-revoked.json");
+        let key = ovl_wg::load_or_create(&key_path)?;
+        let revoked: BTreeSet<String> = match std::fs::read(&revoked_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| TunnelError::Io {
+                context: format!("reading {}", revoked_path.display()),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(io(format!("reading {}", revoked_path.display()))(e)),
+        };
+        let public = key.public().to_string();
+        let status = TunnelStatus {
+            kind: KIND.into(),
+            public_key: public.clone(),
+            port,
+            revoked: revoked.contains(&public),
+            ..Default::default()
+        };
+        Ok(WireGuard {
+            key_path,
+            revoked_path,
+            port,
+            rules: [false, true].map(|source| PortRule {
+                priority: RULE_PRIORITY,
+                port: vxlan_port,
+                source,
+                table: TABLE,
+            }),
+            key: Mutex::new(key),
+            revoked: Mutex::new(revoked),
+            dev: tokio::sync::Mutex::new(None),
+            status: Mutex::new(status),
+        })
+    }
+
+    fn public(&self) -> String {
+        self.key.lock().expect("key lock").public().to_string()
+    }
+
+    fn is_revoked(&self) -> bool {
+        self.revoked
+            .lock()
+            .expect("revoked lock")
+            .contains(&self.public())
+    }
+
+    /// The routing for `plan`: the rule, and exactly one host route per peer in its table.
+    async fn route(&self, nl: &Netlink, plan: &TunnelPlan) -> Result<(), TunnelError> {
+        let have = nl.port_rules_v4().await?;
+        for rule in self.rules {
+            if !have.contains(&rule) {
+                nl.add_port_rule(rule).await?;
+            }
+        }
+        let dev = nl
+            .link_by_name(WG_IFNAME)
+            .await?
+            .ok_or_else(|| TunnelError::Io {
+                context: format!("{WG_IFNAME} vanished"),
+                source: std::io::ErrorKind::NotFound.into(),
+            })?;
+        let want: BTreeSet<Ipv4Network> = plan
+            .peers
+            .iter()
+            .map(|p| Ipv4Network::from(p.vtep))
+            .collect();
+        let have = nl.table_routes_v4(TABLE).await?;
+        for (dst, oif) in &have {
+            if !want.contains(dst) || *oif != Some(dev.index) {
+                nl.del_table_route_v4(TABLE, *dst).await?;
+            }
+        }
+        for dst in &want {
+            if !have.contains(&(*dst, Some(dev.index))) {
+                nl.add_table_route_v4(TABLE, *dst, dev.index).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn bring_up(
+        &self,
+        slot: &mut Option<Device>,
+        plan: &TunnelPlan,
+    ) -> Result<(), TunnelError> {
+        if slot.is_none() {
+            let key = self.key.lock().expect("key lock").clone();
+            let wg = Userspace::start(WG_IFNAME, self.port, plan.mtu, key).await?;
+            tracing::info!(port = self.port, public_key = %self.public(), "WireGuard (userspace) up");
+            *slot = Some(Device { wg, plan: None });
+        }
+        let dev = slot.as_mut().expect("just made");
+        if dev.plan.as_ref() != Some(plan) {
+            let peers = plan
+                .peers
+                .iter()
+                .map(|p| {
+                    let public_key: PublicKey =
+                        p.public_key
+                            .parse()
+                            .map_err(|e: ovl_wg::Error| TunnelError::BadKey {
+                                host: p.host.clone(),
+                                key: p.public_key.clone(),
+                                why: e.to_string(),
+                            })?;
+                    Ok(ovl_wg::Peer {
+                        public_key,
+                        endpoint: p.endpoint,
+                        allowed: p.vtep,
+                    })
+                })
+                .collect::<Result<Vec<_>, TunnelError>>()?;
+            dev.wg.set_peers(peers);
+            let nl = Netlink::open(None).await?;
+            self.route(&nl, plan).await?;
+            dev.plan = Some(plan.clone());
+        }
+        Ok(())
+    }
+
+    async fn tear_down(&self, slot: &mut Option<Device>) -> Result<(), TunnelError> {
+        let nl = Netlink::open(None).await?;
+        // The routes went with the device; the rules are the host's until removed.
+        for rule in self.rules {
+            nl.del_port_rule(rule).await?;
+        }
+        if let Some(dev) = slot.take() {
+            dev.wg.shutdown().await?;
+            tracing::info!("WireGuard down (no encrypted network here)");
+        }
+        Ok(())
+    }
+
+    fn peer_states(&self, dev: &Device) -> Vec<PeerState> {
+        let hosts = dev.plan.as_ref().map(|p| p.peers.as_slice()).unwrap_or(&[]);
+        dev.wg
+            .stats()
+            .into_iter()
+            .map(|s| {
+                let key = s.public_key.to_string();
+                PeerState {
+                    host: hosts
+                        .iter()
+                        .find(|p| p.public_key == key)
+                        .map(|p| p.host.clone())
+                        .unwrap_or_default(),
+                    public_key: key,
+                    endpoint: s.endpoint,
+                    handshake_secs_ago: s.last_handshake.and_then(|t| {
+                        SystemTime::now()
+                            .duration_since(t)
+                            .ok()
+                            .map(|d| d.as_secs())
+                    }),
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                }
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Tunnel for WireGuard {
+    fn record(&self) -> Option<WgRecord> {
+        (!self.is_revoked()).then(|| WgRecord {
+            public_key: self.public(),
+            port: self.port,
+            kind: KIND.into(),
+        })
+    }
+
+    async fn apply(&self, plan: Option<&TunnelPlan>) -> Result<(), TunnelError> {
+        let mut slot = self.dev.lock().await;
+        let res = match plan {
+            Some(p) => self.bring_up(&mut slot, p).await,
+            None if slot.is_some() => self.tear_down(&mut slot).await,
+            None => Ok(()),
+        };
+        let peers = slot
+            .as_ref()
+            .map(|d| self.peer_states(d))
+            .unwrap_or_default();
+        let mut st = self.status.lock().expect("status lock");
+        st.up = slot.is_some();
+        st.peers = peers;
+        st.last_error = res.as_ref().err().map(ToString::to_string);
+        res
+    }
+
+    async fn rotate(&self) -> Result<WgRecord, TunnelError> {
+        let key = ovl_wg::replace(&self.key_path)?;
+        let public = key.public().to_string();
+        *self.key.lock().expect("key lock") = key.clone();
+        if let Some(dev) = self.dev.lock().await.as_ref() {
+            dev.wg.set_key(key);
+        }
+        {
+            let mut st = self.status.lock().expect("status lock");
+            st.public_key = public.clone();
+            st.revoked = false;
+        }
+        tracing::info!(public_key = %public, "WireGuard key rotated");
+        Ok(WgRecord {
+            public_key: public,
+            port: self.port,
+            kind: KIND.into(),
+        })
+    }
+
+    fn revoke(&self, public_key: &str) -> Result<bool, TunnelError> {
+        if public_key != self.public() {
+            return Ok(false);
+        }
+        let mut revoked = self.revoked.lock().expect("revoked lock");
+        if !revoked.insert(public_key.to_string()) {
+            return Ok(false);
+        }
+        crate::perms::write_json(&self.revoked_path, &*revoked)
+            .map_err(io("saving the revoked WireGuard keys"))?;
+        self.status.lock().expect("status lock").revoked = true;
+        tracing::warn!(
+            public_key,
+            "this host's WireGuard key was removed from the KV: revoked, not published again until `overlayctl keys rotate`"
+        );
+        Ok(true)
+    }
+
+    fn status(&self) -> TunnelStatus {
+        let mut st = self.status.lock().expect("status lock").clone();
+        if let Ok(slot) = self.dev.try_lock()
+            && let Some(dev) = slot.as_ref()
+        {
+            st.peers = self.peer_states(dev);
+        }
+        st
+    }
+}
