@@ -435,3 +435,71 @@ fn keys_rotate_and_revoke() {
     eprintln!("h2 reachable {took:?} after keys rotate");
     assert_eq!(ctl(&lab, 1, &["status"])["wireguard"]["revoked"], false);
 }
+
+/// Both datapaths on one encrypted network: h1 and h2 on eBPF (which hands encrypted
+/// networks to the kernel path, see `agent/src/datapath/split.rs`), h3 on the kernel path.
+/// A plain network beside it stays on the eBPF path.
+#[test]
+fn encrypted_network_on_mixed_datapaths() {
+    let mut cfg = LabConfig::new("t19mix", 3);
+    cfg.datapath = DatapathSel::Mixed;
+    let lab = lab_with(cfg);
+    ctl(
+        &lab,
+        0,
+        &[
+            "network",
+            "create",
+            "sec",
+            "--encrypted",
+            "--subnet",
+            "10.62.0.0/24",
+        ],
+    );
+    ctl(
+        &lab,
+        0,
+        &["network", "create", "plain", "--subnet", "10.63.0.0/24"],
+    );
+    let s = [0, 1, 2].map(|i| attach(&lab, i, "sec", &format!("s{}", i + 1), &[]));
+    let p = [0, 1].map(|i| attach(&lab, i, "plain", &format!("p{}", i + 1), &[]));
+    assert_eq!(eth0_mtu(&s[0].0), 1390);
+    within(
+        "every pair on the encrypted network",
+        Duration::from_secs(10),
+        || {
+            [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)]
+                .iter()
+                .all(|(a, b)| ping(&s[*a].0, &s[*b].1))
+        },
+    );
+    within(
+        "p1 <-> p2 on the eBPF path",
+        Duration::from_secs(10),
+        || ping(&p[0].0, &p[1].1) && ping(&p[1].0, &p[0].1),
+    );
+    allow_broadcast_ping(&s[1].0);
+    allow_broadcast_ping(&s[2].0);
+    let text = broadcast_replies(&s[0].0, "10.62.0.255");
+    assert!(
+        text.contains(&format!("from {}", s[1].1)) && text.contains(&format!("from {}", s[2].1)),
+        "broadcast from an eBPF host: {text}"
+    );
+    let sec = Capture::run(&lab, "mix", || {
+        assert!(marked_ping(&s[0].0, &s[2].1), "eBPF host -> kernel host");
+        assert!(marked_ping(&s[1].0, &s[0].1), "eBPF host -> eBPF host");
+    });
+    assert!(
+        !sec.has_marker(),
+        "the marker crossed the underlay in the clear"
+    );
+    assert_eq!(sec.count("udp port 4790"), 0);
+    assert!(sec.count("udp port 51820") >= 20);
+    // The eBPF host says where its encrypted network lives; the plain one is in its maps.
+    let dp = ctl(&lab, 0, &["datapath"]);
+    assert_eq!(dp["mode"], "ebpf", "{dp}");
+    assert!(
+        dp["encrypted"]["observed"].to_string().contains("sec"),
+        "the kernel path holds the encrypted network on h1: {dp}"
+    );
+}

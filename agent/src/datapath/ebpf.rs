@@ -94,6 +94,7 @@ impl Datapath for EbpfAdapter {
         Details::Ebpf {
             details: Box::new(self.backend.details().await),
             switched: self.switched.clone(),
+            encrypted: None,
         }
     }
 }

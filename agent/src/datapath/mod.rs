@@ -11,6 +11,7 @@
 
 pub mod ebpf;
 pub mod kernel;
+pub mod split;
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
@@ -136,6 +137,9 @@ pub enum Details {
         /// What it removed of the kernel datapath when it started, if anything.
         #[serde(skip_serializing_if = "Option::is_none")]
         switched: Option<Switched>,
+        /// The kernel datapath of the encrypted networks here (see [`split`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        encrypted: Option<Box<kernel::KernelDetails>>,
     },
 }
 
@@ -258,8 +262,19 @@ pub async fn open(settings: &Settings) -> DpResult<Arc<dyn Datapath>> {
         vxlan_port: settings.vxlan_port,
         mounts: mounts.clone(),
     };
+    // Where an eBPF host keeps the kernel datapath of its encrypted networks.
+    let encrypted_dir = settings.run_dir.join("dp-encrypted");
     let kernel = || async {
         let switched = switch_from("ebpf", ovl_dp_ebpf::purge(&settings.run_dir, &mounts).await)?;
+        // The encrypted networks the eBPF host ran in their own sandboxes: this datapath
+        // makes them again in its own, and their vxlan devices would collide.
+        let leftover =
+            ovl_dp_kernel::KernelDatapath::new(encrypted_dir.clone(), None, mounts.clone())?
+                .purge()
+                .await;
+        if let Some(s) = switch_from("ebpf", leftover.map_err(DatapathError::from))? {
+            tracing::info!(removed = ?s.removed, "removed the eBPF host's encrypted-network sandboxes");
+        }
         let dp: Arc<dyn Datapath> = Arc::new(kernel::KernelBackend::new(
             settings.run_dir.join("dp"),
             mounts.clone(),
@@ -288,7 +303,15 @@ pub async fn open(settings: &Settings) -> DpResult<Arc<dyn Datapath>> {
             .await;
             let switched = switch_from("kernel", purged.map_err(DatapathError::from))?;
             match ebpf::EbpfAdapter::open(ebpf_cfg, switched).await {
-                Ok(b) => Ok(Arc::new(b)),
+                Ok(b) => {
+                    let enc =
+                        kernel::KernelBackend::new(encrypted_dir.clone(), mounts.clone(), None)?;
+                    Ok(Arc::new(split::Split::new(
+                        Arc::new(b),
+                        Arc::new(enc),
+                        settings.encrypted_vxlan_port,
+                    )))
+                }
                 Err(reason) if settings.datapath_fallback => {
                     tracing::error!(%reason, "eBPF datapath unavailable; falling back to the kernel datapath");
                     kernel().await
