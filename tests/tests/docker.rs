@@ -712,6 +712,30 @@ fn two_hosts(name: &str, engine: Engine) {
     lab.docker(0, &["rm", "-f", "isolated"]);
     lab.docker(1, &["rm", "-f", "isolated2"]);
 
+    // -o encrypted, as Docker's own overlay spells it: WireGuard between the hosts.
+    lab.create_here(0, &["--ipam-driver", "ovl", "-o", "encrypted", "secnet"]);
+    lab.create_here(1, &["--ipam-driver", "ovl", "-o", "encrypted", "secnet"]);
+    lab.converged("secnet");
+    let sec = lab.ctl_json(0, &["network", "inspect", "secnet"]);
+    assert_eq!(sec["encrypted"], true, "{sec}");
+    lab.run_sleeper(0, "sec1", "secnet");
+    lab.run_sleeper(1, "sec2", "secnet");
+    let sec2 = ip_of(&lab, 1, "sec2", "secnet");
+    within(
+        "the encrypted network carries traffic across hosts",
+        Duration::from_secs(20),
+        || can_ping(&lab, 0, "sec1", &sec2),
+    );
+    assert_eq!(
+        lab.docker(0, &["exec", "sec1", "cat", "/sys/class/net/eth0/mtu"]),
+        "1390",
+        "room for WireGuard and VXLAN"
+    );
+    let st = lab.ctl_json(0, &["status"]);
+    assert_eq!(st["wireguard"]["up"], true, "{st}");
+    lab.docker(0, &["rm", "-f", "sec1"]);
+    lab.docker(1, &["rm", "-f", "sec2"]);
+
     lab.run_web("appnet");
     lab.run_sleeper(1, "client", "appnet");
     let web_ip = ip_of(&lab, 0, "web", "appnet");
@@ -980,7 +1004,7 @@ fn two_hosts(name: &str, engine: Engine) {
     // Teardown through Docker: nothing left behind.
     lab.docker(1, &["rm", "-f", "client"]);
     // Removed on one host, gone from every host.
-    lab.docker(0, &["network", "rm", "appnet", "named", "intnet"]);
+    lab.docker(0, &["network", "rm", "appnet", "named", "intnet", "secnet"]);
     within("networks gone from host 2", Duration::from_secs(5), || {
         lab.ovl_networks(1).is_empty()
     });
