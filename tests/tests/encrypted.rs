@@ -434,6 +434,33 @@ fn keys_rotate_and_revoke() {
     });
     eprintln!("h2 reachable {took:?} after keys rotate");
     assert_eq!(ctl(&lab, 1, &["status"])["wireguard"]["revoked"], false);
+
+    // Level-triggered: the rules and the device, removed by hand, come back.
+    let h1 = lab.host(0).ns.clone();
+    for _ in 0..2 {
+        nsexec(&h1, &["ip", "rule", "del", "pref", "4790"]);
+    }
+    assert!(
+        !stdout(&nsexec(&h1, &["ip", "rule"])).contains("4790"),
+        "rules removed"
+    );
+    let took = within("rules back", Duration::from_secs(15), || {
+        stdout(&nsexec(&h1, &["ip", "rule"]))
+            .matches("lookup 4790")
+            .count()
+            == 2
+            && ping(&s1, &ip2)
+    });
+    eprintln!("rules restored {took:?} after their removal");
+    assert!(
+        nsexec(&h1, &["ip", "link", "del", "ovlwg0"])
+            .status
+            .success()
+    );
+    let took = within("device back", Duration::from_secs(15), || {
+        ping(&s1, &ip2) && ping(&s2, &ip1)
+    });
+    eprintln!("WireGuard device restored {took:?} after its removal");
 }
 
 /// Both datapaths on one encrypted network: h1 and h2 on eBPF (which hands encrypted

@@ -146,6 +146,16 @@ impl WireGuard {
         slot: &mut Option<Device>,
         plan: &TunnelPlan,
     ) -> Result<(), TunnelError> {
+        let nl = Netlink::open(None).await?;
+        if slot.is_some() && nl.link_by_name(WG_IFNAME).await?.is_none() {
+            // Deleted by hand: a TUN device does not come back; make a new one.
+            tracing::warn!("{WG_IFNAME} vanished; starting WireGuard again");
+            if let Some(old) = slot.take()
+                && let Err(e) = old.wg.shutdown().await
+            {
+                tracing::warn!(error = %e, "stopping the WireGuard device whose interface vanished");
+            }
+        }
         if slot.is_none() {
             let key = self.key.lock().expect("key lock").clone();
             let wg = Userspace::start(WG_IFNAME, self.port, plan.mtu, key).await?;
@@ -153,32 +163,33 @@ impl WireGuard {
             *slot = Some(Device { wg, plan: None });
         }
         let dev = slot.as_mut().expect("just made");
-        if dev.plan.as_ref() != Some(plan) {
-            let peers = plan
-                .peers
-                .iter()
-                .map(|p| {
-                    let public_key: PublicKey =
-                        p.public_key
-                            .parse()
-                            .map_err(|e: ovl_wg::Error| TunnelError::BadKey {
-                                host: p.host.clone(),
-                                key: p.public_key.clone(),
-                                why: e.to_string(),
-                            })?;
-                    Ok(ovl_wg::Peer {
-                        public_key,
-                        endpoint: p.endpoint,
-                        allowed: p.vtep,
+        // One host's bad key must not cut off the others: it is left out and reported
+        // on every pass while it lasts.
+        let mut bad = None;
+        let mut peers = Vec::new();
+        for p in &plan.peers {
+            match p.public_key.parse::<PublicKey>() {
+                Ok(public_key) => peers.push(ovl_wg::Peer {
+                    public_key,
+                    endpoint: p.endpoint,
+                    allowed: p.vtep,
+                }),
+                Err(e) => {
+                    bad = Some(TunnelError::BadKey {
+                        host: p.host.clone(),
+                        key: p.public_key.clone(),
+                        why: e.to_string(),
                     })
-                })
-                .collect::<Result<Vec<_>, TunnelError>>()?;
+                }
+            }
+        }
+        if dev.plan.as_ref() != Some(plan) {
             dev.wg.set_peers(peers);
-            let nl = Netlink::open(None).await?;
-            self.route(&nl, plan).await?;
             dev.plan = Some(plan.clone());
         }
-        Ok(())
+        // Level-triggered: a rule or route removed by hand comes back on the next pass.
+        self.route(&nl, plan).await?;
+        bad.map_or(Ok(()), Err)
     }
 
     async fn tear_down(&self, slot: &mut Option<Device>) -> Result<(), TunnelError> {
