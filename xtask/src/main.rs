@@ -87,6 +87,13 @@ enum BenchCmd {
         /// Runs per path (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Compare an encrypted network with a plain one instead of the eBPF path with the
+        /// kernel path: underlay, a plain network and an encrypted network (VXLAN through the
+        /// agents' userspace WireGuard) between the same two hosts, all on the kernel
+        /// datapath (forced: encrypted networks have no eBPF path yet); also samples the CPU
+        /// of the agents, of iperf3 and of the machine during each overlay throughput run.
+        #[arg(long)]
+        encrypted: bool,
     },
     /// DNS queries per second and latency: the embedded DNS vs dnsmasq.
     Dns {
@@ -321,7 +328,9 @@ fn run(cli: Cli) -> Result<i32> {
             build_agent_release()?;
             match b {
                 BenchCmd::Converge { attaches } => xtask::bench::converge::run(attaches)?,
-                BenchCmd::Datapath { runs } => xtask::bench::datapath::run(runs)?,
+                BenchCmd::Datapath { runs, encrypted } => {
+                    xtask::bench::datapath::run(runs, encrypted)?
+                }
                 BenchCmd::Dns { runs } => xtask::bench::dns::run(runs)?,
                 BenchCmd::Docker {
                     runs,

@@ -19,22 +19,34 @@
 //!   drift 2x from block to block, which interleaving cancels;
 //! * a `sockperf` UDP ping-pong for 2 s (median RTT of back-to-back round trips, with
 //!   sub-microsecond resolution: mostly the path itself).
+//!
+//! With `--encrypted`, the same rounds compare a plain network with an encrypted one instead
+//! of the kernel path with the eBPF path: one 2-host lab (`bdpk`) on the kernel datapath (the
+//! eBPF path has no encrypted networks yet), with one container per host on a plain network
+//! and one per host on an encrypted network (VXLAN through the agents' userspace WireGuard,
+//! `ovlwg0`), beside the underlay. During every overlay throughput run it also samples CPU
+//! time: each agent's (`/proc/<pid>/stat` utime + stime, and its busiest thread's), the
+//! iperf3 client's and server's (iperf3's own figures), all as % of one core, and the whole
+//! machine's busy time; what the encrypted path spends shows what limits it.
 
 use std::{
     collections::BTreeMap,
     io::Read,
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 
 use super::median;
-use crate::lab::{DatapathSel, Lab, LabConfig, LabGuard};
+use crate::lab::{DatapathSel, Lab, LabConfig, LabGuard, tail};
 use crate::sh::wait_for;
 
 /// Seconds per iperf3 measurement.
 const SECONDS: u32 = 4;
+
+/// The agents' WireGuard device (`ovl_model::WG_IFNAME`).
+const WG_IFNAME: &str = "ovlwg0";
 
 /// One measured path: where the server runs, where the client runs, the server's address.
 struct Path {
@@ -89,8 +101,15 @@ fn start_server(p: &Path) -> Result<Server> {
     start_listener(p, &["iperf3", "-s", "-B", &p.server_ip], "-Hltn", "5201")
 }
 
-/// One iperf3 TCP single-stream run; Gbit/s received.
-fn iperf(p: &Path) -> Result<f64> {
+/// One iperf3 run: Gbit/s received, and the CPU of iperf3's client and server (% of one
+/// core, as iperf3 reports it).
+struct IperfRun {
+    gbps: f64,
+    cpu: Option<[f64; 2]>,
+}
+
+/// One iperf3 TCP single-stream run.
+fn iperf(p: &Path) -> Result<IperfRun> {
     let out = in_netns(
         &p.client_ns,
         &[
@@ -115,7 +134,14 @@ fn iperf(p: &Path) -> Result<f64> {
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("no end.sum_received in iperf3 output of {}", p.label))?;
-    Ok(bps / 1e9)
+    let cpu = &v["end"]["cpu_utilization_percent"];
+    Ok(IperfRun {
+        gbps: bps / 1e9,
+        cpu: cpu["host_total"]
+            .as_f64()
+            .zip(cpu["remote_total"].as_f64())
+            .map(<[f64; 2]>::from),
+    })
 }
 
 /// UDP port of the sockperf servers.
@@ -236,15 +262,44 @@ fn lab(name: &str, datapath: DatapathSel) -> Result<(LabGuard, [(String, String)
     let mut cfg = LabConfig::new(name, 2);
     cfg.datapath = datapath;
     let lab = LabGuard(Some(Lab::up(cfg)?));
-    lab.ctl_json::<serde_json::Value>(0, &["network", "create", "bench", "--internal"])?;
+    let mode: serde_json::Value = lab.ctl_json(0, &["datapath"])?;
+    let want = match datapath {
+        DatapathSel::Ebpf => "ebpf",
+        _ => "kernel",
+    };
+    if mode["mode"] != want {
+        bail!(
+            "lab {name}: host 1 runs the {} datapath, not {want}",
+            mode["mode"]
+        );
+    }
+    let (_, eps) = network(&lab, "bench", &[], ["c1", "c2"], Duration::from_secs(10))
+        .with_context(|| format!("lab {name}"))?;
+    Ok((lab, eps))
+}
+
+/// Creates the internal network `net` (with the `extra` arguments of `network create`) and
+/// attaches container `names[i]` on host `i`; waits for at most `reach` until the first
+/// container reaches the second. Returns the create reply and the containers' (namespace,
+/// address).
+fn network(
+    lab: &Lab,
+    net: &str,
+    extra: &[&str],
+    names: [&str; 2],
+    reach: Duration,
+) -> Result<(serde_json::Value, [(String, String); 2])> {
+    let mut args = vec!["network", "create", net, "--internal"];
+    args.extend_from_slice(extra);
+    let created: serde_json::Value = lab.ctl_json(0, &args)?;
     let mut eps = Vec::new();
-    for (i, c) in ["c1", "c2"].iter().enumerate() {
+    for (i, c) in names.iter().enumerate() {
         let ns = lab.add_container(c)?;
         let reply: serde_json::Value = lab.ctl_json(
             i,
             &[
                 "attach",
-                "bench",
+                net,
                 "--name",
                 c,
                 "--netns",
@@ -257,22 +312,11 @@ fn lab(name: &str, datapath: DatapathSel) -> Result<(LabGuard, [(String, String)
             .to_string();
         eps.push((ns, ip));
     }
-    let mode: serde_json::Value = lab.ctl_json(0, &["datapath"])?;
-    let want = match datapath {
-        DatapathSel::Ebpf => "ebpf",
-        _ => "kernel",
-    };
-    if mode["mode"] != want {
-        bail!(
-            "lab {name}: host 1 runs the {} datapath, not {want}",
-            mode["mode"]
-        );
-    }
     let eps: [(String, String); 2] = eps.try_into().expect("two endpoints");
     let (c1, ip2) = (eps[0].0.clone(), eps[1].1.clone());
     wait_for(
-        &format!("{name}: c1 to reach c2"),
-        Duration::from_secs(10),
+        &format!("{}: {} to reach {}", lab.state.name, names[0], names[1]),
+        reach,
         || {
             in_netns(&c1, &["ping", "-c1", "-W1", "-q", &ip2])
                 .output()
@@ -281,11 +325,224 @@ fn lab(name: &str, datapath: DatapathSel) -> Result<(LabGuard, [(String, String)
                 .map(|_| ())
         },
     )?;
-    Ok((lab, eps))
+    Ok((created, eps))
 }
 
-/// Runs the benchmark: `runs` interleaved rounds of underlay, kernel and eBPF.
-pub fn run(runs: usize) -> Result<()> {
+/// The encrypted network `sec` on the kernel lab, one container per host; fails unless the
+/// network is encrypted and both hosts have the WireGuard device.
+fn encrypted_network(lab: &Lab) -> Result<[(String, String); 2]> {
+    let logs = || {
+        (0..2)
+            .map(|i| {
+                let h = lab.host(i);
+                format!("agent log {}:\n{}", h.log.display(), tail(&h.log, 15))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (created, eps) = network(
+        lab,
+        "sec",
+        &["--encrypted"],
+        ["e1", "e2"],
+        Duration::from_secs(30),
+    )
+    .with_context(logs)?;
+    if created["encrypted"] != true {
+        bail!("network sec was not created encrypted: {created}");
+    }
+    for i in 0..2 {
+        wg_bytes(&lab.host(i).ns).with_context(logs)?;
+    }
+    Ok(eps)
+}
+
+/// Bytes sent and received so far by the WireGuard device of a host namespace.
+fn wg_bytes(ns: &str) -> Result<(u64, u64)> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-s", "-j", "link", "show", WG_IFNAME])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "no {WG_IFNAME} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j output")?;
+    let stats = &v[0]["stats64"];
+    stats["tx"]["bytes"]
+        .as_u64()
+        .zip(stats["rx"]["bytes"].as_u64())
+        .with_context(|| format!("no byte counters of {WG_IFNAME} in {ns}: {v}"))
+}
+
+/// CPU time so far (clock ticks): of each agent (user, system), with each of its threads'
+/// (user + system), and of the machine (busy, all), at one moment.
+struct CpuSnap {
+    at: Instant,
+    agents: Vec<((u64, u64), BTreeMap<u32, u64>)>,
+    machine: (u64, u64),
+}
+
+impl CpuSnap {
+    fn take(pids: &[u32]) -> Result<CpuSnap> {
+        let ticks = |path: &str| -> Result<(u64, u64)> {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            parse_stat_ticks(&text).with_context(|| format!("no utime/stime in {path}"))
+        };
+        let mut agents = Vec::new();
+        for pid in pids {
+            let mut threads = BTreeMap::new();
+            for e in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+                let Ok(tid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                // A thread may end between the listing and the read.
+                if let Ok((user, sys)) = ticks(&format!("/proc/{pid}/task/{tid}/stat")) {
+                    threads.insert(tid, user + sys);
+                }
+            }
+            agents.push((ticks(&format!("/proc/{pid}/stat"))?, threads));
+        }
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        Ok(CpuSnap {
+            at: Instant::now(),
+            agents,
+            machine: parse_machine_ticks(&stat).context("no cpu line in /proc/stat")?,
+        })
+    }
+}
+
+/// CPU use during one throughput run, in % of one core (the machine's: summed over its
+/// cores).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuUse {
+    /// Each agent (host 1, host 2).
+    agents: [f64; 2],
+    /// Each agent's system time (in the kernel: its syscalls, and what they do there).
+    agents_sys: [f64; 2],
+    /// Each agent's busiest thread.
+    threads: [f64; 2],
+    /// iperf3's client and server, as iperf3 reports them.
+    iperf: [f64; 2],
+    /// The whole machine's busy time.
+    machine: f64,
+}
+
+impl CpuUse {
+    /// Between two snapshots of the same agents; `hz`: clock ticks per second.
+    fn between(a: &CpuSnap, b: &CpuSnap, hz: f64, iperf: [f64; 2]) -> CpuUse {
+        let secs = b.at.duration_since(a.at).as_secs_f64();
+        let pct = |ticks: u64| ticks as f64 / hz / secs * 100.0;
+        let mut agents = [0.0; 2];
+        let mut agents_sys = [0.0; 2];
+        let mut threads = [0.0; 2];
+        for (i, (((u0, s0), th0), ((u1, s1), th1))) in
+            a.agents.iter().zip(&b.agents).take(2).enumerate()
+        {
+            agents[i] = pct((u1 + s1).saturating_sub(u0 + s0));
+            agents_sys[i] = pct(s1.saturating_sub(*s0));
+            let busiest = th1
+                .iter()
+                .map(|(tid, t)| t.saturating_sub(th0.get(tid).copied().unwrap_or(0)))
+                .max()
+                .unwrap_or(0);
+            threads[i] = pct(busiest);
+        }
+        CpuUse {
+            agents,
+            agents_sys,
+            threads,
+            iperf,
+            machine: pct(b.machine.0.saturating_sub(a.machine.0)),
+        }
+    }
+
+    /// Median of each figure over the runs.
+    fn median_of(runs: &[CpuUse]) -> CpuUse {
+        let m = |f: &dyn Fn(&CpuUse) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+        CpuUse {
+            agents: [m(&|c| c.agents[0]), m(&|c| c.agents[1])],
+            agents_sys: [m(&|c| c.agents_sys[0]), m(&|c| c.agents_sys[1])],
+            threads: [m(&|c| c.threads[0]), m(&|c| c.threads[1])],
+            iperf: [m(&|c| c.iperf[0]), m(&|c| c.iperf[1])],
+            machine: m(&|c| c.machine),
+        }
+    }
+
+    fn describe(&self, cores: usize) -> String {
+        format!(
+            "CPU % of a core: agents {:.0} + {:.0} (system {:.0} + {:.0}; busiest threads \
+             {:.0}, {:.0}), iperf3 client {:.0}, server {:.0}; machine {:.0} of {}",
+            self.agents[0],
+            self.agents[1],
+            self.agents_sys[0],
+            self.agents_sys[1],
+            self.threads[0],
+            self.threads[1],
+            self.iperf[0],
+            self.iperf[1],
+            self.machine,
+            cores * 100
+        )
+    }
+}
+
+/// utime and stime (fields 14 and 15) of a `/proc/<pid>/stat` line; the command name in
+/// parentheses may hold spaces and parentheses.
+fn parse_stat_ticks(stat: &str) -> Option<(u64, u64)> {
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // `rest` starts at field 3 (state).
+    Some((rest.get(11)?.parse().ok()?, rest.get(12)?.parse().ok()?))
+}
+
+/// Busy and all clock ticks of the machine from `/proc/stat`'s `cpu` line (user, nice,
+/// system, idle, iowait, irq, softirq, steal; guest time is already in user and nice).
+fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 5 {
+        return None;
+    }
+    let all: u64 = v.iter().sum();
+    Some((all - v[3] - v[4], all))
+}
+
+/// Clock ticks per second of `/proc` times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The lab's agent PIDs (host 1, host 2), checked to be overlay-agent processes.
+fn agent_pids(lab: &Lab) -> Result<[u32; 2]> {
+    let pid = |i: usize| -> Result<u32> {
+        let pid = lab
+            .host(i)
+            .pid
+            .with_context(|| format!("no agent PID for host {}", i + 1))?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmd).contains("overlay-agent") {
+            bail!("process {pid} of host {} is not overlay-agent", i + 1);
+        }
+        Ok(pid)
+    };
+    Ok([pid(0)?, pid(1)?])
+}
+
+/// Runs the benchmark: `runs` interleaved rounds of underlay, kernel and eBPF; with
+/// `encrypted`, of underlay, a plain network and an encrypted network, all on the kernel
+/// path.
+pub fn run(runs: usize, encrypted: bool) -> Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -294,8 +551,35 @@ pub fn run(runs: usize) -> Result<()> {
          underlay, overlay, underlay, the other overlay, underlay; a 2 s sockperf UDP ping-pong \
          per path; 50 pings per path, the paths pinged in turn 10 ms apart"
     );
+    if encrypted {
+        println!(
+            "--encrypted: the overlays are a plain and an encrypted network (VXLAN in userspace \
+             WireGuard) between the same two hosts, on the kernel path; CPU sampled during \
+             every overlay throughput run"
+        );
+    }
     let (klab, keps) = lab("bdpk", DatapathSel::Kernel)?;
-    let (elab, eeps) = lab("bdpe", DatapathSel::Ebpf)?;
+    // The second overlay path: the eBPF lab's, or the encrypted network's on the kernel lab.
+    let (elab, second, names) = if encrypted {
+        let eps = encrypted_network(&klab)?;
+        let path = Path {
+            label: "encrypted network (kernel path, vxlan in WireGuard)",
+            client_ns: eps[0].0.clone(),
+            server_ns: eps[1].0.clone(),
+            server_ip: eps[1].1.clone(),
+        };
+        (None, path, ["plain", "encrypted"])
+    } else {
+        let (elab, eeps) = lab("bdpe", DatapathSel::Ebpf)?;
+        let path = Path {
+            label: "eBPF path (tc programs + collect-metadata vxlan)",
+            client_ns: eeps[0].0.clone(),
+            server_ns: eeps[1].0.clone(),
+            server_ip: eeps[1].1.clone(),
+        };
+        (Some(elab), path, ["kernel", "eBPF"])
+    };
+    let [a, b] = names;
     let paths = [
         Path {
             label: "underlay (host ns to host ns, no encapsulation)",
@@ -304,18 +588,33 @@ pub fn run(runs: usize) -> Result<()> {
             server_ip: klab.host(1).addr.clone(),
         },
         Path {
-            label: "kernel path (bridge + vxlan, static FDB)",
+            label: if encrypted {
+                "plain network (kernel path, bridge + vxlan)"
+            } else {
+                "kernel path (bridge + vxlan, static FDB)"
+            },
             client_ns: keps[0].0.clone(),
             server_ns: keps[1].0.clone(),
             server_ip: keps[1].1.clone(),
         },
-        Path {
-            label: "eBPF path (tc programs + collect-metadata vxlan)",
-            client_ns: eeps[0].0.clone(),
-            server_ns: eeps[1].0.clone(),
-            server_ip: eeps[1].1.clone(),
-        },
+        second,
     ];
+    // With `encrypted`: the agents whose CPU is sampled, clock ticks per second, cores.
+    let agents = if encrypted {
+        Some(agent_pids(&klab)?)
+    } else {
+        None
+    };
+    let hz = clock_ticks();
+    let cores = std::fs::read_to_string("/proc/stat")?
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    let wg_before = if encrypted {
+        Some(wg_bytes(&klab.host(0).ns)?)
+    } else {
+        None
+    };
     let mut _servers: Vec<Server> = paths.iter().map(start_server).collect::<Result<_>>()?;
     for p in &paths {
         _servers.push(start_sockperf(p)?);
@@ -330,10 +629,33 @@ pub fn run(runs: usize) -> Result<()> {
     let mut rtt_runs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); paths.len()]; 3];
     // Every ping's RTT over the underlay ping just before it: eBPF, kernel; eBPF over kernel.
     let mut ping_pairs: [Vec<f64>; 3] = Default::default();
+    // cpu[path]: CPU use during each overlay throughput run (with `encrypted`).
+    let mut cpu: Vec<Vec<CpuUse>> = vec![Vec::new(); paths.len()];
     for r in 0..runs {
-        let measure = |i: usize| -> Result<f64> {
-            let g = iperf(&paths[i])?;
-            println!("  run {:>2} {:<50} {g:6.2} Gbit/s", r + 1, paths[i].label);
+        let mut measure = |i: usize| -> Result<f64> {
+            let before = match &agents {
+                Some(pids) if i > 0 => Some((pids, CpuSnap::take(pids)?)),
+                _ => None,
+            };
+            let run = iperf(&paths[i])?;
+            let g = run.gbps;
+            match before {
+                None => println!("  run {:>2} {:<50} {g:6.2} Gbit/s", r + 1, paths[i].label),
+                Some((pids, before)) => {
+                    let after = CpuSnap::take(pids)?;
+                    let iperf_cpu = run
+                        .cpu
+                        .context("no end.cpu_utilization_percent in iperf3 output")?;
+                    let used = CpuUse::between(&before, &after, hz, iperf_cpu);
+                    println!(
+                        "  run {:>2} {:<50} {g:6.2} Gbit/s; {}",
+                        r + 1,
+                        paths[i].label,
+                        used.describe(cores)
+                    );
+                    cpu[i].push(used);
+                }
+            }
             Ok(g)
         };
         let overlays = if r % 2 == 0 { [2, 1] } else { [1, 2] };
@@ -360,7 +682,7 @@ pub fn run(runs: usize) -> Result<()> {
             rtt_runs[1][i].push(avg);
             line.push_str(&format!(" {:.3}/{:.3}", p50, avg));
         }
-        println!("{line} (underlay, kernel, eBPF)");
+        println!("{line} (underlay, {a}, {b})");
         ping_pairs[0].extend(paired_by_seq(&pings[2], &pings[0]));
         ping_pairs[1].extend(paired_by_seq(&pings[1], &pings[0]));
         ping_pairs[2].extend(paired_by_seq(&pings[2], &pings[1]));
@@ -403,7 +725,7 @@ pub fn run(runs: usize) -> Result<()> {
         );
     }
     println!(
-        "\neBPF / kernel: {:.2} (throughput, medians), {:.2} (ping p50), {:.2} (ping avg), {:.2} \
+        "\n{b} / {a}: {:.2} (throughput, medians), {:.2} (ping p50), {:.2} (ping avg), {:.2} \
          (ping-pong RTT)",
         meds[2] / meds[1],
         rtts[0][2] / rtts[0][1],
@@ -421,9 +743,10 @@ pub fn run(runs: usize) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    let vs_kernel_median = median(&mut vs_kernel.clone());
     println!(
-        "throughput, each overlay run over the underlay runs around it: eBPF / underlay {} \
-         (median {:.2}); kernel / underlay {} (median {:.2}); paired per round: eBPF / kernel {} \
+        "throughput, each overlay run over the underlay runs around it: {b} / underlay {} \
+         (median {:.2}); {a} / underlay {} (median {:.2}); paired per round: {b} / {a} {} \
          (median {:.2})",
         fmt(&vs_underlay),
         median(&mut vs_underlay),
@@ -435,12 +758,35 @@ pub fn run(runs: usize) -> Result<()> {
     let n = ping_pairs[0].len();
     let [mut eu, mut ku, mut ek] = ping_pairs;
     println!(
-        "paired per ping (paced ping RTT over the one taken 10-20 ms before): eBPF / underlay \
-         {:.2}, kernel / underlay {:.2}, eBPF / kernel {:.2} (medians over {n} pairs)",
+        "paired per ping (paced ping RTT over the one taken 10-20 ms before): {b} / underlay \
+         {:.2}, {a} / underlay {:.2}, {b} / {a} {:.2} (medians over {n} pairs)",
         median(&mut eu),
         median(&mut ku),
         median(&mut ek),
     );
+    if let Some((tx0, rx0)) = wg_before {
+        println!(
+            "CPU during the throughput runs, medians over the runs: {a}: {}; {b}: {}",
+            CpuUse::median_of(&cpu[1]).describe(cores),
+            CpuUse::median_of(&cpu[2]).describe(cores),
+        );
+        let (tx1, rx1) = wg_bytes(&klab.host(0).ns)?;
+        println!(
+            "{WG_IFNAME} on host 1 during the bench: {:.2} GB out, {:.2} GB in",
+            tx1.saturating_sub(tx0) as f64 / 1e9,
+            rx1.saturating_sub(rx0) as f64 / 1e9,
+        );
+        let met = if vs_kernel_median >= 0.3 {
+            "met"
+        } else {
+            "not met"
+        };
+        println!(
+            "goal (issue 19): {b} at least 0.3 of the {a} network's throughput: {met} \
+             ({vs_kernel_median:.2} paired per round, {:.2} ratio of medians)",
+            meds[2] / meds[1]
+        );
+    }
     drop(_servers);
     drop(elab);
     drop(klab);
@@ -470,6 +816,38 @@ mod tests {
                  50.000 =   10.476\nsockperf: ---> <MIN> observation =    6.012\n";
         assert_eq!(parse_sockperf_p50(t), Some(10.476));
         assert_eq!(parse_sockperf_p50("nothing"), None);
+    }
+
+    #[test]
+    fn proc_stat_ticks() {
+        // A command name with a space and a parenthesis; utime 1200, stime 345.
+        let line = "4242 (overlay (x) a) S 1 4242 4242 0 -1 4194560 900 0 0 0 1200 345 0 0 20 \
+                    0 9 0 100 0 0";
+        assert_eq!(parse_stat_ticks(line), Some((1200, 345)));
+        assert_eq!(parse_stat_ticks("4242 (short) S 1 2"), None);
+        let stat = "cpu  100 5 50 1000 20 1 4 0 0 0\ncpu0 50 2 25 500 10 1 2 0 0 0\n";
+        assert_eq!(parse_machine_ticks(stat), Some((160, 1180)));
+        assert_eq!(parse_machine_ticks("intr 1 2"), None);
+    }
+
+    #[test]
+    fn cpu_use_between_snapshots() {
+        let at = Instant::now();
+        let snap = |secs: u64, ticks: [(u64, u64); 2], t: [(u32, u64); 2], busy: u64| CpuSnap {
+            at: at + Duration::from_secs(secs),
+            agents: vec![(ticks[0], BTreeMap::from(t)), (ticks[1], BTreeMap::new())],
+            machine: (busy, 0),
+        };
+        let a = snap(0, [(70, 30), (50, 0)], [(1, 60), (2, 40)], 1000);
+        // Thread 3 started during the run; thread 2 ended.
+        let b = snap(2, [(150, 150), (50, 2)], [(1, 110), (3, 150)], 1400);
+        let c = CpuUse::between(&a, &b, 100.0, [40.0, 60.0]);
+        assert_eq!(c.agents, [100.0, 1.0]);
+        assert_eq!(c.agents_sys, [60.0, 1.0]);
+        assert_eq!(c.threads, [75.0, 0.0]);
+        assert_eq!(c.machine, 200.0);
+        let m = CpuUse::median_of(&[c, c, CpuUse { machine: 0.0, ..c }]);
+        assert_eq!(m, c);
     }
 
     #[test]
