@@ -73,6 +73,7 @@ pub fn defaults() -> Vec<(&'static str, Value)> {
         ("datapath-fallback", Value::Boolean(s.datapath_fallback)),
         ("vxlan-port", Value::Integer(i64::from(s.vxlan_port))),
         ("wg-port", Value::Integer(i64::from(s.wg_port))),
+        ("wireguard", Value::String(s.wireguard.to_string())),
         (
             "encrypted-vxlan-port",
             Value::Integer(i64::from(s.encrypted_vxlan_port)),

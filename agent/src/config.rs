@@ -106,6 +106,10 @@ pub struct Cli {
     /// host of the cluster publishes its own in its host record.
     #[arg(long, env = "OVERLAY_WG_PORT")]
     pub wg_port: Option<u16>,
+    /// Which WireGuard carries encrypted networks: `auto` (the kernel's where this host has
+    /// it, else userspace), `kernel` or `userspace`. Hosts of either kind share networks.
+    #[arg(long, env = "OVERLAY_WIREGUARD")]
+    pub wireguard: Option<WgMode>,
     /// UDP port of the VXLAN of encrypted networks inside WireGuard (default 4790). Every
     /// host of the cluster must use the same; it must differ from --vxlan-port.
     #[arg(long, env = "OVERLAY_ENCRYPTED_VXLAN_PORT")]
@@ -178,6 +182,7 @@ pub struct FileConfig {
     wg_port: Option<u16>,
     #[serde(alias = "encrypted_vxlan_port")]
     encrypted_vxlan_port: Option<u16>,
+    wireguard: Option<WgMode>,
     #[serde(alias = "metrics_addr")]
     metrics_addr: Option<String>,
     #[serde(alias = "lease_ttl")]
@@ -227,6 +232,8 @@ pub struct Settings {
     pub wg_port: u16,
     /// UDP port of the VXLAN of encrypted networks (routed into WireGuard).
     pub encrypted_vxlan_port: u16,
+    /// Which WireGuard.
+    pub wireguard: WgMode,
     /// Metrics listen address.
     pub metrics_addr: Option<SocketAddr>,
     /// Liveness lease TTL.
@@ -241,6 +248,29 @@ pub struct Settings {
     pub dns_addr: Option<Ipv4Addr>,
     /// Interfaces (patterns) whose traffic may query `dns_addr`.
     pub dns_interfaces: Vec<String>,
+}
+
+/// `--wireguard`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WgMode {
+    /// The kernel's WireGuard where this host has it, else userspace.
+    #[default]
+    Auto,
+    /// The kernel's (refused at the first encrypted network if the kernel has none).
+    Kernel,
+    /// The userspace device in the agent.
+    Userspace,
+}
+
+impl std::fmt::Display for WgMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WgMode::Auto => "auto",
+            WgMode::Kernel => "kernel",
+            WgMode::Userspace => "userspace",
+        })
+    }
 }
 
 /// The default `--dns-addr` (with `--docker-plugin`).
@@ -494,6 +524,7 @@ impl Settings {
             vxlan_port,
             wg_port,
             encrypted_vxlan_port,
+            wireguard: cli.wireguard.or(file.wireguard).unwrap_or_default(),
             metrics_addr,
             lease_ttl: Duration::from_secs(lease_ttl),
             resync_interval: Duration::from_secs(resync),

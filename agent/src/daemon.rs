@@ -98,10 +98,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         (addr, clients)
     });
     let names = crate::names::DnsNames::new(settings.dns_upstream.clone(), shared)?;
+    use crate::{config::WgMode, tunnel::wireguard::Kind};
+    let wg_kind = match settings.wireguard {
+        WgMode::Kernel => Kind::Kernel,
+        WgMode::Userspace => Kind::Userspace,
+        WgMode::Auto if ovl_wg::Kernel::available("ovlwgprobe").await => Kind::Kernel,
+        WgMode::Auto => Kind::Userspace,
+    };
+    tracing::info!(
+        wireguard = wg_kind.as_str(),
+        "WireGuard for encrypted networks"
+    );
     let tunnel = crate::tunnel::wireguard::WireGuard::open(
         &settings.state_dir,
         settings.wg_port,
         settings.encrypted_vxlan_port,
+        wg_kind,
     )
     .context("loading the WireGuard key")?;
     let services = Services {

@@ -1089,12 +1089,103 @@ pub fn scenario(nodes: &Nodes, timer: &mut Timer) -> Result<()> {
     })?;
 
     timer.phase(
+        "scenario: encrypted network, kernel WireGuard and a userspace host",
+        || check_encrypted(nodes),
+    )?;
+    timer.phase(
         "scenario: systemctl restart overlay-agent keeps traffic flowing",
         || check_restart(nodes, &follower_node, &leader_node, &leader_ip),
     )?;
     timer.phase(
         "scenario: systemctl stop overlay-agent leaves the datapath in place",
         || check_stop(nodes, &follower_node, &leader_node, &leader_ip),
+    )?;
+    Ok(())
+}
+
+/// An encrypted network across hosts of both WireGuard kinds: the nodes' Debian kernel has
+/// WireGuard, so their agents use it (`--wireguard auto`); the last node is switched to the
+/// userspace device by a drop-in (`OVERLAY_WIREGUARD=userspace`). A container on each reaches
+/// the other through it.
+fn check_encrypted(nodes: &Nodes) -> Result<()> {
+    let n1 = node(1);
+    let last = node(nodes.count);
+    nodes.sh(
+        &last,
+        "mkdir -p /etc/systemd/system/overlay-agent.service.d && \
+         printf '[Service]\nEnvironment=OVERLAY_WIREGUARD=userspace\n' \
+           > /etc/systemd/system/overlay-agent.service.d/wireguard.conf && \
+         systemctl daemon-reload && systemctl restart overlay-agent",
+    )?;
+    let kinds = wait_until(
+        "every host publishes its WireGuard kind",
+        Duration::from_secs(60),
+        || {
+            let out = nodes.quiet(&n1, "overlayctl --json hosts")?;
+            let hosts: Vec<Value> = serde_json::from_str(&out).ok()?;
+            let kinds: Vec<(String, String)> = hosts
+                .iter()
+                .map(|h| {
+                    (
+                        h["id"].as_str().unwrap_or("").to_string(),
+                        h["wireguard"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect();
+            let want = |id: &str, k: &str| kinds.iter().any(|(i, kk)| i == id && kk == k);
+            (want(&n1, "kernel") && want(&last, "userspace")).then_some(kinds)
+        },
+    )?;
+    println!("WireGuard kinds: {kinds:?}");
+    for n in [&n1, &last] {
+        nodes.sh(
+            n,
+            "docker network create -d ovl --ipam-driver ovl -o encrypted secnet 2>&1 | grep -v 'already exists' || true",
+        )?;
+    }
+    nodes.sh(
+        &n1,
+        "docker run -d --network secnet --name sec1 busybox sleep 1000000",
+    )?;
+    nodes.sh(
+        &last,
+        "docker run -d --network secnet --name sec2 busybox sleep 1000000",
+    )?;
+    let ip_of = |n: &str, c: &str| -> Result<String> {
+        Ok(nodes
+            .sh(
+                n,
+                &format!("docker inspect -f '{{{{(index .NetworkSettings.Networks \"secnet\").IPAddress}}}}' {c}"),
+            )?
+            .trim()
+            .to_string())
+    };
+    let (ip1, ip2) = (ip_of(&n1, "sec1")?, ip_of(&last, "sec2")?);
+    for (n, c, ip) in [(&n1, "sec1", &ip2), (&last, "sec2", &ip1)] {
+        wait_until(
+            &format!("{c} on {n} reaches {ip} through WireGuard"),
+            Duration::from_secs(60),
+            || nodes.quiet(n, &format!("docker exec {c} ping -c 2 -W 2 {ip}")),
+        )?;
+    }
+    let link = nodes.sh(&n1, "ip -d link show ovlwg0")?;
+    if !link.contains("wireguard") {
+        bail!("node1's ovlwg0 is not a kernel WireGuard link: {link}");
+    }
+    nodes.sh(&n1, "overlayctl status | grep wireguard")?;
+    nodes.sh(&last, "overlayctl status | grep wireguard")?;
+    nodes.sh(&n1, "docker rm -f sec1")?;
+    nodes.sh(&last, "docker rm -f sec2")?;
+    nodes.sh(&n1, "docker network rm secnet")?;
+    nodes.sh(
+        &last,
+        "docker network rm secnet 2>/dev/null; rm /etc/systemd/system/overlay-agent.service.d/wireguard.conf && \
+         systemctl daemon-reload && systemctl restart overlay-agent",
+    )?;
+    wait_until(
+        "the last node's agent answers again",
+        Duration::from_secs(60),
+        || nodes.quiet(&last, "overlayctl status >/dev/null && echo yes"),
     )?;
     Ok(())
 }

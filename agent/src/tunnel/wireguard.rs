@@ -1,6 +1,7 @@
-//! The real tunnel: userspace WireGuard (`ovl-wg`) on a TUN device in the agent's network
-//! namespace (the host's), the policy rule that routes the encrypted networks' VXLAN port
-//! into it, and one host route per peer in the rule's table.
+//! The real tunnel: WireGuard in the agent's network namespace (the host's): the kernel's
+//! where the host has it, else `ovl-wg`'s userspace device on a TUN; the policy rules that
+//! route the encrypted networks' VXLAN port into it, and one host route per peer in their
+//! table.
 //!
 //! The key pair lives in `<state-dir>/wg.key` (0600), made on first start. Keys an operator
 //! revoked (removed from the KV) are listed in `<state-dir>/wg-revoked.json`, so a restart
@@ -26,13 +27,80 @@ pub const TABLE: u32 = 4790;
 /// Priority of the rule that selects it (before the main table, 32766).
 pub const RULE_PRIORITY: u32 = 4790;
 
-const KIND: &str = "userspace";
+/// Which WireGuard runs the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The kernel module, configured over netlink.
+    Kernel,
+    /// `ovl-wg`'s userspace device in the agent.
+    Userspace,
+}
+
+impl Kind {
+    /// `kernel` or `userspace`, as host records and status say.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Kernel => "kernel",
+            Kind::Userspace => "userspace",
+        }
+    }
+}
+
+/// The device of either kind.
+enum Wg {
+    Kernel(ovl_wg::Kernel),
+    User(Userspace),
+}
+
+impl Wg {
+    async fn start(kind: Kind, port: u16, mtu: u32, key: KeyPair) -> Result<Wg, TunnelError> {
+        Ok(match kind {
+            Kind::Kernel => Wg::Kernel(ovl_wg::Kernel::start(WG_IFNAME, port, mtu, key).await?),
+            Kind::Userspace => Wg::User(Userspace::start(WG_IFNAME, port, mtu, key).await?),
+        })
+    }
+
+    async fn set_peers(&self, peers: Vec<ovl_wg::Peer>) -> Result<(), TunnelError> {
+        match self {
+            Wg::Kernel(k) => k.set_peers(&peers).await?,
+            Wg::User(u) => u.set_peers(peers),
+        }
+        Ok(())
+    }
+
+    async fn set_key(&self, key: KeyPair) -> Result<(), TunnelError> {
+        match self {
+            Wg::Kernel(k) => k.set_key(key).await?,
+            Wg::User(u) => u.set_key(key),
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Vec<ovl_wg::PeerStats> {
+        match self {
+            Wg::Kernel(k) => k.stats().await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "reading the kernel WireGuard's peers");
+                Vec::new()
+            }),
+            Wg::User(u) => u.stats(),
+        }
+    }
+
+    async fn shutdown(self) -> Result<(), TunnelError> {
+        match self {
+            Wg::Kernel(k) => k.shutdown().await?,
+            Wg::User(u) => u.shutdown().await?,
+        }
+        Ok(())
+    }
+}
 
 /// Userspace WireGuard for encrypted networks.
 pub struct WireGuard {
     key_path: PathBuf,
     revoked_path: PathBuf,
     port: u16,
+    kind: Kind,
     /// Into the tunnel: the VXLAN of encrypted networks (destination port), and for the
     /// reverse-path check of what comes out of it (the kernel looks up the reply's flow,
     /// source port = that port), the same table: so decrypted VXLAN passes even strict
@@ -44,10 +112,11 @@ pub struct WireGuard {
     status: Mutex<TunnelStatus>,
 }
 
-/// The device while it exists, and the plan it was given.
+/// The device while it exists, the plan it was given and its peers as last read.
 struct Device {
-    wg: Userspace,
+    wg: Wg,
     plan: Option<TunnelPlan>,
+    stats: Vec<ovl_wg::PeerStats>,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TunnelError {
@@ -56,10 +125,15 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TunnelError 
 }
 
 impl WireGuard {
-    /// Loads (or makes) the key pair in `state_dir`; WireGuard on UDP `port`, carrying the
-    /// VXLAN of UDP port `vxlan_port`. The device is made by the first [`Tunnel::apply`]
-    /// with a plan.
-    pub fn open(state_dir: &Path, port: u16, vxlan_port: u16) -> Result<Self, TunnelError> {
+    /// Loads (or makes) the key pair in `state_dir`; WireGuard of `kind` on UDP `port`,
+    /// carrying the VXLAN of UDP port `vxlan_port`. The device is made by the first
+    /// [`Tunnel::apply`] with a plan.
+    pub fn open(
+        state_dir: &Path,
+        port: u16,
+        vxlan_port: u16,
+        kind: Kind,
+    ) -> Result<Self, TunnelError> {
         let key_path = state_dir.join("wg.key");
         let revoked_path = state_dir.join("wg-revoked.json");
         let key = ovl_wg::load_or_create(&key_path)?;
@@ -73,7 +147,7 @@ impl WireGuard {
         };
         let public = key.public().to_string();
         let status = TunnelStatus {
-            kind: KIND.into(),
+            kind: kind.as_str().into(),
             public_key: public.clone(),
             port,
             revoked: revoked.contains(&public),
@@ -83,6 +157,7 @@ impl WireGuard {
             key_path,
             revoked_path,
             port,
+            kind,
             rules: [false, true].map(|source| PortRule {
                 priority: RULE_PRIORITY,
                 port: vxlan_port,
@@ -158,9 +233,13 @@ impl WireGuard {
         }
         if slot.is_none() {
             let key = self.key.lock().expect("key lock").clone();
-            let wg = Userspace::start(WG_IFNAME, self.port, plan.mtu, key).await?;
-            tracing::info!(port = self.port, public_key = %self.public(), "WireGuard (userspace) up");
-            *slot = Some(Device { wg, plan: None });
+            let wg = Wg::start(self.kind, self.port, plan.mtu, key).await?;
+            tracing::info!(kind = self.kind.as_str(), port = self.port, public_key = %self.public(), "WireGuard up");
+            *slot = Some(Device {
+                wg,
+                plan: None,
+                stats: Vec::new(),
+            });
         }
         let dev = slot.as_mut().expect("just made");
         // One host's bad key must not cut off the others: it is left out and reported
@@ -184,7 +263,7 @@ impl WireGuard {
             }
         }
         if dev.plan.as_ref() != Some(plan) {
-            dev.wg.set_peers(peers);
+            dev.wg.set_peers(peers).await?;
             dev.plan = Some(plan.clone());
         }
         // Level-triggered: a rule or route removed by hand comes back on the next pass.
@@ -205,11 +284,20 @@ impl WireGuard {
         Ok(())
     }
 
+    /// The peers of `dev` by host: the userspace device's live counters, the kernel's as
+    /// read by the last pass (reading them takes a netlink request).
     fn peer_states(&self, dev: &Device) -> Vec<PeerState> {
         let hosts = dev.plan.as_ref().map(|p| p.peers.as_slice()).unwrap_or(&[]);
-        dev.wg
-            .stats()
-            .into_iter()
+        let live;
+        let stats = match &dev.wg {
+            Wg::User(u) => {
+                live = u.stats();
+                &live
+            }
+            Wg::Kernel(_) => &dev.stats,
+        };
+        stats
+            .iter()
             .map(|s| {
                 let key = s.public_key.to_string();
                 PeerState {
@@ -240,7 +328,7 @@ impl Tunnel for WireGuard {
         (!self.is_revoked()).then(|| WgRecord {
             public_key: self.public(),
             port: self.port,
-            kind: KIND.into(),
+            kind: self.kind.as_str().into(),
         })
     }
 
@@ -251,6 +339,11 @@ impl Tunnel for WireGuard {
             None if slot.is_some() => self.tear_down(&mut slot).await,
             None => Ok(()),
         };
+        if let Some(d) = slot.as_mut()
+            && let Wg::Kernel(_) = d.wg
+        {
+            d.stats = d.wg.stats().await;
+        }
         let peers = slot
             .as_ref()
             .map(|d| self.peer_states(d))
@@ -267,7 +360,7 @@ impl Tunnel for WireGuard {
         let public = key.public().to_string();
         *self.key.lock().expect("key lock") = key.clone();
         if let Some(dev) = self.dev.lock().await.as_ref() {
-            dev.wg.set_key(key);
+            dev.wg.set_key(key).await?;
         }
         {
             let mut st = self.status.lock().expect("status lock");
@@ -278,7 +371,7 @@ impl Tunnel for WireGuard {
         Ok(WgRecord {
             public_key: public,
             port: self.port,
-            kind: KIND.into(),
+            kind: self.kind.as_str().into(),
         })
     }
 

@@ -123,6 +123,11 @@ impl KeyPair {
         self.public
     }
 
+    /// The private key's bytes, for the kernel's WireGuard (which takes the key itself).
+    pub(crate) fn private_bytes(&self) -> [u8; KEY_LEN] {
+        self.secret().to_bytes()
+    }
+
     pub(crate) fn secret(&self) -> &x25519::StaticSecret {
         &self.secret
     }

@@ -1,5 +1,6 @@
 //! WireGuard of overlay-agent: the host's key pair ([`load_or_create`],
-//! [`replace`]) and a userspace WireGuard device ([`Userspace`]).
+//! [`replace`]), the kernel's WireGuard device ([`Kernel`]) and a userspace
+//! WireGuard device ([`Userspace`]).
 //!
 //! The device speaks the WireGuard protocol as implemented by boringtun's
 //! `noise` module, so it interoperates with kernel WireGuard. It owns a TUN
@@ -11,11 +12,13 @@
 #![warn(missing_docs)]
 
 mod device;
+mod kernel;
 mod key;
 
 use std::path::PathBuf;
 
 pub use device::{DropStats, Peer, PeerStats, Userspace};
+pub use kernel::Kernel;
 pub use key::{KeyPair, PublicKey, load_or_create, replace};
 
 /// Errors of the key file and the userspace device.
