@@ -90,6 +90,16 @@ pub fn attach(lab: &Lab, i: usize, net: &str, name: &str, extra: &[&str]) -> (St
     (ns, ip)
 }
 
+/// `ip -n NS ARGS` (arguments split on whitespace); panics with its stderr on failure.
+pub fn ip_ns(ns: &str, args: &str) {
+    let o = std::process::Command::new("ip")
+        .args(["-n", ns])
+        .args(args.split_whitespace())
+        .output()
+        .expect("ip");
+    assert!(o.status.success(), "ip -n {ns} {args}: {}", stderr(&o));
+}
+
 /// One ping from namespace `ns` to `ip` (1 s timeout).
 pub fn ping(ns: &str, ip: &str) -> bool {
     std::process::Command::new("ip")

@@ -13,15 +13,6 @@ use std::{process::Command, time::Duration};
 
 use ovl_tests::*;
 
-fn ip_ns(ns: &str, args: &str) {
-    let o = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "ip -n {ns} {args}: {}", stderr(&o));
-}
-
 fn nft_in(lab: &Lab, i: usize, args: &str) -> bool {
     Command::new("ip")
         .args(["netns", "exec", &lab.host(i).ns])

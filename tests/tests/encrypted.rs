@@ -122,6 +122,36 @@ fn tcp_carries(from: &str, to_ns: &str, to_ip: &str, text: &str) -> bool {
     stdout(&rx.wait_with_output().expect("socat listener")).contains(text)
 }
 
+/// A container: its namespace and its address.
+type Ctr = (String, String);
+
+/// Containers s1..s3 (hosts 1-3) on an encrypted network `sec` in 10.N.0.0/24 and p1, p2
+/// (hosts 1-2) on a plain network `plain` in 10.(N+1).0.0/24.
+fn sec_and_plain(lab: &Lab, n: u8) -> ([Ctr; 3], [Ctr; 2]) {
+    let sec = format!("10.{n}.0.0/24");
+    let plain = format!("10.{}.0.0/24", n + 1);
+    ctl(
+        lab,
+        0,
+        &["network", "create", "sec", "--encrypted", "--subnet", &sec],
+    );
+    ctl(lab, 0, &["network", "create", "plain", "--subnet", &plain]);
+    let s = [0, 1, 2].map(|i| attach(lab, i, "sec", &format!("s{}", i + 1), &[]));
+    let p = [0, 1].map(|i| attach(lab, i, "plain", &format!("p{}", i + 1), &[]));
+    (s, p)
+}
+
+/// A broadcast ping from s1 to `bcast` is answered by s2 and s3.
+fn broadcast_answered(s: &[Ctr; 3], bcast: &str) {
+    allow_broadcast_ping(&s[1].0);
+    allow_broadcast_ping(&s[2].0);
+    let text = broadcast_replies(&s[0].0, bcast);
+    assert!(
+        text.contains(&format!("from {}", s[1].1)) && text.contains(&format!("from {}", s[2].1)),
+        "broadcast replies from both remote containers: {text}"
+    );
+}
+
 fn host_of<'a>(hosts: &'a Value, id: &str) -> &'a Value {
     hosts
         .as_array()
@@ -141,25 +171,7 @@ fn encrypted_network_beside_a_plain_one() {
         );
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    ctl(
-        &lab,
-        0,
-        &[
-            "network",
-            "create",
-            "sec",
-            "--encrypted",
-            "--subnet",
-            "10.60.0.0/24",
-        ],
-    );
-    ctl(
-        &lab,
-        0,
-        &["network", "create", "plain", "--subnet", "10.61.0.0/24"],
-    );
-    let s = [0, 1, 2].map(|i| attach(&lab, i, "sec", &format!("s{}", i + 1), &[]));
-    let p = [0, 1].map(|i| attach(&lab, i, "plain", &format!("p{}", i + 1), &[]));
+    let (s, p) = sec_and_plain(&lab, 60);
     assert_eq!(
         eth0_mtu(&s[0].0),
         1500 - 60 - 50,
@@ -184,13 +196,7 @@ fn encrypted_network_beside_a_plain_one() {
         &s[1].1,
         "tcp-through-wireguard"
     ));
-    allow_broadcast_ping(&s[1].0);
-    allow_broadcast_ping(&s[2].0);
-    let text = broadcast_replies(&s[0].0, "10.60.0.255");
-    assert!(
-        text.contains(&format!("from {}", s[1].1)) && text.contains(&format!("from {}", s[2].1)),
-        "broadcast replies from both remote containers: {text}"
-    );
+    broadcast_answered(&s, "10.60.0.255");
     multicast_reaches(&s[0].0, &s[0].1, &[&s[1].0, &s[2].0]);
 
     // The underlay: the plain network shows the marker in VXLAN (the capture works) ...
@@ -269,12 +275,7 @@ fn encrypted_network_beside_a_plain_one() {
         (rogue.as_str(), "addr add 10.60.0.250/24 dev vx".to_string()),
         (rogue.as_str(), "link set vx up".to_string()),
     ] {
-        let o = Command::new("ip")
-            .args(["-n", ns])
-            .args(args.split_whitespace())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "ip -n {ns} {args}: {}", stderr(&o));
+        ip_ns(ns, &args);
     }
     let planted = || {
         nsexec(&s[0].0, &["ip", "neigh", "flush", "to", "10.60.0.250"]);
@@ -471,25 +472,7 @@ fn encrypted_network_on_mixed_datapaths() {
     let mut cfg = LabConfig::new("t19mix", 3);
     cfg.datapath = DatapathSel::Mixed;
     let lab = lab_with(cfg);
-    ctl(
-        &lab,
-        0,
-        &[
-            "network",
-            "create",
-            "sec",
-            "--encrypted",
-            "--subnet",
-            "10.62.0.0/24",
-        ],
-    );
-    ctl(
-        &lab,
-        0,
-        &["network", "create", "plain", "--subnet", "10.63.0.0/24"],
-    );
-    let s = [0, 1, 2].map(|i| attach(&lab, i, "sec", &format!("s{}", i + 1), &[]));
-    let p = [0, 1].map(|i| attach(&lab, i, "plain", &format!("p{}", i + 1), &[]));
+    let (s, p) = sec_and_plain(&lab, 62);
     assert_eq!(eth0_mtu(&s[0].0), 1390);
     within(
         "every pair on the encrypted network",
@@ -505,13 +488,7 @@ fn encrypted_network_on_mixed_datapaths() {
         Duration::from_secs(10),
         || ping(&p[0].0, &p[1].1) && ping(&p[1].0, &p[0].1),
     );
-    allow_broadcast_ping(&s[1].0);
-    allow_broadcast_ping(&s[2].0);
-    let text = broadcast_replies(&s[0].0, "10.62.0.255");
-    assert!(
-        text.contains(&format!("from {}", s[1].1)) && text.contains(&format!("from {}", s[2].1)),
-        "broadcast from an eBPF host: {text}"
-    );
+    broadcast_answered(&s, "10.62.0.255");
     let sec = Capture::run(&lab, "mix", || {
         assert!(marked_ping(&s[0].0, &s[2].1), "eBPF host -> kernel host");
         assert!(marked_ping(&s[1].0, &s[0].1), "eBPF host -> eBPF host");

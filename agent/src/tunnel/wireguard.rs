@@ -109,7 +109,16 @@ pub struct WireGuard {
     key: Mutex<KeyPair>,
     revoked: Mutex<BTreeSet<String>>,
     dev: tokio::sync::Mutex<Option<Device>>,
-    status: Mutex<TunnelStatus>,
+    /// What the last apply left: the device up, its peers, its error. The rest of the
+    /// status (kind, key, port, revoked) is read from the fields it comes from.
+    applied: Mutex<Applied>,
+}
+
+#[derive(Default)]
+struct Applied {
+    up: bool,
+    peers: Vec<PeerState>,
+    error: Option<String>,
 }
 
 /// The device while it exists, the plan it was given and its peers as last read.
@@ -145,14 +154,6 @@ impl WireGuard {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
             Err(e) => return Err(io(format!("reading {}", revoked_path.display()))(e)),
         };
-        let public = key.public().to_string();
-        let status = TunnelStatus {
-            kind: kind.as_str().into(),
-            public_key: public.clone(),
-            port,
-            revoked: revoked.contains(&public),
-            ..Default::default()
-        };
         Ok(WireGuard {
             key_path,
             revoked_path,
@@ -167,7 +168,7 @@ impl WireGuard {
             key: Mutex::new(key),
             revoked: Mutex::new(revoked),
             dev: tokio::sync::Mutex::new(None),
-            status: Mutex::new(status),
+            applied: Mutex::default(),
         })
     }
 
@@ -348,10 +349,11 @@ impl Tunnel for WireGuard {
             .as_ref()
             .map(|d| self.peer_states(d))
             .unwrap_or_default();
-        let mut st = self.status.lock().expect("status lock");
-        st.up = slot.is_some();
-        st.peers = peers;
-        st.last_error = res.as_ref().err().map(ToString::to_string);
+        *self.applied.lock().expect("applied lock") = Applied {
+            up: slot.is_some(),
+            peers,
+            error: res.as_ref().err().map(ToString::to_string),
+        };
         res
     }
 
@@ -361,11 +363,6 @@ impl Tunnel for WireGuard {
         *self.key.lock().expect("key lock") = key.clone();
         if let Some(dev) = self.dev.lock().await.as_ref() {
             dev.wg.set_key(key).await?;
-        }
-        {
-            let mut st = self.status.lock().expect("status lock");
-            st.public_key = public.clone();
-            st.revoked = false;
         }
         tracing::info!(public_key = %public, "WireGuard key rotated");
         Ok(WgRecord {
@@ -385,7 +382,6 @@ impl Tunnel for WireGuard {
         }
         crate::perms::write_json(&self.revoked_path, &*revoked)
             .map_err(io("saving the revoked WireGuard keys"))?;
-        self.status.lock().expect("status lock").revoked = true;
         tracing::warn!(
             public_key,
             "this host's WireGuard key was removed from the KV: revoked, not published again until `overlayctl keys rotate`"
@@ -394,12 +390,23 @@ impl Tunnel for WireGuard {
     }
 
     fn status(&self) -> TunnelStatus {
-        let mut st = self.status.lock().expect("status lock").clone();
-        if let Ok(slot) = self.dev.try_lock()
-            && let Some(dev) = slot.as_ref()
-        {
-            st.peers = self.peer_states(dev);
+        let a = self.applied.lock().expect("applied lock");
+        // Live counters unless a pass holds the device; then those it left.
+        let peers = match self.dev.try_lock() {
+            Ok(slot) => slot
+                .as_ref()
+                .map(|d| self.peer_states(d))
+                .unwrap_or_default(),
+            Err(_) => a.peers.clone(),
+        };
+        TunnelStatus {
+            kind: self.kind.as_str().into(),
+            public_key: self.public(),
+            port: self.port,
+            up: a.up,
+            revoked: self.is_revoked(),
+            peers,
+            last_error: a.error.clone(),
         }
-        st
     }
 }

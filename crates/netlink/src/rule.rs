@@ -84,17 +84,24 @@ fn in_table(r: &RouteMessage, table: u32) -> bool {
 }
 
 impl Netlink {
-    /// The IPv4 rules that send one UDP destination port to a table.
-    pub async fn port_rules_v4(&self) -> Result<Vec<PortRule>> {
-        let msgs: Vec<RuleMessage> = self
-            .handle()
+    async fn rules_v4(&self) -> Result<Vec<RuleMessage>> {
+        self.handle()
             .rule()
             .get(IpVersion::V4)
             .execute()
             .try_collect()
             .await
-            .map_err(nl("dump IPv4 rules"))?;
-        Ok(msgs.iter().filter_map(port_rule).collect())
+            .map_err(nl("dump IPv4 rules"))
+    }
+
+    /// The IPv4 rules that send one UDP port to a table.
+    pub async fn port_rules_v4(&self) -> Result<Vec<PortRule>> {
+        Ok(self
+            .rules_v4()
+            .await?
+            .iter()
+            .filter_map(port_rule)
+            .collect())
     }
 
     /// Adds `rule`.
@@ -123,15 +130,7 @@ impl Netlink {
 
     /// Deletes `rule` (every field must match).
     pub async fn del_port_rule(&self, rule: PortRule) -> Result<()> {
-        let msgs: Vec<RuleMessage> = self
-            .handle()
-            .rule()
-            .get(IpVersion::V4)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("dump IPv4 rules"))?;
-        for m in msgs {
+        for m in self.rules_v4().await? {
             if port_rule(&m) == Some(rule) {
                 self.handle()
                     .rule()
