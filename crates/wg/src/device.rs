@@ -1,8 +1,9 @@
 //! The userspace WireGuard device: boringtun's protocol state machines
 //! (`Tunn`, one per peer) between a TUN interface and a UDP socket.
 //!
-//! Three tasks share the state: the TUN reader (encapsulates), the UDP reader
-//! (decapsulates) and the timer task (keepalives, rekeys, handshake retries).
+//! Three loops share the state: the TUN reader (encapsulates) and the UDP
+//! reader (decapsulates), each on a thread of its own, and the timer task on
+//! the tokio runtime (keepalives, rekeys, handshake retries).
 //! The peer set is an immutable snapshot swapped whole by
 //! [`Userspace::set_peers`]; each peer's `Tunn` has its own mutex, held only
 //! for the CPU work of one boringtun call, never across socket I/O, so the
@@ -22,11 +23,14 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 use serde::{Deserialize, Serialize};
-use tokio::net::UdpSocket;
-use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
-use tokio_tun::Tun;
+use std::os::fd::AsFd;
+use std::thread::JoinHandle;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::tun::TunDev;
+use crate::udp::{MAX_GSO_BYTES, MAX_SEGMENTS, Udp};
 use crate::{Error, KeyPair, PublicKey, Result};
 
 /// Largest IP packet or UDP datagram we may be handed.
@@ -211,14 +215,13 @@ impl KeyState {
 
 struct Shared {
     ifname: String,
-    udp: Arc<UdpSocket>,
+    udp: Udp,
     key: RwLock<Arc<KeyState>>,
     peers: RwLock<Arc<PeerTable>>,
     /// Serialises `set_peers` and `set_key`, which read-modify-write both.
     config: Mutex<()>,
     next_index: AtomicU32,
     drops: DropCounters,
-    runtime: Handle,
 }
 
 impl Shared {
@@ -268,51 +271,34 @@ impl Shared {
                 ),
             }
         }
-        if sends.is_empty() {
-            return;
+        // A send waits only while the socket buffer is full, briefly.
+        for (p, msg) in sends {
+            send_to_peer(&self.udp, &p, &msg);
         }
-        // The callers are synchronous and may be off the runtime; a UDP send
-        // practically never blocks, but we must not block them if it does.
-        let udp = self.udp.clone();
-        self.runtime.spawn(async move {
-            for (p, msg) in sends {
-                send_to_peer(&udp, &p, &msg).await;
-            }
-        });
-    }
-}
-
-/// Socket buffer size asked for: a burst of ~2,800 full-size datagrams, so
-/// the receive loop falling a little behind (it decrypts and writes the TUN
-/// per datagram) does not turn into TCP-visible loss at once.
-const SOCKET_BUFFER: usize = 4 << 20;
-
-/// Enlarges the socket's buffers, past `net.core.[rw]mem_max` where we have
-/// CAP_NET_ADMIN. Best effort: the device works with the defaults, only
-/// losing more under bursts.
-fn size_socket_buffers(udp: &UdpSocket, ifname: &str) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let rcv = setsockopt(udp, sockopt::RcvBufForce, &SOCKET_BUFFER)
-        .or_else(|_| setsockopt(udp, sockopt::RcvBuf, &SOCKET_BUFFER));
-    let snd = setsockopt(udp, sockopt::SndBufForce, &SOCKET_BUFFER)
-        .or_else(|_| setsockopt(udp, sockopt::SndBuf, &SOCKET_BUFFER));
-    if let Err(e) = rcv.and(snd) {
-        tracing::debug!(ifname, error = %e, "could not enlarge the WireGuard socket buffers");
     }
 }
 
 /// A running userspace WireGuard device.
 ///
-/// Dropping it stops its tasks (the TUN goes away once they have been
-/// dropped); [`Userspace::shutdown`] does the same and waits for it.
+/// The packets move on two threads of their own, each waiting in `poll(2)` on
+/// its file (TUN → peers and peers → TUN): one wake-up per burst, where a
+/// runtime's task costs a reactor wake-up and a worker wake-up besides. The
+/// timers run as a task on the tokio runtime.
+///
+/// Dropping it stops its threads and task (the TUN goes away once they have
+/// ended); [`Userspace::shutdown`] does the same and waits for it.
 pub struct Userspace {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Wakes the data-path threads to end.
+    stop: Arc<EventFd>,
+    threads: Vec<JoinHandle<()>>,
+    timer: tokio::task::JoinHandle<()>,
 }
 
 impl Userspace {
     /// Creates TUN `ifname` (up, given MTU, no address needed), binds UDP
-    /// 0.0.0.0:listen_port, spawns its tasks on the current tokio runtime.
+    /// 0.0.0.0:listen_port, starts its threads and its timer task on the
+    /// current tokio runtime.
     ///
     /// The TUN and the socket are created in the network namespace of the
     /// calling thread. The device starts with no peers.
@@ -337,26 +323,23 @@ impl Userspace {
             .filter(|m| (576..=MAX_PACKET as i32 - 80).contains(m))
             .ok_or_else(|| invalid(format!("MTU {mtu} out of range 576..={}", MAX_PACKET - 80)))?;
 
+        let io_err = |context: String| {
+            move |source| Error::Io {
+                ifname: ifname.to_owned(),
+                context,
+                source,
+            }
+        };
         // The socket first: a port in use should not leave a TUN behind.
-        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, listen_port))
-            .await
-            .map_err(|source| Error::Io {
-                ifname: ifname.to_owned(),
-                context: format!("binding UDP 0.0.0.0:{listen_port}"),
-                source,
-            })?;
-        size_socket_buffers(&udp, ifname);
-        let tun = Tun::builder()
-            .name(ifname)
-            .mtu(mtu_i32)
-            .up()
-            .build()
-            .map_err(|source| Error::Tun {
-                ifname: ifname.to_owned(),
-                source,
-            })?
-            .pop()
-            .ok_or_else(|| invalid("TUN builder returned no queue".into()))?;
+        let udp =
+            Udp::bind(listen_port).map_err(io_err(format!("binding UDP 0.0.0.0:{listen_port}")))?;
+        let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| io_err("creating an eventfd".into())(e.into()))?;
+        let stop = Arc::new(stop);
+        let tun = TunDev::open(ifname, mtu_i32).map_err(|source| Error::Tun {
+            ifname: ifname.to_owned(),
+            source,
+        })?;
         let tun = Arc::new(tun);
 
         let mut seed = [0u8; 4];
@@ -364,21 +347,37 @@ impl Userspace {
         let public = key.public();
         let shared = Arc::new(Shared {
             ifname: ifname.to_owned(),
-            udp: Arc::new(udp),
+            udp,
             key: RwLock::new(Arc::new(KeyState::new(key))),
             peers: RwLock::new(Arc::new(PeerTable::default())),
             config: Mutex::new(()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed)),
             drops: DropCounters::default(),
-            runtime: Handle::current(),
         });
-        let tasks = vec![
-            tokio::spawn(tun_loop(shared.clone(), tun.clone())),
-            tokio::spawn(udp_loop(shared.clone(), tun)),
-            tokio::spawn(timer_loop(shared.clone())),
-        ];
+        let mut threads = Vec::new();
+        let loops: [(&str, DataLoop); 2] = [("wg-tx", tun_loop), ("wg-rx", udp_loop)];
+        for (name, body) in loops {
+            let (shared, tun, signal) = (shared.clone(), tun.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{ifname}"))
+                .spawn(move || body(&shared, &tun, &signal));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The ones started end at the signal; the TUN goes with them.
+                    let _ = stop.write(1);
+                    return Err(io_err("starting a data-path thread".into())(e));
+                }
+            }
+        }
+        let timer = tokio::spawn(timer_loop(shared.clone()));
         tracing::info!(ifname, listen_port, mtu, public_key = %public, "WireGuard device started");
-        Ok(Userspace { shared, tasks })
+        Ok(Userspace {
+            shared,
+            stop,
+            threads,
+            timer,
+        })
     }
 
     /// Replaces the peer set. Peers whose (public_key, endpoint, allowed) are
@@ -513,14 +512,15 @@ impl Userspace {
     /// Call it in the network namespace the device was started in: that is
     /// where it looks for the interface.
     pub async fn shutdown(mut self) -> Result<()> {
-        let tasks = std::mem::take(&mut self.tasks);
-        for t in &tasks {
-            t.abort();
-        }
-        // Awaiting the aborted tasks guarantees their futures, which hold the
-        // only references to the TUN, have been dropped.
-        for t in tasks {
-            let _ = t.await;
+        self.signal_stop();
+        // The threads hold the only references to the TUN; once they have
+        // ended, its file is closed.
+        let threads = std::mem::take(&mut self.threads);
+        let joined =
+            tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()))
+                .await;
+        if !matches!(joined, Ok(true)) {
+            tracing::warn!(ifname = %self.shared.ifname, "a WireGuard data-path thread panicked");
         }
         let ifname = self.shared.ifname.clone();
         let started = Instant::now();
@@ -538,11 +538,18 @@ impl Userspace {
     }
 }
 
+impl Userspace {
+    fn signal_stop(&self) {
+        self.timer.abort();
+        if let Err(e) = self.stop.write(1) {
+            tracing::error!(ifname = %self.shared.ifname, error = %e, "could not signal the WireGuard threads to stop");
+        }
+    }
+}
+
 impl Drop for Userspace {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.signal_stop();
     }
 }
 
@@ -583,10 +590,17 @@ impl Action {
     }
 }
 
-async fn send_to_peer(udp: &UdpSocket, peer: &PeerState, msg: &[u8]) {
-    match udp.send_to(msg, SocketAddr::V4(peer.peer.endpoint)).await {
-        Ok(n) => {
-            peer.traffic.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+fn send_to_peer(udp: &Udp, peer: &PeerState, msg: &[u8]) {
+    send_run(udp, peer, msg, msg.len())
+}
+
+/// Sends datagrams of `size` bytes each (the last may be shorter) to `peer`.
+fn send_run(udp: &Udp, peer: &PeerState, run: &[u8], size: usize) {
+    match udp.send_run(peer.peer.endpoint, run, size) {
+        Ok(()) => {
+            peer.traffic
+                .tx_bytes
+                .fetch_add(run.len() as u64, Ordering::Relaxed);
         }
         Err(e) => tracing::debug!(
             endpoint = %peer.peer.endpoint,
@@ -596,67 +610,191 @@ async fn send_to_peer(udp: &UdpSocket, peer: &PeerState, msg: &[u8]) {
     }
 }
 
-/// Backs off after a socket error so a persistent one (the device vanishing
+/// Backs off after an I/O error so a persistent one (the device vanishing
 /// under us) does not spin a core.
-async fn io_error_pause(shared: &Shared, what: &str, e: &io::Error) {
+fn io_error_pause(shared: &Shared, what: &str, e: &io::Error) {
     tracing::warn!(ifname = %shared.ifname, error = %e, "{what} failed");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::thread::sleep(Duration::from_millis(100));
 }
 
-/// TUN → peer: cryptokey routing by the packet's IPv4 destination.
-async fn tun_loop(shared: Arc<Shared>, tun: Arc<Tun>) {
-    let mut buf = vec![0u8; MAX_PACKET];
-    let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
+/// Waits until `file` has something to read: true, or false once the device
+/// is stopping.
+fn wait_readable(shared: &Shared, file: &impl AsFd, stop: &EventFd) -> bool {
     loop {
-        let n = match tun.recv(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => {
-                io_error_pause(&shared, "reading the TUN device", &e).await;
-                continue;
+        let mut fds = [
+            PollFd::new(file.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                if ready(&fds[1]) {
+                    return false;
+                }
+                if ready(&fds[0]) {
+                    return true;
+                }
             }
-        };
-        let packet = &buf[..n];
-        let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else {
-            bump(&shared.drops.no_peer);
-            tracing::debug!(len = n, "dropped non-IPv4 packet from TUN");
-            continue;
-        };
-        let Some(peer) = shared.table().by_allowed.get(&dst).cloned() else {
-            bump(&shared.drops.no_peer);
-            tracing::debug!(%dst, "dropped packet from TUN: no peer has this allowed IP");
-            continue;
-        };
-        let base = out.as_ptr() as usize;
-        let action = Action::of(base, peer.tunn().encapsulate(packet, &mut out));
-        match action {
-            Action::Network(r) => send_to_peer(&shared.udp, &peer, &out[r]).await,
-            // The packet was queued behind a handshake already in flight.
-            Action::Done => {}
-            Action::Error(e) => {
-                tracing::debug!(%dst, error = ?e, "encapsulation failed")
-            }
-            Action::Tunnel(..) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => io_error_pause(shared, "waiting in poll", &e.into()),
         }
     }
 }
 
-/// Network → TUN.
-async fn udp_loop(shared: Arc<Shared>, tun: Arc<Tun>) {
+/// The body of a data-path thread.
+type DataLoop = fn(&Shared, &TunDev, &EventFd);
+
+/// Packets read per wake-up at most before what is queued is sent.
+const READS_PER_WAKE: usize = 256;
+
+/// Encrypted datagrams waiting to leave, in order, in one buffer.
+struct TxBatch {
+    out: Vec<u8>,
+    /// Each datagram's peer and its end in `out` (it starts where the previous ends).
+    segs: Vec<(Arc<PeerState>, usize)>,
+}
+
+impl TxBatch {
+    fn new() -> TxBatch {
+        TxBatch {
+            out: vec![0u8; MAX_GSO_BYTES + MAX_PACKET + 2 * WG_OVERHEAD],
+            segs: Vec::with_capacity(MAX_SEGMENTS),
+        }
+    }
+
+    fn used(&self) -> usize {
+        self.segs.last().map_or(0, |(_, end)| *end)
+    }
+
+    /// Whether the datagram of a packet of `len` bytes might not fit one segmented send
+    /// with what is queued.
+    fn full(&self, len: usize) -> bool {
+        self.segs.len() >= MAX_SEGMENTS || self.used() + len + 2 * WG_OVERHEAD > MAX_GSO_BYTES
+    }
+
+    /// Sends what is queued: each run of datagrams for one peer, all of one size but
+    /// perhaps the last, in one call.
+    fn flush(&mut self, udp: &Udp) {
+        let mut start = 0;
+        for (peer, run) in runs(&self.segs) {
+            let end = self.segs[run.end - 1].1;
+            let size = self.segs[run.start].1 - start;
+            send_run(udp, peer, &self.out[start..end], size);
+            start = end;
+        }
+        self.segs.clear();
+    }
+}
+
+/// Splits queued datagrams (peer, end offset) into runs that can leave in one
+/// segmented send: one peer, every datagram the size of the first but the last,
+/// which may be shorter.
+fn runs<P>(segs: &[(Arc<P>, usize)]) -> Vec<(&Arc<P>, Range<usize>)> {
+    let mut out = Vec::new();
+    let (mut i, mut start) = (0, 0);
+    while i < segs.len() {
+        let peer = &segs[i].0;
+        let size = segs[i].1 - start;
+        let (mut j, mut end) = (i + 1, segs[i].1);
+        while j < segs.len() && Arc::ptr_eq(&segs[j].0, peer) {
+            let len = segs[j].1 - end;
+            if len > size {
+                break;
+            }
+            end = segs[j].1;
+            j += 1;
+            if len < size {
+                break;
+            }
+        }
+        out.push((peer, i..j));
+        start = end;
+        i = j;
+    }
+    out
+}
+
+/// TUN → peer: cryptokey routing by the packet's IPv4 destination. Everything queued on
+/// the TUN is read and encrypted before anything is sent, so a burst leaves in a few
+/// segmented sends.
+fn tun_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let mut batch = TxBatch::new();
+    while wait_readable(shared, tun, stop) {
+        for _ in 0..READS_PER_WAKE {
+            match tun.try_recv(&mut buf) {
+                Ok(n) => {
+                    if batch.full(n) {
+                        batch.flush(&shared.udp);
+                    }
+                    encapsulate(shared, &buf[..n], &mut batch);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    batch.flush(&shared.udp);
+                    io_error_pause(shared, "reading the TUN device", &e);
+                    break;
+                }
+            }
+        }
+        batch.flush(&shared.udp);
+    }
+}
+
+/// Encrypts one packet from the TUN for its peer onto `batch`.
+fn encapsulate(shared: &Shared, packet: &[u8], batch: &mut TxBatch) {
+    let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else {
+        bump(&shared.drops.no_peer);
+        tracing::debug!(len = packet.len(), "dropped non-IPv4 packet from TUN");
+        return;
+    };
+    let Some(peer) = shared.table().by_allowed.get(&dst).cloned() else {
+        bump(&shared.drops.no_peer);
+        tracing::debug!(%dst, "dropped packet from TUN: no peer has this allowed IP");
+        return;
+    };
+    let start = batch.used();
+    let out = &mut batch.out[start..];
+    let base = out.as_ptr() as usize;
+    let action = Action::of(base, peer.tunn().encapsulate(packet, out));
+    match action {
+        // boringtun writes at the start of `dst`; a datagram anywhere else could not be
+        // sent as part of a run.
+        Action::Network(r) if r.start == 0 => batch.segs.push((peer, start + r.end)),
+        Action::Network(r) => tracing::warn!(?r, "boringtun wrote away from the buffer's start"),
+        // The packet was queued behind a handshake already in flight.
+        Action::Done => {}
+        Action::Error(e) => {
+            tracing::debug!(%dst, error = ?e, "encapsulation failed")
+        }
+        Action::Tunnel(..) => {}
+    }
+}
+
+/// Network → TUN: each receive may carry a run of datagrams from one sender.
+fn udp_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
-    loop {
-        let (n, from) = match shared.udp.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                io_error_pause(&shared, "reading the WireGuard socket", &e).await;
+    while wait_readable(shared, &shared.udp, stop) {
+        for _ in 0..READS_PER_WAKE {
+            let (n, from, size) = match shared.udp.try_recv_run(&mut buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    io_error_pause(shared, "reading the WireGuard socket", &e);
+                    break;
+                }
+            };
+            let Some(SocketAddr::V4(from)) = from else {
+                bump(&shared.drops.unknown_source);
                 continue;
+            };
+            for datagram in buf[..n].chunks(size.unwrap_or(n).max(1)) {
+                handle_datagram(shared, tun, from, datagram, &mut out);
             }
-        };
-        let SocketAddr::V4(from) = from else {
-            bump(&shared.drops.unknown_source);
-            continue;
-        };
-        handle_datagram(&shared, &tun, from, &buf[..n], &mut out).await;
+        }
     }
 }
 
@@ -747,9 +885,9 @@ enum Kind {
 const HANDSHAKE_RESPONSE_LEN: usize = 92;
 const KEEPALIVE_LEN: usize = 32;
 
-async fn handle_datagram(
+fn handle_datagram(
     shared: &Shared,
-    tun: &Tun,
+    tun: &TunDev,
     from: SocketAddrV4,
     datagram: &[u8],
     out: &mut [u8],
@@ -760,11 +898,7 @@ async fn handle_datagram(
         Err(Some(reply)) => {
             // A cookie proves ownership of the source address, so it goes
             // back to exactly that address.
-            if let Err(e) = shared
-                .udp
-                .send_to(&cookie[reply], SocketAddr::V4(from))
-                .await
-            {
+            if let Err(e) = shared.udp.send_to(&cookie[reply], from) {
                 tracing::debug!(%from, error = %e, "sending cookie reply failed");
             }
             return;
@@ -801,14 +935,14 @@ async fn handle_datagram(
                     "WireGuard handshake {how}"
                 );
             }
-            send_to_peer(&shared.udp, &peer, &out[r]).await;
+            send_to_peer(&shared.udp, &peer, &out[r]);
             // boringtun's contract: after WriteToNetwork, call again with an
             // empty datagram until Done, which flushes packets that were
             // queued waiting for this handshake.
             loop {
                 let next = Action::of(base, peer.tunn().decapsulate(None, &[], out));
                 match next {
-                    Action::Network(r) => send_to_peer(&shared.udp, &peer, &out[r]).await,
+                    Action::Network(r) => send_to_peer(&shared.udp, &peer, &out[r]),
                     _ => break,
                 }
             }
@@ -824,7 +958,7 @@ async fn handle_datagram(
                 );
                 return;
             }
-            if let Err(e) = tun.send(&out[r]).await {
+            if let Err(e) = tun.send(&out[r]) {
                 tracing::debug!(error = %e, "writing to the TUN device failed");
             }
         }
@@ -851,7 +985,7 @@ async fn timer_loop(shared: Arc<Shared>) {
         for peer in &table.list {
             let action = Action::of(base, peer.tunn().update_timers(&mut out));
             match action {
-                Action::Network(r) => send_to_peer(&shared.udp, peer, &out[r]).await,
+                Action::Network(r) => send_to_peer(&shared.udp, peer, &out[r]),
                 // Repeats every tick once boringtun gave up on a peer until
                 // traffic or a new handshake revives it: not worth a log line.
                 Action::Error(WireGuardError::ConnectionExpired) => {}
@@ -883,6 +1017,77 @@ mod tests {
             is_send(&u.shutdown());
         }
         let _ = shutdown_is_send;
+    }
+
+    /// Queued datagrams as (peer, length): the runs [`runs`] makes of them, as
+    /// (peer, count).
+    fn run_shape(queued: &[(&Arc<u8>, usize)]) -> Vec<(u8, usize)> {
+        let mut end = 0;
+        let segs: Vec<(Arc<u8>, usize)> = queued
+            .iter()
+            .map(|(p, len)| {
+                end += len;
+                ((*p).clone(), end)
+            })
+            .collect();
+        runs(&segs)
+            .into_iter()
+            .map(|(p, r)| (**p, r.len()))
+            .collect()
+    }
+
+    #[test]
+    fn runs_are_one_peer_one_size_with_a_shorter_last() {
+        let (a, b) = (Arc::new(1u8), Arc::new(2u8));
+        assert_eq!(run_shape(&[]), vec![]);
+        assert_eq!(run_shape(&[(&a, 1472)]), vec![(1, 1)]);
+        // Equal sizes for one peer: one run; a shorter one closes it.
+        assert_eq!(
+            run_shape(&[(&a, 1472), (&a, 1472), (&a, 1472), (&a, 600), (&a, 1472)]),
+            vec![(1, 4), (1, 1)]
+        );
+        // A longer one cannot join: the kernel cuts at the first one's size.
+        assert_eq!(run_shape(&[(&a, 600), (&a, 1472)]), vec![(1, 1), (1, 1)]);
+        // Another peer starts a run of its own, even with the same size; the same
+        // peer's value in another Arc is another peer.
+        let a2 = Arc::new(1u8);
+        assert_eq!(
+            run_shape(&[(&a, 1472), (&b, 1472), (&b, 1472), (&a, 1472), (&a2, 1472)]),
+            vec![(1, 1), (2, 2), (1, 1), (1, 1)]
+        );
+    }
+
+    #[test]
+    fn a_batch_is_full_before_a_send_would_exceed_the_kernels_limits() {
+        let mut batch = TxBatch::new();
+        assert!(!batch.full(1440));
+        let peer = Arc::new(PeerState::new(
+            &KeyState::new(KeyPair::generate()),
+            Peer {
+                public_key: KeyPair::generate().public(),
+                endpoint: "198.18.0.2:51820".parse().unwrap(),
+                allowed: "198.18.0.2".parse().unwrap(),
+            },
+            1,
+            Arc::default(),
+        ));
+        let mut end = 0;
+        while !batch.full(1440) {
+            end += 1472;
+            batch.segs.push((peer.clone(), end));
+        }
+        // 1472-byte datagrams: 44 of them fit 65,000 bytes, the 45th would not.
+        assert_eq!(batch.segs.len(), 44);
+        assert!(batch.used() + 1472 > MAX_GSO_BYTES);
+        batch.segs.truncate(1);
+        batch
+            .segs
+            .extend((1..MAX_SEGMENTS).map(|i| (peer.clone(), 1472 + i * 40)));
+        assert!(
+            batch.full(20),
+            "{} datagrams are the most one send takes",
+            MAX_SEGMENTS
+        );
     }
 
     #[test]

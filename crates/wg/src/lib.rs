@@ -14,6 +14,8 @@
 mod device;
 mod kernel;
 mod key;
+mod tun;
+mod udp;
 
 use std::path::PathBuf;
 
@@ -77,7 +79,7 @@ pub enum Error {
         ifname: String,
         /// The underlying error.
         #[source]
-        source: tokio_tun::Error,
+        source: std::io::Error,
     },
     /// A socket operation of the device failed.
     #[error("WireGuard device {ifname}: {context}: {source}")]
