@@ -53,10 +53,21 @@ enum Wg {
 }
 
 impl Wg {
-    async fn start(kind: Kind, port: u16, mtu: u32, key: KeyPair) -> Result<Wg, TunnelError> {
+    /// `vxlan_port`: what the tunnel carries; the userspace device may merge its TCP.
+    async fn start(
+        kind: Kind,
+        port: u16,
+        vxlan_port: u16,
+        mtu: u32,
+        key: KeyPair,
+    ) -> Result<Wg, TunnelError> {
         Ok(match kind {
             Kind::Kernel => Wg::Kernel(ovl_wg::Kernel::start(WG_IFNAME, port, mtu, key).await?),
-            Kind::Userspace => Wg::User(Userspace::start(WG_IFNAME, port, mtu, key).await?),
+            Kind::Userspace => {
+                let dev = Userspace::start(WG_IFNAME, port, mtu, key).await?;
+                dev.merge_vxlan_port(Some(vxlan_port));
+                Wg::User(dev)
+            }
         })
     }
 
@@ -234,7 +245,7 @@ impl WireGuard {
         }
         if slot.is_none() {
             let key = self.key.lock().expect("key lock").clone();
-            let wg = Wg::start(self.kind, self.port, plan.mtu, key).await?;
+            let wg = Wg::start(self.kind, self.port, self.rules[0].port, plan.mtu, key).await?;
             tracing::info!(kind = self.kind.as_str(), port = self.port, public_key = %self.public(), "WireGuard up");
             *slot = Some(Device {
                 wg,

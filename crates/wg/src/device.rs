@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::merge::{FRAME_HEAD, Merger};
 use crate::tun::TunDev;
 use crate::udp::{MAX_GSO_BYTES, MAX_SEGMENTS, Udp};
 use crate::{Error, KeyPair, PublicKey, Result};
@@ -222,9 +223,17 @@ struct Shared {
     config: Mutex<()>,
     next_index: AtomicU32,
     drops: DropCounters,
+    /// The UDP port of the VXLAN whose TCP segments the receive side may merge; 0: none.
+    merge_port: AtomicU32,
 }
 
 impl Shared {
+    fn merge_port(&self) -> Option<u16> {
+        u16::try_from(self.merge_port.load(Ordering::Relaxed))
+            .ok()
+            .filter(|p| *p != 0)
+    }
+
     fn table(&self) -> Arc<PeerTable> {
         self.peers
             .read()
@@ -353,6 +362,7 @@ impl Userspace {
             config: Mutex::new(()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed)),
             drops: DropCounters::default(),
+            merge_port: AtomicU32::new(0),
         });
         let mut threads = Vec::new();
         let loops: [(&str, DataLoop); 2] = [("wg-tx", tun_loop), ("wg-rx", udp_loop)];
@@ -473,6 +483,16 @@ impl Userspace {
             "WireGuard key replaced; re-handshaking with every peer"
         );
         shared.install(list.clone(), list);
+    }
+
+    /// Lets the receive side merge consecutive TCP segments carried by VXLAN on UDP
+    /// `port` into one write, where the kernel takes such writes (Linux 6.17's GSO over
+    /// UDP tunnels on a TAP); `None` stops it. Only that port: a merged datagram for any
+    /// other socket would reach it as one oversized datagram.
+    pub fn merge_vxlan_port(&self, port: Option<u16>) {
+        self.shared
+            .merge_port
+            .store(port.map_or(0, u32::from), Ordering::Relaxed);
     }
 
     /// The device's current public key.
@@ -718,16 +738,20 @@ fn runs<P>(segs: &[(Arc<P>, usize)]) -> Vec<(&Arc<P>, Range<usize>)> {
 /// the TUN is read and encrypted before anything is sent, so a burst leaves in a few
 /// segmented sends.
 fn tun_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
-    let mut buf = vec![0u8; MAX_PACKET];
+    let mut buf = vec![0u8; MAX_PACKET + FRAME_HEAD];
     let mut batch = TxBatch::new();
     while wait_readable(shared, tun, stop) {
         for _ in 0..READS_PER_WAKE {
             match tun.try_recv(&mut buf) {
-                Ok(n) => {
-                    if batch.full(n) {
+                Ok(Some(r)) => {
+                    if batch.full(r.len()) {
                         batch.flush(&shared.udp);
                     }
-                    encapsulate(shared, &buf[..n], &mut batch);
+                    encapsulate(shared, &buf[r], &mut batch);
+                }
+                Ok(None) => {
+                    bump(&shared.drops.no_peer);
+                    tracing::debug!("dropped a non-IPv4 frame from the TAP");
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -776,13 +800,21 @@ fn encapsulate(shared: &Shared, packet: &[u8], batch: &mut TxBatch) {
 fn udp_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
+    let mut merger = Merger::new(tun.eth(), None);
+    let mut write = |head: &[u8], rest: &[u8]| {
+        if let Err(e) = tun.send(head, rest) {
+            tracing::debug!(error = %e, "writing to the TAP device failed");
+        }
+    };
     while wait_readable(shared, &shared.udp, stop) {
+        merger.set_port(shared.merge_port().filter(|_| tun.tunnel_gso()));
         for _ in 0..READS_PER_WAKE {
             let (n, from, size) = match shared.udp.try_recv_run(&mut buf) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    merger.flush(&mut write);
                     io_error_pause(shared, "reading the WireGuard socket", &e);
                     break;
                 }
@@ -792,9 +824,12 @@ fn udp_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
                 continue;
             };
             for datagram in buf[..n].chunks(size.unwrap_or(n).max(1)) {
-                handle_datagram(shared, tun, from, datagram, &mut out);
+                if let Some(r) = handle_datagram(shared, from, datagram, &mut out) {
+                    merger.push(&out[r], &mut write);
+                }
             }
         }
+        merger.flush(&mut write);
     }
 }
 
@@ -885,13 +920,14 @@ enum Kind {
 const HANDSHAKE_RESPONSE_LEN: usize = 92;
 const KEEPALIVE_LEN: usize = 32;
 
+/// Takes one datagram in; returns the range in `out` of a decrypted packet for the
+/// device, if it brought one.
 fn handle_datagram(
     shared: &Shared,
-    tun: &TunDev,
     from: SocketAddrV4,
     datagram: &[u8],
     out: &mut [u8],
-) {
+) -> Option<Range<usize>> {
     let mut cookie = [0u8; 64];
     let peer = match match_peer(shared, from, datagram, &mut cookie) {
         Ok(p) => p,
@@ -901,9 +937,9 @@ fn handle_datagram(
             if let Err(e) = shared.udp.send_to(&cookie[reply], from) {
                 tracing::debug!(%from, error = %e, "sending cookie reply failed");
             }
-            return;
+            return None;
         }
-        Err(None) => return,
+        Err(None) => return None,
     };
     let kind = match Tunn::parse_incoming_packet(datagram) {
         Ok(Packet::HandshakeInit(_)) => Kind::Initiation,
@@ -956,11 +992,9 @@ fn handle_datagram(
                     allowed = %peer.peer.allowed,
                     "dropped decrypted packet with a source the peer may not use"
                 );
-                return;
+                return None;
             }
-            if let Err(e) = tun.send(&out[r]) {
-                tracing::debug!(error = %e, "writing to the TUN device failed");
-            }
+            return Some(r);
         }
         // A keepalive, or a cookie reply taken in.
         Action::Done => {}
@@ -969,6 +1003,7 @@ fn handle_datagram(
             tracing::debug!(%from, peer = %peer.peer.public_key, error = ?e, "dropped datagram");
         }
     }
+    None
 }
 
 /// Drives every peer's timers: handshake retries, rekeys, keepalives.

@@ -14,6 +14,7 @@
 mod device;
 mod kernel;
 mod key;
+mod merge;
 mod tun;
 mod udp;
 
