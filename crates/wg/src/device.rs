@@ -29,7 +29,8 @@ use std::thread::JoinHandle;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::merge::{FRAME_HEAD, Merger};
+use crate::merge::Merger;
+use crate::split::split;
 use crate::tun::TunDev;
 use crate::udp::{MAX_GSO_BYTES, MAX_SEGMENTS, Udp};
 use crate::{Error, KeyPair, PublicKey, Result};
@@ -97,6 +98,9 @@ pub struct DropStats {
     pub decrypt_error: u64,
     /// Datagrams that are not WireGuard messages at all.
     pub malformed: u64,
+    /// Frames from the device the data path could not cut into packets (a layout of
+    /// segmentation offload it did not ask the kernel for).
+    pub unsplittable: u64,
 }
 
 #[derive(Default)]
@@ -107,6 +111,7 @@ struct DropCounters {
     bad_inner_source: AtomicU64,
     decrypt_error: AtomicU64,
     malformed: AtomicU64,
+    unsplittable: AtomicU64,
 }
 
 impl DropCounters {
@@ -119,6 +124,7 @@ impl DropCounters {
             bad_inner_source: get(&self.bad_inner_source),
             decrypt_error: get(&self.decrypt_error),
             malformed: get(&self.malformed),
+            unsplittable: get(&self.unsplittable),
         }
     }
 }
@@ -738,16 +744,28 @@ fn runs<P>(segs: &[(Arc<P>, usize)]) -> Vec<(&Arc<P>, Range<usize>)> {
 /// the TUN is read and encrypted before anything is sent, so a burst leaves in a few
 /// segmented sends.
 fn tun_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
-    let mut buf = vec![0u8; MAX_PACKET + FRAME_HEAD];
+    // A read may be a whole TCP send: 64 KiB and its headers.
+    let mut buf = vec![0u8; 2 * MAX_PACKET];
+    let mut seg = Vec::with_capacity(MAX_PACKET);
     let mut batch = TxBatch::new();
     while wait_readable(shared, tun, stop) {
         for _ in 0..READS_PER_WAKE {
             match tun.try_recv(&mut buf) {
-                Ok(Some(r)) => {
-                    if batch.full(r.len()) {
-                        batch.flush(&shared.udp);
+                Ok(Some((hdr, r))) => {
+                    let cut = split(&hdr, &mut buf[r], &mut seg, |packet| {
+                        if batch.full(packet.len()) {
+                            batch.flush(&shared.udp);
+                        }
+                        encapsulate(shared, packet, &mut batch);
+                    });
+                    if let Err(why) = cut {
+                        bump(&shared.drops.unsplittable);
+                        tracing::debug!(
+                            ?why,
+                            ?hdr,
+                            "dropped a frame the TAP handed us that we cannot cut"
+                        );
                     }
-                    encapsulate(shared, &buf[r], &mut batch);
                 }
                 Ok(None) => {
                     bump(&shared.drops.no_peer);
@@ -1129,6 +1147,6 @@ mod tests {
     fn drop_stats_serialize() {
         let json = serde_json::to_value(DropStats::default()).unwrap();
         assert_eq!(json["no_peer"], 0);
-        assert_eq!(json.as_object().unwrap().len(), 6);
+        assert_eq!(json.as_object().unwrap().len(), 7);
     }
 }

@@ -15,6 +15,7 @@ mod device;
 mod kernel;
 mod key;
 mod merge;
+mod split;
 mod tun;
 mod udp;
 

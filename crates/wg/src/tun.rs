@@ -13,14 +13,18 @@
 //!   then go through the device's NAPI instance and GRO, and with a GRO flush timeout
 //!   consecutive VXLAN datagrams of one TCP flow still reach the bridge as one packet.
 //!
-//! Reads stay one packet each: no offloads are enabled for what the kernel sends us.
+//! Where the kernel has the tunnel offload, the device also takes checksum and TCP
+//! segmentation offloads: a read may then be a whole TCP send, cut in userspace.
 
 use std::ffi::CString;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
+use std::ops::Range;
+
 use crate::merge::{ETH_LEN, FRAME_HEAD, VNET_HDR_LEN};
+use crate::split::VnetHdr;
 
 /// How long the kernel may hold a merged packet waiting for more of its flow, in
 /// nanoseconds, once the writes pause (NAPI mode only). A merged packet leaves when it
@@ -34,6 +38,11 @@ const GRO_FLUSH_TIMEOUT_NS: u64 = 200_000;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_UDP_TUNNEL_GSO: libc::c_uint = 0x80;
+const TUN_F_UDP_TUNNEL_GSO_CSUM: libc::c_uint = 0x100;
+/// What we take from the kernel where it knows tunnel GSO: TCP sends of up to 64 KiB,
+/// plain or in VXLAN (with or without its UDP checksum), checksums left to us.
+const OFFLOADS: libc::c_uint =
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM;
 
 nix::ioctl_write_ptr_bad!(tunsetiff, libc::TUNSETIFF, libc::ifreq);
 nix::ioctl_write_int_bad!(tunsetoffload, libc::TUNSETOFFLOAD);
@@ -55,7 +64,8 @@ pub(crate) struct TunDev {
     fd: OwnedFd,
     /// The Ethernet header of frames we write: to the device's address, IPv4.
     eth: [u8; ETH_LEN],
-    /// Whether the kernel takes merged TCP-over-UDP-tunnel frames.
+    /// Whether the kernel takes merged TCP-over-UDP-tunnel frames (and hands us its
+    /// sends whole).
     tunnel_gso: bool,
 }
 
@@ -101,20 +111,16 @@ fn attach(name: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(file)
 }
 
-/// Whether the kernel knows GSO over UDP tunnels on a TAP; leaves its offloads off (reads
-/// stay one packet each). Older kernels refuse the unknown bit.
-fn probe_tunnel_gso(file: &OwnedFd) -> io::Result<bool> {
+/// Turns the offloads on where the kernel knows GSO over UDP tunnels on a TAP (Linux
+/// 6.17); older kernels refuse the unknown bits, and the device then gets none.
+fn enable_offloads(file: &OwnedFd) -> io::Result<bool> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value.
-    let known = unsafe {
-        tunsetoffload(
-            file.as_raw_fd(),
-            (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_UDP_TUNNEL_GSO) as _,
-        )
+    if unsafe { tunsetoffload(file.as_raw_fd(), OFFLOADS as _) }.is_ok() {
+        return Ok(true);
     }
-    .is_ok();
     // SAFETY: as above.
     unsafe { tunsetoffload(file.as_raw_fd(), 0) }.map_err(io::Error::from)?;
-    Ok(known)
+    Ok(false)
 }
 
 impl TunDev {
@@ -122,7 +128,7 @@ impl TunDev {
     /// ARP; its file is non-blocking.
     pub(crate) fn open(name: &str, mtu: i32) -> io::Result<TunDev> {
         let mut file = attach(name, 0)?;
-        let tunnel_gso = probe_tunnel_gso(&file)?;
+        let tunnel_gso = enable_offloads(&file)?;
         if !tunnel_gso {
             // The flags are the queue's for good: close (the device goes) and start over.
             drop(file);
@@ -151,14 +157,15 @@ impl TunDev {
         self.tunnel_gso
     }
 
-    /// Reads one frame without waiting and returns the IP packet's range in `buf`
-    /// (`None`: not IPv4, left out); `WouldBlock` when none is queued.
-    pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<std::ops::Range<usize>>> {
+    /// Reads one frame without waiting: its virtio-net header and the IP packet's range
+    /// in `buf` (`None`: not IPv4, left out); `WouldBlock` when none is queued. With the
+    /// offloads on, the packet may be a whole TCP send to cut (see [`crate::split`]).
+    pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<(VnetHdr, Range<usize>)>> {
         let n = nix::unistd::read(&self.fd, buf).map_err(io::Error::from)?;
         if n <= FRAME_HEAD || buf[FRAME_HEAD - 2..FRAME_HEAD] != [0x08, 0x00] {
             return Ok(None);
         }
-        Ok(Some(FRAME_HEAD..n))
+        Ok(Some((VnetHdr::parse(buf), FRAME_HEAD..n)))
     }
 
     /// Writes one frame: `head` then `rest` (see [`crate::merge::Merger::push`]). A TAP
