@@ -235,7 +235,7 @@ impl WireGuard {
     ) -> Result<(), TunnelError> {
         let nl = Netlink::open(None).await?;
         if slot.is_some() && nl.link_by_name(WG_IFNAME).await?.is_none() {
-            // Deleted by hand: a TUN device does not come back; make a new one.
+            // Deleted by hand: a TAP device does not come back; make a new one.
             tracing::warn!("{WG_IFNAME} vanished; starting WireGuard again");
             if let Some(old) = slot.take()
                 && let Err(e) = old.wg.shutdown().await

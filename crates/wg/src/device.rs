@@ -1,7 +1,7 @@
 //! The userspace WireGuard device: boringtun's protocol state machines
-//! (`Tunn`, one per peer) between a TUN interface and a UDP socket.
+//! (`Tunn`, one per peer) between a TAP interface and a UDP socket.
 //!
-//! Three loops share the state: the TUN reader (encapsulates) and the UDP
+//! Three loops share the state: the TAP reader (encapsulates) and the UDP
 //! reader (decapsulates), each on a thread of its own, and the timer task on
 //! the tokio runtime (keepalives, rekeys, handshake retries).
 //! The peer set is an immutable snapshot swapped whole by
@@ -47,7 +47,7 @@ const TIMER_TICK: Duration = Duration::from_millis(100);
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Session indices carry the peer's index in their upper 24 bits.
 const INDEX_MASK: u32 = 0x00ff_ffff;
-/// How long [`Userspace::shutdown`] waits for the kernel to drop the TUN.
+/// How long [`Userspace::shutdown`] waits for the kernel to drop the TAP.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One remote host as the device sees it.
@@ -83,7 +83,7 @@ pub struct PeerStats {
 /// Packets the device dropped, by reason, since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DropStats {
-    /// Packets from the TUN whose IPv4 destination is no peer's allowed
+    /// Packets from the TAP whose IPv4 destination is no peer's allowed
     /// address (or that are not IPv4).
     pub no_peer: u64,
     /// Datagrams from an address that is no peer's endpoint IP.
@@ -296,11 +296,11 @@ impl Shared {
 /// A running userspace WireGuard device.
 ///
 /// The packets move on two threads of their own, each waiting in `poll(2)` on
-/// its file (TUN → peers and peers → TUN): one wake-up per burst, where a
+/// its file (TAP → peers and peers → TAP): one wake-up per burst, where a
 /// runtime's task costs a reactor wake-up and a worker wake-up besides. The
 /// timers run as a task on the tokio runtime.
 ///
-/// Dropping it stops its threads and task (the TUN goes away once they have
+/// Dropping it stops its threads and task (the TAP goes away once they have
 /// ended); [`Userspace::shutdown`] does the same and waits for it.
 pub struct Userspace {
     shared: Arc<Shared>,
@@ -311,11 +311,11 @@ pub struct Userspace {
 }
 
 impl Userspace {
-    /// Creates TUN `ifname` (up, given MTU, no address needed), binds UDP
+    /// Creates TAP `ifname` (up, given MTU, no address needed), binds UDP
     /// 0.0.0.0:listen_port, starts its threads and its timer task on the
     /// current tokio runtime.
     ///
-    /// The TUN and the socket are created in the network namespace of the
+    /// The TAP and the socket are created in the network namespace of the
     /// calling thread. The device starts with no peers.
     ///
     /// # Panics
@@ -345,7 +345,7 @@ impl Userspace {
                 source,
             }
         };
-        // The socket first: a port in use should not leave a TUN behind.
+        // The socket first: a port in use should not leave a TAP behind.
         let udp =
             Udp::bind(listen_port).map_err(io_err(format!("binding UDP 0.0.0.0:{listen_port}")))?;
         let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
@@ -380,7 +380,7 @@ impl Userspace {
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    // The ones started end at the signal; the TUN goes with them.
+                    // The ones started end at the signal; the TAP goes with them.
                     let _ = stop.write(1);
                     return Err(io_err("starting a data-path thread".into())(e));
                 }
@@ -532,14 +532,14 @@ impl Userspace {
         self.shared.drops.snapshot()
     }
 
-    /// Stops the tasks and removes the TUN device (closing the fd removes a
-    /// non-persistent TUN); returns when it is gone.
+    /// Stops the tasks and removes the TAP device (closing the fd removes a
+    /// non-persistent TAP); returns when it is gone.
     ///
     /// Call it in the network namespace the device was started in: that is
     /// where it looks for the interface.
     pub async fn shutdown(mut self) -> Result<()> {
         self.signal_stop();
-        // The threads hold the only references to the TUN; once they have
+        // The threads hold the only references to the TAP; once they have
         // ended, its file is closed.
         let threads = std::mem::take(&mut self.threads);
         let joined =
@@ -740,8 +740,8 @@ fn runs<P>(segs: &[(Arc<P>, usize)]) -> Vec<(&Arc<P>, Range<usize>)> {
     out
 }
 
-/// TUN → peer: cryptokey routing by the packet's IPv4 destination. Everything queued on
-/// the TUN is read and encrypted before anything is sent, so a burst leaves in a few
+/// TAP → peer: cryptokey routing by the packet's IPv4 destination. Everything queued on
+/// the TAP is read and encrypted before anything is sent, so a burst leaves in a few
 /// segmented sends.
 fn tun_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
     // A read may be a whole TCP send: 64 KiB and its headers.
@@ -775,7 +775,7 @@ fn tun_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     batch.flush(&shared.udp);
-                    io_error_pause(shared, "reading the TUN device", &e);
+                    io_error_pause(shared, "reading the TAP device", &e);
                     break;
                 }
             }
@@ -784,16 +784,16 @@ fn tun_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
     }
 }
 
-/// Encrypts one packet from the TUN for its peer onto `batch`.
+/// Encrypts one packet from the TAP for its peer onto `batch`.
 fn encapsulate(shared: &Shared, packet: &[u8], batch: &mut TxBatch) {
     let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else {
         bump(&shared.drops.no_peer);
-        tracing::debug!(len = packet.len(), "dropped non-IPv4 packet from TUN");
+        tracing::debug!(len = packet.len(), "dropped non-IPv4 packet from TAP");
         return;
     };
     let Some(peer) = shared.table().by_allowed.get(&dst).cloned() else {
         bump(&shared.drops.no_peer);
-        tracing::debug!(%dst, "dropped packet from TUN: no peer has this allowed IP");
+        tracing::debug!(%dst, "dropped packet from TAP: no peer has this allowed IP");
         return;
     };
     let start = batch.used();
@@ -814,7 +814,7 @@ fn encapsulate(shared: &Shared, packet: &[u8], batch: &mut TxBatch) {
     }
 }
 
-/// Network → TUN: each receive may carry a run of datagrams from one sender.
+/// Network → TAP: each receive may carry a run of datagrams from one sender.
 fn udp_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];

@@ -3,9 +3,9 @@
 //! WireGuard device ([`Userspace`]).
 //!
 //! The device speaks the WireGuard protocol as implemented by boringtun's
-//! `noise` module, so it interoperates with kernel WireGuard. It owns a TUN
+//! `noise` module, so it interoperates with kernel WireGuard. It owns a TAP
 //! interface (`ovlwg0` in the agent) and one UDP socket. Encrypted overlay
-//! networks route their VXLAN packets (UDP dport 4790) into the TUN by policy
+//! networks route their VXLAN packets (UDP dport 4790) into the TAP by policy
 //! routing; each peer is one other host, whose single allowed IP is that
 //! host's underlay IPv4 address.
 
@@ -74,8 +74,8 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// Creating the TUN device failed.
-    #[error("creating TUN device {ifname}: {source}")]
+    /// Creating the TAP device failed.
+    #[error("creating TAP device {ifname}: {source}")]
     Tun {
         /// The interface name asked for.
         ifname: String,
@@ -94,8 +94,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The TUN device was still there after the device was shut down.
-    #[error("WireGuard device {ifname}: TUN device still present {waited_ms} ms after shutdown")]
+    /// The TAP device was still there after the device was shut down.
+    #[error("WireGuard device {ifname}: TAP device still present {waited_ms} ms after shutdown")]
     NotRemoved {
         /// The interface concerned.
         ifname: String,
