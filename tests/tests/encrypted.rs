@@ -97,6 +97,62 @@ fn eth0_mtu(ns: &str) -> u32 {
     out.trim().parse().expect("an MTU")
 }
 
+/// Packets and bytes (received, sent) so far by the WireGuard device of host namespace
+/// `ns`.
+fn wg_counters(ns: &str) -> [u64; 4] {
+    let o = nsexec(ns, &["ip", "-s", "-j", "link", "show", "ovlwg0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("ip -j");
+    let s = &v[0]["stats64"];
+    let n = |dir: &str, what: &str| s[dir][what].as_u64().expect("a counter");
+    [
+        n("rx", "packets"),
+        n("rx", "bytes"),
+        n("tx", "packets"),
+        n("tx", "bytes"),
+    ]
+}
+
+/// Sends 16 MiB of random bytes over TCP from `from` to `to_ns` (address `to_ip`) and
+/// returns whether they arrived intact (same SHA-256): the device cuts and merges TCP
+/// itself and computes the checksums TCP would check, so only the content can tell.
+fn bulk_tcp_intact(from: &str, to_ns: &str, to_ip: &str) -> bool {
+    let file = std::env::temp_dir().join(format!("ovl-t19-bulk-{}", std::process::id()));
+    let o = Command::new("head")
+        .args(["-c", "16777216", "/dev/urandom"])
+        .output()
+        .expect("head");
+    std::fs::write(&file, &o.stdout).expect("writing the bulk file");
+    let want = stdout(
+        &Command::new("sha256sum")
+            .arg(&file)
+            .output()
+            .expect("sha256sum"),
+    );
+    let rx = Command::new("ip")
+        .args(["netns", "exec", to_ns, "sh", "-c"])
+        .arg("timeout 20 socat -u TCP4-LISTEN:5002,reuseaddr STDOUT | sha256sum")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("bulk receiver");
+    std::thread::sleep(Duration::from_millis(300));
+    let send = format!("socat -u FILE:{} TCP4:{to_ip}:5002", file.display());
+    let tx = nsexec(from, &["sh", "-c", &send]);
+    assert!(tx.status.success(), "bulk sender: {}", stderr(&tx));
+    let got = stdout(&rx.wait_with_output().expect("bulk receiver"));
+    std::fs::remove_file(&file).expect("removing the bulk file");
+    let hash = |s: &str| s.split_whitespace().next().unwrap_or_default().to_string();
+    eprintln!("bulk TCP: sent {} received {}", hash(&want), hash(&got));
+    hash(&want) == hash(&got) && !hash(&got).is_empty()
+}
+
+/// The running kernel's (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut it = r.trim().split(['.', '-']).map(|x| x.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
 /// A TCP stream from `from` to `to_ns` (address `to_ip`) carries `text`.
 fn tcp_carries(from: &str, to_ns: &str, to_ip: &str, text: &str) -> bool {
     let rx = Command::new("ip")
@@ -198,6 +254,39 @@ fn encrypted_network_beside_a_plain_one() {
     ));
     broadcast_answered(&s, "10.60.0.255");
     multicast_reaches(&s[0].0, &s[0].1, &[&s[1].0, &s[2].0]);
+
+    // Bulk TCP arrives intact, and where the kernel has GSO over UDP tunnels (6.17) the
+    // devices move it in large frames: the sender reads whole TCP sends, the receiver
+    // writes merged segments (a 1390-byte MTU makes every single packet smaller than 1500).
+    let st = ctl(&lab, 0, &["status"]);
+    let offload = st["wireguard"]["offload"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("userspace WireGuard offload here: {offload}");
+    let (h1, h2) = (&lab.host(0).ns, &lab.host(1).ns);
+    let (before1, before2) = (wg_counters(h1), wg_counters(h2));
+    assert!(
+        bulk_tcp_intact(&s[0].0, &s[1].0, &s[1].1),
+        "16 MiB over TCP, intact"
+    );
+    let (after1, after2) = (wg_counters(h1), wg_counters(h2));
+    let avg = |a: [u64; 4], b: [u64; 4], i: usize| (b[i + 1] - a[i + 1]) / (b[i] - a[i]).max(1);
+    let (read, written) = (avg(before1, after1, 2), avg(before2, after2, 0));
+    eprintln!("bulk TCP: average frame read on h1 {read} bytes, written on h2 {written} bytes");
+    if kernel_version() >= (6, 17) {
+        assert_eq!(offload, "tunnel-gso", "{st}");
+        assert!(
+            read > 3000,
+            "h1 reads whole TCP sends: {read} bytes a frame"
+        );
+        assert!(
+            written > 3000,
+            "h2 writes merged segments: {written} bytes a frame"
+        );
+    } else {
+        assert_eq!(offload, "kernel-gro", "{st}");
+    }
 
     // The underlay: the plain network shows the marker in VXLAN (the capture works) ...
     let plain = Capture::run(&lab, "plain", || {

@@ -157,7 +157,15 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                         .iter()
                         .filter(|p| p.handshake_secs_ago.is_some())
                         .count();
-                    format!("up, {} peer(s), {shaken} with a handshake", w.peers.len())
+                    let offload = w
+                        .offload
+                        .as_deref()
+                        .map(|o| format!(", offload {o}"))
+                        .unwrap_or_default();
+                    format!(
+                        "up, {} peer(s), {shaken} with a handshake{offload}",
+                        w.peers.len()
+                    )
                 } else {
                     "down (no encrypted network here)".into()
                 };

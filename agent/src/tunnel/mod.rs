@@ -75,6 +75,10 @@ pub struct TunnelStatus {
     pub peers: Vec<PeerState>,
     /// The last failure to apply the plan, cleared by the next success.
     pub last_error: Option<String>,
+    /// How a userspace device moves bulk TCP through the kernel while it is up
+    /// (`tunnel-gso`, `tunnel-gso-send-only`, `kernel-gro`); none for the kernel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<String>,
 }
 
 /// The tunnel failed.

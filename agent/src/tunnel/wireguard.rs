@@ -130,6 +130,7 @@ struct Applied {
     up: bool,
     peers: Vec<PeerState>,
     error: Option<String>,
+    offload: Option<String>,
 }
 
 /// The device while it exists, the plan it was given and its peers as last read.
@@ -360,10 +361,15 @@ impl Tunnel for WireGuard {
             .as_ref()
             .map(|d| self.peer_states(d))
             .unwrap_or_default();
+        let offload = slot.as_ref().and_then(|d| match &d.wg {
+            Wg::User(u) => Some(u.offload().as_str().to_string()),
+            Wg::Kernel(_) => None,
+        });
         *self.applied.lock().expect("applied lock") = Applied {
             up: slot.is_some(),
             peers,
             error: res.as_ref().err().map(ToString::to_string),
+            offload,
         };
         res
     }
@@ -418,6 +424,7 @@ impl Tunnel for WireGuard {
             revoked: self.is_revoked(),
             peers,
             last_error: a.error.clone(),
+            offload: a.offload.clone(),
         }
     }
 }

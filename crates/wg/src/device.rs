@@ -62,6 +62,32 @@ pub struct Peer {
     pub allowed: Ipv4Addr,
 }
 
+/// How the device moves bulk TCP through the kernel ([`Userspace::offload`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Offload {
+    /// Linux 6.17's GSO over UDP tunnels: whole TCP sends read and cut here, received
+    /// segments of a flow merged into one write.
+    TunnelGso,
+    /// The same for sending; received segments are not merged (no VXLAN port given, or
+    /// the kernel refused a merged frame).
+    TunnelGsoSendOnly,
+    /// One packet per read and write; the kernel's GRO merges what we write (`IFF_NAPI`
+    /// and a GRO flush timeout).
+    KernelGro,
+}
+
+impl Offload {
+    /// `tunnel-gso`, `tunnel-gso-send-only` or `kernel-gro`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Offload::TunnelGso => "tunnel-gso",
+            Offload::TunnelGsoSendOnly => "tunnel-gso-send-only",
+            Offload::KernelGro => "kernel-gro",
+        }
+    }
+}
+
 /// What [`Userspace::stats`] reports of one peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PeerStats {
@@ -304,6 +330,7 @@ impl Shared {
 /// ended); [`Userspace::shutdown`] does the same and waits for it.
 pub struct Userspace {
     shared: Arc<Shared>,
+    offload: Offload,
     /// Wakes the data-path threads to end.
     stop: Arc<EventFd>,
     threads: Vec<JoinHandle<()>>,
@@ -355,6 +382,11 @@ impl Userspace {
             ifname: ifname.to_owned(),
             source,
         })?;
+        let offload = if tun.tunnel_gso() {
+            Offload::TunnelGso
+        } else {
+            Offload::KernelGro
+        };
         let tun = Arc::new(tun);
 
         let mut seed = [0u8; 4];
@@ -390,6 +422,7 @@ impl Userspace {
         tracing::info!(ifname, listen_port, mtu, public_key = %public, "WireGuard device started");
         Ok(Userspace {
             shared,
+            offload,
             stop,
             threads,
             timer,
@@ -499,6 +532,14 @@ impl Userspace {
         self.shared
             .merge_port
             .store(port.map_or(0, u32::from), Ordering::Relaxed);
+    }
+
+    /// How the device moves bulk TCP through the kernel.
+    pub fn offload(&self) -> Offload {
+        if self.offload == Offload::TunnelGso && self.shared.merge_port().is_none() {
+            return Offload::TunnelGsoSendOnly;
+        }
+        self.offload
     }
 
     /// The device's current public key.
@@ -819,9 +860,16 @@ fn udp_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
     let mut merger = Merger::new(tun.eth(), None);
+    // A kernel that announced the tunnel offload but refuses merged frames would lose
+    // every one of them: merging goes off for good at the first refusal.
+    let refused = std::cell::Cell::new(false);
     let mut write = |head: &[u8], rest: &[u8]| {
         if let Err(e) = tun.send(head, rest) {
-            tracing::debug!(error = %e, "writing to the TAP device failed");
+            let merged = head.is_empty() && rest.get(1).is_some_and(|gso| *gso != 0);
+            if merged && e.raw_os_error() == Some(libc::EINVAL) {
+                refused.set(true);
+            }
+            tracing::debug!(error = %e, merged, "writing to the TAP device failed");
         }
     };
     while wait_readable(shared, &shared.udp, stop) {
@@ -848,6 +896,13 @@ fn udp_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
             }
         }
         merger.flush(&mut write);
+        if refused.take() && shared.merge_port().is_some() {
+            shared.merge_port.store(0, Ordering::Relaxed);
+            tracing::error!(
+                ifname = %shared.ifname,
+                "the kernel refused a merged frame; received TCP is no longer merged on this device"
+            );
+        }
     }
 }
 

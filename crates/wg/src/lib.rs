@@ -21,7 +21,7 @@ mod udp;
 
 use std::path::PathBuf;
 
-pub use device::{DropStats, Peer, PeerStats, Userspace};
+pub use device::{DropStats, Offload, Peer, PeerStats, Userspace};
 pub use kernel::Kernel;
 pub use key::{KeyPair, PublicKey, load_or_create, replace};
 
