@@ -50,8 +50,16 @@ nix::ioctl_write_ptr_bad!(tunsetvnethdrsz, libc::TUNSETVNETHDRSZ, libc::c_int);
 nix::ioctl_write_ptr_bad!(siocsifmtu, libc::SIOCSIFMTU, libc::ifreq);
 nix::ioctl_write_ptr_bad!(siocsifflags, libc::SIOCSIFFLAGS, libc::ifreq);
 nix::ioctl_read_bad!(siocgifflags, libc::SIOCGIFFLAGS, libc::ifreq);
-nix::ioctl_read_bad!(siocgifhwaddr, libc::SIOCGIFHWADDR, libc::ifreq);
+nix::ioctl_write_ptr_bad!(siocsifhwaddr, libc::SIOCSIFHWADDR, libc::ifreq);
 nix::ioctl_write_ptr_bad!(siocsiftxqlen, libc::SIOCSIFTXQLEN, libc::ifreq);
+
+/// The device's own address, set by us: every frame we write is addressed to it. A MAC
+/// the kernel drew at random would not stay: udev's `MACAddressPolicy=persistent` (the
+/// default on systemd hosts) replaces a new interface's random address a moment after it
+/// appears, and frames to the old one would be dropped as not ours. An address we set is
+/// not random, so udev leaves it alone. Locally administered, unicast; one TAP per host
+/// namespace, so one address does.
+const DEVICE_MAC: [u8; 6] = [0x02, 0x77, 0x67, 0, 0, 2];
 
 /// Frames the kernel queues for our reader before it drops (the TAP default is 1000).
 /// A TAP has no flow control towards the stack: a full queue is loss. At 2.8 Gbit/s of
@@ -134,9 +142,9 @@ impl TunDev {
             drop(file);
             file = attach(name, libc::IFF_NAPI)?;
         }
-        let mac = configure(name, mtu, !tunnel_gso)?;
+        configure(name, mtu, !tunnel_gso)?;
         let mut eth = [0u8; ETH_LEN];
-        eth[..6].copy_from_slice(&mac);
+        eth[..6].copy_from_slice(&DEVICE_MAC);
         // The source: a locally administered address of our own, never the device's.
         eth[6..12].copy_from_slice(&[0x02, 0x77, 0x67, 0, 0, 1]);
         eth[12..].copy_from_slice(&0x0800u16.to_be_bytes());
@@ -182,9 +190,9 @@ impl AsFd for TunDev {
     }
 }
 
-/// Sets the MTU, brings the interface up without ARP and, with `napi`, gives its NAPI
-/// instance a GRO flush timeout; returns its MAC address.
-fn configure(name: &str, mtu: i32, napi: bool) -> io::Result<[u8; 6]> {
+/// Sets the MTU, the queue length and our MAC, brings the interface up without ARP and,
+/// with `napi`, gives its NAPI instance a GRO flush timeout.
+fn configure(name: &str, mtu: i32, napi: bool) -> io::Result<()> {
     // SAFETY: plain socket(2) call; the result is checked.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -202,6 +210,16 @@ fn configure(name: &str, mtu: i32, napi: bool) -> io::Result<[u8; 6]> {
     req.ifr_ifru.ifru_metric = TX_QUEUE_LEN;
     // SAFETY: as above.
     unsafe { siocsiftxqlen(sock.as_raw_fd(), &req) }.map_err(io::Error::from)?;
+    let mut req = ifreq(name)?;
+    // SAFETY: sockaddr is plain old data; the hwaddr member is the one SIOCSIFHWADDR reads.
+    unsafe {
+        req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (dst, src) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(DEVICE_MAC) {
+            *dst = src as libc::c_char;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { siocsifhwaddr(sock.as_raw_fd(), &req) }.map_err(io::Error::from)?;
     disable_ipv6(name);
     let mut req = ifreq(name)?;
     // SAFETY: as above.
@@ -212,16 +230,10 @@ fn configure(name: &str, mtu: i32, napi: bool) -> io::Result<[u8; 6]> {
     };
     // SAFETY: as above.
     unsafe { siocsifflags(sock.as_raw_fd(), &req) }.map_err(io::Error::from)?;
-    let mut req = ifreq(name)?;
-    // SAFETY: as above.
-    unsafe { siocgifhwaddr(sock.as_raw_fd(), &mut req) }.map_err(io::Error::from)?;
-    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
-    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    let mac = std::array::from_fn(|i| data[i] as u8);
     if napi {
         set_gro_flush_timeout(name);
     }
-    Ok(mac)
+    Ok(())
 }
 
 /// An Ethernet device gets an IPv6 link-local address and sends neighbour discovery and
