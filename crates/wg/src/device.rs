@@ -857,7 +857,9 @@ fn encapsulate(shared: &Shared, packet: &[u8], batch: &mut TxBatch) {
 
 /// Network → TAP: each receive may carry a run of datagrams from one sender.
 fn udp_loop(shared: &Shared, tun: &TunDev, stop: &EventFd) {
-    let mut buf = vec![0u8; MAX_PACKET];
+    // A receive may be a run merged by UDP GRO: up to 64 datagrams, more than 64 KiB
+    // from a peer that sends full-size ones; a shorter buffer would cut the last.
+    let mut buf = vec![0u8; 2 * MAX_PACKET];
     let mut out = vec![0u8; MAX_PACKET + WG_OVERHEAD];
     let mut merger = Merger::new(tun.eth(), None);
     // A kernel that announced the tunnel offload but refuses merged frames would lose
