@@ -18,6 +18,7 @@ mod merge;
 mod split;
 mod tun;
 mod udp;
+mod wire;
 
 use std::path::PathBuf;
 

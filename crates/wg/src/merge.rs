@@ -14,6 +14,10 @@
 //! fragments. A merged frame's outer UDP checksum is zero (allowed over IPv4, and what
 //! the kernel's VXLAN sends by default): WireGuard has already authenticated every byte.
 
+use crate::wire::{
+    GSO_TCPV4, GSO_UDP_TUNNEL_IPV4, NEEDS_CSUM, TCP_ACK, TCP_PSH, add, ip_checksum, put16, sum,
+};
+
 /// Bytes of the virtio-net header in front of every frame (`virtio_net_hdr_v1_hash_tunnel`).
 pub(crate) const VNET_HDR_LEN: usize = 24;
 /// Bytes of the Ethernet header of a TAP frame.
@@ -29,12 +33,6 @@ const INNER_IP: usize = INNER_ETH + 14;
 const TCP: usize = INNER_IP + 20;
 /// Largest IPv4 packet.
 const MAX_IP: usize = 65_535;
-
-const NEEDS_CSUM: u8 = 1;
-const GSO_TCPV4: u8 = 1;
-const GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
-const TCP_FLAG_PSH: u8 = 0x08;
-const TCP_FLAG_ACK: u8 = 0x10;
 
 /// The header of a frame that is one plain packet.
 pub(crate) fn plain_head(eth: &[u8; ETH_LEN]) -> [u8; FRAME_HEAD] {
@@ -75,13 +73,13 @@ fn segment(p: &[u8], port: u16) -> Option<Segment> {
     }
     let tcp_hlen = usize::from(p[TCP + 12] >> 4) * 4;
     let flags = p[TCP + 13];
-    if tcp_hlen < 20 || p.len() <= TCP + tcp_hlen || flags & !TCP_FLAG_PSH != TCP_FLAG_ACK {
+    if tcp_hlen < 20 || p.len() <= TCP + tcp_hlen || flags & !TCP_PSH != TCP_ACK {
         return None;
     }
     Some(Segment {
         tcp_hlen,
         seq: u32::from_be_bytes(p[TCP + 4..TCP + 8].try_into().expect("4 bytes")),
-        psh: flags & TCP_FLAG_PSH != 0,
+        psh: flags & TCP_PSH != 0,
     })
 }
 
@@ -102,32 +100,6 @@ fn same_flow(a: &[u8], b: &[u8], tcp_hlen: usize) -> bool {
         && a[TCP + 8..TCP + 13] == b[TCP + 8..TCP + 13]
         && a[TCP + 14..TCP + 16] == b[TCP + 14..TCP + 16]
         && a[TCP + 18..TCP + tcp_hlen] == b[TCP + 18..TCP + tcp_hlen]
-}
-
-fn put16(buf: &mut [u8], at: usize, v: u16) {
-    buf[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-/// One's complement sum of 16-bit words, not folded.
-fn sum16(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
-/// Recomputes the IPv4 header checksum of the 20 bytes at `at`.
-fn ip_checksum(buf: &mut [u8], at: usize) {
-    put16(buf, at + 10, 0);
-    let c = !fold(sum16(&buf[at..at + 20]));
-    put16(buf, at + 10, c);
 }
 
 /// Builds frames for the device from decrypted packets, merging what it may.
@@ -193,7 +165,7 @@ impl Merger {
                 self.next_seq = s.seq.wrapping_add(payload as u32);
                 if s.psh {
                     let flags = FRAME_HEAD + TCP + 13;
-                    self.frame[flags] |= TCP_FLAG_PSH;
+                    self.frame[flags] |= TCP_PSH;
                 }
                 self.closed = s.psh || payload < self.seg;
                 return;
@@ -235,9 +207,9 @@ impl Merger {
         ip_checksum(p, INNER_IP);
         // The TCP checksum is left to the kernel (NEEDS_CSUM); the field holds the
         // pseudo-header's sum, as a sender offloading it would leave it.
-        let tcp_len = (len - TCP) as u32;
-        let pseudo = sum16(&p[INNER_IP + 12..INNER_IP + 20]) + 6 + tcp_len;
-        put16(p, TCP + 16, fold(pseudo));
+        let tcp_len = (len - TCP) as u16;
+        let pseudo = add(add(sum(&p[INNER_IP + 12..INNER_IP + 20]), 6), tcp_len);
+        put16(p, TCP + 16, pseudo);
         let h = &mut self.frame[..VNET_HDR_LEN];
         h.fill(0);
         h[0] = NEEDS_CSUM;
@@ -311,14 +283,14 @@ mod tests {
     }
 
     fn ip_ok(frame: &[u8], at: usize) -> bool {
-        fold(sum16(&frame[FRAME_HEAD + at..FRAME_HEAD + at + 20])) == 0xffff
+        sum(&frame[FRAME_HEAD + at..FRAME_HEAD + at + 20]) == 0xffff
     }
 
     #[test]
     fn consecutive_segments_become_one_frame() {
-        let a = segment_packet(1000, 1300, TCP_FLAG_ACK, 1);
-        let b = segment_packet(2300, 1300, TCP_FLAG_ACK, 2);
-        let c = segment_packet(3600, 500, TCP_FLAG_ACK | TCP_FLAG_PSH, 3);
+        let a = segment_packet(1000, 1300, TCP_ACK, 1);
+        let b = segment_packet(2300, 1300, TCP_ACK, 2);
+        let c = segment_packet(3600, 500, TCP_ACK | TCP_PSH, 3);
         let out = run(&[a.clone(), b, c]);
         assert_eq!(out.len(), 1);
         let f = &out[0];
@@ -349,32 +321,35 @@ mod tests {
         assert!(ip_ok(f, 0) && ip_ok(f, INNER_IP), "IPv4 header checksums");
         // First segment's sequence number, PSH from the last, payloads in order.
         assert_eq!(&p[TCP + 4..TCP + 8], &1000u32.to_be_bytes());
-        assert_eq!(p[TCP + 13], TCP_FLAG_ACK | TCP_FLAG_PSH);
+        assert_eq!(p[TCP + 13], TCP_ACK | TCP_PSH);
         let body = &p[TCP + 20..];
         assert!(body[..1300].iter().all(|&b| b == 1));
         assert!(body[1300..2600].iter().all(|&b| b == 2));
         assert!(body[2600..].iter().all(|&b| b == 3));
         // The checksum field: the pseudo-header's sum (addresses, protocol, TCP length).
-        let pseudo = sum16(&p[INNER_IP + 12..INNER_IP + 20]) + 6 + (len - TCP) as u32;
-        assert_eq!(be16(TCP + 16) as u16, fold(pseudo));
+        let pseudo = add(
+            add(sum(&p[INNER_IP + 12..INNER_IP + 20]), 6),
+            (len - TCP) as u16,
+        );
+        assert_eq!(be16(TCP + 16) as u16, pseudo);
         // Headers not touched stay the first packet's.
         assert_eq!(&p[VXLAN..INNER_IP], &a[VXLAN..INNER_IP]);
     }
 
     #[test]
     fn one_segment_passes_unchanged_with_a_plain_header() {
-        let a = segment_packet(1000, 1300, TCP_FLAG_ACK, 1);
+        let a = segment_packet(1000, 1300, TCP_ACK, 1);
         let out = run(std::slice::from_ref(&a));
         assert_eq!(out, vec![[plain_head(&ETH).as_slice(), &a].concat()]);
     }
 
     #[test]
     fn gaps_flow_changes_and_other_packets_break_runs_in_order() {
-        let a = segment_packet(1000, 1300, TCP_FLAG_ACK, 1);
-        let gap = segment_packet(5000, 1300, TCP_FLAG_ACK, 2);
-        let mut other_port = segment_packet(6300, 1300, TCP_FLAG_ACK, 3);
+        let a = segment_packet(1000, 1300, TCP_ACK, 1);
+        let gap = segment_packet(5000, 1300, TCP_ACK, 2);
+        let mut other_port = segment_packet(6300, 1300, TCP_ACK, 3);
         put16(&mut other_port, TCP, 5202);
-        let syn = segment_packet(7600, 1300, TCP_FLAG_ACK | 0x02, 4);
+        let syn = segment_packet(7600, 1300, TCP_ACK | 0x02, 4);
         let not_vxlan = vec![
             0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2,
         ];
@@ -388,13 +363,13 @@ mod tests {
 
     #[test]
     fn a_longer_segment_or_one_after_psh_starts_a_new_frame() {
-        let a = segment_packet(0, 600, TCP_FLAG_ACK, 1);
-        let longer = segment_packet(600, 1300, TCP_FLAG_ACK, 2);
+        let a = segment_packet(0, 600, TCP_ACK, 1);
+        let longer = segment_packet(600, 1300, TCP_ACK, 2);
         let out = run(&[a, longer]);
         assert_eq!(out.len(), 2);
-        let p1 = segment_packet(0, 1300, TCP_FLAG_ACK | TCP_FLAG_PSH, 1);
-        let p2 = segment_packet(1300, 1300, TCP_FLAG_ACK, 2);
-        let p3 = segment_packet(2600, 1300, TCP_FLAG_ACK, 3);
+        let p1 = segment_packet(0, 1300, TCP_ACK | TCP_PSH, 1);
+        let p2 = segment_packet(1300, 1300, TCP_ACK, 2);
+        let p3 = segment_packet(2600, 1300, TCP_ACK, 3);
         let out = run(&[p1, p2, p3]);
         assert_eq!(out.len(), 2, "PSH closes a run; the next two merge");
         assert_eq!(out[1][1], 0x21);
@@ -403,7 +378,7 @@ mod tests {
     #[test]
     fn merged_frames_stay_within_one_ipv4_packet() {
         let packets: Vec<_> = (0..60u32)
-            .map(|i| segment_packet(i * 1300, 1300, TCP_FLAG_ACK, i as u8))
+            .map(|i| segment_packet(i * 1300, 1300, TCP_ACK, i as u8))
             .collect();
         let out = run(&packets);
         assert!(out.iter().all(|f| f.len() - FRAME_HEAD <= MAX_IP));
@@ -414,8 +389,8 @@ mod tests {
 
     #[test]
     fn without_a_port_nothing_merges() {
-        let a = segment_packet(0, 1300, TCP_FLAG_ACK, 1);
-        let b = segment_packet(1300, 1300, TCP_FLAG_ACK, 2);
+        let a = segment_packet(0, 1300, TCP_ACK, 1);
+        let b = segment_packet(1300, 1300, TCP_ACK, 2);
         let mut m = Merger::new(ETH, None);
         let mut n = 0;
         m.push(&a, &mut |_, _| n += 1);

@@ -11,15 +11,10 @@
 //! authenticates every byte anyway).
 
 use crate::merge::ETH_LEN;
-
-const NEEDS_CSUM: u8 = 1;
-const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
-const GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
-const GSO_ECN: u8 = 0x80;
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
+use crate::wire::{
+    GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_UDP_TUNNEL_IPV4, NEEDS_CSUM, TCP_CWR, TCP_FIN, TCP_PSH, add,
+    be16, ip_checksum, put16, sum,
+};
 
 /// The fields of the virtio-net header (`virtio_net_hdr_v1_hash_tunnel`) we use; offsets
 /// count from the frame's start (its Ethernet header).
@@ -48,46 +43,6 @@ impl VnetHdr {
             inner_nh: le(22),
         }
     }
-}
-
-/// One's complement sum of `b` as big-endian 16-bit words, folded to 16 bits.
-pub(crate) fn sum(b: &[u8]) -> u16 {
-    // Native-order 32-bit words into a 64-bit accumulator: the one's complement sum does
-    // not care how the words are grouped, and a byte swap at the end turns the sum of
-    // native words into the sum of big-endian ones.
-    let mut acc: u64 = 0;
-    let mut words = b.chunks_exact(4);
-    for w in &mut words {
-        acc += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
-    }
-    let rest = words.remainder();
-    let mut tail = [0u8; 4];
-    tail[..rest.len()].copy_from_slice(rest);
-    acc += u64::from(u32::from_ne_bytes(tail));
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    u16::from_be(acc as u16)
-}
-
-fn add(a: u16, b: u16) -> u16 {
-    let s = u32::from(a) + u32::from(b);
-    ((s & 0xffff) + (s >> 16)) as u16
-}
-
-fn be16(p: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([p[at], p[at + 1]])
-}
-
-fn put16(p: &mut [u8], at: usize, v: u16) {
-    p[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-fn ip_checksum(p: &mut [u8], at: usize) {
-    let hlen = usize::from(p[at] & 0x0f) * 4;
-    put16(p, at + 10, 0);
-    let c = !sum(&p[at..at + hlen]);
-    put16(p, at + 10, c);
 }
 
 /// Fills in the TCP checksum of the segment whose IPv4 header is at `ip` and TCP header
@@ -190,27 +145,6 @@ pub(crate) fn split(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The reference: a straightforward 16-bit big-endian one's complement sum.
-    fn slow_sum(b: &[u8]) -> u16 {
-        let mut s: u32 = b
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum();
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        s as u16
-    }
-
-    #[test]
-    fn fast_sum_matches_the_definition() {
-        let data: Vec<u8> = (0..3001u32).map(|i| (i * 7919 % 251) as u8).collect();
-        for len in [0, 1, 2, 3, 4, 5, 19, 20, 1400, 1401, 3001] {
-            assert_eq!(sum(&data[..len]), slow_sum(&data[..len]), "length {len}");
-        }
-        assert_eq!(sum(&[0xff; 64]), 0xffff);
-    }
 
     /// A TCP packet (IPv4 at `ip`, TCP at `ip + 20`, timestamps option) of `payload`
     /// bytes, behind `outer` bytes of zeroed outer headers to be filled by the caller.
