@@ -981,8 +981,34 @@ pub struct NetnsGuard {
 }
 
 impl NetnsGuard {
-    /// Creates `/run/netns/NAME` with `lo` up. Fails if it already exists.
+    /// Creates `/run/netns/NAME` with `lo` up. A namespace of that name with no process in it is
+    /// the leftover of an interrupted run (a killed test never drops its guard) and is replaced;
+    /// one that still holds processes is another run's, and creating fails.
     pub fn create(name: &str) -> Result<Self, DockerError> {
+        if std::path::Path::new("/run/netns").join(name).exists() {
+            let pids = check(
+                run(
+                    std::process::Command::new("ip").args(["netns", "pids", name]),
+                    "ip netns pids",
+                )?,
+                "ip netns pids",
+            )?;
+            let pids = String::from_utf8_lossy(&pids.stdout).into_owned();
+            if !pids.trim().is_empty() {
+                return Err(DockerError::Harness(format!(
+                    "netns {name} exists and holds processes {}: another run is using it",
+                    pids.split_whitespace().collect::<Vec<_>>().join(" ")
+                )));
+            }
+            eprintln!("netns {name}: removing the empty leftover of an interrupted run");
+            check(
+                run(
+                    std::process::Command::new("ip").args(["netns", "del", name]),
+                    "ip netns del",
+                )?,
+                "ip netns del",
+            )?;
+        }
         check(
             run(
                 std::process::Command::new("ip").args(["netns", "add", name]),

@@ -404,3 +404,52 @@ async fn each_engine_runs_from_its_root() {
         );
     }
 }
+
+/// A killed test never drops its guard: the next run must replace the empty namespace it left,
+/// and must not take over one that another run's processes still live in.
+#[test]
+fn netns_guard_replaces_only_empty_leftovers() {
+    require_root();
+    let name = "dkt-left";
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    // The leftover: created by hand, nothing in it, never deleted.
+    ip(&["netns", "add", name]);
+    let g = NetnsGuard::create(name).expect("an empty leftover is replaced");
+    assert_eq!(g.name(), name);
+
+    // Busy: a process lives in it, so a second guard of the same name is refused and the
+    // namespace stays (its process is still in it).
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", name, "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let pids = || {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    while pids().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sleeper never entered {name}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let err = NetnsGuard::create(name).expect_err("a namespace in use is not taken over");
+    assert!(err.to_string().contains("another run"), "{err}");
+    assert!(!pids().is_empty(), "the busy namespace is left as it was");
+
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    drop(g);
+    assert!(!std::path::Path::new("/run/netns").join(name).exists());
+}
