@@ -15,7 +15,9 @@
 //! one whose NAME is the Docker network's name:
 //! * `--ipam-opt ovl.network=NAME` (which the follower uses when it creates a network on other
 //!   hosts), or a `--subnet` equal to an existing cluster network's subnet: the pool is that
-//!   network's (`PoolId::Network`) from `RequestPool` on.
+//!   network's (`PoolId::Network`) from `RequestPool` on. The follower adds `ovl.follow`: its
+//!   pool is refused when the network was removed meanwhile, so a removal racing the follower
+//!   never brings the network back.
 //! * Otherwise `RequestPool` reserves a cluster-unique subnet: a reservation in the subnet
 //!   index (`pending:<token>`, not a network: no VNI, nothing in listings, the DNS zone or
 //!   metrics) and a [`ovl_core::DockerPool`] record. `CreateNetwork` records the NetworkID (and

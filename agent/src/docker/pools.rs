@@ -343,7 +343,11 @@ impl DockerPlugin {
         };
         let store = self.agent.store();
         match identity_hint(&req)? {
-            IdentityHint::Named { name, subnet } => {
+            IdentityHint::Named {
+                name,
+                subnet,
+                follow,
+            } => {
                 let subnet = subnet.map(|s| v4_net(s, "subnet")).transpose()?;
                 match store.network(&name).await.map_err(store_err)? {
                     Some(net) => {
@@ -357,6 +361,11 @@ impl DockerPlugin {
                         }
                         Ok(found(net))
                     }
+                    // The follower looked at the KV a moment ago; the network has been removed
+                    // since. Reserving a pool would bring it back in the cluster.
+                    None if follow => Err(PluginError::NotFound(format!(
+                        "network {name} was removed from the cluster: not made present here"
+                    ))),
                     None => self.reserve_pending(subnet, Some(name)).await,
                 }
             }

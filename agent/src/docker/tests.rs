@@ -207,6 +207,31 @@ async fn named_pools_agree_with_the_cluster_or_are_refused_reserving_nothing() {
     assert!(c.h2.agent.store().docker_pools().await.unwrap().is_empty());
 }
 
+/// The follower makes cluster networks present with `ovl.follow`: when the network was removed
+/// between its look at the KV and dockerd's `RequestPool`, the pool is refused and nothing is
+/// reserved (the removed network does not come back); the same name without the marker is a
+/// user's create and reserves a pool.
+#[tokio::test]
+async fn a_follower_pool_never_brings_back_a_removed_network() {
+    let c = cluster().await;
+    let mut req = plain();
+    req.options.insert("ovl.network".into(), "gone".into());
+    let mut follow = req.clone();
+    follow.options.insert("ovl.follow".into(), "1".into());
+    let e = c.p2.request_pool(follow).await.unwrap_err();
+    assert!(
+        matches!(&e, PluginError::NotFound(m) if m.contains("removed from the cluster")),
+        "{e:?}"
+    );
+    assert!(c.h2.agent.store().reservations().await.unwrap().is_empty());
+    assert!(c.h2.agent.store().docker_pools().await.unwrap().is_empty());
+    assert!(c.h2.agent.store().network("gone").await.unwrap().is_none());
+
+    let a = c.p2.request_pool(req).await.unwrap();
+    assert!(a.pool_id.starts_with("ovl/pending/"), "{a:?}");
+    assert_eq!(c.h2.agent.store().docker_pools().await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn docker_network_rm_removes_the_cluster_network_only_when_no_container_uses_it() {
     let c = cluster().await;

@@ -9,7 +9,7 @@ use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use ipnetwork::Ipv4Network;
 
 use crate::error::DockerError;
-use crate::identity::NETWORK_NAME_OPTION;
+use crate::identity::{FOLLOW_OPTION, NETWORK_NAME_OPTION};
 use crate::watcher::DRIVER_NAME;
 
 /// A network of our driver as one dockerd has it.
@@ -71,9 +71,12 @@ impl NetworkCreate {
                     ..Default::default()
                 }]),
                 options: Some(
-                    [(NETWORK_NAME_OPTION.to_string(), self.name.clone())]
-                        .into_iter()
-                        .collect(),
+                    [
+                        (NETWORK_NAME_OPTION.to_string(), self.name.clone()),
+                        (FOLLOW_OPTION.to_string(), "1".to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
                 ),
             }),
             options: Some(self.options.clone().into_iter().collect()),
@@ -216,6 +219,7 @@ mod tests {
         assert_eq!(body["IPAM"]["Config"][0]["Subnet"], "10.10.3.0/24");
         assert_eq!(body["IPAM"]["Config"][0]["Gateway"], "10.10.3.1");
         assert_eq!(body["IPAM"]["Options"]["ovl.network"], "appnet");
+        assert_eq!(body["IPAM"]["Options"]["ovl.follow"], "1");
         assert_eq!(body["Labels"]["com.docker.compose.project"], "p");
         assert_eq!(body["Options"]["com.docker.network.driver.mtu"], "1400");
     }

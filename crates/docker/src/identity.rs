@@ -66,6 +66,11 @@ use crate::backend::{PluginError, PoolRequest};
 /// `--ipam-opt` (and `-o`) key naming the cluster network explicitly.
 pub const NETWORK_NAME_OPTION: &str = "ovl.network";
 
+/// `--ipam-opt` key the agent's follower adds when it makes an existing cluster network present
+/// in a dockerd: such a pool only ever joins that network, and never brings back one removed
+/// from the cluster between the follower's look at the KV and dockerd's `RequestPool`.
+pub const FOLLOW_OPTION: &str = "ovl.follow";
+
 /// What a `RequestPool` tells about the network's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentityHint {
@@ -75,6 +80,8 @@ pub enum IdentityHint {
         name: String,
         /// `--subnet`, if given (must match the network's subnet).
         subnet: Option<IpNetwork>,
+        /// Asked by the follower ([`FOLLOW_OPTION`]): the network must exist already.
+        follow: bool,
     },
     /// Only `--subnet` was given.
     Subnet(IpNetwork),
@@ -89,6 +96,7 @@ pub fn identity_hint(req: &PoolRequest) -> Result<IdentityHint, PluginError> {
         return Ok(IdentityHint::Named {
             name: name.clone(),
             subnet: req.pool,
+            follow: req.options.contains_key(FOLLOW_OPTION),
         });
     }
     Ok(match req.pool {
@@ -203,7 +211,20 @@ mod tests {
             identity_hint(&req(Some("10.1.0.0/24"), &[(NETWORK_NAME_OPTION, "web")])).unwrap(),
             IdentityHint::Named {
                 name: "web".into(),
-                subnet: Some("10.1.0.0/24".parse().unwrap())
+                subnet: Some("10.1.0.0/24".parse().unwrap()),
+                follow: false,
+            }
+        );
+        assert_eq!(
+            identity_hint(&req(
+                None,
+                &[(NETWORK_NAME_OPTION, "web"), (FOLLOW_OPTION, "1")]
+            ))
+            .unwrap(),
+            IdentityHint::Named {
+                name: "web".into(),
+                subnet: None,
+                follow: true,
             }
         );
         for bad in ["", "-x", "a b", "a/b", "a.b", &"x".repeat(49)] {

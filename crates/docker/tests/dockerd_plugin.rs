@@ -468,7 +468,8 @@ async fn drives_the_plugin(engine: Engine, ns_name: &str) {
         ovl_docker::identity::identity_hint(p).unwrap(),
         ovl_docker::identity::IdentityHint::Named {
             name: "dktnamed".into(),
-            subnet: Some("198.18.152.0/24".parse().unwrap())
+            subnet: Some("198.18.152.0/24".parse().unwrap()),
+            follow: false,
         }
     );
     if !gw_check {
