@@ -12,6 +12,9 @@ use clap::{Parser, ValueEnum};
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
 
+/// Where the Docker plugin socket goes (the plugin name is the file name: `ovl`).
+pub const PLUGIN_SOCKET: &str = "/run/docker/plugins/ovl.sock";
+
 /// Which datapath programs the overlay on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -73,6 +73,10 @@ pub enum Cmd {
     /// This host's WireGuard key (encrypted networks).
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Check the cluster from this host: hosts and leases, MTUs, WireGuard keys, this host's
+    /// entries against the desired state, KV latency, the Docker plugin. Each finding comes
+    /// with a hint; exits 1 if any is a problem.
+    Doctor,
 }
 
 /// `overlayctl keys ...`.

@@ -14,7 +14,7 @@
 //! - [`ready`]: tells systemd (`Type=notify`) once the sockets answer; [`ctl`]: the
 //!   command line of `overlayctl`; [`conffile`]: the commented config file the package
 //!   ships, rendered from the flags;
-//! - leaves: [`config`] (settings, pure), [`local`] (what this host attached, persisted),
+//! - leaves: [`doctor`] (findings from gathered facts, pure), [`config`] (settings, pure), [`local`] (what this host attached, persisted),
 //!   [`counters`], [`error`], [`perms`] (private state files and sockets).
 
 pub mod agent;
@@ -26,6 +26,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod datapath;
 pub mod docker;
+pub mod doctor;
 pub mod error;
 #[cfg(test)]
 pub mod fakes;

@@ -57,7 +57,7 @@ impl Probe {
 pub fn probes(settings: &Settings) -> Vec<Probe> {
     let mut v = vec![Probe::Control(settings.socket_path())];
     if settings.docker_plugin {
-        v.push(Probe::Plugin(crate::docker::PLUGIN_SOCKET.into()));
+        v.push(Probe::Plugin(crate::config::PLUGIN_SOCKET.into()));
     }
     v
 }

@@ -7,6 +7,7 @@
 //! verbs; nothing reaches into the fields.
 
 pub mod checks;
+mod doctor;
 mod endpoints;
 mod hosts;
 mod inspect;

@@ -123,6 +123,10 @@ pub fn router() -> Router<Arc<Agent>> {
             post(|State(a): Shared| async move { a.rotate_key().await.map(Json) }),
         )
         .route(
+            "/v1/doctor",
+            get(|State(a): Shared| async move { Json(a.doctor().await) }),
+        )
+        .route(
             "/v1/peers",
             get(|State(a): Shared, Query(f): Query<NetFilter>| async move {
                 a.peers(f.network.as_deref()).await.map(Json)

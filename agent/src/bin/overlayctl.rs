@@ -9,6 +9,7 @@ use overlay_agent::{
         types::*,
     },
     ctl::{Cli, Cmd, DnsCmd, HostsCmd, KeysCmd, NetCmd},
+    doctor::{self, Report},
 };
 use ovl_core::{EndpointRecord, store::NetworkRequest};
 use serde::Serialize;
@@ -93,7 +94,7 @@ fn endpoint_rows(eps: &[EndpointRecord]) -> Vec<Vec<String>> {
         .collect()
 }
 
-async fn run(cli: Cli) -> Result<(), ClientError> {
+async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     let c = Client::new(&cli.socket);
     let json = cli.json;
     match cli.cmd {
@@ -408,8 +409,15 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 println!("{}", serde_json::to_string_pretty(d).expect("json"))
             });
         }
+        Cmd::Doctor => {
+            let r: Report = c.get("/v1/doctor").await?;
+            print(json, &r, |r| print!("{}", doctor::render(r)));
+            if r.problems() > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -419,7 +427,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("overlayctl: {e}");
             ExitCode::FAILURE

@@ -81,8 +81,7 @@ use cache::{DeferredOps, NetCache};
 
 pub use cache::{Deferred, DockerNet};
 
-/// Where the plugin socket goes (the plugin name is the file name: `ovl`).
-pub const PLUGIN_SOCKET: &str = "/run/docker/plugins/ovl.sock";
+pub use crate::config::PLUGIN_SOCKET;
 
 /// Host-side name of the interface Docker moves into the container (≤ 15 bytes).
 pub fn temp_ifname(endpoint_id: &str) -> String {

@@ -1,0 +1,89 @@
+//! `overlayctl doctor`: gathers the [`Facts`] the pure checks in [`crate::doctor`] judge.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use super::Agent;
+use crate::{
+    api::client::Client,
+    config::PLUGIN_SOCKET,
+    doctor::{Facts, HostFacts, NetFacts, Report, diagnose},
+};
+
+impl Agent {
+    /// Looks at the cluster from this host: the KV's hosts and networks, this host's
+    /// datapath against its desired state, the KV's latency and the plugin socket.
+    pub async fn doctor(&self) -> Report {
+        let t = std::time::Instant::now();
+        let kv = match self.store.networks().await {
+            Ok(_) => Ok(t.elapsed().as_secs_f64() * 1000.0),
+            Err(e) => Err(e.to_string()),
+        };
+        let hosts = self
+            .hosts()
+            .await
+            .into_iter()
+            .map(|h| HostFacts {
+                id: h.id,
+                underlay_mtu: h.underlay_mtu,
+                datapath: h.datapath,
+                wireguard: h.wireguard,
+                version: h.version,
+                state: h.state,
+            })
+            .collect();
+        let view = self.view();
+        let networks = view
+            .networks
+            .values()
+            .map(|n| {
+                let mut hosts: Vec<String> = view
+                    .endpoints
+                    .values()
+                    .filter(|e| e.network == n.name)
+                    .map(|e| e.host.clone())
+                    .collect();
+                hosts.sort();
+                hosts.dedup();
+                NetFacts {
+                    name: n.name.clone(),
+                    mtu: n.mtu,
+                    encrypted: n.encrypted,
+                    hosts,
+                }
+            })
+            .collect();
+        let drift: BTreeMap<String, Vec<String>> = match self.peers(None).await {
+            Ok(p) => p
+                .networks
+                .into_iter()
+                .map(|n| (n.network, n.diff))
+                .collect(),
+            Err(e) => [("datapath".to_string(), vec![format!("cannot compare: {e}")])].into(),
+        };
+        let plugin = if self.settings.docker_plugin {
+            Some(activate(Path::new(PLUGIN_SOCKET)).await)
+        } else {
+            None
+        };
+        diagnose(&Facts {
+            me: self.settings.host_id.clone(),
+            hosts,
+            networks,
+            drift,
+            kv,
+            view_behind: self.status().kv.view_behind,
+            plugin,
+        })
+    }
+}
+
+/// Docker's own first request to a plugin.
+async fn activate(socket: &Path) -> Result<(), String> {
+    let client = Client::new(socket);
+    let body = serde_json::json!({});
+    let call = client.post::<_, serde_json::Value>("/Plugin.Activate", &body);
+    match tokio::time::timeout(Duration::from_secs(2), call).await {
+        Ok(r) => r.map(drop).map_err(|e| e.to_string()),
+        Err(_) => Err(format!("{} does not answer within 2 s", socket.display())),
+    }
+}

@@ -1,0 +1,557 @@
+//! `overlayctl doctor`: what is wrong in the cluster, as seen from one host, with a hint for
+//! each finding. Pure: the agent gathers [`Facts`] (KV, view, its own datapath, the plugin
+//! socket) and [`diagnose`] turns them into a [`Report`]; every finding is unit-tested here.
+//!
+//! A check that finds nothing is listed as passed, so the report also says what was looked
+//! at. Problems make `overlayctl doctor` exit non-zero; warnings do not.
+
+use std::collections::BTreeMap;
+
+use ovl_model::{VXLAN_OVERHEAD, WG_OVERHEAD, encrypted_mtu, overlay_mtu};
+use serde::{Deserialize, Serialize};
+
+/// A KV read slower than this is worth a warning: every watch and lease renewal waits as long.
+pub const SLOW_KV_MS: f64 = 500.0;
+
+/// One host as the cluster records it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostFacts {
+    /// Host id.
+    pub id: String,
+    /// Underlay MTU it registered.
+    pub underlay_mtu: u32,
+    /// Datapath mode (`kernel`, `ebpf`).
+    pub datapath: String,
+    /// WireGuard kind, `None` without a published key.
+    pub wireguard: Option<String>,
+    /// Agent version.
+    pub version: String,
+    /// `alive`, `agent down, datapath answering` or `dead` (the liveness states).
+    pub state: String,
+}
+
+/// One cluster network.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetFacts {
+    /// Network name.
+    pub name: String,
+    /// Its `--mtu`, if set.
+    pub mtu: Option<u32>,
+    /// Encrypted (WireGuard under VXLAN).
+    pub encrypted: bool,
+    /// Hosts with an endpoint on it.
+    pub hosts: Vec<String>,
+}
+
+/// What `diagnose` looks at.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The host asking.
+    pub me: String,
+    /// Every registered host.
+    pub hosts: Vec<HostFacts>,
+    /// Every cluster network.
+    pub networks: Vec<NetFacts>,
+    /// This host's datapath: per network, the operations that would make it match the
+    /// desired state (empty: converged).
+    pub drift: BTreeMap<String, Vec<String>>,
+    /// The KV: one read's time, or why it failed.
+    pub kv: Result<f64, String>,
+    /// Revisions this host's view is behind the KV head, when known.
+    pub view_behind: Option<i64>,
+    /// The Docker plugin socket, when this agent serves one: `Ok` if it answered
+    /// `Plugin.Activate`, else why not.
+    pub plugin: Option<Result<(), String>>,
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Traffic or management is broken: `doctor` exits non-zero.
+    Problem,
+    /// Worth knowing; nothing is broken yet.
+    Warning,
+}
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// How bad.
+    pub severity: Severity,
+    /// What it is about (a host, a network, `kv`...).
+    pub subject: String,
+    /// What is wrong.
+    pub what: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
+/// One check and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Check name (`hosts`, `mtu`, ...).
+    pub name: String,
+    /// What it looked at, for the line of a passed check.
+    pub scope: String,
+    /// Findings; empty when it passed.
+    pub findings: Vec<Finding>,
+}
+
+/// `GET /v1/doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The host that looked.
+    pub from: String,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Number of problems (the exit status of `doctor` is non-zero if any).
+    pub fn problems(&self) -> usize {
+        self.findings()
+            .filter(|f| f.severity == Severity::Problem)
+            .count()
+    }
+
+    /// Every finding of every check.
+    pub fn findings(&self) -> impl Iterator<Item = &Finding> {
+        self.checks.iter().flat_map(|c| c.findings.iter())
+    }
+}
+
+fn finding(severity: Severity, subject: &str, what: String, hint: String) -> Finding {
+    Finding {
+        severity,
+        subject: subject.to_string(),
+        what,
+        hint,
+    }
+}
+
+/// Every check over `f`.
+pub fn diagnose(f: &Facts) -> Report {
+    Report {
+        from: f.me.clone(),
+        checks: vec![hosts(f), mtu(f), wireguard(f), drift(f), kv(f), plugin(f)],
+    }
+}
+
+/// Every registered host keeps its lease.
+fn hosts(f: &Facts) -> Check {
+    let findings = f
+        .hosts
+        .iter()
+        .filter(|h| h.state != "alive")
+        .map(|h| {
+            let hint = if h.state.contains("datapath answering") {
+                format!(
+                    "start overlay-agent on {} (systemctl start overlay-agent); its containers stay reachable while its datapath answers, but nothing there changes until it is back",
+                    h.id
+                )
+            } else {
+                format!(
+                    "if {} is back soon, start its agent; if it is gone for good, `overlayctl hosts rm {}` forgets it",
+                    h.id, h.id
+                )
+            };
+            finding(
+                Severity::Problem,
+                &h.id,
+                format!("agent not alive (lease expired): {}", h.state),
+                hint,
+            )
+        })
+        .collect();
+    let kinds: Vec<String> = f
+        .hosts
+        .iter()
+        .map(|h| {
+            format!(
+                "{} {}{}",
+                h.id,
+                h.datapath,
+                h.wireguard
+                    .as_deref()
+                    .map(|w| format!("+wg-{w}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    Check {
+        name: "hosts".into(),
+        scope: format!("{} registered: {}", f.hosts.len(), kinds.join(", ")),
+        findings,
+    }
+}
+
+/// A network's container MTU must fit the path between every two of its hosts: with
+/// different underlay MTUs and no `--mtu`, each host derives its own, and a full-size packet
+/// from the larger side is dropped on the way (ping works, bulk transfers stall).
+fn mtu(f: &Facts) -> Check {
+    let by_id: BTreeMap<&str, &HostFacts> = f.hosts.iter().map(|h| (h.id.as_str(), h)).collect();
+    let mut findings = Vec::new();
+    for n in &f.networks {
+        let overhead = VXLAN_OVERHEAD + if n.encrypted { WG_OVERHEAD } else { 0 };
+        let hosts: Vec<&HostFacts> = n
+            .hosts
+            .iter()
+            .filter_map(|h| by_id.get(h.as_str()).copied())
+            .collect();
+        let Some(narrow) = hosts.iter().min_by_key(|h| h.underlay_mtu) else {
+            continue;
+        };
+        let limit = narrow.underlay_mtu.saturating_sub(overhead);
+        for h in &hosts {
+            let mtu = if n.encrypted {
+                encrypted_mtu(h.underlay_mtu, n.mtu)
+            } else {
+                overlay_mtu(h.underlay_mtu, n.mtu)
+            };
+            if mtu > limit {
+                findings.push(finding(
+                    Severity::Problem,
+                    &n.name,
+                    format!(
+                        "containers on {} use MTU {mtu}, but the path to {} carries {limit} (underlay MTU {} - {overhead})",
+                        h.id, narrow.id, narrow.underlay_mtu
+                    ),
+                    format!(
+                        "give the network one MTU that fits every host (`--mtu {limit}` when creating it), or raise the underlay MTU of {}",
+                        narrow.id
+                    ),
+                ));
+            }
+        }
+    }
+    Check {
+        name: "mtu".into(),
+        scope: format!("{} networks", f.networks.len()),
+        findings,
+    }
+}
+
+/// Every host of an encrypted network has a WireGuard key.
+fn wireguard(f: &Facts) -> Check {
+    let encrypted: Vec<&NetFacts> = f.networks.iter().filter(|n| n.encrypted).collect();
+    let mut findings = Vec::new();
+    if !encrypted.is_empty() {
+        for h in f.hosts.iter().filter(|h| h.wireguard.is_none()) {
+            let names: Vec<&str> = encrypted.iter().map(|n| n.name.as_str()).collect();
+            findings.push(finding(
+                Severity::Problem,
+                &h.id,
+                format!(
+                    "no WireGuard key published: cut off from the encrypted networks {}",
+                    names.join(", ")
+                ),
+                format!(
+                    "check `journalctl -u overlay-agent` on {} for the WireGuard device (kernel module or userspace)",
+                    h.id
+                ),
+            ));
+        }
+    }
+    Check {
+        name: "wireguard".into(),
+        scope: format!("{} encrypted networks", encrypted.len()),
+        findings,
+    }
+}
+
+/// This host's datapath holds what the cluster says it should.
+fn drift(f: &Facts) -> Check {
+    let findings = f
+        .drift
+        .iter()
+        .filter(|(_, ops)| !ops.is_empty())
+        .map(|(net, ops)| {
+            let shown: Vec<&str> = ops.iter().take(3).map(String::as_str).collect();
+            finding(
+                Severity::Problem,
+                net,
+                format!(
+                    "{} entries on {} differ from the desired state: {}{}",
+                    ops.len(),
+                    f.me,
+                    shown.join("; "),
+                    if ops.len() > 3 { "; ..." } else { "" }
+                ),
+                format!(
+                    "the reconciler repairs drift on its next pass; if this stays, `overlayctl peers {net}` shows both sides and the agent's log why it cannot"
+                ),
+            )
+        })
+        .collect();
+    Check {
+        name: "entries".into(),
+        scope: format!("{} networks programmed on {}", f.drift.len(), f.me),
+        findings,
+    }
+}
+
+/// The KV answers, quickly, and this host's view keeps up with it.
+fn kv(f: &Facts) -> Check {
+    let mut findings = Vec::new();
+    let scope = match &f.kv {
+        Ok(ms) => {
+            if *ms > SLOW_KV_MS {
+                findings.push(finding(
+                    Severity::Warning,
+                    "kv",
+                    format!("one read took {ms:.0} ms"),
+                    "check the etcd members' disks and the network to them (etcdctl endpoint status)".into(),
+                ));
+            }
+            format!("read in {ms:.1} ms")
+        }
+        Err(e) => {
+            findings.push(finding(
+                Severity::Problem,
+                "kv",
+                format!("unreachable: {e}"),
+                "traffic keeps flowing on what is programmed; nothing new is learned until the KV answers (check etcd and --kv-endpoints)".into(),
+            ));
+            "unreachable".into()
+        }
+    };
+    if let Some(b) = f.view_behind.filter(|b| *b > 0) {
+        findings.push(finding(
+            Severity::Warning,
+            "kv",
+            format!("the view of {} is {b} revisions behind the KV", f.me),
+            "a watch lagging for long means the agent cannot keep up; see its log".into(),
+        ));
+    }
+    Check {
+        name: "kv".into(),
+        scope,
+        findings,
+    }
+}
+
+/// The Docker plugin socket answers dockerd's first call.
+fn plugin(f: &Facts) -> Check {
+    let (scope, findings) = match &f.plugin {
+        None => ("not served by this agent".to_string(), Vec::new()),
+        Some(Ok(())) => ("answers Plugin.Activate".to_string(), Vec::new()),
+        Some(Err(e)) => (
+            "does not answer".to_string(),
+            vec![finding(
+                Severity::Problem,
+                "docker plugin",
+                format!("the plugin socket does not answer: {e}"),
+                "dockerd cannot create or join ovl networks here; check the agent's log and /run/docker/plugins/ovl.sock".into(),
+            )],
+        ),
+    };
+    Check {
+        name: "docker plugin".into(),
+        scope,
+        findings,
+    }
+}
+
+/// The report as `overlayctl doctor` prints it.
+pub fn render(r: &Report) -> String {
+    let mut out = format!("checked from {}\n", r.from);
+    for c in &r.checks {
+        if c.findings.is_empty() {
+            out.push_str(&format!("ok       {:<14} {}\n", c.name, c.scope));
+        }
+        for f in &c.findings {
+            let tag = match f.severity {
+                Severity::Problem => "PROBLEM",
+                Severity::Warning => "warning",
+            };
+            out.push_str(&format!(
+                "{tag:<8} {:<14} {}: {}\n         hint: {}\n",
+                c.name, f.subject, f.what, f.hint
+            ));
+        }
+    }
+    let p = r.problems();
+    out.push_str(&if p == 0 {
+        "no problems found\n".to_string()
+    } else {
+        format!("{p} problem(s) found\n")
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, mtu: u32) -> HostFacts {
+        HostFacts {
+            id: id.into(),
+            underlay_mtu: mtu,
+            datapath: "kernel".into(),
+            wireguard: Some("kernel".into()),
+            version: "0.1.0".into(),
+            state: "alive".into(),
+        }
+    }
+
+    fn healthy() -> Facts {
+        Facts {
+            me: "h1".into(),
+            hosts: vec![host("h1", 1500), host("h2", 1500), host("h3", 1500)],
+            networks: vec![NetFacts {
+                name: "net1".into(),
+                mtu: None,
+                encrypted: false,
+                hosts: vec!["h1".into(), "h2".into(), "h3".into()],
+            }],
+            drift: [("net1".to_string(), Vec::new())].into(),
+            kv: Ok(2.5),
+            view_behind: Some(0),
+            plugin: Some(Ok(())),
+        }
+    }
+
+    fn only(r: &Report) -> &Finding {
+        let all: Vec<&Finding> = r.findings().collect();
+        assert_eq!(all.len(), 1, "{all:?}");
+        all[0]
+    }
+
+    #[test]
+    fn a_healthy_cluster_passes_every_check() {
+        let r = diagnose(&healthy());
+        assert_eq!(r.problems(), 0);
+        assert_eq!(r.findings().count(), 0);
+        let text = render(&r);
+        for name in [
+            "hosts",
+            "mtu",
+            "wireguard",
+            "entries",
+            "kv",
+            "docker plugin",
+        ] {
+            assert!(text.contains(&format!("ok       {name}")), "{text}");
+        }
+        assert!(text.ends_with("no problems found\n"), "{text}");
+    }
+
+    #[test]
+    fn a_stopped_agent_is_a_problem_with_a_hint() {
+        let mut f = healthy();
+        f.hosts[1].state = "agent down, datapath answering".into();
+        f.hosts[2].state = "dead".into();
+        let r = diagnose(&f);
+        assert_eq!(r.problems(), 2);
+        let text = render(&r);
+        assert!(text.contains("h2: agent not alive"), "{text}");
+        assert!(text.contains("start overlay-agent on h2"), "{text}");
+        assert!(text.contains("overlayctl hosts rm h3"), "{text}");
+        assert!(text.ends_with("2 problem(s) found\n"), "{text}");
+    }
+
+    #[test]
+    fn an_mtu_larger_than_the_path_is_found_on_the_wider_host() {
+        let mut f = healthy();
+        f.hosts[2].underlay_mtu = 1400;
+        let r = diagnose(&f);
+        // h1 and h2 derive 1450, the path to h3 carries 1350.
+        assert_eq!(r.problems(), 2);
+        let first = r.findings().next().unwrap();
+        assert_eq!(first.subject, "net1");
+        assert!(first.what.contains("on h1 use MTU 1450"), "{first:?}");
+        assert!(first.what.contains("path to h3 carries 1350"), "{first:?}");
+        assert!(first.hint.contains("--mtu 1350"), "{first:?}");
+
+        // One --mtu that fits every host puts it right; a host without an endpoint there
+        // does not count.
+        f.networks[0].mtu = Some(1350);
+        assert_eq!(diagnose(&f).problems(), 0);
+        f.networks[0].mtu = None;
+        f.networks[0].hosts.retain(|h| h != "h3");
+        assert_eq!(diagnose(&f).problems(), 0);
+    }
+
+    #[test]
+    fn encrypted_networks_count_the_wireguard_overhead() {
+        let mut f = healthy();
+        f.networks[0].encrypted = true;
+        f.networks[0].mtu = Some(1400);
+        let r = diagnose(&f);
+        assert_eq!(r.problems(), 3, "1400 > 1500 - 60 - 50 on every host");
+        assert!(only_subject(&r, "net1"));
+        f.networks[0].mtu = Some(1390);
+        assert_eq!(diagnose(&f).problems(), 0);
+    }
+
+    fn only_subject(r: &Report, s: &str) -> bool {
+        r.findings().all(|f| f.subject == s)
+    }
+
+    #[test]
+    fn a_host_without_a_key_is_cut_off_from_encrypted_networks_only() {
+        let mut f = healthy();
+        f.hosts[1].wireguard = None;
+        assert_eq!(
+            diagnose(&f).problems(),
+            0,
+            "no encrypted network: no finding"
+        );
+        f.networks[0].encrypted = true;
+        let r = diagnose(&f);
+        let x = only(&r);
+        assert_eq!(x.subject, "h2");
+        assert!(x.what.contains("encrypted networks net1"), "{x:?}");
+    }
+
+    #[test]
+    fn drift_names_the_network_and_the_first_operations() {
+        let mut f = healthy();
+        f.drift.insert(
+            "net1".into(),
+            (0..5).map(|i| format!("add fdb {i}")).collect(),
+        );
+        let r = diagnose(&f);
+        let x = only(&r);
+        assert_eq!(x.severity, Severity::Problem);
+        assert!(x.what.starts_with("5 entries on h1"), "{x:?}");
+        assert!(x.what.contains("add fdb 2; ..."), "{x:?}");
+        assert!(x.hint.contains("overlayctl peers net1"), "{x:?}");
+    }
+
+    #[test]
+    fn kv_unreachable_is_a_problem_slow_or_lagging_a_warning() {
+        let mut f = healthy();
+        f.kv = Err("connection refused".into());
+        assert_eq!(only(&diagnose(&f)).severity, Severity::Problem);
+        f.kv = Ok(SLOW_KV_MS + 1.0);
+        let r = diagnose(&f);
+        assert_eq!(only(&r).severity, Severity::Warning);
+        assert_eq!(r.problems(), 0);
+        f.kv = Ok(1.0);
+        f.view_behind = Some(7);
+        assert!(only(&diagnose(&f)).what.contains("7 revisions behind"));
+    }
+
+    #[test]
+    fn a_plugin_socket_that_does_not_answer_is_a_problem() {
+        let mut f = healthy();
+        f.plugin = None;
+        assert_eq!(diagnose(&f).problems(), 0);
+        f.plugin = Some(Err("connection refused".into()));
+        let r = diagnose(&f);
+        assert_eq!(only(&r).subject, "docker plugin");
+        assert_eq!(r.problems(), 1);
+    }
+
+    #[test]
+    fn the_report_round_trips_as_json() {
+        let mut f = healthy();
+        f.hosts[1].state = "dead".into();
+        let r = diagnose(&f);
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.problems(), 1);
+    }
+}

@@ -1,0 +1,170 @@
+//! Issue 20: `overlayctl doctor` on a 3-host lab, both datapaths. Healthy: exit 0. Then one
+//! fault at a time, each put back afterwards with `doctor` at 0 again: a stopped agent (its
+//! lease runs out) and an underlay MTU smaller on one host than the others (full-size
+//! packets to it are dropped: shown with DF pings). Needs root; never skips.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use ovl_tests::*;
+use serde_json::Value;
+
+/// `overlayctl [--json] doctor` on host `i`: exit code, output.
+fn doctor(lab: &Lab, i: usize, json: bool) -> (i32, String) {
+    let args: &[&str] = if json {
+        &["--json", "doctor"]
+    } else {
+        &["doctor"]
+    };
+    let o = lab.ctl(i, args).unwrap();
+    (o.status.code().unwrap_or(-1), stdout(&o))
+}
+
+fn problems(report: &str) -> Vec<Value> {
+    let r: Value = serde_json::from_str(report).unwrap_or_else(|e| panic!("{e}: {report}"));
+    r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["findings"].as_array().unwrap().clone())
+        .filter(|f| f["severity"] == "problem")
+        .collect()
+}
+
+/// Waits until `doctor` on host 0 exits 0, then checks the text names every check as ok.
+fn wait_healthy(lab: &Lab, what: &str) {
+    within(what, Duration::from_secs(20), || {
+        doctor(lab, 0, false).0 == 0
+    });
+    let (code, text) = doctor(lab, 0, false);
+    assert_eq!(code, 0, "{text}");
+    for check in ["hosts", "mtu", "wireguard", "entries", "kv"] {
+        assert!(text.contains(&format!("ok       {check}")), "{text}");
+    }
+    assert!(text.contains("no problems found"), "{text}");
+}
+
+/// A ping of `size` bytes of payload with DF set.
+fn ping_df(ns: &str, ip: &str, size: u32) -> bool {
+    nsexec(
+        ns,
+        &[
+            "ping",
+            "-c1",
+            "-W1",
+            "-q",
+            "-M",
+            "do",
+            "-s",
+            &size.to_string(),
+            ip,
+        ],
+    )
+    .status
+    .success()
+}
+
+fn set_underlay_mtu(lab: &mut Lab, i: usize, mtu: u32) {
+    let ns = lab.state.hosts[i].ns.clone();
+    ip_ns(&ns, &format!("link set eth0 mtu {mtu}"));
+    // The agent registers its underlay MTU when it starts.
+    lab.signal_agent(i, Signal::SIGTERM).unwrap();
+    lab.start_agent(i).unwrap();
+    lab.wait_agent(i).unwrap();
+}
+
+fn doctor_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
+    let mut cfg = LabConfig::new(name, 3);
+    cfg.datapath = datapath;
+    let mut lab = lab_with(cfg);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
+    let (_c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    let (_c3, ip3) = attach(&lab, 2, "net1", "c3", &[]);
+    within("c1 -> c2 and c3", Duration::from_secs(10), || {
+        ping(&c1, &ip2) && ping(&c1, &ip3)
+    });
+    wait_healthy(&lab, "doctor 0 on a healthy lab");
+    // A full-size packet (1450 - 28 bytes of headers) crosses to h3.
+    assert!(ping_df(&c1, &ip3, 1422), "full-size ping on a healthy lab");
+
+    // Fault 1: h2's agent stops; once its lease runs out, doctor names it.
+    lab.signal_agent(1, Signal::SIGTERM).unwrap();
+    within(
+        "doctor to find h2's agent down",
+        Duration::from_secs(15),
+        || doctor(&lab, 0, false).0 == 1,
+    );
+    let (_, json) = doctor(&lab, 0, true);
+    let p = problems(&json);
+    assert_eq!(p.len(), 1, "{json}");
+    assert_eq!(p[0]["subject"], "h2", "{json}");
+    assert!(
+        p[0]["what"].as_str().unwrap().contains("agent not alive"),
+        "{json}"
+    );
+    assert!(
+        p[0]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("start overlay-agent on h2"),
+        "{json}"
+    );
+    let (_, text) = doctor(&lab, 0, false);
+    eprintln!("{name}: doctor with h2's agent stopped:\n{text}");
+    assert!(text.contains("PROBLEM  hosts"), "{text}");
+    assert!(text.ends_with("1 problem(s) found\n"), "{text}");
+    lab.start_agent(1).unwrap();
+    lab.wait_agent(1).unwrap();
+    wait_healthy(&lab, "doctor 0 with h2's agent back");
+
+    // Fault 2: h3's underlay carries 1400 bytes while h1 and h2 carry 1500. Containers on h1
+    // keep MTU 1450, and their full-size packets to h3 are dropped on the way.
+    set_underlay_mtu(&mut lab, 2, 1400);
+    within("doctor to find the MTU", Duration::from_secs(15), || {
+        doctor(&lab, 0, false).0 == 1
+    });
+    let (_, json) = doctor(&lab, 0, true);
+    eprintln!("{name}: doctor with h3's underlay at 1400:\n{}", doctor(&lab, 0, false).1);
+    let p = problems(&json);
+    assert!(!p.is_empty(), "{json}");
+    assert!(p.iter().all(|f| f["subject"] == "net1"), "{json}");
+    let on_h1 = p
+        .iter()
+        .find(|f| f["what"].as_str().unwrap().contains("on h1 use MTU 1450"))
+        .unwrap_or_else(|| panic!("h1's MTU named: {json}"));
+    assert!(
+        on_h1["what"]
+            .as_str()
+            .unwrap()
+            .contains("path to h3 carries 1350"),
+        "{json}"
+    );
+    assert!(
+        on_h1["hint"].as_str().unwrap().contains("--mtu 1350"),
+        "{json}"
+    );
+    // What doctor says is what the datapath does: full-size packets to h3 are lost, packets
+    // that fit the path are not.
+    assert!(
+        !ping_df(&c1, &ip3, 1422),
+        "a 1450-byte packet crossed to h3"
+    );
+    assert!(ping_df(&c1, &ip3, 1322), "a 1350-byte packet to h3");
+
+    set_underlay_mtu(&mut lab, 2, 1500);
+    wait_healthy(&lab, "doctor 0 with h3's MTU back");
+    within("full-size ping to h3 again", Duration::from_secs(5), || {
+        ping_df(&c1, &ip3, 1422)
+    });
+}
+
+#[test]
+fn doctor_kernel() {
+    doctor_finds_one_fault_at_a_time("t20dk", DatapathSel::Kernel);
+}
+
+#[test]
+fn doctor_ebpf() {
+    doctor_finds_one_fault_at_a_time("t20de", DatapathSel::Ebpf);
+}
