@@ -85,6 +85,7 @@ fn doctor_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
         ping(&c1, &ip2) && ping(&c1, &ip3)
     });
     wait_healthy(&lab, "doctor 0 on a healthy lab");
+    output_to_a_closed_pipe_ends_quietly(&lab);
     // A full-size packet (1450 - 28 bytes of headers) crosses to h3.
     assert!(ping_df(&c1, &ip3, 1422), "full-size ping on a healthy lab");
 
@@ -125,7 +126,10 @@ fn doctor_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
         doctor(&lab, 0, false).0 == 1
     });
     let (_, json) = doctor(&lab, 0, true);
-    eprintln!("{name}: doctor with h3's underlay at 1400:\n{}", doctor(&lab, 0, false).1);
+    eprintln!(
+        "{name}: doctor with h3's underlay at 1400:\n{}",
+        doctor(&lab, 0, false).1
+    );
     let p = problems(&json);
     assert!(!p.is_empty(), "{json}");
     assert!(p.iter().all(|f| f["subject"] == "net1"), "{json}");
@@ -167,4 +171,25 @@ fn doctor_kernel() {
 #[test]
 fn doctor_ebpf() {
     doctor_finds_one_fault_at_a_time("t20de", DatapathSel::Ebpf);
+}
+
+/// `overlayctl doctor | head -0`: the reader is gone before the first line; overlayctl ends
+/// by SIGPIPE as other tools do, without a panic message.
+fn output_to_a_closed_pipe_ends_quietly(lab: &Lab) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut c = xtask::lab::ctl_cmd(&lab.state, 0, &["doctor"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c.stdout.take());
+    let o = c.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.signal(),
+        Some(nix::libc::SIGPIPE),
+        "{:?}: {}",
+        o.status,
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }

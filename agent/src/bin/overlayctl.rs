@@ -421,6 +421,15 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
 }
 
 fn main() -> ExitCode {
+    // `overlayctl status | head` must end quietly when the reader goes, as other CLI tools
+    // do, not panic in println!: the default action of SIGPIPE ends the process.
+    // SAFETY: no other thread exists yet, and SIG_DFL installs no handler of ours.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
