@@ -77,6 +77,22 @@ pub enum Cmd {
     /// entries against the desired state, KV latency, the Docker plugin. Each finding comes
     /// with a hint; exits 1 if any is a problem.
     Doctor,
+    /// Hosts, networks and endpoints as a picture (host states as this host sees them):
+    /// Graphviz DOT, or an SVG laid out without Graphviz.
+    Graph {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+    },
+}
+
+/// `overlayctl graph --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    /// Graphviz DOT (`| dot -Tpng`).
+    Dot,
+    /// SVG, self-contained.
+    Svg,
 }
 
 /// `overlayctl keys ...`.

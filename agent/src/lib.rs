@@ -14,7 +14,8 @@
 //! - [`ready`]: tells systemd (`Type=notify`) once the sockets answer; [`ctl`]: the
 //!   command line of `overlayctl`; [`conffile`]: the commented config file the package
 //!   ships, rendered from the flags;
-//! - leaves: [`doctor`] (findings from gathered facts, pure), [`config`] (settings, pure), [`local`] (what this host attached, persisted),
+//! - leaves: [`doctor`] (findings from gathered facts, pure), [`graph`] (the topology as DOT
+//!   or SVG, pure), [`config`] (settings, pure), [`local`] (what this host attached, persisted),
 //!   [`counters`], [`error`], [`perms`] (private state files and sockets).
 
 pub mod agent;
@@ -31,6 +32,7 @@ pub mod error;
 #[cfg(test)]
 pub mod fakes;
 pub mod gateway;
+pub mod graph;
 pub mod local;
 pub mod names;
 pub mod perms;

@@ -86,6 +86,7 @@ fn doctor_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
     });
     wait_healthy(&lab, "doctor 0 on a healthy lab");
     output_to_a_closed_pipe_ends_quietly(&lab);
+    graph_names_everything(&lab, name);
     // A full-size packet (1450 - 28 bytes of headers) crosses to h3.
     assert!(ping_df(&c1, &ip3, 1422), "full-size ping on a healthy lab");
 
@@ -192,4 +193,38 @@ fn output_to_a_closed_pipe_ends_quietly(lab: &Lab) {
         stderr(&o)
     );
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+/// `graph --format svg` is well-formed XML (parsed by Python's) naming every host, network
+/// and endpoint; `graph` (DOT) has a cluster per host.
+fn graph_names_everything(lab: &Lab, name: &str) {
+    let o = lab.ctl(0, &["graph", "--format", "svg"]).unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = stdout(&o);
+    let path = std::env::temp_dir().join(format!("{name}-graph.svg"));
+    std::fs::write(&path, &svg).unwrap();
+    let parsed = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as E; r = E.parse(sys.argv[1]).getroot(); \
+             print(r.tag); print('\\n'.join(t.text or '' for t in r.iter('{http://www.w3.org/2000/svg}text')))",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(parsed.status.success(), "not well-formed: {}", stderr(&parsed));
+    let texts = stdout(&parsed);
+    assert!(texts.starts_with("{http://www.w3.org/2000/svg}svg\n"), "{texts}");
+    let lines: Vec<&str> = texts.lines().collect();
+    for want in ["h1", "h2", "h3", "net1"] {
+        assert!(lines.contains(&want), "{want} in {lines:?}");
+    }
+    for c in ["c1 ", "c2 ", "c3 "] {
+        assert!(lines.iter().any(|l| l.starts_with(c)), "{c} in {lines:?}");
+    }
+    let dot = stdout(&lab.ctl(0, &["graph"]).unwrap());
+    for h in ["h1", "h2", "h3"] {
+        assert!(dot.contains(&format!("subgraph \"cluster_host_{h}\"")), "{dot}");
+    }
 }

@@ -8,8 +8,9 @@ use overlay_agent::{
         client::{Client, ClientError},
         types::*,
     },
-    ctl::{Cli, Cmd, DnsCmd, HostsCmd, KeysCmd, NetCmd},
+    ctl::{Cli, Cmd, DnsCmd, GraphFormat, HostsCmd, KeysCmd, NetCmd},
     doctor::{self, Report},
+    graph,
 };
 use ovl_core::{EndpointRecord, store::NetworkRequest};
 use serde::Serialize;
@@ -415,6 +416,46 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             if r.problems() > 0 {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Cmd::Graph { format } => {
+            let s: Status = c.get("/v1/status").await?;
+            let hosts: Vec<HostInfo> = c.get("/v1/hosts").await?;
+            let nets: Vec<NetworkInfo> = c.get("/v1/networks").await?;
+            let eps: Vec<EndpointView> = c.get("/v1/endpoints").await?;
+            let t = graph::Topology {
+                from: s.host_id,
+                hosts: hosts
+                    .into_iter()
+                    .map(|h| graph::Host {
+                        id: h.id,
+                        vtep: h.vtep.to_string(),
+                        state: h.state,
+                        datapath: h.datapath,
+                        wireguard: h.wireguard,
+                    })
+                    .collect(),
+                networks: nets
+                    .into_iter()
+                    .map(|n| graph::Net {
+                        name: n.record.name,
+                        subnet: n.record.subnet.to_string(),
+                        encrypted: n.record.encrypted,
+                    })
+                    .collect(),
+                endpoints: eps
+                    .into_iter()
+                    .map(|e| graph::Endpoint {
+                        network: e.record.network,
+                        host: e.record.host,
+                        name: e.record.name,
+                        ip: e.record.ip.to_string(),
+                    })
+                    .collect(),
+            };
+            print(json, &t, |t| match format {
+                GraphFormat::Dot => print!("{}", graph::dot(t)),
+                GraphFormat::Svg => print!("{}", graph::svg(t)),
+            });
         }
     }
     Ok(ExitCode::SUCCESS)
