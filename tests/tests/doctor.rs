@@ -213,9 +213,16 @@ fn graph_names_everything(lab: &Lab, name: &str) {
         .output()
         .unwrap();
     std::fs::remove_file(&path).unwrap();
-    assert!(parsed.status.success(), "not well-formed: {}", stderr(&parsed));
+    assert!(
+        parsed.status.success(),
+        "not well-formed: {}",
+        stderr(&parsed)
+    );
     let texts = stdout(&parsed);
-    assert!(texts.starts_with("{http://www.w3.org/2000/svg}svg\n"), "{texts}");
+    assert!(
+        texts.starts_with("{http://www.w3.org/2000/svg}svg\n"),
+        "{texts}"
+    );
     let lines: Vec<&str> = texts.lines().collect();
     for want in ["h1", "h2", "h3", "net1"] {
         assert!(lines.contains(&want), "{want} in {lines:?}");
@@ -225,6 +232,9 @@ fn graph_names_everything(lab: &Lab, name: &str) {
     }
     let dot = stdout(&lab.ctl(0, &["graph"]).unwrap());
     for h in ["h1", "h2", "h3"] {
-        assert!(dot.contains(&format!("subgraph \"cluster_host_{h}\"")), "{dot}");
+        assert!(
+            dot.contains(&format!("subgraph \"cluster_host_{h}\"")),
+            "{dot}"
+        );
     }
 }
