@@ -122,6 +122,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         names: Arc::new(names),
         probe: Arc::new(crate::probe::UnderlayProbe),
         tunnel: Arc::new(tunnel),
+        health: Arc::new(crate::health::IcmpHealthProbe::new(
+            crate::health::netns_path(&settings.run_dir),
+        )),
     };
     // Overlay subnets must stay out of it; unknown (no netmask) is not fatal.
     let network = ovl_netlink::underlay_network(settings.advertise_addr).ok();

@@ -5,13 +5,17 @@
 //! A check that finds nothing is listed as passed, so the report also says what was looked
 //! at. Problems make `overlayctl doctor` exit non-zero; warnings do not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use ovl_core::HealthRow;
 use ovl_model::{VXLAN_OVERHEAD, WG_OVERHEAD, encrypted_mtu, overlay_mtu};
 use serde::{Deserialize, Serialize};
 
 /// A KV read slower than this is worth a warning: every watch and lease renewal waits as long.
 pub const SLOW_KV_MS: f64 = 500.0;
+
+/// A view behind the KV and not known current for this long is a stalled watch.
+pub const STALE_VIEW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One host as the cluster records it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,11 +61,18 @@ pub struct Facts {
     pub drift: BTreeMap<String, Vec<String>>,
     /// The KV: one read's time, or why it failed.
     pub kv: Result<f64, String>,
-    /// Revisions this host's view is behind the KV head, when known.
-    pub view_behind: Option<i64>,
+    /// Revisions this host's view is behind the KV head, and how long ago it was last known
+    /// current (a watch event, a listing, or a probe at its revision), when known.
+    pub view_behind: Option<(i64, std::time::Duration)>,
     /// The Docker plugin socket, when this agent serves one: `Ok` if it answered
     /// `Plugin.Activate`, else why not.
     pub plugin: Option<Result<(), String>>,
+    /// The health matrix: every host's row (`Err`: the KV could not be read).
+    pub matrix: Result<Vec<HealthRow>, String>,
+    /// Hosts whose health address collides with another's (left out of the matrix).
+    pub collisions: BTreeSet<String>,
+    /// Unix time now, to say for how long a pair has been down.
+    pub now: u64,
 }
 
 /// How bad a finding is.
@@ -134,7 +145,15 @@ fn finding(severity: Severity, subject: &str, what: String, hint: String) -> Fin
 pub fn diagnose(f: &Facts) -> Report {
     Report {
         from: f.me.clone(),
-        checks: vec![hosts(f), mtu(f), wireguard(f), drift(f), kv(f), plugin(f)],
+        checks: vec![
+            hosts(f),
+            vxlan(f),
+            mtu(f),
+            wireguard(f),
+            drift(f),
+            kv(f),
+            plugin(f),
+        ],
     }
 }
 
@@ -182,6 +201,94 @@ fn hosts(f: &Facts) -> Check {
     Check {
         name: "hosts".into(),
         scope: format!("{} registered: {}", f.hosts.len(), kinds.join(", ")),
+        findings,
+    }
+}
+
+/// VXLAN flows between every two hosts: each host's row of the health matrix says whether
+/// its probes through the overlay to the others are answered.
+fn vxlan(f: &Facts) -> Check {
+    let rows = match &f.matrix {
+        Ok(r) => r,
+        Err(e) => {
+            return Check {
+                name: "vxlan".into(),
+                scope: "health matrix not readable".into(),
+                findings: vec![finding(
+                    Severity::Warning,
+                    "health matrix",
+                    format!("cannot read the rows: {e}"),
+                    "see the kv check".into(),
+                )],
+            };
+        }
+    };
+    let state: BTreeMap<&str, &str> = f
+        .hosts
+        .iter()
+        .map(|h| (h.id.as_str(), h.state.as_str()))
+        .collect();
+    // A host whose agent is gone has no row, and a dead host answers nothing: pairs with
+    // a dead host are the hosts check's business.
+    let live = |h: &str| state.get(h).is_some_and(|s| *s != "dead");
+    let down: BTreeMap<(&str, &str), u64> = rows
+        .iter()
+        .flat_map(|r| {
+            r.peers
+                .iter()
+                .filter(|(p, c)| !c.ok && live(p))
+                .map(move |(p, c)| ((r.host.as_str(), p.as_str()), c.since))
+        })
+        .filter(|((a, _), _)| live(a))
+        .collect();
+    let cells: usize = rows.iter().map(|r| r.peers.len()).sum();
+    let mut findings = Vec::new();
+    for ((a, b), since) in &down {
+        let back = down.contains_key(&(*b, *a));
+        if back && a > b {
+            continue;
+        }
+        let (pair, both) = if back {
+            (format!("{a} <-> {b}"), "either way")
+        } else {
+            (format!("{a} -> {b}"), "one way")
+        };
+        findings.push(finding(
+            Severity::Problem,
+            &pair,
+            format!(
+                "probes through the overlay unanswered {both} for {} s",
+                f.now.saturating_sub(*since)
+            ),
+            format!(
+                "VXLAN does not flow between {a} and {b}: check firewalls and routes between their VTEP addresses (UDP, the VXLAN port), and `overlayctl peers ovl-health` on both"
+            ),
+        ));
+    }
+    let with_row: BTreeSet<&str> = rows.iter().map(|r| r.host.as_str()).collect();
+    for h in f.hosts.iter().filter(|h| h.state == "alive") {
+        if f.collisions.contains(&h.id) {
+            findings.push(finding(
+                Severity::Warning,
+                &h.id,
+                "its health address collides with another host's: left out of the matrix".into(),
+                "VTEP addresses that differ only above their low 22 bits share a health address; nothing else is affected".into(),
+            ));
+        } else if !with_row.contains(h.id.as_str()) {
+            findings.push(finding(
+                Severity::Warning,
+                &h.id,
+                "publishes no health row".into(),
+                format!("an older agent, or its health namespace could not be made yet: see the log of {}", h.id),
+            ));
+        }
+    }
+    Check {
+        name: "vxlan".into(),
+        scope: format!(
+            "{} of {cells} host pairs (one way) answer probes through the overlay",
+            cells - down.len()
+        ),
         findings,
     }
 }
@@ -316,11 +423,20 @@ fn kv(f: &Facts) -> Check {
             "unreachable".into()
         }
     };
-    if let Some(b) = f.view_behind.filter(|b| *b > 0) {
+    // Behind for a moment is normal (a write the watch is delivering); behind and unconfirmed
+    // for a while is a watch that stalls.
+    if let Some((b, age)) = f
+        .view_behind
+        .filter(|(b, age)| *b > 0 && *age >= STALE_VIEW)
+    {
         findings.push(finding(
             Severity::Warning,
             "kv",
-            format!("the view of {} is {b} revisions behind the KV", f.me),
+            format!(
+                "the view of {} is {b} revisions behind the KV, last current {} s ago",
+                f.me,
+                age.as_secs()
+            ),
             "a watch lagging for long means the agent cannot keep up; see its log".into(),
         ));
     }
@@ -383,6 +499,7 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ovl_core::PeerHealth;
 
     fn host(id: &str, mtu: u32) -> HostFacts {
         HostFacts {
@@ -407,8 +524,21 @@ mod tests {
             }],
             drift: [("net1".to_string(), Vec::new())].into(),
             kv: Ok(2.5),
-            view_behind: Some(0),
+            view_behind: Some((0, std::time::Duration::ZERO)),
             plugin: Some(Ok(())),
+            matrix: Ok(["h1", "h2", "h3"]
+                .iter()
+                .map(|h| HealthRow {
+                    host: h.to_string(),
+                    peers: ["h1", "h2", "h3"]
+                        .iter()
+                        .filter(|p| *p != h)
+                        .map(|p| (p.to_string(), PeerHealth { ok: true, since: 1 }))
+                        .collect(),
+                })
+                .collect()),
+            collisions: BTreeSet::new(),
+            now: 100,
         }
     }
 
@@ -435,6 +565,62 @@ mod tests {
             assert!(text.contains(&format!("ok       {name}")), "{text}");
         }
         assert!(text.ends_with("no problems found\n"), "{text}");
+    }
+
+    fn cell(f: &mut Facts, from: usize, to: &str, ok: bool, since: u64) {
+        let rows = f.matrix.as_mut().unwrap();
+        rows[from].peers.insert(to.into(), PeerHealth { ok, since });
+    }
+
+    #[test]
+    fn a_pair_without_vxlan_is_named_once_with_its_direction() {
+        let mut f = healthy();
+        // h3 takes no VXLAN: nobody's probes reach it, and its own get no answer.
+        for (from, to) in [(0, "h3"), (1, "h3"), (2, "h1"), (2, "h2")] {
+            cell(&mut f, from, to, false, 40);
+        }
+        let r = diagnose(&f);
+        assert_eq!(r.problems(), 2, "{}", render(&r));
+        let subjects: Vec<&str> = r.findings().map(|x| x.subject.as_str()).collect();
+        assert_eq!(subjects, ["h1 <-> h3", "h2 <-> h3"]);
+        let x = r.findings().next().unwrap();
+        assert!(x.what.contains("either way for 60 s"), "{x:?}");
+        assert!(x.hint.contains("overlayctl peers ovl-health"), "{x:?}");
+        let vx = r.checks.iter().find(|c| c.name == "vxlan").unwrap();
+        assert!(vx.scope.starts_with("2 of 6 host pairs"), "{}", vx.scope);
+
+        // One direction only.
+        let mut f = healthy();
+        cell(&mut f, 0, "h2", false, 90);
+        let r = diagnose(&f);
+        assert_eq!(only(&r).subject, "h1 -> h2");
+        assert!(only(&r).what.contains("one way for 10 s"));
+
+        // A dead peer is the hosts check's finding, not a VXLAN one.
+        let mut f = healthy();
+        f.hosts[2].state = "dead".into();
+        cell(&mut f, 0, "h3", false, 90);
+        let r = diagnose(&f);
+        assert_eq!(only(&r).subject, "h3");
+        assert!(only(&r).what.contains("agent not alive"));
+    }
+
+    #[test]
+    fn hosts_missing_from_the_matrix_are_warnings() {
+        let mut f = healthy();
+        f.matrix.as_mut().unwrap().remove(1);
+        f.collisions.insert("h3".into());
+        let r = diagnose(&f);
+        assert_eq!(r.problems(), 0);
+        let w: Vec<(&str, &str)> = r
+            .findings()
+            .map(|x| (x.subject.as_str(), x.what.as_str()))
+            .collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w[0], ("h2", "publishes no health row"));
+        assert!(w[1].1.contains("collides"), "{w:?}");
+        f.matrix = Err("kv down".into());
+        assert_eq!(only(&diagnose(&f)).subject, "health matrix");
     }
 
     #[test]
@@ -530,7 +716,9 @@ mod tests {
         assert_eq!(only(&r).severity, Severity::Warning);
         assert_eq!(r.problems(), 0);
         f.kv = Ok(1.0);
-        f.view_behind = Some(7);
+        f.view_behind = Some((7, std::time::Duration::from_secs(1)));
+        assert_eq!(diagnose(&f).findings().count(), 0, "behind for a moment");
+        f.view_behind = Some((7, STALE_VIEW));
         assert!(only(&diagnose(&f)).what.contains("7 revisions behind"));
     }
 

@@ -20,6 +20,7 @@ use crate::{
     datapath::{Converged, Datapath, DatapathError, Details, DpResult, NetReport, Report},
     error::Result,
     gateway::{self, Gateway, GatewayEndpoint, GatewayInfo, PortMap},
+    health::HealthProbe,
     local::Attachment,
     local::LocalState,
     names::Names,
@@ -43,6 +44,31 @@ impl VtepProbe for FakeProbe {
             .get(&vtep)
             .copied()
             .unwrap_or(Probe::Silent)
+    }
+}
+
+/// Health probes whose answers the test sets per address (unanswered when unset).
+#[derive(Default)]
+pub struct FakeHealth {
+    /// Round trips by target address.
+    pub answers: Mutex<BTreeMap<Ipv4Addr, std::time::Duration>>,
+    /// The targets of every round so far.
+    pub rounds: Mutex<Vec<Vec<Ipv4Addr>>>,
+}
+
+#[async_trait::async_trait]
+impl HealthProbe for FakeHealth {
+    async fn round(
+        &self,
+        targets: Vec<Ipv4Addr>,
+    ) -> Result<BTreeMap<Ipv4Addr, std::time::Duration>, String> {
+        let answers = self.answers.lock().unwrap();
+        let got = targets
+            .iter()
+            .filter_map(|t| answers.get(t).map(|d| (*t, *d)))
+            .collect();
+        self.rounds.lock().unwrap().push(targets);
+        Ok(got)
     }
 }
 
@@ -441,6 +467,8 @@ pub struct TestAgent {
     pub probe: Arc<FakeProbe>,
     /// Its tunnel.
     pub tunnel: Arc<FakeTunnel>,
+    /// Its health probes.
+    pub health: Arc<FakeHealth>,
     /// Its run and state dirs (removed when dropped).
     pub dir: tempfile::TempDir,
 }
@@ -479,6 +507,7 @@ impl TestAgent {
         let names = Arc::new(FakeNames::default());
         let probe = Arc::new(FakeProbe::default());
         let tunnel = Arc::new(FakeTunnel::new(host));
+        let health = Arc::new(FakeHealth::default());
         std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
         let local = LocalState::load(dir.path().join("state/local.json")).expect("local state");
         let agent = Agent::new(
@@ -494,6 +523,7 @@ impl TestAgent {
                 names: names.clone(),
                 probe: probe.clone(),
                 tunnel: tunnel.clone(),
+                health: health.clone(),
             },
             local,
         );
@@ -504,6 +534,7 @@ impl TestAgent {
             names,
             probe,
             tunnel,
+            health,
             dir,
         }
     }

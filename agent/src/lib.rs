@@ -33,6 +33,7 @@ pub mod error;
 pub mod fakes;
 pub mod gateway;
 pub mod graph;
+pub mod health;
 pub mod local;
 pub mod names;
 pub mod perms;

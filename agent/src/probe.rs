@@ -74,18 +74,7 @@ fn echo(dst: Ipv4Addr) -> std::io::Result<bool> {
     let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
     sock.connect(&SocketAddrV4::new(dst, 0).into())?;
     let ident: u16 = rand::random();
-    let mut buf = [0u8; 16];
-    {
-        let mut req = MutableEchoRequestPacket::new(&mut buf).expect("16 bytes hold an echo");
-        req.set_icmp_type(IcmpTypes::EchoRequest);
-        req.set_icmp_code(IcmpCode(0));
-        req.set_identifier(ident);
-        req.set_sequence_number(1);
-        req.set_payload(b"ovl-live");
-        let sum = pnet_packet::icmp::checksum(&IcmpPacket::new(req.packet()).expect("valid"));
-        req.set_checksum(sum);
-    }
-    sock.send(&buf)?;
+    sock.send(&echo_request(ident, 1, b"ovl-live"))?;
     let deadline = Instant::now() + WAIT;
     let mut rx = [MaybeUninit::<u8>::uninit(); 1500];
     loop {
@@ -103,17 +92,31 @@ fn echo(dst: Ipv4Addr) -> std::io::Result<bool> {
         };
         // SAFETY: `recv` initialised the first `n` bytes.
         let got: &[u8] = unsafe { std::slice::from_raw_parts(rx.as_ptr().cast(), n) };
-        let Some(ip) = Ipv4Packet::new(got) else {
-            continue;
-        };
-        if ip.get_source() != dst {
-            continue;
-        }
-        if let Some(r) = EchoReplyPacket::new(ip.payload())
-            && r.get_icmp_type() == IcmpTypes::EchoReply
-            && r.get_identifier() == ident
-        {
+        if echo_reply(got).is_some_and(|(src, id, _)| src == dst && id == ident) {
             return Ok(true);
         }
     }
+}
+
+/// An ICMP echo request (8 bytes of header, then `payload`, at most 8 bytes).
+pub(crate) fn echo_request(ident: u16, seq: u16, payload: &[u8]) -> [u8; 16] {
+    let mut buf = [0u8; 16];
+    let mut req = MutableEchoRequestPacket::new(&mut buf).expect("16 bytes hold an echo");
+    req.set_icmp_type(IcmpTypes::EchoRequest);
+    req.set_icmp_code(IcmpCode(0));
+    req.set_identifier(ident);
+    req.set_sequence_number(seq);
+    req.set_payload(&payload[..payload.len().min(8)]);
+    let sum = pnet_packet::icmp::checksum(&IcmpPacket::new(req.packet()).expect("valid"));
+    req.set_checksum(sum);
+    buf
+}
+
+/// The source, identifier and sequence number of an IPv4 packet holding an ICMP echo reply
+/// (what a raw ICMP socket reads).
+pub(crate) fn echo_reply(packet: &[u8]) -> Option<(Ipv4Addr, u16, u16)> {
+    let ip = Ipv4Packet::new(packet)?;
+    let r = EchoReplyPacket::new(ip.payload())?;
+    (r.get_icmp_type() == IcmpTypes::EchoReply)
+        .then(|| (ip.get_source(), r.get_identifier(), r.get_sequence_number()))
 }

@@ -8,6 +8,37 @@ use std::{
 use serde_json::Value;
 pub use xtask::lab::{DatapathSel, KvKind, Lab, LabConfig, LabGuard};
 
+/// VNI of the health network every host programs (the health matrix of `overlayctl
+/// doctor`): tests that look at what a datapath holds for their own networks leave it out.
+pub const HEALTH_VNI: u64 = 16_777_215;
+
+/// Entries of a BPF map listing (`overlayctl datapath`: `maps.local_endpoints`,
+/// `maps.remotes`) outside the health network.
+pub fn outside_health(entries: &Value) -> Vec<Value> {
+    entries
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["vni"].as_u64() != Some(HEALTH_VNI))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// VNIs of a flood list listing (`maps.flood`, by VNI) outside the health network.
+pub fn flood_outside_health(flood: &Value) -> Vec<String> {
+    flood
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .filter(|k| **k != HEALTH_VNI.to_string())
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Builds a lab for one test; it is torn down when the guard drops (also on panic).
 pub fn lab(name: &str, hosts: usize, kv: KvKind) -> LabGuard {
     let mut cfg = LabConfig::new(name, hosts);

@@ -1,7 +1,8 @@
 //! Issue 20: `overlayctl doctor` on a 3-host lab, both datapaths. Healthy: exit 0. Then one
 //! fault at a time, each put back afterwards with `doctor` at 0 again: a stopped agent (its
-//! lease runs out) and an underlay MTU smaller on one host than the others (full-size
-//! packets to it are dropped: shown with DF pings). Needs root; never skips.
+//! lease runs out), an underlay MTU smaller on one host than the others (full-size packets to
+//! it are dropped: shown with DF pings), and VXLAN to one host dropped on the wire (the
+//! health matrix names the pairs). Needs root; never skips.
 
 use std::time::Duration;
 
@@ -31,16 +32,20 @@ fn problems(report: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until `doctor` on host 0 exits 0, then checks the text names every check as ok.
+/// Waits until `doctor` on host 0 exits 0 with every check passed (a restarted agent's
+/// health row takes a round to appear).
 fn wait_healthy(lab: &Lab, what: &str) {
+    let all_ok = |text: &str| {
+        ["hosts", "vxlan", "mtu", "wireguard", "entries", "kv"]
+            .iter()
+            .all(|c| text.contains(&format!("ok       {c}")))
+    };
     within(what, Duration::from_secs(20), || {
-        doctor(lab, 0, false).0 == 0
+        let (code, text) = doctor(lab, 0, false);
+        code == 0 && all_ok(&text)
     });
     let (code, text) = doctor(lab, 0, false);
     assert_eq!(code, 0, "{text}");
-    for check in ["hosts", "mtu", "wireguard", "entries", "kv"] {
-        assert!(text.contains(&format!("ok       {check}")), "{text}");
-    }
     assert!(text.contains("no problems found"), "{text}");
 }
 
@@ -237,4 +242,95 @@ fn graph_names_everything(lab: &Lab, name: &str) {
             "{dot}"
         );
     }
+}
+
+/// `nft` in the lab's underlay namespace (the "wire" between the hosts).
+fn nft_on_wire(lab: &Lab, args: &[&str]) {
+    let ul = format!("{}-ul", lab.state.name);
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &ul, "nft"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "nft {args:?}: {}", stderr(&o));
+}
+
+/// Subjects of the problems `doctor` on host 0 reports.
+fn problem_subjects(lab: &Lab) -> Vec<String> {
+    problems(&doctor(lab, 0, true).1)
+        .iter()
+        .map(|p| p["subject"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The health matrix: with a firewall on the wire dropping VXLAN to h3, `doctor` names the
+/// pairs h1-h3 and h2-h3 (not h1-h2), as the containers' own traffic shows; with the rule
+/// gone, exit 0 again.
+fn matrix_finds_blocked_vxlan(name: &str, datapath: DatapathSel) {
+    let mut cfg = LabConfig::new(name, 3);
+    cfg.datapath = datapath;
+    let lab = lab_with(cfg);
+    ctl(&lab, 0, &["network", "create", "net1"]);
+    let (c1, _) = attach(&lab, 0, "net1", "c1", &[]);
+    let (_c2, ip2) = attach(&lab, 1, "net1", "c2", &[]);
+    let (_c3, ip3) = attach(&lab, 2, "net1", "c3", &[]);
+    within("c1 -> c2 and c3", Duration::from_secs(10), || {
+        ping(&c1, &ip2) && ping(&c1, &ip3)
+    });
+    let t = within(
+        "every host's row with every pair answering",
+        Duration::from_secs(20),
+        || {
+            let (code, json) = doctor(&lab, 0, true);
+            code == 0 && json.contains("6 of 6 host pairs")
+        },
+    );
+    eprintln!("{name}: matrix complete {t:?} after the containers met");
+
+    let h3 = lab.state.hosts[2].addr.clone();
+    nft_on_wire(&lab, &["add", "table", "bridge", "t20wire"]);
+    nft_on_wire(
+        &lab,
+        &[
+            "add",
+            "chain",
+            "bridge",
+            "t20wire",
+            "wire",
+            "{ type filter hook forward priority 0; policy accept; }",
+        ],
+    );
+    nft_on_wire(
+        &lab,
+        &[
+            "add", "rule", "bridge", "t20wire", "wire", "ip", "daddr", &h3, "udp", "dport", "4789",
+            "drop",
+        ],
+    );
+    let t = within(
+        "doctor to name the pairs with h3",
+        Duration::from_secs(20),
+        || problem_subjects(&lab) == ["h1 <-> h3", "h2 <-> h3"],
+    );
+    eprintln!(
+        "{name}: VXLAN to h3 dropped on the wire; doctor named it after {t:?}:\n{}",
+        doctor(&lab, 0, false).1
+    );
+    // What the matrix says is what containers see.
+    assert!(!ping(&c1, &ip3), "c1 reached c3 with VXLAN to h3 dropped");
+    assert!(ping(&c1, &ip2), "c1 -> c2 (h1 <-> h2 is fine)");
+
+    nft_on_wire(&lab, &["delete", "table", "bridge", "t20wire"]);
+    wait_healthy(&lab, "doctor 0 with the wire open again");
+    within("c1 -> c3 again", Duration::from_secs(5), || ping(&c1, &ip3));
+}
+
+#[test]
+fn matrix_kernel() {
+    matrix_finds_blocked_vxlan("t20mk", DatapathSel::Kernel);
+}
+
+#[test]
+fn matrix_ebpf() {
+    matrix_finds_blocked_vxlan("t20me", DatapathSel::Ebpf);
 }

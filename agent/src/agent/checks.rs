@@ -54,6 +54,23 @@ pub fn subnet(
     Ok(())
 }
 
+/// Refuses the health network's name and VNI (see [`crate::health`]): every host derives
+/// that network itself, and a user network with either would collide with it.
+pub fn reserved(name: &str, vni: Option<u32>) -> Result<(), AgentError> {
+    if name == crate::health::NETWORK {
+        return Err(AgentError::Invalid(format!(
+            "network name {name} is reserved for the health matrix"
+        )));
+    }
+    if vni == Some(crate::health::VNI) {
+        return Err(AgentError::Invalid(format!(
+            "VNI {} is reserved for the health matrix",
+            crate::health::VNI
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses more than [`MAX_ALIASES`] aliases.
 pub fn aliases(aliases: &[String]) -> Result<(), AgentError> {
     if aliases.len() > MAX_ALIASES {
@@ -162,6 +179,16 @@ mod tests {
             e.to_string().contains("VTEP address 192.0.2.7 of host h2"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_health_networks_name_and_vni_are_reserved() {
+        assert!(reserved("net1", Some(4096)).is_ok());
+        assert!(reserved("ovl-healthy", None).is_ok());
+        let e = reserved("ovl-health", None).unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+        let e = reserved("net1", Some(16_777_215)).unwrap_err();
+        assert!(e.to_string().contains("VNI 16777215 is reserved"), "{e}");
     }
 
     #[test]

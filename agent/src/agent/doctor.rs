@@ -71,8 +71,21 @@ impl Agent {
             networks,
             drift,
             kv,
-            view_behind: self.status().kv.view_behind,
+            view_behind: {
+                let kv = self.status().kv;
+                kv.view_behind.zip(
+                    kv.view_age_ms
+                        .map(std::time::Duration::from_millis)
+                        .or(Some(std::time::Duration::MAX)),
+                )
+            },
             plugin,
+            matrix: self.store.health_rows().await.map_err(|e| e.to_string()),
+            collisions: crate::health::addresses(&view).1,
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         })
     }
 }

@@ -9,6 +9,7 @@
 pub mod checks;
 mod doctor;
 mod endpoints;
+mod health;
 mod hosts;
 mod inspect;
 mod keys;
@@ -17,19 +18,22 @@ mod passes;
 mod records;
 
 use std::{
+    collections::BTreeMap,
+    path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use ipnetwork::Ipv4Network;
 use ovl_core::{Change, ClusterStore, ClusterView};
-use ovl_kv::Kv;
+use ovl_kv::{Kv, LeaseId};
 use tokio::sync::{Notify, watch};
 
 pub use endpoints::Plumbed;
+pub use health::HealthLoop;
 pub use inspect::{AdmissionReport, DatapathReport};
 
 use crate::{
@@ -37,6 +41,7 @@ use crate::{
     counters::Counters,
     datapath::Datapath,
     gateway::Gateway,
+    health::HealthProbe,
     local::LocalState,
     names::Names,
     probe::VtepProbe,
@@ -79,6 +84,8 @@ pub struct Services {
     pub probe: Arc<dyn VtepProbe>,
     /// WireGuard between hosts, for encrypted networks.
     pub tunnel: Arc<dyn Tunnel>,
+    /// Probes of other hosts' health endpoints through the overlay.
+    pub health: Arc<dyn HealthProbe>,
 }
 
 /// What the agent knows of this host's underlay, read once at start.
@@ -113,6 +120,14 @@ pub struct Agent {
     probe: Arc<dyn VtepProbe>,
     liveness: Mutex<Liveness>,
     tunnel: Arc<dyn Tunnel>,
+    /// The liveness lease the registry holds (health rows live on it).
+    lease: Mutex<Option<LeaseId>>,
+    /// This host's health namespace, once it exists: from then on the reconciler programs
+    /// the health endpoint.
+    health_ns: OnceLock<PathBuf>,
+    health_probe: Arc<dyn HealthProbe>,
+    /// The last probe round: round trip per peer that answered.
+    health_rtts: Mutex<BTreeMap<String, Duration>>,
 }
 
 impl Agent {
@@ -145,6 +160,10 @@ impl Agent {
             probe: services.probe,
             liveness: Mutex::new(Liveness::default()),
             tunnel: services.tunnel,
+            lease: Mutex::new(None),
+            health_ns: OnceLock::new(),
+            health_probe: services.health,
+            health_rtts: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -259,6 +278,7 @@ impl Agent {
             vxlan_port: self.settings.vxlan_port,
             encrypted_vxlan_port: self.settings.encrypted_vxlan_port,
             keyed: self.tunnel.record().is_some(),
+            health: self.health_ns.get().map(PathBuf::as_path),
         }
     }
 

@@ -34,6 +34,7 @@ impl Agent {
 
     /// `overlayctl network create`.
     pub async fn create_network(&self, req: NetworkRequest) -> Result<NetworkInfo> {
+        super::checks::reserved(&req.name, req.vni)?;
         if let Some(s) = req.subnet {
             let v = self.view();
             super::checks::subnet(s, self.underlay, &v)?;

@@ -12,7 +12,10 @@ use ovl_model::{
     encrypted_mtu, overlay_mtu,
 };
 
-use crate::tunnel::{TunnelPeer, TunnelPlan};
+use crate::{
+    health,
+    tunnel::{TunnelPeer, TunnelPlan},
+};
 
 /// What this host needs to know to compute its desired state.
 #[derive(Debug, Clone)]
@@ -30,6 +33,9 @@ pub struct Me<'a> {
     /// Whether this host's WireGuard key is published: without it, no other host takes its
     /// encrypted traffic, so it programs no peer on encrypted networks either.
     pub keyed: bool,
+    /// This host's health namespace, once it exists: the health network is then desired
+    /// (see [`crate::health`]).
+    pub health: Option<&'a std::path::Path>,
 }
 
 /// The datapath spec of a network on this host: an encrypted network has its own VXLAN port
@@ -211,7 +217,58 @@ pub fn desired(view: &ClusterView, me: &Me<'_>, here: &Here) -> Desired {
             },
         );
     }
+    if let Some(netns) = me.health
+        && let Some(n) = health_network(view, me, here, netns)
+    {
+        out.networks.insert(health::NETWORK.to_string(), n);
+    }
     out
+}
+
+/// The health network on this host: its health endpoint in `netns`, and one peer per other
+/// host that is reachable (as for any network) and has a health address of its own.
+fn health_network(
+    view: &ClusterView,
+    me: &Me<'_>,
+    here: &Here,
+    netns: &std::path::Path,
+) -> Option<DesiredNetwork> {
+    let (addrs, _) = health::addresses(view);
+    let mine = *addrs.get(me.host)?;
+    let net = health::record();
+    let spec = spec(&net, me);
+    let mut peers: Vec<RemotePeer> = addrs
+        .iter()
+        .filter(|(id, _)| {
+            id.as_str() != me.host && (view.is_alive(id) || here.grace.contains(id.as_str()))
+        })
+        .filter_map(|(id, ip)| {
+            let h = view.hosts.get(id)?;
+            (h.vtep != me.vtep).then(|| RemotePeer {
+                mac: MacAddr::from_ipv4(*ip),
+                ip: *ip,
+                vtep: h.vtep,
+            })
+        })
+        .collect();
+    peers.sort_by_key(|p| (p.ip, p.mac));
+    let flood = peers.iter().map(|p| p.vtep).collect();
+    let ep = EndpointSpec {
+        endpoint_id: health::ENDPOINT.to_string(),
+        netns: netns.to_path_buf(),
+        mac: MacAddr::from_ipv4(mine),
+        ip: mine,
+        prefix_len: net.subnet.prefix(),
+        mtu: spec.mtu,
+        ifname: Some("eth0".into()),
+        plug: Plug::Netns,
+    };
+    Some(DesiredNetwork {
+        spec,
+        peers,
+        flood,
+        local_endpoints: [(health::ENDPOINT.to_string(), Some(ep))].into(),
+    })
 }
 
 #[cfg(test)]
@@ -300,6 +357,7 @@ mod tests {
         vxlan_port: ovl_model::VXLAN_PORT,
         encrypted_vxlan_port: ovl_model::ENCRYPTED_VXLAN_PORT,
         keyed: true,
+        health: None,
     };
 
     /// What h1 has: endpoint `a` of net1, not plugged by this agent (as the view records it).
@@ -390,6 +448,46 @@ mod tests {
             ovl_model::VXLAN_PORT
         );
         assert_eq!(tunnel(&view(), &ME, &plain), None);
+    }
+
+    #[test]
+    fn the_health_network_reaches_every_reachable_host_once_the_namespace_exists() {
+        let ns = std::path::Path::new("/run/ovl/health/netns");
+        let mut v = view();
+        v.alive.remove("h3");
+        let mut h = here();
+        assert!(!desired(&v, &ME, &h).networks.contains_key(health::NETWORK));
+
+        let me = Me {
+            health: Some(ns),
+            ..ME
+        };
+        let d = desired(&v, &me, &h);
+        let n = &d.networks[health::NETWORK];
+        assert_eq!(n.spec.vni, health::VNI);
+        // h3 is dead: only h2.
+        let h2 = Ipv4Addr::new(100, 82, 0, 12);
+        assert_eq!(
+            n.peers,
+            [RemotePeer {
+                mac: MacAddr::from_ipv4(h2),
+                ip: h2,
+                vtep: Ipv4Addr::new(198, 18, 0, 12),
+            }]
+        );
+        let ep = n.local_endpoints[health::ENDPOINT].as_ref().unwrap();
+        assert_eq!((ep.ip, ep.prefix_len), (Ipv4Addr::new(100, 82, 0, 11), 10));
+        assert_eq!(ep.netns, ns);
+        assert_eq!(ep.ifname.as_deref(), Some("eth0"));
+        // net1 is still there as before.
+        assert!(d.networks.contains_key("net1"));
+
+        // A host in its grace period (agent down, datapath answering) is probed too.
+        h.grace.insert("h3".into());
+        assert_eq!(
+            desired(&v, &me, &h).networks[health::NETWORK].peers.len(),
+            2
+        );
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! - [`reconcile`]: datapath and gateway passes;
 //! - [`liveness`]: probes of hosts whose lease is gone (agent down is not host down);
 //! - [`names`]: names passes (zone, DNS listeners, hosts files);
+//! - [`health`]: the health namespace and probe rounds of the health matrix;
 //! - [`metrics`]: Prometheus text on `--metrics-addr`.
 
+pub mod health;
 pub mod liveness;
 pub mod metrics;
 pub mod names;
@@ -29,6 +31,7 @@ pub fn spawn_all(agent: &Arc<Agent>, set: &mut JoinSet<()>) {
     set.spawn(reconcile::run(agent.clone()));
     set.spawn(liveness::run(agent.clone()));
     set.spawn(names::run(agent.clone()));
+    set.spawn(health::run(agent.clone()));
     if let Some(addr) = agent.settings().metrics_addr {
         set.spawn(metrics::serve(agent.clone(), addr));
     }

@@ -45,6 +45,7 @@ pub async fn run(agent: Arc<Agent>) {
                 if lease_lost(&e) {
                     tracing::warn!("lease expired; registering again");
                     lease = None;
+                    agent.set_lease(None);
                     continue;
                 }
                 tracing::warn!(error = %e, retry_in = ?backoff, "host registration failed");
@@ -91,6 +92,7 @@ async fn step(
             store.put_host(&host).await?;
             store.put_alive(alive, id).await?;
             *lease = Some(id);
+            agent.set_lease(*lease);
             tracing::info!(host = %host.id, vtep = %host.vtep, lease = format!("{id:x}"), "registered");
         }
     }

@@ -9,6 +9,7 @@
 //! /ovl/v1/addrs/<net>/<ip>          claim: the endpoint (or "gateway") holding the address
 //! /ovl/v1/endpoints/<net>/<id>      EndpointRecord
 //! /ovl/v1/docker/pools/<token>      DockerPool: a Docker RequestPool not bound to a name yet
+//! /ovl/v1/health/<host>             HealthRow: what the host's probes found, on its lease
 //! ```
 //!
 //! The subnet index holds every network's subnet by network name, and each reserved
@@ -35,6 +36,9 @@ pub const ENDPOINTS: &str = "/ovl/v1/endpoints/";
 /// Prefix of Docker pool reservations.
 pub const DOCKER_POOLS: &str = "/ovl/v1/docker/pools/";
 
+/// Prefix of health matrix rows.
+pub const HEALTH: &str = "/ovl/v1/health/";
+
 /// The prefixes a [`crate::ClusterView`] is built from: the address and VNI claims, the
 /// subnet index and Docker's pools (more than half the keys of a large cluster) are not read.
 pub const VIEW: [&str; 4] = [HOSTS, ALIVE, NETWORKS, ENDPOINTS];
@@ -42,6 +46,11 @@ pub const VIEW: [&str; 4] = [HOSTS, ALIVE, NETWORKS, ENDPOINTS];
 /// Key of a Docker pool reservation.
 pub fn docker_pool(token: &str) -> String {
     format!("{DOCKER_POOLS}{token}")
+}
+
+/// Key of a host's health matrix row.
+pub fn health(host: &str) -> String {
+    format!("{HEALTH}{host}")
 }
 
 /// Key of a host record.

@@ -15,8 +15,8 @@ pub mod store;
 pub mod view;
 
 pub use model::{
-    AliveRecord, DockerPool, EndpointRecord, HostRecord, MacAddr, NetworkRecord, PortMap, Proto,
-    WgRecord,
+    AliveRecord, DockerPool, EndpointRecord, HealthRow, HostRecord, MacAddr, NetworkRecord,
+    PeerHealth, PortMap, Proto, WgRecord,
 };
 pub use store::{ClusterStore, Repair, StoreError};
 pub use view::{Change, ClusterView};

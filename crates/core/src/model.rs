@@ -52,6 +52,26 @@ pub struct AliveRecord {
     pub since: u64,
 }
 
+/// What one host measured towards the others with encapsulated probes (the health matrix row
+/// of `overlayctl doctor`), attached to the host's lease: it goes with its agent. Written only
+/// when a peer's state flips, so the watch every agent holds stays quiet.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HealthRow {
+    /// The measuring host.
+    pub host: String,
+    /// Per peer host id.
+    pub peers: BTreeMap<String, PeerHealth>,
+}
+
+/// One cell of the health matrix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHealth {
+    /// Probes through the overlay to the peer's health endpoint are answered.
+    pub ok: bool,
+    /// Unix time (seconds) of the last flip.
+    pub since: u64,
+}
+
 /// An overlay network, the same on every host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkRecord {

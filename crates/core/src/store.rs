@@ -17,7 +17,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{
     ipam::{self, SubnetPool},
     keys,
-    model::{self, AliveRecord, DockerPool, EndpointRecord, HostRecord, NetworkRecord},
+    model::{self, AliveRecord, DockerPool, EndpointRecord, HealthRow, HostRecord, NetworkRecord},
     view::ClusterView,
 };
 
@@ -234,8 +234,24 @@ impl ClusterStore {
                 removed.push(ep);
             }
         }
+        self.kv.delete(&keys::health(id)).await?;
         self.kv.delete(&keys::host(id)).await?;
         Ok(removed)
+    }
+
+    // ---- health matrix ----
+
+    /// Writes this host's health row on its liveness `lease` (it goes with the agent).
+    pub async fn put_health(&self, row: &HealthRow, lease: LeaseId) -> Result<()> {
+        self.kv
+            .put(&keys::health(&row.host), &encode(row), Some(lease))
+            .await?;
+        Ok(())
+    }
+
+    /// Every host's health row (hosts whose agent is away have none).
+    pub async fn health_rows(&self) -> Result<Vec<HealthRow>> {
+        self.list_json(keys::HEALTH).await
     }
 
     // ---- networks ----
