@@ -47,11 +47,24 @@ pub struct Endpoint {
     pub ip: String,
 }
 
+/// One cell of the health matrix: probes from `from` to `to` through the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Probed {
+    /// The probing host.
+    pub from: String,
+    /// The probed host.
+    pub to: String,
+    /// Answered.
+    pub ok: bool,
+}
+
 /// What the picture shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Topology {
-    /// The host asking: pair health is as it sees the others.
+    /// The host asking: without a health matrix, pair health is its view of the others.
     pub from: String,
+    /// The health matrix; empty when no host publishes one.
+    pub matrix: Vec<Probed>,
     /// Every host.
     pub hosts: Vec<Host>,
     /// Every network.
@@ -87,6 +100,72 @@ fn host_label(h: &Host) -> String {
     format!("{} ({}{wg})", h.vtep, h.datapath)
 }
 
+/// A line between two hosts (indexes into `hosts`): its colour and what it says.
+struct Edge {
+    a: usize,
+    b: usize,
+    color: &'static str,
+    label: String,
+}
+
+/// The host pairs to draw: from the health matrix (every pair; green both ways, amber one
+/// way, red neither, grey unmeasured), else from the asking host to each other host,
+/// coloured by that host's state.
+fn edges(t: &Topology) -> Vec<Edge> {
+    let idx = |id: &str| t.hosts.iter().position(|h| h.id == id);
+    if t.matrix.is_empty() {
+        let Some(me) = idx(&t.from) else {
+            return Vec::new();
+        };
+        return t
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != me)
+            .map(|(i, h)| Edge {
+                a: me,
+                b: i,
+                color: state_color(&h.state),
+                label: h.state.clone(),
+            })
+            .collect();
+    }
+    let cell = |a: &str, b: &str| {
+        t.matrix
+            .iter()
+            .find(|p| p.from == a && p.to == b)
+            .map(|p| p.ok)
+    };
+    let mut out = Vec::new();
+    for (i, a) in t.hosts.iter().enumerate() {
+        for (j, b) in t.hosts.iter().enumerate().skip(i + 1) {
+            let (color, label) = match (cell(&a.id, &b.id), cell(&b.id, &a.id)) {
+                (Some(true), Some(true)) => ("#2e7d32", "vxlan ok".to_string()),
+                (Some(false), Some(false)) => ("#c62828", "vxlan down".to_string()),
+                (Some(false), _) => ("#ef8f00", format!("{} -> {} down", a.id, b.id)),
+                (_, Some(false)) => ("#ef8f00", format!("{} -> {} down", b.id, a.id)),
+                _ => ("#9e9e9e", "not measured".to_string()),
+            };
+            out.push(Edge {
+                a: i,
+                b: j,
+                color,
+                label,
+            });
+        }
+    }
+    out
+}
+
+/// What the title says the lines mean.
+fn lines_are(t: &Topology) -> String {
+    if t.matrix.is_empty() {
+        format!("host states as {} sees them", t.from)
+    } else {
+        "host pairs from the health matrix".to_string()
+    }
+}
+
 /// A DOT double-quoted string.
 fn q(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
@@ -101,11 +180,11 @@ pub fn dot(t: &Topology) -> String {
         o,
         "  graph [label={}, labelloc=t, fontname=\"sans-serif\", compound=true];",
         q(&format!(
-            "{} hosts, {} networks, {} endpoints; host states as {} sees them",
+            "{} hosts, {} networks, {} endpoints; {}",
             t.hosts.len(),
             t.networks.len(),
             t.endpoints.len(),
-            t.from
+            lines_are(t)
         ))
     );
     let _ = writeln!(o, "  node [fontname=\"sans-serif\", fontsize=10];");
@@ -163,14 +242,14 @@ pub fn dot(t: &Topology) -> String {
             q(&format!("net:{}", e.network))
         );
     }
-    for h in t.hosts.iter().filter(|h| h.id != t.from) {
+    for e in edges(t) {
         let _ = writeln!(
             o,
             "  {} -- {} [color={}, penwidth=2, label={}, fontsize=9];",
-            q(&format!("host:{}", t.from)),
-            q(&format!("host:{}", h.id)),
-            q(state_color(&h.state)),
-            q(&h.state)
+            q(&format!("host:{}", t.hosts[e.a].id)),
+            q(&format!("host:{}", t.hosts[e.b].id)),
+            q(e.color),
+            q(&e.label)
         );
     }
     o.push_str("}\n");
@@ -234,27 +313,28 @@ pub fn svg(t: &Topology) -> String {
         o,
         "<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">{}</text>",
         x(&format!(
-            "{} hosts, {} networks, {} endpoints; host states as {} sees them",
+            "{} hosts, {} networks, {} endpoints; {}",
             t.hosts.len(),
             t.networks.len(),
             t.endpoints.len(),
-            t.from
+            lines_are(t)
         ))
     );
-    // Pair arcs from the asking host to each other host, above the host row.
-    if let Some(me) = t.hosts.iter().position(|h| h.id == t.from) {
-        for (i, h) in t.hosts.iter().enumerate().filter(|(i, _)| *i != me) {
-            let (a, b) = (col_x(me) + COL / 2 - 10, col_x(i) + COL / 2 - 10);
-            let mid = (a + b) / 2;
-            let lift = 14 + (a.abs_diff(b) / COL) * 10;
-            let _ = writeln!(
-                o,
-                "<path d=\"M {a} {TOP} Q {mid} {} {b} {TOP}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"><title>{}</title></path>",
-                TOP.saturating_sub(2 * lift),
-                state_color(&h.state),
-                x(&format!("{} -> {}: {}", t.from, h.id, h.state))
-            );
-        }
+    // Host pairs as arcs above the host row, wider pairs higher.
+    for e in edges(t) {
+        let (a, b) = (col_x(e.a) + COL / 2 - 10, col_x(e.b) + COL / 2 - 10);
+        let mid = (a + b) / 2;
+        let lift = 14 + (a.abs_diff(b) / COL) * 10;
+        let _ = writeln!(
+            o,
+            "<path d=\"M {a} {TOP} Q {mid} {} {b} {TOP}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"><title>{}</title></path>",
+            TOP.saturating_sub(2 * lift),
+            e.color,
+            x(&format!(
+                "{} - {}: {}",
+                t.hosts[e.a].id, t.hosts[e.b].id, e.label
+            ))
+        );
     }
     for (i, h) in t.hosts.iter().enumerate() {
         let hx = col_x(i);
@@ -354,6 +434,7 @@ mod tests {
         };
         Topology {
             from: "h1".into(),
+            matrix: vec![],
             hosts: vec![
                 host("h1", "alive"),
                 host("h2", "agent down, datapath answering"),
@@ -406,6 +487,41 @@ mod tests {
     }
 
     #[test]
+    fn with_a_health_matrix_every_pair_is_drawn_by_what_its_probes_found() {
+        let mut t = lab();
+        let cell = |from: &str, to: &str, ok: bool| Probed {
+            from: from.into(),
+            to: to.into(),
+            ok,
+        };
+        // h1-h2 fine both ways, h3 answers h1 but h1 does not answer h3, h2-h3 unmeasured.
+        t.matrix = vec![
+            cell("h1", "h2", true),
+            cell("h2", "h1", true),
+            cell("h1", "h3", true),
+            cell("h3", "h1", false),
+        ];
+        let d = dot(&t);
+        let pair = |a: &str, b: &str| {
+            d.lines()
+                .find(|l| l.contains(&format!("\"host:{a}\" -- \"host:{b}\"")))
+                .unwrap_or_else(|| panic!("{a} -- {b}: {d}"))
+                .to_string()
+        };
+        assert!(pair("h1", "h2").contains("vxlan ok") && pair("h1", "h2").contains("#2e7d32"));
+        assert!(pair("h1", "h3").contains("h3 -> h1 down") && pair("h1", "h3").contains("#ef8f00"));
+        assert!(pair("h2", "h3").contains("not measured"));
+        assert!(d.contains("host pairs from the health matrix"));
+        let s = svg(&t);
+        assert_eq!(s.matches("<path ").count(), 3, "every pair of three hosts");
+        assert!(s.contains("h1 - h3: h3 -&gt; h1 down"), "{s}");
+        t.matrix.push(cell("h1", "h3", false));
+        t.matrix
+            .retain(|p| !(p.from == "h1" && p.to == "h3" && p.ok));
+        assert!(dot(&t).contains("vxlan down"));
+    }
+
+    #[test]
     fn dot_strings_are_escaped() {
         assert_eq!(q(r#"a"b\c"#), r#""a\"b\\c""#);
     }
@@ -434,7 +550,7 @@ mod tests {
         assert_eq!(s.matches("class=\"endpoint\"").count(), 4);
         // Two arcs: h1 to h2 and h1 to h3, in their states' colours.
         assert_eq!(s.matches("<path ").count(), 2);
-        assert!(s.contains("h1 -&gt; h3: dead"), "{s}");
+        assert!(s.contains("h1 - h3: dead"), "{s}");
         // vault (h3, third column) sits in the third column.
         let vault = s.lines().find(|l| l.contains("vault 10.10.1.2")).unwrap();
         assert!(
@@ -457,6 +573,7 @@ mod tests {
         assert!(s.contains("a&lt;b&gt;&amp;&quot;c&quot; 10.10.0.2"), "{s}");
         let empty = Topology {
             from: "h1".into(),
+            matrix: vec![],
             hosts: vec![],
             networks: vec![],
             endpoints: vec![],

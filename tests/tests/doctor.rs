@@ -316,6 +316,16 @@ fn matrix_finds_blocked_vxlan(name: &str, datapath: DatapathSel) {
         "{name}: VXLAN to h3 dropped on the wire; doctor named it after {t:?}:\n{}",
         doctor(&lab, 0, false).1
     );
+    // The picture says the same: h1-h3 down, h1-h2 fine.
+    let dot = stdout(&lab.ctl(0, &["graph"]).unwrap());
+    let line = |a: &str, b: &str| {
+        dot.lines()
+            .find(|l| l.contains(&format!("\"host:{a}\" -- \"host:{b}\"")))
+            .unwrap_or_else(|| panic!("{a} -- {b} in {dot}"))
+            .to_string()
+    };
+    assert!(line("h1", "h3").contains("vxlan down"), "{dot}");
+    assert!(line("h1", "h2").contains("vxlan ok"), "{dot}");
     // What the matrix says is what containers see.
     assert!(!ping(&c1, &ip3), "c1 reached c3 with VXLAN to h3 dropped");
     assert!(ping(&c1, &ip2), "c1 -> c2 (h1 <-> h2 is fine)");

@@ -356,7 +356,10 @@ fn ebpf_bad_input_leaves_nothing() {
     let host_links = stdout(&lab.exec(0, "ip").args(["-o", "link"]).output().unwrap());
     assert!(!host_links.contains("ve-"), "{host_links}");
     let d = datapath(&lab, 0);
-    assert!(outside_health(&d["maps"]["local_endpoints"]).is_empty(), "{d}");
+    assert!(
+        outside_health(&d["maps"]["local_endpoints"]).is_empty(),
+        "{d}"
+    );
     // The same container attaches fine to a network that fits, twice (idempotent).
     ctl(&lab, 0, &["network", "create", "ok", "--internal"]);
     let a = ctl(&lab, 0, &["attach", "ok", "--name", "c1", "--netns", &path]);

@@ -110,6 +110,11 @@ impl Agent {
         Ok((rows, self.health_rtts.lock().expect("rtts lock").clone()))
     }
 
+    /// `GET /v1/health`: every host's row of the health matrix.
+    pub async fn health_matrix(&self) -> crate::error::Result<Vec<HealthRow>> {
+        Ok(self.store.health_rows().await?)
+    }
+
     /// Whether the health endpoint is programmed here (the namespace exists).
     pub fn health_enabled(&self) -> bool {
         self.health_ns.get().is_some()

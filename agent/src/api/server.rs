@@ -123,6 +123,10 @@ pub fn router() -> Router<Arc<Agent>> {
             post(|State(a): Shared| async move { a.rotate_key().await.map(Json) }),
         )
         .route(
+            "/v1/health",
+            get(|State(a): Shared| async move { a.health_matrix().await.map(Json) }),
+        )
+        .route(
             "/v1/doctor",
             get(|State(a): Shared| async move { Json(a.doctor().await) }),
         )

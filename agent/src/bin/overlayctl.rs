@@ -422,8 +422,19 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             let hosts: Vec<HostInfo> = c.get("/v1/hosts").await?;
             let nets: Vec<NetworkInfo> = c.get("/v1/networks").await?;
             let eps: Vec<EndpointView> = c.get("/v1/endpoints").await?;
+            let rows: Vec<ovl_core::HealthRow> = c.get("/v1/health").await?;
             let t = graph::Topology {
                 from: s.host_id,
+                matrix: rows
+                    .into_iter()
+                    .flat_map(|r| {
+                        r.peers.into_iter().map(move |(to, c)| graph::Probed {
+                            from: r.host.clone(),
+                            to,
+                            ok: c.ok,
+                        })
+                    })
+                    .collect(),
                 hosts: hosts
                     .into_iter()
                     .map(|h| graph::Host {
