@@ -136,6 +136,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         local,
     );
 
+    // Before the first reconcile pass: a restarted agent must find its health endpoint
+    // desired from the start, or that pass would take it down and the next put it back.
+    tasks::health::prepare(&agent).await;
     let mut loops = tokio::task::JoinSet::new();
     tasks::spawn_all(&agent, &mut loops);
     if agent.settings().docker_plugin {

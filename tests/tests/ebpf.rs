@@ -151,12 +151,29 @@ fn first_key_hex(map: &std::path::Path) -> Vec<String> {
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["key"]
-        .as_array()
-        .unwrap_or_else(|| panic!("empty map {}: {v}", map.display()))
-        .iter()
-        .map(|b| b.as_str().unwrap().trim_start_matches("0x").to_string())
-        .collect()
+    let bytes = |e: &Value| -> Vec<String> {
+        e["key"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap().trim_start_matches("0x").to_string())
+            .collect()
+    };
+    // Keys start with the VNI (host order): the health network's entries are not the test's.
+    let vni = |k: &[String]| {
+        u32::from_le_bytes([0, 1, 2, 3].map(|i| u8::from_str_radix(&k[i], 16).expect("hex byte")))
+    };
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(bytes)
+        .find(|k| u64::from(vni(k)) != HEALTH_VNI)
+        .unwrap_or_else(|| {
+            panic!(
+                "no entry outside the health network in {}: {v}",
+                map.display()
+            )
+        })
 }
 
 #[test]

@@ -8,13 +8,24 @@ use crate::{agent::Agent, health};
 /// Time between probe rounds.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
+/// Makes (or finds) the health namespace once, at start; [`run`] retries if this failed.
+pub async fn prepare(agent: &Agent) {
+    let path = health::netns_path(&agent.settings().run_dir);
+    match ensure_netns(&path).await {
+        Ok(()) => agent.health_ready(path),
+        Err(e) => {
+            tracing::warn!(netns = %path.display(), error = %e, "cannot make the health namespace; retrying")
+        }
+    }
+}
+
 /// Runs the health loop until the task is dropped.
 pub async fn run(agent: Arc<Agent>) {
     let path = health::netns_path(&agent.settings().run_dir);
     let mut backoff = Duration::from_secs(1);
-    loop {
+    while !agent.health_enabled() {
         match ensure_netns(&path).await {
-            Ok(()) => break,
+            Ok(()) => agent.health_ready(path.clone()),
             Err(e) => {
                 tracing::warn!(netns = %path.display(), error = %e, retry_in = ?backoff, "cannot make the health namespace; the health matrix waits");
                 tokio::time::sleep(backoff).await;
@@ -22,7 +33,6 @@ pub async fn run(agent: Arc<Agent>) {
             }
         }
     }
-    agent.health_ready(path);
     let mut state = crate::agent::HealthLoop::default();
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
