@@ -124,6 +124,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LOCAL_SLOTS SEC(".maps");
 
+/* Drop events for `overlayctl monitor --drops`. Pinned, so a restarted agent
+ * reads the same ring; when nobody reads, reserving fails and the drop is only
+ * counted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} DROPS SEC(".maps");
+
 /* Not pinned: per loaded instance, only written when trace_enabled. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -184,10 +193,25 @@ static __always_inline void trace(__u32 action, __u32 ifindex, __u32 tunnel_id,
 	t->copies = copies;
 }
 
-static __always_inline int drop(__u32 reason)
+static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
 {
 	count(reason);
 	trace(OVL_ACT_DROP, reason, 0, 0, 0);
+	struct ovl_drop_event *ev = bpf_ringbuf_reserve(&DROPS, sizeof(*ev), 0);
+	if (ev) {
+		__u32 n = skb->len;
+		if (n > OVL_DROP_HEAD)
+			n = OVL_DROP_HEAD;
+		struct bpf_tunnel_key key = {};
+		ev->reason = reason;
+		ev->ifindex = skb->ifindex;
+		ev->vni = bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0 ? key.tunnel_id : 0;
+		ev->len = skb->len;
+		ev->copied = 0;
+		if (n > 0 && bpf_skb_load_bytes(skb, 0, ev->head, n) == 0)
+			ev->copied = n;
+		bpf_ringbuf_submit(ev, 0);
+	}
 	return TC_ACT_SHOT;
 }
 
@@ -458,12 +482,12 @@ static __always_inline int encap_direct(struct __sk_buff *skb, const struct ovl_
 	if ((void *)(h + 1) > data_end) {
 		/* A head shorter than the new headers (rare): make it linear. */
 		if (bpf_skb_pull_data(skb, sizeof(*h)) < 0)
-			return drop(C_EG_DROP_TUNNEL_KEY);
+			return drop(skb, C_EG_DROP_TUNNEL_KEY);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 		h = data;
 		if ((void *)(h + 1) > data_end)
-			return drop(C_EG_DROP_TUNNEL_KEY);
+			return drop(skb, C_EG_DROP_TUNNEL_KEY);
 	}
 	__builtin_memcpy(&h->inner, &h->eth, sizeof(h->inner));
 	h->eth.h_proto = bpf_htons(ETH_P_IP);
@@ -509,7 +533,7 @@ static __attribute__((noinline)) int to_remote(struct __sk_buff *skb, const stru
 	if (verdict >= 0)
 		return verdict;
 	if (set_key(skb, vni, vtep) < 0)
-		return drop(C_EG_DROP_TUNNEL_KEY);
+		return drop(skb, C_EG_DROP_TUNNEL_KEY);
 	count(C_EG_ENCAP);
 	trace(OVL_ACT_ENCAP, cfg->vxlan_ifindex, vni, vtep, 0);
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
@@ -529,16 +553,16 @@ static __attribute__((noinline)) int arp_egress(struct __sk_buff *skb, const str
 	struct arphdr *arp = (void *)(eth + 1);
 	struct arp_eth *body = (void *)(arp + 1);
 	if ((void *)(body + 1) > data_end)
-		return drop(C_EG_DROP_MALFORMED);
+		return drop(skb, C_EG_DROP_MALFORMED);
 	if (arp->ar_hrd != bpf_htons(ARPHRD_ETHER) || arp->ar_pro != bpf_htons(ETH_P_IP) ||
 	    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4)
-		return drop(C_EG_DROP_MALFORMED);
+		return drop(skb, C_EG_DROP_MALFORMED);
 	if (!mac_eq(body->sha, ep->mac))
-		return drop(C_EG_DROP_SPOOFED_MAC);
+		return drop(skb, C_EG_DROP_SPOOFED_MAC);
 	__u32 sip = load_ip(body->sip);
 	/* 0.0.0.0 is an address probe (RFC 5227), not a claim. */
 	if (sip != 0 && sip != ep->ip)
-		return drop(C_EG_DROP_SPOOFED_IP);
+		return drop(skb, C_EG_DROP_SPOOFED_IP);
 
 	__u32 tip = load_ip(body->tip);
 	if (arp->ar_op != bpf_htons(ARPOP_REQUEST) || tip == ep->ip || sip == 0)
@@ -576,11 +600,11 @@ static __attribute__((noinline)) int deliver(struct __sk_buff *skb, __u32 vni,
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
-		return drop(C_EG_DROP_MALFORMED);
+		return drop(skb, C_EG_DROP_MALFORMED);
 	__u32 zero = 0;
 	struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
 	if (!cfg)
-		return drop(C_EG_DROP_NO_CONFIG);
+		return drop(skb, C_EG_DROP_NO_CONFIG);
 
 	if (eth->h_dest[0] & 1)
 		goto bum;
@@ -597,7 +621,7 @@ static __attribute__((noinline)) int deliver(struct __sk_buff *skb, __u32 vni,
 	if (local) {
 		__u32 target = *local;
 		if (target == self)
-			return drop(C_EG_DROP_HAIRPIN);
+			return drop(skb, C_EG_DROP_HAIRPIN);
 		count(C_EG_REDIRECT_LOCAL);
 		trace(OVL_ACT_REDIRECT_LOCAL, target, vni, 0, 0);
 		/* Straight into the peer container's namespace. */
@@ -627,7 +651,7 @@ int lxc_egress(struct __sk_buff *skb)
 	} else {
 		ep = bpf_map_lookup_elem(&LOCAL_EPS, &self);
 		if (!ep)
-			return drop(C_EG_DROP_UNKNOWN_SOURCE);
+			return drop(skb, C_EG_DROP_UNKNOWN_SOURCE);
 	}
 	__u32 vni = ep->vni;
 
@@ -635,26 +659,26 @@ int lxc_egress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
-		return drop(C_EG_DROP_MALFORMED);
+		return drop(skb, C_EG_DROP_MALFORMED);
 
 	/* Anti-spoofing: the frame must carry the endpoint's own MAC ... */
 	if (!mac_eq(eth->h_source, ep->mac))
-		return drop(C_EG_DROP_SPOOFED_MAC);
+		return drop(skb, C_EG_DROP_SPOOFED_MAC);
 
 	int remote_checked = 0;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		/* ... and its own IPv4 address. */
 		struct iphdr *iph = (void *)(eth + 1);
 		if ((void *)(iph + 1) > data_end)
-			return drop(C_EG_DROP_MALFORMED);
+			return drop(skb, C_EG_DROP_MALFORMED);
 		if (iph->saddr != ep->ip)
-			return drop(C_EG_DROP_SPOOFED_IP);
+			return drop(skb, C_EG_DROP_SPOOFED_IP);
 		/* The busy path: unicast IPv4 to a container on another host. */
 		if (!(eth->h_dest[0] & 1)) {
 			__u32 zero = 0;
 			struct ovl_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
 			if (!cfg)
-				return drop(C_EG_DROP_NO_CONFIG);
+				return drop(skb, C_EG_DROP_NO_CONFIG);
 			__u32 vtep = 0;
 			int known = mac_from_slot(&REMOTE_SLOTS, OVL_REMOTE_SLOTS - 1, vni,
 						  eth->h_dest, &vtep);
@@ -688,19 +712,19 @@ int vxlan_ingress(struct __sk_buff *skb)
 
 	struct bpf_tunnel_key key = {};
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
-		return drop(C_IN_DROP_NO_TUNNEL_KEY);
+		return drop(skb, C_IN_DROP_NO_TUNNEL_KEY);
 	__u32 vni = key.tunnel_id;
 
 	/* A VNI we serve is one with local endpoints. */
 	struct ovl_local_flood *lf = bpf_map_lookup_elem(&LOCAL_FLOOD, &vni);
 	if (!lf || lf->count == 0)
-		return drop(C_IN_DROP_UNKNOWN_VNI);
+		return drop(skb, C_IN_DROP_UNKNOWN_VNI);
 
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
-		return drop(C_IN_DROP_MALFORMED);
+		return drop(skb, C_IN_DROP_MALFORMED);
 
 	if (eth->h_dest[0] & 1) {
 		/* Remote copies are the sender's job (head-end replication). */
@@ -715,7 +739,7 @@ int vxlan_ingress(struct __sk_buff *skb)
 	mac_copy(mk.mac, eth->h_dest);
 	__u32 *local = bpf_map_lookup_elem(&LOCAL_BY_MAC, &mk);
 	if (!local)
-		return drop(C_IN_DROP_NO_LOCAL_ENDPOINT);
+		return drop(skb, C_IN_DROP_NO_LOCAL_ENDPOINT);
 	__u32 target = *local;
 	count(C_IN_REDIRECT);
 	trace(OVL_ACT_REDIRECT_LOCAL, target, vni, key.remote_ipv4, 0);

@@ -146,6 +146,22 @@ enum ovl_action {
  * The busy path's counters of each program sit together in one cache line.
  */
 #define OVL_COUNTER_ROW 32
+/* Bytes of a dropped frame copied into its drop event (Ethernet, IPv4 and the
+ * first bytes of TCP/UDP/ICMP). */
+#define OVL_DROP_HEAD 64
+
+/* Record of the DROPS ring buffer: one per dropped frame. `reason` is its
+ * counter (enum ovl_counter), `ifindex` the interface the program ran on.
+ * Decoded by crates/dp-ebpf/src/drops.rs (keep the two in step). */
+struct ovl_drop_event {
+	__u32 reason;
+	__u32 ifindex;
+	__u32 vni;      /* from the tunnel key after decapsulation, else 0 */
+	__u32 len;      /* the frame's length */
+	__u32 copied;   /* bytes of it in head */
+	__u8 head[OVL_DROP_HEAD];
+};
+
 enum ovl_counter {
 	C_EG_PACKETS = 0,
 	C_EG_REDIRECT_LOCAL,

@@ -77,6 +77,18 @@ pub enum Cmd {
     /// entries against the desired state, KV latency, the Docker plugin. Each finding comes
     /// with a hint; exits 1 if any is a problem.
     Doctor,
+    /// A live stream of dropped frames (with their reason, network, endpoint and headers)
+    /// and of host state changes, until interrupted.
+    Monitor {
+        /// Only drops.
+        #[arg(long)]
+        drops: bool,
+        /// Only this network.
+        network: Option<String>,
+        /// Only this endpoint (container name).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
     /// Hosts, networks and endpoints as a picture (host states as this host sees them):
     /// Graphviz DOT, or an SVG laid out without Graphviz.
     Graph {

@@ -13,6 +13,7 @@ mod health;
 mod hosts;
 mod inspect;
 mod keys;
+mod monitor;
 mod networks;
 mod passes;
 mod records;

@@ -72,12 +72,53 @@ impl Client {
         self.call(Method::DELETE, path, None::<&()>).await
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    /// `GET path` whose reply is a stream of JSON lines (`overlayctl monitor`): each line
+    /// goes to `line` as it arrives, until the agent ends the stream or `line` returns
+    /// `false`.
+    pub async fn get_lines(
+        &self,
+        path: &str,
+        mut line: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let proto = |reason: String| ClientError::Protocol {
+            socket: self.socket.clone(),
+            reason,
+        };
+        let resp = self.send(Method::GET, path, Vec::new()).await?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if status >= 400 {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| proto(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| proto(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let l: Vec<u8> = pending.drain(..=nl).collect();
+                let text = String::from_utf8_lossy(&l[..l.len() - 1]);
+                if !text.is_empty() && !line(&text) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(
         &self,
         method: Method,
         path: &str,
-        body: Option<&B>,
-    ) -> Result<T, ClientError> {
+        bytes: Vec<u8>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let proto = |reason: String| ClientError::Protocol {
             socket: self.socket.clone(),
             reason,
@@ -93,10 +134,6 @@ impl Client {
             .await
             .map_err(|e| proto(e.to_string()))?;
         tokio::spawn(conn);
-        let bytes = match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| proto(e.to_string()))?,
-            None => Vec::new(),
-        };
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -104,10 +141,27 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| proto(e.to_string()))?;
-        let resp = sender
+        sender
             .send_request(req)
             .await
-            .map_err(|e| proto(e.to_string()))?;
+            .map_err(|e| proto(e.to_string()))
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let proto = |reason: String| ClientError::Protocol {
+            socket: self.socket.clone(),
+            reason,
+        };
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| proto(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let resp = self.send(method, path, bytes).await?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()
@@ -116,11 +170,16 @@ impl Client {
             .map_err(|e| proto(e.to_string()))?
             .to_bytes();
         if status >= 400 {
-            let message = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(ClientError::Api { status, message });
+            return Err(api_error(status, &body));
         }
         serde_json::from_slice(&body).map_err(|e| proto(format!("bad reply: {e}")))
     }
+}
+
+/// The agent's error reply as a client error.
+fn api_error(status: u16, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    ClientError::Api { status, message }
 }

@@ -123,6 +123,14 @@ pub fn router() -> Router<Arc<Agent>> {
             post(|State(a): Shared| async move { a.rotate_key().await.map(Json) }),
         )
         .route(
+            "/v1/monitor",
+            get(
+                |State(a): Shared, Query(f): Query<crate::monitor::Filter>| async move {
+                    monitor_stream(&a, f)
+                },
+            ),
+        )
+        .route(
             "/v1/health",
             get(|State(a): Shared| async move { a.health_matrix().await.map(Json) }),
         )
@@ -136,6 +144,22 @@ pub fn router() -> Router<Arc<Agent>> {
                 a.peers(f.network.as_deref()).await.map(Json)
             }),
         )
+}
+
+/// `GET /v1/monitor`: one JSON event per line, for as long as the client reads.
+fn monitor_stream(agent: &Arc<Agent>, filter: crate::monitor::Filter) -> Response {
+    let rx = agent.monitor(filter);
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let e = rx.recv().await?;
+        let mut line = serde_json::to_vec(&e).expect("events serialize");
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), rx))
+    });
+    (
+        [("content-type", "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 /// Binds the control socket: refuses if another agent answers on it, replaces a stale file,

@@ -417,6 +417,27 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Cmd::Monitor {
+            drops,
+            network,
+            endpoint,
+        } => {
+            let mut q = vec![format!("drops={drops}")];
+            q.extend(network.map(|n| format!("network={n}")));
+            q.extend(endpoint.map(|e| format!("endpoint={e}")));
+            c.get_lines(&format!("/v1/monitor?{}", q.join("&")), |l| {
+                if json {
+                    println!("{l}");
+                } else {
+                    match serde_json::from_str::<overlay_agent::monitor::Event>(l) {
+                        Ok(e) => println!("{}", e.line()),
+                        Err(_) => println!("{l}"),
+                    }
+                }
+                true
+            })
+            .await?;
+        }
         Cmd::Graph { format } => {
             let s: Status = c.get("/v1/status").await?;
             let hosts: Vec<HostInfo> = c.get("/v1/hosts").await?;

@@ -181,7 +181,17 @@ pub trait Datapath: Send + Sync {
 
     /// Details and counters for `overlayctl datapath`.
     async fn details(&self) -> Details;
+
+    /// Every frame this datapath drops from now on, with its reason and head (`overlayctl
+    /// monitor --drops`); `None` where drops are only counted (the kernel datapath: its
+    /// counters are in [`Datapath::details`]).
+    fn drops(&self) -> Option<tokio::sync::broadcast::Receiver<DroppedFrame>> {
+        None
+    }
 }
+
+/// A frame the eBPF programs dropped.
+pub use ovl_dp_ebpf::DropEvent as DroppedFrame;
 
 /// Report lines for endpoint states that no operation repairs (a gone namespace, a failed
 /// repair) go into the diff, so `peers` never says converged while they last.

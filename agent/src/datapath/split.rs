@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use ovl_model::{Attached, Desired, EndpointSpec, EndpointStatus, MacAddr, NetworkSpec};
 
-use super::{Converged, Datapath, Details, DpResult, Report};
+use super::{Converged, Datapath, Details, DpResult, DroppedFrame, Report};
 
 /// The eBPF path for plain networks, the kernel path for encrypted ones.
 pub struct Split {
@@ -122,6 +122,11 @@ impl Datapath for Split {
         let mut all = self.fast.endpoint_status();
         all.extend(self.encrypted.endpoint_status());
         all
+    }
+
+    fn drops(&self) -> Option<tokio::sync::broadcast::Receiver<DroppedFrame>> {
+        // Encrypted networks run on the kernel path, which only counts its drops.
+        self.fast.drops()
     }
 
     async fn details(&self) -> Details {

@@ -40,6 +40,7 @@
 pub mod backend;
 mod counters;
 pub mod devices;
+pub mod drops;
 pub mod error;
 pub mod load;
 pub mod maps;
@@ -51,6 +52,7 @@ mod sys;
 pub use backend::{BackendConfig, EbpfBackend, EbpfDetails, Pass, Report, VXLAN_DEVICE, purge};
 pub use counters::Counters;
 pub use devices::{HEADROOM_BRIDGE, HEADROOM_DEV, ensure_bpffs_at};
+pub use drops::{DropEvent, DropReader};
 pub use error::{Error, Result, Unsupported, UnsupportedReason};
 pub use load::{
     EbpfDatapath, LoadOptions, ProgramKind, TC_ACT_REDIRECT, TC_ACT_SHOT, TestRunOutput, action,

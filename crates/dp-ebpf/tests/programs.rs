@@ -493,6 +493,44 @@ fn bum_frames_are_replicated_to_locals_and_vteps() {
     assert!(!s.dp().dump().unwrap().flood.contains_key(&VNI));
 }
 
+/// Every drop is a record in the pinned ring with its reason, the interface and the frame's
+/// head; frames that pass leave none.
+#[test]
+fn drops_are_recorded_in_the_ring_with_reason_and_frame() {
+    let s = setup("drops");
+    let mut ring = ovl_dp_ebpf::DropReader::open(&s._pins.0).expect("open the ring");
+    assert_eq!(ring.drain(), [], "a fresh ring is empty");
+    // A passes (local switching to B): no record.
+    let out = s.run(ProgramKind::LxcEgress, s.a, &ipv4_frame(B, A, IP_A, IP_B));
+    assert_ne!(out.verdict, TC_ACT_SHOT);
+    assert_eq!(ring.drain(), []);
+    // A sends with a MAC not its own, then with an address not its own.
+    let spoofed = ipv4_frame(C, EVIL, IP_A, IP_C);
+    assert_eq!(
+        s.run(ProgramKind::LxcEgress, s.a, &spoofed).verdict,
+        TC_ACT_SHOT
+    );
+    let not_mine = ipv4_frame(C, A, [10, 0, 0, 99], IP_C);
+    assert_eq!(
+        s.run(ProgramKind::LxcEgress, s.a, &not_mine).verdict,
+        TC_ACT_SHOT
+    );
+    let got = ring.drain();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].reason, "egress_drop_spoofed_mac");
+    assert_eq!(got[0].ifindex, s.a);
+    assert_eq!(got[0].vni, 0);
+    assert_eq!(got[0].len as usize, spoofed.len());
+    assert_eq!(got[0].head, spoofed[..spoofed.len().min(64)]);
+    assert_eq!(&got[0].head[6..12], &EVIL, "source MAC in the record");
+    assert_eq!(got[1].reason, "egress_drop_spoofed_ip");
+    assert_eq!(
+        &got[1].head[26..30],
+        &[10, 0, 0, 99],
+        "source IP in the record"
+    );
+}
+
 #[test]
 fn spoofed_sources_are_dropped_and_counted() {
     let s = setup("spoof");
