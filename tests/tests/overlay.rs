@@ -281,6 +281,11 @@ fn bad_input_changes_nothing() {
     );
     attach(&lab, 0, "net1", "c1", &[]);
     let snapshot = |lab: &Lab| (ctl(lab, 0, &["network", "ls"]), ctl(lab, 0, &["endpoints"]));
+    // The endpoint's datapath status comes with the pass after the attach: the state to
+    // compare against is the one after it.
+    within("c1's status recorded", Duration::from_secs(10), || {
+        ctl(&lab, 0, &["endpoints"])[0]["status"]["state"] == "ok"
+    });
     let before = snapshot(&lab);
     let ns2 = lab.add_container("c2").unwrap();
     let p2 = format!("/run/netns/{ns2}");
