@@ -157,13 +157,19 @@ fn edges(t: &Topology) -> Vec<Edge> {
     out
 }
 
-/// What the title says the lines mean.
-fn lines_are(t: &Topology) -> String {
-    if t.matrix.is_empty() {
+/// The picture's title: the counts, and what the lines between hosts mean.
+fn title(t: &Topology) -> String {
+    let lines = if t.matrix.is_empty() {
         format!("host states as {} sees them", t.from)
     } else {
         "host pairs from the health matrix".to_string()
-    }
+    };
+    format!(
+        "{} hosts, {} networks, {} endpoints; {lines}",
+        t.hosts.len(),
+        t.networks.len(),
+        t.endpoints.len()
+    )
 }
 
 /// A DOT double-quoted string.
@@ -179,13 +185,7 @@ pub fn dot(t: &Topology) -> String {
     let _ = writeln!(
         o,
         "  graph [label={}, labelloc=t, fontname=\"sans-serif\", compound=true];",
-        q(&format!(
-            "{} hosts, {} networks, {} endpoints; {}",
-            t.hosts.len(),
-            t.networks.len(),
-            t.endpoints.len(),
-            lines_are(t)
-        ))
+        q(&title(t))
     );
     let _ = writeln!(o, "  node [fontname=\"sans-serif\", fontsize=10];");
     for h in &t.hosts {
@@ -312,13 +312,7 @@ pub fn svg(t: &Topology) -> String {
     let _ = writeln!(
         o,
         "<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">{}</text>",
-        x(&format!(
-            "{} hosts, {} networks, {} endpoints; {}",
-            t.hosts.len(),
-            t.networks.len(),
-            t.endpoints.len(),
-            lines_are(t)
-        ))
+        x(&title(t))
     );
     // Host pairs as arcs above the host row, wider pairs higher.
     for e in edges(t) {

@@ -45,7 +45,7 @@ impl Agent {
         let mut frames = self.rec.datapath().drops();
         let mut counted = CountedDrops::default();
         let mut hosts = HostWatch::default();
-        let mut ports = self.ports().await;
+        let mut ports = ports_of(&self.rec.datapath().details().await);
         let mut tick = tokio::time::interval(POLL);
         loop {
             let events: Vec<Event> = tokio::select! {
@@ -54,7 +54,7 @@ impl Agent {
                     Ok(f) => {
                         // A host end attached since the last look.
                         if f.vni == 0 && !ports.contains_key(&f.ifindex) {
-                            ports = self.ports().await;
+                            ports = ports_of(&self.rec.datapath().details().await);
                         }
                         vec![self.frame_event(&f, &ports)]
                     }
@@ -75,8 +75,9 @@ impl Agent {
                     }
                 },
                 _ = tick.tick() => {
-                    ports = self.ports().await;
-                    let mut out = self.counted_events(&mut counted).await;
+                    let details = self.rec.datapath().details().await;
+                    ports = ports_of(&details);
+                    let mut out = self.counted_events(&details, &mut counted);
                     out.extend(self.host_events(&mut hosts).await);
                     out
                 }
@@ -87,20 +88,6 @@ impl Agent {
                 }
             }
         }
-    }
-
-    /// The eBPF datapath's host ends by ifindex; empty on the kernel path.
-    async fn ports(&self) -> Ports {
-        let Details::Ebpf { details, .. } = self.rec.datapath().details().await else {
-            return Ports::new();
-        };
-        let ovl_dp_ebpf::backend::OrError::Ok(maps) = &details.maps else {
-            return Ports::new();
-        };
-        maps.local_endpoints
-            .iter()
-            .filter_map(|e| Some((e.ifindex, (e.vni, e.ip.parse().ok()?))))
-            .collect()
     }
 
     /// A frame the datapath dropped, with its network and endpoint where they are known:
@@ -142,13 +129,13 @@ impl Agent {
 
     /// Drops that are only counted: VXLAN refused by admission (both datapaths) and the
     /// kernel datapath's anti-spoofing rules.
-    async fn counted_events(&self, counted: &mut CountedDrops) -> Vec<Event> {
+    fn counted_events(&self, details: &Details, counted: &mut CountedDrops) -> Vec<Event> {
         let mut now = BTreeMap::new();
         now.insert(
             "vxlan_not_admitted".to_string(),
             Counters::get(&self.counters.vxlan_refused),
         );
-        if let Details::Kernel(k) = self.rec.datapath().details().await {
+        if let Details::Kernel(k) = details {
             now.insert("kernel_spoofed".to_string(), k.spoofed_dropped);
         }
         counted
@@ -192,6 +179,20 @@ impl Agent {
             })
             .collect()
     }
+}
+
+/// The eBPF datapath's host ends by ifindex, from its details; empty on the kernel path.
+fn ports_of(details: &Details) -> Ports {
+    let Details::Ebpf { details, .. } = details else {
+        return Ports::new();
+    };
+    let ovl_dp_ebpf::backend::OrError::Ok(maps) = &details.maps else {
+        return Ports::new();
+    };
+    maps.local_endpoints
+        .iter()
+        .filter_map(|e| Some((e.ifindex, (e.vni, e.ip.parse().ok()?))))
+        .collect()
 }
 
 /// The next dropped frame; never, without a drop stream.
