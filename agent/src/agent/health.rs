@@ -4,10 +4,10 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
-use ovl_core::{HealthRow, StoreError};
+use ovl_core::HealthRow;
 use ovl_kv::LeaseId;
 
 use super::Agent;
@@ -70,7 +70,6 @@ impl Agent {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         state.tracker.observe(&round, now);
-        *self.health_rtts.lock().expect("rtts lock") = state.tracker.rtts();
         let Some(lease) = *self.lease.lock().expect("lease lock") else {
             return;
         };
@@ -100,14 +99,6 @@ impl Agent {
             Ok(()) => state.published = Some((lease, row)),
             Err(e) => tracing::debug!(error = %e, "writing the health row; next round retries"),
         }
-    }
-
-    /// Every host's health row, and the last round trips this host measured.
-    pub async fn health_rows(
-        &self,
-    ) -> Result<(Vec<HealthRow>, BTreeMap<String, Duration>), StoreError> {
-        let rows = self.store.health_rows().await?;
-        Ok((rows, self.health_rtts.lock().expect("rtts lock").clone()))
     }
 
     /// `GET /v1/health`: every host's row of the health matrix.

@@ -19,13 +19,12 @@ mod passes;
 mod records;
 
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use ipnetwork::Ipv4Network;
@@ -127,8 +126,6 @@ pub struct Agent {
     /// the health endpoint.
     health_ns: OnceLock<PathBuf>,
     health_probe: Arc<dyn HealthProbe>,
-    /// The last probe round: round trip per peer that answered.
-    health_rtts: Mutex<BTreeMap<String, Duration>>,
 }
 
 impl Agent {
@@ -164,7 +161,6 @@ impl Agent {
             lease: Mutex::new(None),
             health_ns: OnceLock::new(),
             health_probe: services.health,
-            health_rtts: Mutex::new(BTreeMap::new()),
         })
     }
 
