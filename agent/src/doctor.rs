@@ -4,6 +4,10 @@
 //!
 //! A check that finds nothing is listed as passed, so the report also says what was looked
 //! at. Problems make `overlayctl doctor` exit non-zero; warnings do not.
+//!
+//! Two checks judge time: a liveness lease running out (its agent stopped renewing it, before
+//! the KV drops it: see [`EXPIRING_SHARE`]) and the clocks of the hosts, as the health matrix
+//! measures them through the overlay ([`SKEW_WARN_MS`], and half the lease TTL).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +20,16 @@ pub const SLOW_KV_MS: f64 = 500.0;
 
 /// A view behind the KV and not known current for this long is a stalled watch.
 pub const STALE_VIEW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A liveness lease with less than 1/`EXPIRING_SHARE` of its granted TTL left is expiring:
+/// its agent renews it every third of the TTL (`tasks::registry`), so a renewed lease never
+/// falls below two thirds of it (less the KV's latency); below one third, two renewal
+/// periods passed without one: the agent stopped, hangs, or cannot reach the KV.
+pub const EXPIRING_SHARE: u32 = 3;
+
+/// Clocks of two hosts further apart than this (ms) are a warning; further apart than half
+/// the lease TTL, a problem.
+pub const SKEW_WARN_MS: i64 = 1000;
 
 /// One host as the cluster records it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -32,6 +46,17 @@ pub struct HostFacts {
     pub version: String,
     /// `alive`, `agent down, datapath answering` or `dead` (the liveness states).
     pub state: String,
+    /// Its liveness lease, while the KV holds one (`None`: gone, or not looked up).
+    pub lease: Option<LeaseFacts>,
+}
+
+/// A liveness lease as the KV reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseFacts {
+    /// The TTL it was granted (each renewal restores it).
+    pub granted: std::time::Duration,
+    /// Time left before it expires unless renewed.
+    pub remaining: std::time::Duration,
 }
 
 /// One cluster network.
@@ -73,6 +98,8 @@ pub struct Facts {
     pub collisions: BTreeSet<String>,
     /// Unix time now, to say for how long a pair has been down.
     pub now: u64,
+    /// This host's `--lease-ttl`: clocks further apart than half of it are a problem.
+    pub lease_ttl: std::time::Duration,
 }
 
 /// How bad a finding is.
@@ -148,6 +175,7 @@ pub fn diagnose(f: &Facts) -> Report {
         checks: vec![
             hosts(f),
             vxlan(f),
+            clocks(f),
             mtu(f),
             wireguard(f),
             drift(f),
@@ -157,9 +185,9 @@ pub fn diagnose(f: &Facts) -> Report {
     }
 }
 
-/// Every registered host keeps its lease.
+/// Every registered host keeps its lease, and renews it in time.
 fn hosts(f: &Facts) -> Check {
-    let findings = f
+    let mut findings: Vec<Finding> = f
         .hosts
         .iter()
         .filter(|h| h.state != "alive")
@@ -183,6 +211,27 @@ fn hosts(f: &Facts) -> Check {
             )
         })
         .collect();
+    for h in f.hosts.iter().filter(|h| h.state == "alive") {
+        let Some(l) = h.lease else { continue };
+        if l.remaining >= l.granted / EXPIRING_SHARE {
+            continue;
+        }
+        findings.push(finding(
+            Severity::Warning,
+            &h.id,
+            format!(
+                "lease expires in {:.1} s of {} s granted: not renewed for {:.1} s (every {:.1} s expected)",
+                l.remaining.as_secs_f64(),
+                l.granted.as_secs(),
+                l.granted.saturating_sub(l.remaining).as_secs_f64(),
+                l.granted.as_secs_f64() / 3.0,
+            ),
+            format!(
+                "the agent on {} stopped renewing: is it running (systemctl status overlay-agent), and does the KV answer from there? Once the lease runs out, {} counts as not alive",
+                h.id, h.id
+            ),
+        ));
+    }
     let kinds: Vec<String> = f
         .hosts
         .iter()
@@ -288,6 +337,88 @@ fn vxlan(f: &Facts) -> Check {
         scope: format!(
             "{} of {cells} host pairs (one way) answer probes through the overlay",
             cells - down.len()
+        ),
+        findings,
+    }
+}
+
+/// The hosts' clocks agree: each cell of the health matrix carries the peer's clock offset,
+/// measured by an ICMP timestamp exchange through the overlay. One measurement per pair (the
+/// lower id's, else the other's); cells that are down or carry none (an older agent) are not
+/// judged.
+fn clocks(f: &Facts) -> Check {
+    let Ok(rows) = &f.matrix else {
+        return Check {
+            name: "clocks".into(),
+            scope: "health matrix not readable (see vxlan)".into(),
+            findings: Vec::new(),
+        };
+    };
+    // (a, b) with a < b: b's clock minus a's, and who measured it.
+    let mut pairs: BTreeMap<(&str, &str), (i64, &str)> = BTreeMap::new();
+    let mut unmeasured: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for r in rows {
+        for (p, c) in r.peers.iter().filter(|(_, c)| c.ok) {
+            let (me, peer) = (r.host.as_str(), p.as_str());
+            let key = if me < peer { (me, peer) } else { (peer, me) };
+            match c.skew_ms {
+                Some(s) if me < peer => {
+                    pairs.insert(key, (s, me));
+                }
+                Some(s) => {
+                    pairs.entry(key).or_insert((-s, me));
+                }
+                None => {
+                    unmeasured.insert(key);
+                }
+            }
+        }
+    }
+    unmeasured.retain(|k| !pairs.contains_key(k));
+    let half_lease = i64::try_from(f.lease_ttl.as_millis() / 2).unwrap_or(i64::MAX);
+    let mut findings = Vec::new();
+    for ((a, b), (skew, by)) in &pairs {
+        if skew.abs() <= SKEW_WARN_MS {
+            continue;
+        }
+        let ahead = if *skew > 0 { b } else { a };
+        let (severity, beyond) = if skew.abs() > half_lease {
+            (
+                Severity::Problem,
+                format!(
+                    ", more than half the lease TTL ({} s)",
+                    f.lease_ttl.as_secs()
+                ),
+            )
+        } else {
+            (Severity::Warning, String::new())
+        };
+        findings.push(finding(
+            severity,
+            &format!("{a} <-> {b}"),
+            format!(
+                "clocks differ by {:.1} s ({ahead} ahead, measured by {by}){beyond}",
+                skew.unsigned_abs() as f64 / 1000.0
+            ),
+            format!(
+                "synchronise both with NTP (`chronyc tracking` or `timedatectl timesync-status` on {a} and {b}): times one host writes to the KV and another ages (when a pair went down, Docker pool reservations) go wrong, and so do TLS validity checks"
+            ),
+        ));
+    }
+    let largest = pairs.values().map(|(s, _)| s.abs()).max();
+    Check {
+        name: "clocks".into(),
+        scope: format!(
+            "{} host pairs measured{}{}",
+            pairs.len(),
+            largest
+                .map(|m| format!(", largest offset {m} ms"))
+                .unwrap_or_default(),
+            if unmeasured.is_empty() {
+                String::new()
+            } else {
+                format!(", {} not measured (older agents)", unmeasured.len())
+            }
         ),
         findings,
     }
@@ -509,6 +640,10 @@ mod tests {
             wireguard: Some("kernel".into()),
             version: "0.1.0".into(),
             state: "alive".into(),
+            lease: Some(LeaseFacts {
+                granted: std::time::Duration::from_secs(10),
+                remaining: std::time::Duration::from_secs(9),
+            }),
         }
     }
 
@@ -533,12 +668,20 @@ mod tests {
                     peers: ["h1", "h2", "h3"]
                         .iter()
                         .filter(|p| *p != h)
-                        .map(|p| (p.to_string(), PeerHealth { ok: true, since: 1 }))
+                        .map(|p| {
+                            let cell = PeerHealth {
+                                ok: true,
+                                since: 1,
+                                skew_ms: Some(0),
+                            };
+                            (p.to_string(), cell)
+                        })
                         .collect(),
                 })
                 .collect()),
             collisions: BTreeSet::new(),
             now: 100,
+            lease_ttl: std::time::Duration::from_secs(10),
         }
     }
 
@@ -556,6 +699,7 @@ mod tests {
         let text = render(&r);
         for name in [
             "hosts",
+            "clocks",
             "mtu",
             "wireguard",
             "entries",
@@ -569,7 +713,14 @@ mod tests {
 
     fn cell(f: &mut Facts, from: usize, to: &str, ok: bool, since: u64) {
         let rows = f.matrix.as_mut().unwrap();
-        rows[from].peers.insert(to.into(), PeerHealth { ok, since });
+        rows[from].peers.insert(
+            to.into(),
+            PeerHealth {
+                ok,
+                since,
+                skew_ms: Some(0),
+            },
+        );
     }
 
     #[test]
@@ -741,5 +892,132 @@ mod tests {
         let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.problems(), 1);
+    }
+
+    #[test]
+    fn a_lease_not_renewed_for_two_periods_is_a_warning_before_it_runs_out() {
+        let secs = std::time::Duration::from_secs_f64;
+        let mut f = healthy();
+        // Just renewed, or due for renewal: fine.
+        for left in [10.0, 6.7] {
+            f.hosts[1].lease.as_mut().unwrap().remaining = secs(left);
+            assert_eq!(diagnose(&f).findings().count(), 0, "{left} s left");
+        }
+        // A third of the TTL left: two renewal periods without one.
+        f.hosts[1].lease.as_mut().unwrap().remaining = secs(3.2);
+        let r = diagnose(&f);
+        assert_eq!(r.problems(), 0);
+        let x = only(&r);
+        assert_eq!((x.severity, x.subject.as_str()), (Severity::Warning, "h2"));
+        assert!(
+            x.what.starts_with("lease expires in 3.2 s of 10 s granted"),
+            "{x:?}"
+        );
+        assert!(x.what.contains("not renewed for 6.8 s"), "{x:?}");
+        assert!(x.hint.contains("systemctl status overlay-agent"), "{x:?}");
+        let text = render(&r);
+        assert!(text.contains("warning  hosts"), "{text}");
+        assert!(text.ends_with("no problems found\n"), "{text}");
+        // Once it ran out, the host is not alive: the problem it always was, and no lease.
+        f.hosts[1].state = "agent down, datapath answering".into();
+        f.hosts[1].lease = None;
+        let r = diagnose(&f);
+        assert!(only(&r).what.contains("agent not alive"));
+        // A lease not looked up (the KV did not answer) says nothing.
+        let mut f = healthy();
+        f.hosts[0].lease = None;
+        assert_eq!(diagnose(&f).findings().count(), 0);
+    }
+
+    fn skew(f: &mut Facts, from: usize, to: &str, ms: Option<i64>) {
+        let rows = f.matrix.as_mut().unwrap();
+        rows[from].peers.get_mut(to).unwrap().skew_ms = ms;
+    }
+
+    #[test]
+    fn clocks_apart_are_named_once_per_pair_warning_then_problem() {
+        // In step: the scope says what was measured.
+        let r = diagnose(&healthy());
+        let c = r.checks.iter().find(|c| c.name == "clocks").unwrap();
+        assert_eq!(c.scope, "3 host pairs measured, largest offset 0 ms");
+
+        // h3 runs 2.5 s ahead: h1 and h2 measure it, h3 measures them behind.
+        let mut f = healthy();
+        skew(&mut f, 0, "h3", Some(2_500));
+        skew(&mut f, 1, "h3", Some(2_480));
+        skew(&mut f, 2, "h1", Some(-2_500));
+        skew(&mut f, 2, "h2", Some(-2_480));
+        let r = diagnose(&f);
+        assert_eq!(r.problems(), 0, "{}", render(&r));
+        let found: Vec<(&str, &str)> = r
+            .findings()
+            .map(|x| (x.subject.as_str(), x.what.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "h1 <-> h3",
+                    "clocks differ by 2.5 s (h3 ahead, measured by h1)"
+                ),
+                (
+                    "h2 <-> h3",
+                    "clocks differ by 2.5 s (h3 ahead, measured by h2)"
+                ),
+            ]
+        );
+        assert!(r.findings().all(|x| x.severity == Severity::Warning));
+        assert!(
+            r.findings()
+                .next()
+                .unwrap()
+                .hint
+                .contains("chronyc tracking"),
+            "{}",
+            render(&r)
+        );
+
+        // Beyond half the lease TTL (5 s of 10): a problem. Only h3's own row measured it
+        // (an older agent on h1): its offset, turned round.
+        let mut f = healthy();
+        skew(&mut f, 0, "h3", None);
+        skew(&mut f, 2, "h1", Some(6_000));
+        let r = diagnose(&f);
+        let x = only(&r);
+        assert_eq!(x.severity, Severity::Problem);
+        assert_eq!(x.subject, "h1 <-> h3");
+        assert_eq!(
+            x.what,
+            "clocks differ by 6.0 s (h1 ahead, measured by h3), more than half the lease TTL (10 s)"
+        );
+        // At the threshold: nothing.
+        skew(&mut f, 2, "h1", Some(-SKEW_WARN_MS));
+        assert_eq!(diagnose(&f).findings().count(), 0);
+    }
+
+    #[test]
+    fn pairs_without_a_measurement_or_down_are_not_judged() {
+        let mut f = healthy();
+        // Neither side measured h1-h2 (older agents), or the pair is down: no finding, the
+        // scope counts what is unmeasured.
+        skew(&mut f, 0, "h2", None);
+        skew(&mut f, 1, "h1", None);
+        cell(&mut f, 1, "h3", false, 90);
+        skew(&mut f, 1, "h3", Some(60_000));
+        cell(&mut f, 2, "h2", false, 90);
+        let r = diagnose(&f);
+        let c = r.checks.iter().find(|c| c.name == "clocks").unwrap();
+        assert!(c.findings.is_empty(), "{c:?}");
+        assert_eq!(
+            c.scope,
+            "1 host pairs measured, largest offset 0 ms, 1 not measured (older agents)"
+        );
+        f.matrix = Err("kv down".into());
+        let r = diagnose(&f);
+        let c = r.checks.iter().find(|c| c.name == "clocks").unwrap();
+        assert!(
+            c.findings.is_empty() && c.scope.contains("not readable"),
+            "{c:?}"
+        );
     }
 }

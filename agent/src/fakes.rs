@@ -20,7 +20,7 @@ use crate::{
     datapath::{Converged, Datapath, DatapathError, Details, DpResult, NetReport, Report},
     error::Result,
     gateway::{self, Gateway, GatewayEndpoint, GatewayInfo, PortMap},
-    health::HealthProbe,
+    health::{HealthProbe, Reply},
     local::Attachment,
     local::LocalState,
     names::Names,
@@ -52,20 +52,25 @@ impl VtepProbe for FakeProbe {
 pub struct FakeHealth {
     /// Round trips by target address.
     pub answers: Mutex<BTreeMap<Ipv4Addr, std::time::Duration>>,
+    /// Clock offsets (ms) by target address, measured with its answers (none when unset).
+    pub skews: Mutex<BTreeMap<Ipv4Addr, i64>>,
     /// The targets of every round so far.
     pub rounds: Mutex<Vec<Vec<Ipv4Addr>>>,
 }
 
 #[async_trait::async_trait]
 impl HealthProbe for FakeHealth {
-    async fn round(
-        &self,
-        targets: Vec<Ipv4Addr>,
-    ) -> Result<BTreeMap<Ipv4Addr, std::time::Duration>, String> {
+    async fn round(&self, targets: Vec<Ipv4Addr>) -> Result<BTreeMap<Ipv4Addr, Reply>, String> {
         let answers = self.answers.lock().unwrap();
+        let skews = self.skews.lock().unwrap();
         let got = targets
             .iter()
-            .filter_map(|t| answers.get(t).map(|d| (*t, *d)))
+            .filter_map(|t| {
+                answers.get(t).map(|rtt| {
+                    let skew_ms = skews.get(t).copied();
+                    (*t, Reply { rtt: *rtt, skew_ms })
+                })
+            })
             .collect();
         self.rounds.lock().unwrap().push(targets);
         Ok(got)
@@ -697,6 +702,9 @@ impl ovl_kv::Kv for FlakyKv {
     }
     async fn revoke(&self, lease: ovl_kv::LeaseId) -> ovl_kv::Result<()> {
         self.inner.revoke(lease).await
+    }
+    async fn lease_ttl(&self, lease: ovl_kv::LeaseId) -> ovl_kv::Result<Option<ovl_kv::LeaseTtl>> {
+        self.inner.lease_ttl(lease).await
     }
     async fn health(&self) -> ovl_kv::Result<ovl_kv::Revision> {
         self.inner.health().await

@@ -1,10 +1,12 @@
-//! Issue 20: `overlayctl doctor` on a 3-host lab, both datapaths. Healthy: exit 0. Then one
-//! fault at a time, each put back afterwards with `doctor` at 0 again: a stopped agent (its
-//! lease runs out), an underlay MTU smaller on one host than the others (full-size packets to
+//! Issue 20: `overlayctl doctor` on a 3-host lab, both datapaths. Healthy: exit 0, with
+//! every pair's clock offset measured near 0 (the lab's hosts share one clock: a positive
+//! control of the measurement). Then one fault at a time, each put back afterwards with
+//! `doctor` at 0 again: a stopped agent (a warning while its lease runs down, a problem once
+//! it ran out), an underlay MTU smaller on one host than the others (full-size packets to
 //! it are dropped: shown with DF pings), and VXLAN to one host dropped on the wire (the
 //! health matrix names the pairs). Needs root; never skips.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use nix::sys::signal::Signal;
 use ovl_tests::*;
@@ -22,23 +24,93 @@ fn doctor(lab: &Lab, i: usize, json: bool) -> (i32, String) {
 }
 
 fn problems(report: &str) -> Vec<Value> {
+    findings(report, "problem")
+}
+
+fn findings(report: &str, severity: &str) -> Vec<Value> {
     let r: Value = serde_json::from_str(report).unwrap_or_else(|e| panic!("{e}: {report}"));
     r["checks"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|c| c["findings"].as_array().unwrap().clone())
-        .filter(|f| f["severity"] == "problem")
+        .filter(|f| f["severity"] == severity)
         .collect()
+}
+
+/// Every host's row of the health matrix, as the agent of host `i` serves them
+/// (`GET /v1/health` on its control socket).
+fn health_rows(lab: &Lab, i: usize) -> Vec<Value> {
+    let sock = lab.state.hosts[i].run_dir.join("overlay.sock");
+    let o = Command::new("curl")
+        .args(["-sf", "-m", "3", "--unix-socket"])
+        .arg(&sock)
+        .arg("http://ovl/v1/health")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "GET /v1/health: {}", stderr(&o));
+    let rows: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    rows.as_array().unwrap().clone()
+}
+
+/// The clock offset of every cell of the matrix: (host, peer, ms or null).
+fn skews(lab: &Lab) -> Vec<(String, String, Value)> {
+    health_rows(lab, 0)
+        .iter()
+        .flat_map(|r| {
+            let host = r["host"].as_str().unwrap().to_string();
+            r["peers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(move |(p, c)| (host.clone(), p.clone(), c["skew_ms"].clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The positive control of the clock check: clocks cannot be set per network namespace, so
+/// the lab's hosts share one, and every pair must be measured, within 100 ms of 0 (a round
+/// trip inside one machine). `doctor` passes its clocks check with all three pairs.
+fn clocks_measured_in_step(lab: &Lab, name: &str) {
+    within(
+        "a clock offset in every cell of the matrix",
+        Duration::from_secs(20),
+        || {
+            let s = skews(lab);
+            s.len() == 6 && s.iter().all(|(_, _, ms)| ms.is_i64())
+        },
+    );
+    let s = skews(lab);
+    for (host, peer, ms) in &s {
+        assert!(
+            ms.as_i64().unwrap().abs() < 100,
+            "{host} measured {peer}'s clock {ms} ms off: {s:?}"
+        );
+    }
+    eprintln!("{name}: clock offsets measured through the overlay: {s:?}");
+    let (_, text) = doctor(lab, 0, false);
+    assert!(
+        text.contains("ok       clocks         3 host pairs measured, largest offset"),
+        "{text}"
+    );
 }
 
 /// Waits until `doctor` on host 0 exits 0 with every check passed (a restarted agent's
 /// health row takes a round to appear).
 fn wait_healthy(lab: &Lab, what: &str) {
     let all_ok = |text: &str| {
-        ["hosts", "vxlan", "mtu", "wireguard", "entries", "kv"]
-            .iter()
-            .all(|c| text.contains(&format!("ok       {c}")))
+        [
+            "hosts",
+            "vxlan",
+            "clocks",
+            "mtu",
+            "wireguard",
+            "entries",
+            "kv",
+        ]
+        .iter()
+        .all(|c| text.contains(&format!("ok       {c}")))
     };
     within(what, Duration::from_secs(20), || {
         let (code, text) = doctor(lab, 0, false);
@@ -90,13 +162,36 @@ fn doctor_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
         ping(&c1, &ip2) && ping(&c1, &ip3)
     });
     wait_healthy(&lab, "doctor 0 on a healthy lab");
+    clocks_measured_in_step(&lab, name);
     output_to_a_closed_pipe_ends_quietly(&lab);
     graph_names_everything(&lab, name);
     // A full-size packet (1450 - 28 bytes of headers) crosses to h3.
     assert!(ping_df(&c1, &ip3, 1422), "full-size ping on a healthy lab");
 
-    // Fault 1: h2's agent stops; once its lease runs out, doctor names it.
+    // Fault 1: h2's agent stops. While its lease runs down (4 s in the lab, renewed every
+    // 1.3 s), doctor warns once less than a third is left; once it ran out, it is a problem.
     lab.signal_agent(1, Signal::SIGTERM).unwrap();
+    let mut expiring = None;
+    let t = within(
+        "doctor to warn of h2's expiring lease",
+        Duration::from_secs(10),
+        || {
+            let (_, json) = doctor(&lab, 0, true);
+            expiring = findings(&json, "warning").into_iter().find(|w| {
+                w["subject"] == "h2" && w["what"].as_str().unwrap().starts_with("lease expires in")
+            });
+            expiring.is_some()
+        },
+    );
+    let w = expiring.unwrap();
+    eprintln!("{name}: {t:?} after h2's agent stopped: {w}");
+    assert!(
+        w["hint"]
+            .as_str()
+            .unwrap()
+            .contains("systemctl status overlay-agent"),
+        "{w}"
+    );
     within(
         "doctor to find h2's agent down",
         Duration::from_secs(15),

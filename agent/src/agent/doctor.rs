@@ -6,23 +6,26 @@ use super::Agent;
 use crate::{
     api::client::Client,
     config::PLUGIN_SOCKET,
-    doctor::{Facts, HostFacts, NetFacts, Report, diagnose},
+    doctor::{Facts, HostFacts, LeaseFacts, NetFacts, Report, diagnose},
 };
 
 impl Agent {
-    /// Looks at the cluster from this host: the KV's hosts and networks, this host's
-    /// datapath against its desired state, the KV's latency and the plugin socket.
+    /// Looks at the cluster from this host: the KV's hosts and networks with their leases,
+    /// this host's datapath against its desired state, the KV's latency and the plugin
+    /// socket.
     pub async fn doctor(&self) -> Report {
         let t = std::time::Instant::now();
         let kv = match self.store.networks().await {
             Ok(_) => Ok(t.elapsed().as_secs_f64() * 1000.0),
             Err(e) => Err(e.to_string()),
         };
+        let mut leases = self.leases().await;
         let hosts = self
             .hosts()
             .await
             .into_iter()
             .map(|h| HostFacts {
+                lease: leases.remove(&h.id),
                 id: h.id,
                 underlay_mtu: h.underlay_mtu,
                 datapath: h.datapath,
@@ -86,7 +89,47 @@ impl Agent {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            lease_ttl: self.settings.lease_ttl,
         })
+    }
+
+    /// The time to live left on each live host's lease (the one its liveness record is
+    /// attached to), by host id; hosts whose lease could not be read are left out.
+    async fn leases(&self) -> BTreeMap<String, LeaseFacts> {
+        let kv = self.store.kv();
+        let alive = match kv.list(ovl_core::keys::ALIVE).await {
+            Ok(l) => l.entries,
+            Err(e) => {
+                tracing::debug!(error = %e, "doctor: listing the liveness records");
+                return BTreeMap::new();
+            }
+        };
+        let lookups = alive.iter().filter_map(|e| {
+            let ovl_core::keys::KeyRef::Alive(id) = ovl_core::keys::classify(&e.key) else {
+                return None;
+            };
+            let lease = e.lease?;
+            Some(async move {
+                match kv.lease_ttl(lease).await {
+                    Ok(t) => t.map(|t| {
+                        let facts = LeaseFacts {
+                            granted: t.granted,
+                            remaining: t.remaining,
+                        };
+                        (id.to_string(), facts)
+                    }),
+                    Err(e) => {
+                        tracing::debug!(host = id, error = %e, "doctor: lease time to live");
+                        None
+                    }
+                }
+            })
+        });
+        futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 

@@ -36,7 +36,8 @@ impl Agent {
     }
 
     /// One probe round to every other reachable host's health endpoint; the row is written
-    /// when a peer's state flipped (or the lease changed).
+    /// when a peer's state flipped, its clock offset moved by more than
+    /// [`health::SKEW_STEP_MS`], or the lease changed.
     pub async fn health_round(&self, state: &mut HealthLoop) {
         if self.health_ns.get().is_none() {
             return;

@@ -3,9 +3,11 @@
 //! programmed by the reconciler like any endpoint, on either datapath. The agent pings every
 //! other host's health endpoint through the overlay, so a probe crosses the real path:
 //! the local bridge or BPF program, the encapsulation, the underlay, the remote VXLAN
-//! admission, decapsulation and delivery, and the same way back. What each host finds is
-//! its row of the matrix in the KV (`/ovl/v1/health/<host>`, on its lease); `overlayctl
-//! doctor` and `overlayctl graph` read the rows.
+//! admission, decapsulation and delivery, and the same way back. Beside each ping goes an
+//! ICMP timestamp request, so each cell also carries the peer's clock offset (`doctor`'s
+//! clocks check). What each host finds is its row of the matrix in the KV
+//! (`/ovl/v1/health/<host>`, on its lease); `overlayctl doctor` and `overlayctl graph` read
+//! the rows.
 //!
 //! Addresses need no allocation: a host's health address is its VTEP's low 22 bits in
 //! [`SUBNET`] (100.64.0.0/10), unique wherever the VTEPs of a cluster share their upper bits
@@ -26,7 +28,7 @@ use std::{
 use ipnetwork::Ipv4Network;
 use ovl_core::{ClusterView, HealthRow, NetworkRecord, PeerHealth};
 
-pub use probe::{HealthProbe, IcmpHealthProbe};
+pub use probe::{HealthProbe, IcmpHealthProbe, Reply};
 
 /// Name of the health network (refused for user networks).
 pub const NETWORK: &str = "ovl-health";
@@ -36,6 +38,10 @@ pub const VNI: u32 = ovl_model::MAX_VNI;
 pub const ENDPOINT: &str = "health";
 /// Consecutive unanswered rounds before a peer counts as down (one lost probe is not).
 pub const DOWN_AFTER: u32 = 2;
+/// How far a peer's measured clock offset moves (ms) before the row is written again: the
+/// offset jitters by a round trip's asymmetry, and a row written every round would wake
+/// every agent's watch. Well below the 1 s `doctor` warns at.
+pub const SKEW_STEP_MS: i64 = 250;
 
 /// Where this host's health namespace is mounted (kept across agent restarts, like the
 /// datapath's sandboxes).
@@ -96,11 +102,13 @@ pub fn addresses(view: &ClusterView) -> (BTreeMap<String, Ipv4Addr>, BTreeSet<St
     (ok, unusable)
 }
 
-/// What one probe round found for one peer: answered (with the round trip) or not.
-pub type Answer = Option<std::time::Duration>;
+/// What one probe round found for one peer: answered (with the round trip and, when
+/// measured, the clock offset) or not.
+pub type Answer = Option<Reply>;
 
 /// The state of this host's row: per peer, answered or down after [`DOWN_AFTER`] silent
-/// rounds, and when that last flipped.
+/// rounds, when that last flipped, and the peer's clock offset as last published (it
+/// changes the row only when it moves by more than [`SKEW_STEP_MS`], or with a flip).
 #[derive(Debug, Clone, Default)]
 pub struct Tracker {
     peers: BTreeMap<String, Cell>,
@@ -112,6 +120,7 @@ struct Cell {
     since: u64,
     misses: u32,
     rtt: Option<std::time::Duration>,
+    skew_ms: Option<i64>,
 }
 
 impl Tracker {
@@ -129,13 +138,22 @@ impl Tracker {
                 since: now,
                 misses: 0,
                 rtt: None,
+                skew_ms: None,
             });
-            c.rtt = *answer;
-            if answer.is_some() {
+            c.rtt = answer.map(|a| a.rtt);
+            if let Some(a) = answer {
                 c.misses = 0;
-                if !c.ok {
+                let flipped = !c.ok;
+                if flipped {
                     c.ok = true;
                     c.since = now;
+                }
+                // A missing measurement keeps the last one; a new one replaces it when it
+                // is the first, moved by more than a step, or the row is written anyway.
+                if let Some(m) = a.skew_ms
+                    && (flipped || c.skew_ms.is_none_or(|last| (m - last).abs() > SKEW_STEP_MS))
+                {
+                    c.skew_ms = Some(m);
                 }
             } else {
                 c.misses += 1;
@@ -163,6 +181,7 @@ impl Tracker {
                         PeerHealth {
                             ok: c.ok,
                             since: c.since,
+                            skew_ms: c.skew_ms,
                         },
                     )
                 })
@@ -240,7 +259,13 @@ mod tests {
     fn round(cells: &[(&str, bool)]) -> BTreeMap<String, Answer> {
         cells
             .iter()
-            .map(|(p, ok)| (p.to_string(), ok.then_some(Duration::from_millis(1))))
+            .map(|(p, ok)| {
+                let reply = Reply {
+                    rtt: Duration::from_millis(1),
+                    skew_ms: None,
+                };
+                (p.to_string(), ok.then_some(reply))
+            })
             .collect()
     }
 
@@ -262,7 +287,8 @@ mod tests {
             r.peers["h3"],
             PeerHealth {
                 ok: false,
-                since: 100
+                since: 100,
+                skew_ms: None
             }
         );
         assert!(t.observe(&round(&[("h2", false), ("h3", false)]), 104));
@@ -270,7 +296,8 @@ mod tests {
             t.row("h1").peers["h2"],
             PeerHealth {
                 ok: false,
-                since: 104
+                since: 104,
+                skew_ms: None
             }
         );
         // Nothing changes: nothing to write.
@@ -280,11 +307,59 @@ mod tests {
             t.row("h1").peers["h2"],
             PeerHealth {
                 ok: true,
-                since: 108
+                since: 108,
+                skew_ms: None
             }
         );
         // A peer gone from the round is forgotten, and that is a change.
         assert!(t.observe(&round(&[("h2", true)]), 110));
         assert_eq!(t.row("h1").peers.len(), 1);
+    }
+
+    fn skewed(ms: Option<i64>) -> BTreeMap<String, Answer> {
+        let reply = Reply {
+            rtt: Duration::from_millis(1),
+            skew_ms: ms,
+        };
+        [("h2".to_string(), Some(reply))].into()
+    }
+
+    #[test]
+    fn the_clock_offset_is_written_only_when_it_moves_by_more_than_a_step() {
+        let mut t = Tracker::default();
+        assert!(t.observe(&skewed(Some(3)), 100));
+        assert_eq!(t.row("h1").peers["h2"].skew_ms, Some(3));
+        // Jitter within the step, or a round without a measurement: nothing to write, and
+        // the row keeps the last value.
+        assert!(!t.observe(&skewed(Some(3 + SKEW_STEP_MS)), 102));
+        assert!(!t.observe(&skewed(Some(3 - SKEW_STEP_MS)), 104));
+        assert!(!t.observe(&skewed(None), 106));
+        assert_eq!(t.row("h1").peers["h2"].skew_ms, Some(3));
+        // A clock that stepped: written.
+        assert!(t.observe(&skewed(Some(1_400)), 108));
+        assert_eq!(t.row("h1").peers["h2"].skew_ms, Some(1_400));
+        // Down and back: the flip writes the row, with the offset measured then.
+        assert!(!t.observe(&round(&[("h2", false)]), 110));
+        assert!(t.observe(&round(&[("h2", false)]), 112));
+        assert_eq!(
+            t.row("h1").peers["h2"].skew_ms,
+            Some(1_400),
+            "kept while down"
+        );
+        assert!(t.observe(&skewed(Some(1_450)), 114));
+        assert_eq!(
+            t.row("h1").peers["h2"],
+            PeerHealth {
+                ok: true,
+                since: 114,
+                skew_ms: Some(1_450)
+            }
+        );
+        // A peer whose first answers carry no measurement gets one when it comes.
+        let mut t = Tracker::default();
+        assert!(t.observe(&skewed(None), 100));
+        assert_eq!(t.row("h1").peers["h2"].skew_ms, None);
+        assert!(t.observe(&skewed(Some(-20)), 102));
+        assert_eq!(t.row("h1").peers["h2"].skew_ms, Some(-20));
     }
 }

@@ -54,7 +54,8 @@ pub struct AliveRecord {
 
 /// What one host measured towards the others with encapsulated probes (the health matrix row
 /// of `overlayctl doctor`), attached to the host's lease: it goes with its agent. Written only
-/// when a peer's state flips, so the watch every agent holds stays quiet.
+/// when a peer's state flips or its clock offset moves by more than a step, so the watch
+/// every agent holds stays quiet.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HealthRow {
     /// The measuring host.
@@ -70,6 +71,12 @@ pub struct PeerHealth {
     pub ok: bool,
     /// Unix time (seconds) of the last flip.
     pub since: u64,
+    /// The peer's clock minus the measuring host's, in milliseconds, from an ICMP timestamp
+    /// exchange through the overlay (positive: the peer is ahead). The last value written:
+    /// the row is rewritten only when it moves by more than a step, so it may lag the clock
+    /// by that much. `None`: not measured (an older agent, or timestamps unanswered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_ms: Option<i64>,
 }
 
 /// An overlay network, the same on every host.
@@ -194,5 +201,29 @@ mod tests {
         assert!(validate_network_name("a/b").is_err());
         assert!(validate_endpoint_name("web.1").is_ok());
         assert!(validate_endpoint_name(&"x".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn health_cells_without_a_clock_offset_read_and_write_as_before() {
+        let old: PeerHealth = serde_json::from_str(r#"{"ok":true,"since":5}"#).unwrap();
+        assert_eq!(
+            old,
+            PeerHealth {
+                ok: true,
+                since: 5,
+                skew_ms: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"ok":true,"since":5}"#
+        );
+        let new = PeerHealth {
+            skew_ms: Some(-12),
+            ..old
+        };
+        let text = serde_json::to_string(&new).unwrap();
+        assert_eq!(text, r#"{"ok":true,"since":5,"skew_ms":-12}"#);
+        assert_eq!(serde_json::from_str::<PeerHealth>(&text).unwrap(), new);
     }
 }

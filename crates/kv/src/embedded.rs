@@ -39,7 +39,7 @@ use tokio::sync::mpsc as tokio_mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::{
-    Compare, Kv, KvEntry, KvError, LeaseId, Listing, Result, Revision, TxnOp, WatchEvent,
+    Compare, Kv, KvEntry, KvError, LeaseId, LeaseTtl, Listing, Result, Revision, TxnOp, WatchEvent,
     WatchStream,
 };
 
@@ -715,6 +715,29 @@ impl Kv for EmbeddedKv {
         } else {
             Err(KvError::LeaseNotFound(lease))
         }
+    }
+
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>> {
+        let row: Option<(i64, i64)> = self
+            .with_conn(move |conn, path| {
+                conn.query_row(
+                    "SELECT ttl_ms, expires_at FROM leases WHERE id = ?1",
+                    [lease],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| db_err(path, "lease_ttl", e))
+            })
+            .await?;
+        // A lease past its expiry that no sweep removed yet is gone all the same.
+        let ms = |v: i64| Duration::from_millis(v.max(0).unsigned_abs());
+        Ok(row
+            .map(|(ttl, expires)| (ttl, expires - now_ms()))
+            .filter(|(_, left)| *left > 0)
+            .map(|(ttl, left)| LeaseTtl {
+                granted: ms(ttl),
+                remaining: ms(left),
+            }))
     }
 
     async fn health(&self) -> Result<Revision> {

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
-    Compare, Kv, KvEntry, KvError, LeaseId, Listing, Result, Revision, TxnOp, WatchEvent,
+    Compare, Kv, KvEntry, KvError, LeaseId, LeaseTtl, Listing, Result, Revision, TxnOp, WatchEvent,
     WatchStream,
     secure::{EtcdSecurity, Password, Probe, probe, tls_failure},
 };
@@ -866,6 +866,28 @@ impl Kv for EtcdKv {
         )
         .await
         .map_err(|e| self.lease_error(e, Some(lease)))
+    }
+
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>> {
+        let r = self
+            .call(
+                "lease time to live",
+                None,
+                Resend::Always,
+                |mut c| async move { c.lease_time_to_live(lease, None).await },
+            )
+            .await
+            .map_err(|e| self.lease_error(e, Some(lease)));
+        match r {
+            // etcd answers TTL -1 for a lease it does not know (expired or revoked).
+            Ok(resp) if resp.ttl() < 0 => Ok(None),
+            Ok(resp) => Ok(Some(LeaseTtl {
+                granted: Duration::from_secs(resp.granted_ttl().max(0).unsigned_abs()),
+                remaining: Duration::from_secs(resp.ttl().unsigned_abs()),
+            })),
+            Err(KvError::LeaseNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn health(&self) -> Result<Revision> {

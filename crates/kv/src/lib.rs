@@ -63,6 +63,16 @@ pub struct Listing {
     pub revision: Revision,
 }
 
+/// What the store says of a lease's time to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTtl {
+    /// The time to live it was granted, which every renewal restores.
+    pub granted: Duration,
+    /// Time left before it expires unless renewed. etcd counts whole seconds, rounded
+    /// down (the lease expires within one second more); the embedded store milliseconds.
+    pub remaining: Duration,
+}
+
 /// A change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
@@ -274,6 +284,10 @@ pub trait Kv: Send + Sync + 'static {
 
     /// Revokes a lease, deleting every key attached to it.
     async fn revoke(&self, lease: LeaseId) -> Result<()>;
+
+    /// A lease's granted and remaining time to live, without renewing it; `None` if it
+    /// expired or was revoked (or never existed).
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>>;
 
     /// Checks that the store answers (a cheap round trip) and returns its current revision
     /// (how far a view is behind it is the difference).

@@ -358,6 +358,33 @@ async fn lease_keep_alive(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// `lease_ttl` reads a lease's time to live without renewing it: it runs down, a renewal
+/// restores it, and a revoked or unknown lease has none.
+async fn lease_ttl(f: &Fixture) -> Result<()> {
+    let kv = &f.kv;
+    let lease = kv.grant_lease(Duration::from_secs(6)).await?;
+    let t = kv.lease_ttl(lease).await?.context("a fresh lease")?;
+    // etcd may raise a TTL to its minimum; 6 s is above it.
+    ensure!(t.granted == Duration::from_secs(6), "{t:?}");
+    ensure!(
+        t.remaining <= t.granted && t.remaining >= Duration::from_secs(4),
+        "{t:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let t = kv.lease_ttl(lease).await?.context("still held")?;
+    ensure!(
+        t.remaining <= Duration::from_secs(4),
+        "not renewed by reading: {t:?}"
+    );
+    kv.keep_alive(lease).await?;
+    let t = kv.lease_ttl(lease).await?.context("renewed")?;
+    ensure!(t.remaining >= Duration::from_secs(5), "renewed: {t:?}");
+    kv.revoke(lease).await?;
+    ensure!(kv.lease_ttl(lease).await?.is_none(), "revoked lease");
+    ensure!(kv.lease_ttl(0x7e57).await?.is_none(), "unknown lease");
+    Ok(())
+}
+
 async fn large_values(f: &Fixture) -> Result<()> {
     let kv = &f.kv;
     let big: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i * 7 % 251) as u8).collect();
@@ -649,6 +676,7 @@ both_backends!(
     watch_ordering,
     lease_expiry,
     lease_keep_alive,
+    lease_ttl,
     large_values,
     large_listing,
     list_many_one_snapshot,
