@@ -89,6 +89,20 @@ pub enum Cmd {
         #[arg(long)]
         endpoint: Option<String>,
     },
+    /// Send a real frame through the overlay to an endpoint and follow it hop by hop: the
+    /// sending datapath's entry, the VXLAN packet leaving and arriving, delivery, the reply,
+    /// and a full-size frame. Names the first hop that failed and why; exits 1 then. Leaves
+    /// nothing behind (its endpoint, namespace and TAP are removed, also when interrupted).
+    Probe {
+        /// Network name.
+        network: String,
+        /// Destination: container name, alias or address.
+        #[arg(long)]
+        to: String,
+        /// Send from this host (its agent runs the probe; default: this host).
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Hosts, networks and endpoints as a picture (host states as this host sees them):
     /// Graphviz DOT, or an SVG laid out without Graphviz.
     Graph {

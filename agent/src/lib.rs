@@ -15,7 +15,7 @@
 //!   command line of `overlayctl`; [`conffile`]: the commented config file the package
 //!   ships, rendered from the flags;
 //! - leaves: [`doctor`] (findings from gathered facts, pure), [`graph`] (the topology as DOT
-//!   or SVG, pure), [`monitor`] (drop and event records, pure), [`config`] (settings, pure), [`local`] (what this host attached, persisted),
+//!   or SVG, pure), [`monitor`] (drop and event records, pure), [`pathprobe`] (`overlayctl probe`'s frames and hop analysis, pure, over its TAP and captures), [`config`] (settings, pure), [`local`] (what this host attached, persisted),
 //!   [`counters`], [`error`], [`perms`] (private state files and sockets).
 
 pub mod agent;
@@ -37,6 +37,7 @@ pub mod health;
 pub mod local;
 pub mod monitor;
 pub mod names;
+pub mod pathprobe;
 pub mod perms;
 pub mod probe;
 pub mod ready;

@@ -71,6 +71,18 @@ pub fn reserved(name: &str, vni: Option<u32>) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Refuses a container name `overlayctl probe` keeps for its endpoints (an agent removes
+/// its own such endpoints at start, as left by an interrupted probe).
+pub fn not_a_probe_name(name: &str) -> Result<(), AgentError> {
+    if name.starts_with(super::pathprobe::PROBE_PREFIX) {
+        return Err(AgentError::Invalid(format!(
+            "container name {name}: names starting with {} are reserved for overlayctl probe",
+            super::pathprobe::PROBE_PREFIX
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses more than [`MAX_ALIASES`] aliases.
 pub fn aliases(aliases: &[String]) -> Result<(), AgentError> {
     if aliases.len() > MAX_ALIASES {
@@ -179,6 +191,14 @@ mod tests {
             e.to_string().contains("VTEP address 192.0.2.7 of host h2"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn probe_names_are_reserved() {
+        assert!(not_a_probe_name("web").is_ok());
+        assert!(not_a_probe_name("ovl-probe").is_ok());
+        let e = not_a_probe_name("ovl-probe-12").unwrap_err().to_string();
+        assert!(e.contains("reserved for overlayctl probe"), "{e}");
     }
 
     #[test]

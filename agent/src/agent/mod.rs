@@ -16,6 +16,7 @@ mod keys;
 mod monitor;
 mod networks;
 mod passes;
+pub mod pathprobe;
 mod records;
 
 use std::{

@@ -100,7 +100,23 @@ pub fn router() -> Router<Arc<Agent>> {
         )
         .route(
             "/v1/attach",
-            post(|State(a): Shared, b: Bytes| async move { a.attach(body(&b)?).await.map(Json) }),
+            post(|State(a): Shared, b: Bytes| async move {
+                let req: crate::api::types::AttachRequest = body(&b)?;
+                crate::agent::checks::not_a_probe_name(&req.name)?;
+                a.attach(req).await.map(Json)
+            }),
+        )
+        .route(
+            "/v1/probe",
+            post(|State(a): Shared, b: Bytes| async move {
+                let req = body(&b)?;
+                // Its own task: a client that goes away (interrupted) must not cut the
+                // probe short of removing what it made.
+                tokio::spawn(async move { a.probe(req).await })
+                    .await
+                    .map_err(|e| crate::error::AgentError::Internal(format!("probe task: {e}")))?
+                    .map(Json)
+            }),
         )
         .route(
             "/v1/detach",

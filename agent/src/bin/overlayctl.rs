@@ -438,6 +438,14 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             })
             .await?;
         }
+        Cmd::Probe { network, to, from } => {
+            let req = overlay_agent::pathprobe::Request { network, to, from };
+            let r: overlay_agent::pathprobe::Report = c.post("/v1/probe", &req).await?;
+            print(json, &r, |r| print!("{}", r.render()));
+            if r.failed.is_some() {
+                return Ok(ExitCode::from(1));
+            }
+        }
         Cmd::Graph { format } => {
             let s: Status = c.get("/v1/status").await?;
             let hosts: Vec<HostInfo> = c.get("/v1/hosts").await?;

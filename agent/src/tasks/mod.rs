@@ -7,12 +7,14 @@
 //! - [`liveness`]: probes of hosts whose lease is gone (agent down is not host down);
 //! - [`names`]: names passes (zone, DNS listeners, hosts files);
 //! - [`health`]: the health namespace and probe rounds of the health matrix;
+//! - [`probes`]: probe tasks other hosts give this one (`overlayctl probe`);
 //! - [`metrics`]: Prometheus text on `--metrics-addr`.
 
 pub mod health;
 pub mod liveness;
 pub mod metrics;
 pub mod names;
+pub mod probes;
 pub mod reconcile;
 pub mod registry;
 pub mod sync;
@@ -32,6 +34,7 @@ pub fn spawn_all(agent: &Arc<Agent>, set: &mut JoinSet<()>) {
     set.spawn(liveness::run(agent.clone()));
     set.spawn(names::run(agent.clone()));
     set.spawn(health::run(agent.clone()));
+    set.spawn(probes::run(agent.clone()));
     if let Some(addr) = agent.settings().metrics_addr {
         set.spawn(metrics::serve(agent.clone(), addr));
     }

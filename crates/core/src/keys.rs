@@ -10,6 +10,9 @@
 //! /ovl/v1/endpoints/<net>/<id>      EndpointRecord
 //! /ovl/v1/docker/pools/<token>      DockerPool: a Docker RequestPool not bound to a name yet
 //! /ovl/v1/health/<host>             HealthRow: what the host's probes found, on its lease
+//! /ovl/v1/probes/<host>/<id>        ProbeTask for a host during `overlayctl probe`, on the
+//!                                   asker's lease
+//! /ovl/v1/probe-answers/<id>/<host> ProbeAnswer of that host, on its lease
 //! ```
 //!
 //! The subnet index holds every network's subnet by network name, and each reserved
@@ -38,6 +41,26 @@ pub const DOCKER_POOLS: &str = "/ovl/v1/docker/pools/";
 
 /// Prefix of health matrix rows.
 pub const HEALTH: &str = "/ovl/v1/health/";
+
+/// Prefix of probe tasks.
+pub const PROBES: &str = "/ovl/v1/probes/";
+/// Prefix of probe answers.
+pub const PROBE_ANSWERS: &str = "/ovl/v1/probe-answers/";
+
+/// Prefix of the probe tasks for `host`.
+pub fn probe_tasks(host: &str) -> String {
+    format!("{PROBES}{host}/")
+}
+
+/// Key of a probe task for `host`.
+pub fn probe_task(host: &str, id: u16) -> String {
+    format!("{PROBES}{host}/{id}")
+}
+
+/// Key of `host`'s answer to probe `id`.
+pub fn probe_answer(id: u16, host: &str) -> String {
+    format!("{PROBE_ANSWERS}{id}/{host}")
+}
 
 /// The prefixes a [`crate::ClusterView`] is built from: the address and VNI claims, the
 /// subnet index and Docker's pools (more than half the keys of a large cluster) are not read.

@@ -11,6 +11,7 @@
 pub mod ipam;
 pub mod keys;
 pub mod model;
+pub mod probe;
 pub mod store;
 pub mod view;
 

@@ -18,6 +18,7 @@ use crate::{
     ipam::{self, SubnetPool},
     keys,
     model::{self, AliveRecord, DockerPool, EndpointRecord, HealthRow, HostRecord, NetworkRecord},
+    probe::{ProbeAnswer, ProbeId, ProbeTask},
     view::ClusterView,
 };
 
@@ -252,6 +253,58 @@ impl ClusterStore {
     /// Every host's health row (hosts whose agent is away have none).
     pub async fn health_rows(&self) -> Result<Vec<HealthRow>> {
         self.list_json(keys::HEALTH).await
+    }
+
+    // ---- probes ----
+
+    /// Gives `host` a probe task, on the asker's `lease`.
+    pub async fn put_probe_task(
+        &self,
+        host: &str,
+        id: ProbeId,
+        task: &ProbeTask,
+        lease: Option<LeaseId>,
+    ) -> Result<()> {
+        self.kv
+            .put(&keys::probe_task(host, id), &encode(task), lease)
+            .await?;
+        Ok(())
+    }
+
+    /// `host`'s answer to probe `id`, with its revision, if it answered.
+    pub async fn probe_answer(
+        &self,
+        id: ProbeId,
+        host: &str,
+    ) -> Result<Option<(ProbeAnswer, i64)>> {
+        self.get_json(&keys::probe_answer(id, host)).await
+    }
+
+    /// Answers probe `id` as `host`, on that host's `lease`.
+    pub async fn put_probe_answer(
+        &self,
+        id: ProbeId,
+        host: &str,
+        answer: &ProbeAnswer,
+        lease: Option<LeaseId>,
+    ) -> Result<()> {
+        self.kv
+            .put(&keys::probe_answer(id, host), &encode(answer), lease)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes probe `id`'s task for `host` and every answer to it.
+    pub async fn forget_probe(&self, id: ProbeId, host: &str) -> Result<()> {
+        self.kv.delete(&keys::probe_task(host, id)).await?;
+        let answers = self
+            .kv
+            .list(&format!("{}{id}/", keys::PROBE_ANSWERS))
+            .await?;
+        for e in answers.entries {
+            self.kv.delete(&e.key).await?;
+        }
+        Ok(())
     }
 
     // ---- networks ----

@@ -416,6 +416,34 @@ impl Netlink {
         }
     }
 
+    /// Wires `from` to `to` one way: every frame `from` receives is sent out of `to`
+    /// (an ingress qdisc on `from` and a catch-all filter with a mirred redirect), as `tc
+    /// filter add dev FROM ingress u32 match u8 0 0 action mirred egress redirect dev TO`.
+    /// Nothing reaches `from`'s own stack any more.
+    pub async fn redirect_ingress(&self, from: u32, to: u32) -> Result<()> {
+        let ctx = format!("redirect ingress of link {from} to link {to}");
+        let mut qd = self.handle.qdisc();
+        match qd.add(from as i32).ingress().execute().await {
+            Ok(()) => {}
+            Err(e) => {
+                let e = Error::netlink(ctx.clone(), e);
+                if !is_errno(&e, libc::EEXIST) {
+                    return Err(e);
+                }
+            }
+        }
+        self.handle
+            .traffic_filter(from as i32)
+            .add()
+            .ingress()
+            .protocol(0x0003u16.to_be())
+            .redirect(to)
+            .map_err(nl(ctx.clone()))?
+            .execute()
+            .await
+            .map_err(nl(ctx))
+    }
+
     // ----- addresses and routes -----
 
     /// IPv4 addresses of a link, as (address, prefix length).
