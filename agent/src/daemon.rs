@@ -125,6 +125,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         health: Arc::new(crate::health::IcmpHealthProbe::new(
             crate::health::netns_path(&settings.run_dir),
         )),
+        wire: Arc::new(crate::pathprobe::wire::HostWire),
     };
     // Overlay subnets must stay out of it; unknown (no netmask) is not fatal.
     let network = ovl_netlink::underlay_network(settings.advertise_addr).ok();

@@ -6,7 +6,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use ipnetwork::Ipv4Network;
@@ -24,6 +27,7 @@ use crate::{
     local::Attachment,
     local::LocalState,
     names::Names,
+    pathprobe::wire,
     probe::{Probe, VtepProbe},
     tunnel::{Tunnel, TunnelError, TunnelPlan, TunnelStatus},
 };
@@ -458,6 +462,146 @@ impl Names for FakeNames {
     async fn shutdown(&self) {}
 }
 
+/// `overlayctl probe`'s side effects, faked for probes to endpoints on the same host:
+/// namespaces are `/proc/self/ns/net` (never entered); the port answers each echo request
+/// with its reply while [`FakeWire::answer`] is set; a capture in a container's namespace
+/// sees every echo request written to the port arrive, and the replies leave.
+#[derive(Default)]
+pub struct FakeWire {
+    /// The destination answers echoes.
+    pub answer: Arc<AtomicBool>,
+    /// Opening the port fails (as a refused TAP would).
+    pub fail_port: AtomicBool,
+    /// Namespaces made and not removed.
+    pub netns: Mutex<BTreeSet<PathBuf>>,
+    /// Frames written to the port.
+    pub sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Ports open now.
+    pub open_ports: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct FakeProbePort {
+    answer: Arc<AtomicBool>,
+    sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+}
+
+impl Drop for FakeProbePort {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl wire::Port for FakeProbePort {
+    async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        self.sent.lock().expect("sent").push(frame.to_vec());
+        if self.answer.load(Ordering::SeqCst)
+            && let Some(r) = crate::pathprobe::frame::reply_to(frame)
+        {
+            let _ = self.tx.send(r);
+        }
+        Ok(())
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.rx.lock().await.recv().await {
+            Some(f) => {
+                buf[..f.len()].copy_from_slice(&f);
+                Ok(f.len())
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+struct FakeCapture {
+    inside: bool,
+    answer: Arc<AtomicBool>,
+    sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    keep: wire::Keep,
+}
+
+#[async_trait::async_trait]
+impl wire::Running for FakeCapture {
+    async fn stop(self: Box<Self>) -> Result<Vec<wire::Seen>, wire::WireError> {
+        if !self.inside {
+            return Ok(Vec::new());
+        }
+        let answer = self.answer.load(Ordering::SeqCst);
+        let mut out = Vec::new();
+        for f in self.sent.lock().expect("sent").iter() {
+            let mut seen = vec![(f[14..].to_vec(), false)];
+            if answer && let Some(r) = crate::pathprobe::frame::reply_to(f) {
+                seen.push((r[14..].to_vec(), true));
+            }
+            for (ip, outgoing) in seen {
+                let p = wire::Packet {
+                    ip: &ip,
+                    outgoing,
+                    ifname: "eth0",
+                };
+                if (self.keep)(&p) {
+                    out.push(wire::Seen {
+                        ip: ip.clone(),
+                        outgoing,
+                        ifname: "eth0".into(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl wire::ProbeWire for FakeWire {
+    async fn make_netns(&self, path: &Path) -> Result<PathBuf, wire::WireError> {
+        self.netns.lock().expect("netns").insert(path.to_path_buf());
+        Ok(PathBuf::from("/proc/self/ns/net"))
+    }
+
+    async fn remove_netns(&self, path: &Path) -> Result<(), wire::WireError> {
+        self.netns.lock().expect("netns").remove(path);
+        Ok(())
+    }
+
+    async fn port(
+        &self,
+        _netns: &Path,
+        _ifname: &str,
+        _mtu: u32,
+    ) -> Result<Box<dyn wire::Port>, wire::WireError> {
+        if self.fail_port.load(Ordering::SeqCst) {
+            return Err(wire::WireError::Tap("the kernel refused the TAP".into()));
+        }
+        self.open_ports.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Ok(Box::new(FakeProbePort {
+            answer: self.answer.clone(),
+            sent: self.sent.clone(),
+            open: self.open_ports.clone(),
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+        }))
+    }
+
+    async fn capture(
+        &self,
+        netns: Option<PathBuf>,
+        keep: wire::Keep,
+    ) -> Result<Box<dyn wire::Running>, wire::WireError> {
+        Ok(Box::new(FakeCapture {
+            inside: netns.is_some(),
+            answer: self.answer.clone(),
+            sent: self.sent.clone(),
+            keep,
+        }))
+    }
+}
+
 /// An agent over the embedded KV and the fakes above, as a unit test drives it.
 pub struct TestAgent {
     /// The agent.
@@ -474,6 +618,8 @@ pub struct TestAgent {
     pub tunnel: Arc<FakeTunnel>,
     /// Its health probes.
     pub health: Arc<FakeHealth>,
+    /// `overlayctl probe`'s side effects.
+    pub wire: Arc<FakeWire>,
     /// Its run and state dirs (removed when dropped).
     pub dir: tempfile::TempDir,
 }
@@ -513,6 +659,7 @@ impl TestAgent {
         let probe = Arc::new(FakeProbe::default());
         let tunnel = Arc::new(FakeTunnel::new(host));
         let health = Arc::new(FakeHealth::default());
+        let wire = Arc::new(FakeWire::default());
         std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
         let local = LocalState::load(dir.path().join("state/local.json")).expect("local state");
         let agent = Agent::new(
@@ -529,6 +676,7 @@ impl TestAgent {
                 probe: probe.clone(),
                 tunnel: tunnel.clone(),
                 health: health.clone(),
+                wire: wire.clone(),
             },
             local,
         );
@@ -540,6 +688,7 @@ impl TestAgent {
             probe,
             tunnel,
             health,
+            wire,
             dir,
         }
     }

@@ -87,6 +87,8 @@ pub struct Services {
     pub tunnel: Arc<dyn Tunnel>,
     /// Probes of other hosts' health endpoints through the overlay.
     pub health: Arc<dyn HealthProbe>,
+    /// `overlayctl probe`'s namespace, TAP and captures.
+    pub wire: Arc<dyn crate::pathprobe::wire::ProbeWire>,
 }
 
 /// What the agent knows of this host's underlay, read once at start.
@@ -127,6 +129,7 @@ pub struct Agent {
     /// the health endpoint.
     health_ns: OnceLock<PathBuf>,
     health_probe: Arc<dyn HealthProbe>,
+    wire: Arc<dyn crate::pathprobe::wire::ProbeWire>,
 }
 
 impl Agent {
@@ -162,6 +165,7 @@ impl Agent {
             lease: Mutex::new(None),
             health_ns: OnceLock::new(),
             health_probe: services.health,
+            wire: services.wire,
         })
     }
 

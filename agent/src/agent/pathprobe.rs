@@ -9,7 +9,6 @@
 //! namespace, TAP and KV keys are removed when the probe ends, whatever happened.
 
 use std::{
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -28,7 +27,7 @@ use crate::{
     pathprobe::{
         self, BIG, Dest, Facts, Report, Request, SMALL,
         frame::{self, Ends},
-        wire::{Capture, Tap},
+        wire::{Port, Seen},
     },
 };
 
@@ -178,8 +177,10 @@ impl Agent {
             remote: None,
         };
 
-        let ns = self.settings.run_dir.join(format!("probe-{id}"));
-        make_netns(&ns).await?;
+        let ns_file = self.settings.run_dir.join(format!("probe-{id}"));
+        let ns = self.wire.make_netns(&ns_file).await.map_err(|e| {
+            AgentError::Internal(format!("probe namespace {}: {e}", ns_file.display()))
+        })?;
         let name = format!("{PROBE_PREFIX}{id}");
         let attached = self
             .attach(AttachRequest {
@@ -211,8 +212,8 @@ impl Agent {
         {
             cleanup.push(format!("detaching the probe endpoint: {e}"));
         }
-        if let Err(e) = remove_netns(&ns).await {
-            cleanup.push(format!("removing {}: {e}", ns.display()));
+        if let Err(e) = self.wire.remove_netns(&ns_file).await {
+            cleanup.push(format!("removing {}: {e}", ns_file.display()));
         }
         if dest.host != me.id
             && let Err(e) = self.store.forget_probe(id, &dest.host).await
@@ -245,7 +246,10 @@ impl Agent {
         src: &EndpointRecord,
         ifname: &str,
     ) -> Result<()> {
-        let until_ms = now_ms() + (ARM + WINDOW + Duration::from_secs(1)).as_millis() as u64;
+        // A remote watch first waits for its datapath (up to ARM); a local one arms at once.
+        let local = dest.host == facts.me;
+        let lead = if local { Duration::ZERO } else { ARM };
+        let until_ms = now_ms() + (lead + WINDOW + Duration::from_millis(500)).as_millis() as u64;
         let task = WatchTask {
             from: facts.me.clone(),
             from_vtep: facts.my_vtep,
@@ -258,7 +262,6 @@ impl Agent {
             until_ms,
         };
         // The destination's watch: local, or armed through the KV.
-        let local = dest.host == facts.me;
         let mut here = None;
         if local {
             let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
@@ -284,23 +287,41 @@ impl Agent {
         }
 
         let port = self.vxlan_port(facts.encrypted);
-        let out = Capture::start(None, move |p| {
-            let c = frame::echo_in_vxlan(p.ip, port, id)?;
-            (p.outgoing && c.echo.request).then(|| (c.echo.seq, c.dst, c.vni, p.ifname.to_string()))
-        })
-        .await
-        .map_err(wire_err)?;
+        let out = self
+            .wire
+            .capture(
+                None,
+                Box::new(move |p| {
+                    p.outgoing
+                        && frame::echo_in_vxlan(p.ip, port, id).is_some_and(|c| c.echo.request)
+                }),
+            )
+            .await
+            .map_err(wire_err)?;
         let mut drops = self.rec.datapath().drops();
-        let tap = Tap::open(ns, ifname, facts.mtu).await.map_err(wire_err)?;
+        let tap = self
+            .wire
+            .port(ns, ifname, facts.mtu)
+            .await
+            .map_err(wire_err)?;
         let ends = Ends {
             src_mac: src.mac,
             dst_mac: dest.mac,
             src_ip: src.ip,
             dst_ip: dest.ip,
         };
-        let exchanged = exchange(&tap, &ends, id, facts.mtu as usize, &mut drops).await;
+        let exchanged = exchange(tap.as_ref(), &ends, id, facts.mtu as usize, &mut drops).await;
         drop(tap);
-        facts.left = out.stop().await.map_err(wire_err)?;
+        facts.left = out
+            .stop()
+            .await
+            .map_err(wire_err)?
+            .iter()
+            .filter_map(|p| {
+                let c = frame::echo_in_vxlan(&p.ip, port, id)?;
+                Some((c.echo.seq, c.dst, c.vni, p.ifname.clone()))
+            })
+            .collect();
         let (replies, frag, local_drops) = exchanged.map_err(wire_err)?;
         facts.replies = replies;
         facts.frag_needed = frag;
@@ -363,29 +384,38 @@ impl Agent {
             .get(&task.network)
             .is_some_and(|n| n.encrypted);
         let port = self.vxlan_port(encrypted);
-        let underlay = Capture::start(None, move |p| {
-            let c = frame::echo_in_vxlan(p.ip, port, id)?;
-            (!p.outgoing && c.echo.request).then(|| (c.src, p.ifname.to_string()))
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let underlay = self
+            .wire
+            .capture(
+                None,
+                Box::new(move |p| {
+                    !p.outgoing
+                        && frame::echo_in_vxlan(p.ip, port, id).is_some_and(|c| c.echo.request)
+                }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         let ifname = att.ifname.clone();
-        let inside = Capture::start(Some(att.netns.clone()), move |p| {
-            if p.ifname != ifname {
-                return None;
-            }
-            let e = frame::echo_in_ip(p.ip, id)?;
-            (e.request != p.outgoing).then_some(e)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let inside = self
+            .wire
+            .capture(
+                Some(att.netns.clone()),
+                Box::new(move |p| {
+                    p.ifname == ifname
+                        && frame::echo_in_ip(p.ip, id).is_some_and(|e| e.request != p.outgoing)
+                }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         let mut drops = self.rec.datapath().drops();
         let before = self.counted_drops().await;
         let _ = armed.send(());
 
         let mut dropped = Vec::new();
+        // The asker sends for WINDOW once it sees this watch armed.
         let end = tokio::time::Instant::now()
-            + Duration::from_millis(task.until_ms.saturating_sub(now_ms()));
+            + Duration::from_millis(task.until_ms.saturating_sub(now_ms()))
+                .min(WINDOW + Duration::from_millis(800));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(end) => break,
@@ -398,8 +428,20 @@ impl Agent {
             }
         }
         let after = self.counted_drops().await;
-        let underlay = underlay.stop().await.map_err(|e| e.to_string())?;
-        let inside = inside.stop().await.map_err(|e| e.to_string())?;
+        let underlay: Vec<(std::net::Ipv4Addr, String)> = underlay
+            .stop()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter_map(|p| Some((frame::echo_in_vxlan(&p.ip, port, id)?.src, p.ifname.clone())))
+            .collect();
+        let inside: Vec<frame::Echo> = inside
+            .stop()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter_map(|p: &Seen| frame::echo_in_ip(&p.ip, id))
+            .collect();
         let view = self.view();
         dropped.dedup();
         Ok(Sightings {
@@ -530,7 +572,7 @@ impl Agent {
         };
         for e in dir.flatten() {
             if e.file_name().to_string_lossy().starts_with("probe-")
-                && let Err(err) = remove_netns(&e.path()).await
+                && let Err(err) = self.wire.remove_netns(&e.path()).await
             {
                 tracing::warn!(netns = %e.path().display(), error = %err, "removing a probe namespace left behind");
             }
@@ -553,7 +595,7 @@ fn find_dest<'a>(
 /// answers ARP for the probe, and collects the replies (seq, microseconds after sending), a
 /// "fragmentation needed" MTU, and this host's drops of the probe's frames.
 async fn exchange(
-    tap: &Tap,
+    tap: &dyn Port,
     ends: &Ends,
     id: ProbeId,
     mtu: usize,
@@ -618,30 +660,4 @@ async fn next_drop(rx: &mut Option<broadcast::Receiver<DroppedFrame>>) -> Option
         },
         None => std::future::pending().await,
     }
-}
-
-/// A fresh namespace for the probe endpoint, in the host's mount namespace.
-async fn make_netns(path: &std::path::Path) -> Result<()> {
-    let p: PathBuf = path.to_path_buf();
-    ovl_netlink::netns::run_in_netns_async(None, move || {
-        let mounts = ovl_netlink::HostMounts::detect();
-        ovl_netlink::netns::create_netns(&mounts, &p)
-    })
-    .await
-    .map_err(|e| AgentError::Internal(format!("probe namespace {}: {e}", path.display())))
-}
-
-/// Removes the probe's namespace (a missing one is fine).
-async fn remove_netns(path: &std::path::Path) -> std::result::Result<(), String> {
-    let p: PathBuf = path.to_path_buf();
-    ovl_netlink::netns::run_in_netns_async(None, move || {
-        if !ovl_netlink::netns::is_netns(&p) {
-            let _ = std::fs::remove_file(&p);
-            return Ok(());
-        }
-        let mounts = ovl_netlink::HostMounts::detect();
-        ovl_netlink::netns::remove_netns(&mounts, &p)
-    })
-    .await
-    .map_err(|e| e.to_string())
 }

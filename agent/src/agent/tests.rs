@@ -1144,3 +1144,100 @@ async fn what_concerns_this_host() {
     assert!(a.concerns(&Change::Network("net9".into())));
     assert!(!a.concerns(&Change::None));
 }
+
+// ---- overlayctl probe ----
+
+fn probe_req(to: &str) -> crate::pathprobe::Request {
+    crate::pathprobe::Request {
+        network: "net1".into(),
+        to: to.into(),
+        from: None,
+    }
+}
+
+/// Nothing of a probe is left: no namespace, no open port, no probe endpoint.
+async fn no_probe_left(l: &Lab) {
+    assert!(l.wire.netns.lock().unwrap().is_empty());
+    assert_eq!(
+        l.wire.open_ports.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let v = l.agent.store().view().await.unwrap();
+    assert!(
+        !v.endpoints
+            .values()
+            .any(|e| e.name.starts_with("ovl-probe-")),
+        "{:?}",
+        v.endpoints.keys().collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_probe_to_an_endpoint_here_goes_through_and_leaves_nothing() {
+    let l = lab().await;
+    let c1 = l.agent.attach(attach_req("c1")).await.expect("attach");
+    l.publish_view().await;
+    l.wire
+        .answer
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = l.agent.probe(probe_req("c1")).await.expect("probe");
+    assert_eq!(r.failed, None, "{}", r.render());
+    let hops: Vec<_> = r.hops.iter().map(|h| h.hop.as_str()).collect();
+    assert_eq!(hops, ["entry", "deliver", "reply", "mtu"], "{}", r.render());
+    // Three small echoes and three of the endpoint's MTU, all to c1.
+    let sent = l.wire.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 6);
+    assert!(sent.iter().all(|f| f[..6] == c1.endpoint.mac.0));
+    assert_eq!(sent.iter().map(Vec::len).max(), Some(14 + 1450));
+    // By address too.
+    let r = l
+        .agent
+        .probe(probe_req(&c1.endpoint.ip.to_string()))
+        .await
+        .expect("probe by address");
+    assert_eq!(r.failed, None, "{}", r.render());
+    no_probe_left(&l).await;
+}
+
+#[tokio::test]
+async fn a_destination_that_does_not_answer_fails_at_the_reply() {
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.expect("attach");
+    l.publish_view().await;
+    let r = l.agent.probe(probe_req("c1")).await.expect("probe");
+    let why = r.failed.clone().expect("a failure");
+    assert!(
+        why.starts_with("reply on h1: c1 got the echo but sent no reply"),
+        "{}",
+        r.render()
+    );
+    no_probe_left(&l).await;
+}
+
+#[tokio::test]
+async fn a_refused_tap_fails_the_probe_and_leaves_nothing() {
+    let l = lab().await;
+    l.agent.attach(attach_req("c1")).await.expect("attach");
+    l.publish_view().await;
+    l.wire
+        .fail_port
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = l.agent.probe(probe_req("c1")).await.unwrap_err();
+    assert!(e.to_string().contains("refused the TAP"), "{e}");
+    no_probe_left(&l).await;
+}
+
+#[tokio::test]
+async fn probing_nothing_is_refused_and_changes_nothing() {
+    let l = lab().await;
+    l.publish_view().await;
+    let e = l.agent.probe(probe_req("nobody")).await.unwrap_err();
+    assert!(matches!(e, AgentError::NotFound(_)), "{e}");
+    assert_eq!(e.to_string(), "no endpoint nobody on network net1");
+    let mut req = probe_req("c1");
+    req.network = "nonet".into();
+    let e = l.agent.probe(req).await.unwrap_err();
+    assert_eq!(e.to_string(), "network nonet not found");
+    assert!(l.wire.sent.lock().unwrap().is_empty());
+    no_probe_left(&l).await;
+}

@@ -117,6 +117,43 @@ pub fn arp_reply(frame: &[u8], mac: MacAddr, ip: Ipv4Addr) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// The echo reply a stack would send to the echo request in `frame` (ends swapped), if it
+/// holds one.
+pub fn reply_to(frame: &[u8]) -> Option<Vec<u8>> {
+    let mut out = frame.to_vec();
+    let (src_mac, dst_mac) = {
+        let eth = EthernetPacket::new(frame)?;
+        if eth.get_ethertype() != EtherTypes::Ipv4 {
+            return None;
+        }
+        (eth.get_source(), eth.get_destination())
+    };
+    {
+        let mut eth = MutableEthernetPacket::new(&mut out)?;
+        eth.set_source(dst_mac);
+        eth.set_destination(src_mac);
+    }
+    let mut ip = MutableIpv4Packet::new(&mut out[14..])?;
+    if ip.get_next_level_protocol() != IpNextHeaderProtocols::Icmp {
+        return None;
+    }
+    let (s, d) = (ip.get_source(), ip.get_destination());
+    ip.set_source(d);
+    ip.set_destination(s);
+    {
+        let mut icmp = MutableIcmpPacket::new(ip.payload_mut())?;
+        if icmp.get_icmp_type() != IcmpTypes::EchoRequest {
+            return None;
+        }
+        icmp.set_icmp_type(IcmpTypes::EchoReply);
+        let sum = pnet_packet::icmp::checksum(&icmp.to_immutable());
+        icmp.set_checksum(sum);
+    }
+    let c = ipv4::checksum(&ip.to_immutable());
+    ip.set_checksum(c);
+    Some(out)
+}
+
 /// An echo of a probe, as found in a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Echo {
@@ -249,6 +286,19 @@ mod tests {
         assert_eq!(ipv4::checksum(&ip), ip.get_checksum());
         assert_eq!(ip.get_flags(), Ipv4Flags::DontFragment);
         assert_eq!(&f[HEADERS..HEADERS + MARK.len()], MARK);
+    }
+
+    #[test]
+    fn a_reply_swaps_the_ends() {
+        let f = echo_frame(&ENDS, 7, 2, 80);
+        let r = reply_to(&f).unwrap();
+        let e = echo_in_frame(&r, 7).unwrap();
+        assert!(!e.request);
+        assert_eq!(e.seq, 2);
+        let ip = Ipv4Packet::new(&r[14..]).unwrap();
+        assert_eq!(ip.get_source(), ENDS.dst_ip);
+        assert_eq!(ipv4::checksum(&ip), ip.get_checksum());
+        assert!(reply_to(&r).is_none(), "a reply is not answered");
     }
 
     #[test]

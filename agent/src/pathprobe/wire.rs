@@ -1,6 +1,7 @@
-//! The probe's side effects, thin: its TAP (tokio-tun) wired to the probe endpoint's
-//! interface inside the probe namespace, and packet captures (AF_PACKET) that watch for its
-//! frames. What the frames mean is [`super::frame`]'s job.
+//! The probe's side effects, thin, behind the [`ProbeWire`] seam (fake in
+//! `crate::fakes`): the probe's namespace, its TAP (tokio-tun) wired to the probe endpoint's
+//! interface inside it, and packet captures (AF_PACKET) that watch for its frames. What the
+//! frames mean is [`super::frame`]'s job.
 //!
 //! The TAP stands where a container's stack would: a `tc` redirect sends every frame the
 //! endpoint's interface receives to the TAP, and every frame written to the TAP out of the
@@ -20,6 +21,123 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+/// Keeps a captured packet (the probe's frames among everything else).
+pub type Keep = Box<dyn Fn(&Packet<'_>) -> bool + Send>;
+
+/// A packet a capture kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The IPv4 packet.
+    pub ip: Vec<u8>,
+    /// Sent by the namespace (else received).
+    pub outgoing: bool,
+    /// The interface.
+    pub ifname: String,
+}
+
+/// Where the probe's frames enter the overlay: a TAP, or a fake.
+#[async_trait::async_trait]
+pub trait Port: Send + Sync {
+    /// Writes one frame into the overlay.
+    async fn send(&self, frame: &[u8]) -> std::io::Result<()>;
+    /// The next frame the overlay delivered.
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+/// A capture running until stopped.
+#[async_trait::async_trait]
+pub trait Running: Send {
+    /// Stops and returns the packets kept.
+    async fn stop(self: Box<Self>) -> Result<Vec<Seen>, WireError>;
+}
+
+/// The probe's side effects.
+#[async_trait::async_trait]
+pub trait ProbeWire: Send + Sync {
+    /// Makes the probe's namespace at `path`; the namespace file to attach to.
+    async fn make_netns(&self, path: &Path) -> Result<PathBuf, WireError>;
+    /// Removes it (a missing one is fine).
+    async fn remove_netns(&self, path: &Path) -> Result<(), WireError>;
+    /// The probe's port, wired to the endpoint interface `ifname` in `netns`.
+    async fn port(&self, netns: &Path, ifname: &str, mtu: u32) -> Result<Box<dyn Port>, WireError>;
+    /// Starts capturing in `netns` (the agent's own when `None`); returns once armed.
+    async fn capture(
+        &self,
+        netns: Option<PathBuf>,
+        keep: Keep,
+    ) -> Result<Box<dyn Running>, WireError>;
+}
+
+/// The real one: namespaces in the host's mount namespace, a TAP, AF_PACKET captures.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostWire;
+
+#[async_trait::async_trait]
+impl ProbeWire for HostWire {
+    async fn make_netns(&self, path: &Path) -> Result<PathBuf, WireError> {
+        let p = path.to_path_buf();
+        ovl_netlink::netns::run_in_netns_async(None, move || {
+            let mounts = ovl_netlink::HostMounts::detect();
+            ovl_netlink::netns::create_netns(&mounts, &p)
+        })
+        .await?;
+        Ok(path.to_path_buf())
+    }
+
+    async fn remove_netns(&self, path: &Path) -> Result<(), WireError> {
+        let p = path.to_path_buf();
+        ovl_netlink::netns::run_in_netns_async(None, move || {
+            if !ovl_netlink::netns::is_netns(&p) {
+                // A file left without its mount (the host rebooted).
+                let _ = std::fs::remove_file(&p);
+                return Ok(());
+            }
+            let mounts = ovl_netlink::HostMounts::detect();
+            ovl_netlink::netns::remove_netns(&mounts, &p)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn port(&self, netns: &Path, ifname: &str, mtu: u32) -> Result<Box<dyn Port>, WireError> {
+        Ok(Box::new(Tap::open(netns, ifname, mtu).await?))
+    }
+
+    async fn capture(
+        &self,
+        netns: Option<PathBuf>,
+        keep: Keep,
+    ) -> Result<Box<dyn Running>, WireError> {
+        let c = Capture::start(netns, move |p| {
+            keep(p).then(|| Seen {
+                ip: p.ip.to_vec(),
+                outgoing: p.outgoing,
+                ifname: p.ifname.to_string(),
+            })
+        })
+        .await?;
+        Ok(Box::new(c))
+    }
+}
+
+#[async_trait::async_trait]
+impl Port for Tap {
+    async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        self.tun.send_all(frame).await
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tun.recv(buf).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Running for Capture<Seen> {
+    async fn stop(self: Box<Self>) -> Result<Vec<Seen>, WireError> {
+        Capture::stop(*self).await
+    }
+}
 
 /// The TAP's name inside the probe namespace.
 pub const TAP: &str = "ovlprobe";
@@ -78,16 +196,6 @@ impl Tap {
         nl.redirect_ingress(port.index, tap.index).await?;
         nl.redirect_ingress(tap.index, port.index).await?;
         Ok(Tap { tun })
-    }
-
-    /// Writes one frame into the overlay.
-    pub async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
-        self.tun.send_all(frame).await
-    }
-
-    /// The next frame the overlay delivered.
-    pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.tun.recv(buf).await
     }
 }
 
