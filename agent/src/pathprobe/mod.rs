@@ -271,6 +271,15 @@ pub fn analyze(f: &Facts) -> Report {
                 )
             }
             _ if small_left.is_empty() => hop("arrive", &d.host, None, "nothing left to arrive"),
+            _ if small_left.iter().all(|l| l.1 != d.vtep) => hop(
+                "arrive",
+                &d.host,
+                Some(false),
+                format!(
+                    "never sent here: it left for {} instead of {}",
+                    small_left[0].1, d.vtep
+                ),
+            ),
             _ => hop(
                 "arrive",
                 &d.host,
@@ -534,6 +543,13 @@ mod tests {
         assert!(why.starts_with("entry on h1: stale entry"), "{why}");
         let r = analyze(&f);
         assert_eq!(r.hops[1].ok, Some(false), "{}", r.render());
+        assert!(
+            r.hops[2]
+                .detail
+                .contains("left for 198.18.0.13 instead of 198.18.0.12"),
+            "{}",
+            r.render()
+        );
     }
 
     #[test]
