@@ -425,6 +425,8 @@ pub struct FakeNames {
     pub last_local: Mutex<Vec<Attachment>>,
     /// The attachments as last told by `containers_changed`.
     pub containers: Mutex<Vec<Attachment>>,
+    /// The networks the zone covers (those of the local endpoints), as last refreshed.
+    pub zone_networks: Mutex<BTreeSet<String>>,
 }
 
 #[async_trait::async_trait]
@@ -435,7 +437,11 @@ impl Names for FakeNames {
         0
     }
 
-    fn refresh_zone(&self, _view: &ClusterView, _local: &[Attachment]) {}
+    fn refresh_zone(&self, _view: &ClusterView, local: &[Attachment]) {
+        // The networks `names::zone_of` takes names from.
+        *self.zone_networks.lock().unwrap() =
+            local.iter().map(|a| a.endpoint.network.clone()).collect();
+    }
 
     fn containers_changed(&self, local: &[Attachment]) {
         *self.containers.lock().unwrap() = local.to_vec();

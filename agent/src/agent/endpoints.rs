@@ -111,8 +111,12 @@ impl Agent {
                 )
                 .await);
         }
-        // Before the container runs: its first DNS query must find it.
-        self.names.containers_changed(&self.local.all());
+        // Before the container runs: its first DNS query must find it, and find the names of
+        // a network this host had no endpoint on until now (the zone covers the networks of
+        // the local endpoints; the names loop would take it in only at its next pass).
+        let local = self.local.all();
+        self.names.containers_changed(&local);
+        self.names.refresh_zone(&self.view(), &local);
         self.rec.settled(&key);
         self.kick();
         Ok(Plumbed {
@@ -156,7 +160,9 @@ impl Agent {
                 },
             });
         }
-        self.names.containers_changed(&self.local.all());
+        let local = self.local.all();
+        self.names.containers_changed(&local);
+        self.names.refresh_zone(&self.view(), &local);
         if gateway
             && let Some(a) = &removed
             && !a.network.internal

@@ -239,6 +239,12 @@ async fn docker_joins_use_the_same_verb_and_leave_the_end_for_dockerd() {
         .await
         .unwrap();
     assert_eq!(p.ifname, "vtmp0");
+    // The first endpoint of net1 here: its names are served from the Join on, before the
+    // container runs (not from the names loop's next pass).
+    assert!(
+        l.names.zone_networks.lock().unwrap().contains("net1"),
+        "the zone covers net1 at Join"
+    );
     let port = l.dp.ports.lock().unwrap()[&("net1".into(), "ep1".into())].clone();
     assert!(port.unplugged);
     let att = l.agent.local().get("net1", "ep1").unwrap();
@@ -247,6 +253,7 @@ async fn docker_joins_use_the_same_verb_and_leave_the_end_for_dockerd() {
     // Leave.
     let removed = l.agent.unplumb("net1", "ep1", false).await.unwrap();
     assert!(removed.is_some());
+    assert!(l.names.zone_networks.lock().unwrap().is_empty());
     assert!(l.dp.keys().is_empty());
 }
 
