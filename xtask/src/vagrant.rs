@@ -1643,6 +1643,34 @@ pub fn down(paths: &Paths) -> Vec<anyhow::Error> {
     {
         errs.push(anyhow!("removing /run/libvirt: {e}"));
     }
+    // With no libvirtd left, the runtime state of the lab's networks and domains is stale:
+    // libvirtd keeps it when stopped, and a /run/libvirt older than this lab (a libvirtd
+    // started at boot) is not ours to remove whole. A dnsmasq still running is reported
+    // below, not removed.
+    if processes_named("libvirtd").is_empty() {
+        for (dir, prefix) in [
+            ("/run/libvirt/network", "ovl-"),
+            ("/run/libvirt/qemu", DOMAIN_PREFIX),
+        ] {
+            let Ok(d) = fs::read_dir(dir) else { continue };
+            for e in d.flatten() {
+                if !e.file_name().to_string_lossy().starts_with(prefix) {
+                    continue;
+                }
+                let p = e.path();
+                let gone = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                if let Err(err) = gone
+                    && err.kind() != std::io::ErrorKind::NotFound
+                {
+                    errs.push(anyhow!("removing {}: {err}", p.display()));
+                }
+            }
+        }
+    }
     // With no libvirtd left, its firewall chains are leftovers (libvirtd never removes them).
     if processes_named("libvirtd").is_empty() {
         errs.extend(remove_libvirt_chains());
