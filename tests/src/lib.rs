@@ -344,3 +344,24 @@ impl Drop for Killed {
         }
     }
 }
+
+/// `nft` in the lab's underlay namespace (the "wire" between the hosts).
+pub fn nft_on_wire(lab: &Lab, args: &[&str]) {
+    let ul = format!("{}-ul", lab.state.name);
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &ul, "nft"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "nft {args:?}: {}", stderr(&o));
+}
+
+/// Sets host `i`'s underlay MTU and restarts its agent (it registers the MTU at start).
+pub fn set_underlay_mtu(lab: &mut Lab, i: usize, mtu: u32) {
+    let ns = lab.state.hosts[i].ns.clone();
+    ip_ns(&ns, &format!("link set eth0 mtu {mtu}"));
+    lab.signal_agent(i, nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    lab.start_agent(i).unwrap();
+    lab.wait_agent(i).unwrap();
+}

@@ -141,15 +141,6 @@ fn ping_df(ns: &str, ip: &str, size: u32) -> bool {
     .success()
 }
 
-fn set_underlay_mtu(lab: &mut Lab, i: usize, mtu: u32) {
-    let ns = lab.state.hosts[i].ns.clone();
-    ip_ns(&ns, &format!("link set eth0 mtu {mtu}"));
-    // The agent registers its underlay MTU when it starts.
-    lab.signal_agent(i, Signal::SIGTERM).unwrap();
-    lab.start_agent(i).unwrap();
-    lab.wait_agent(i).unwrap();
-}
-
 fn doctor_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
     let mut cfg = LabConfig::new(name, 3);
     cfg.datapath = datapath;
@@ -337,17 +328,6 @@ fn graph_names_everything(lab: &Lab, name: &str) {
             "{dot}"
         );
     }
-}
-
-/// `nft` in the lab's underlay namespace (the "wire" between the hosts).
-fn nft_on_wire(lab: &Lab, args: &[&str]) {
-    let ul = format!("{}-ul", lab.state.name);
-    let o = std::process::Command::new("ip")
-        .args(["netns", "exec", &ul, "nft"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "nft {args:?}: {}", stderr(&o));
 }
 
 /// Subjects of the problems `doctor` on host 0 reports.

@@ -116,26 +116,6 @@ fn assert_nothing_left(lab: &Lab) {
     }
 }
 
-/// `nft` in the lab's underlay namespace (the wire between the hosts).
-fn nft_on_wire(lab: &Lab, args: &[&str]) {
-    let ul = format!("{}-ul", lab.state.name);
-    let o = Command::new("ip")
-        .args(["netns", "exec", &ul, "nft"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "nft {args:?}: {}", stderr(&o));
-}
-
-fn set_underlay_mtu(lab: &mut Lab, i: usize, mtu: u32) {
-    let ns = lab.state.hosts[i].ns.clone();
-    ip_ns(&ns, &format!("link set eth0 mtu {mtu}"));
-    // The agent registers its underlay MTU when it starts.
-    lab.signal_agent(i, Signal::SIGTERM).unwrap();
-    lab.start_agent(i).unwrap();
-    lab.wait_agent(i).unwrap();
-}
-
 /// Rewrites, every 100 ms until dropped, h1's entry for `mac` (c2's, on h2) to send to h3:
 /// a wrong entry the reconciler keeps correcting and the test keeps putting back.
 struct WrongEntry {

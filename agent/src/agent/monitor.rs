@@ -130,16 +130,8 @@ impl Agent {
     /// Drops that are only counted: VXLAN refused by admission (both datapaths) and the
     /// kernel datapath's anti-spoofing rules.
     fn counted_events(&self, details: &Details, counted: &mut CountedDrops) -> Vec<Event> {
-        let mut now = BTreeMap::new();
-        now.insert(
-            "vxlan_not_admitted".to_string(),
-            Counters::get(&self.counters.vxlan_refused),
-        );
-        if let Details::Kernel(k) = details {
-            now.insert("kernel_spoofed".to_string(), k.spoofed_dropped);
-        }
         counted
-            .poll(&now)
+            .poll(&self.counted_now(details))
             .into_iter()
             .map(|(code, n)| Event {
                 at_ms: now_ms(),
@@ -153,6 +145,19 @@ impl Agent {
                 frame: None,
             })
             .collect()
+    }
+
+    /// The counters of drops that are only counted, by reason code, as last read.
+    pub(super) fn counted_now(&self, details: &Details) -> BTreeMap<String, u64> {
+        let mut now = BTreeMap::new();
+        now.insert(
+            "vxlan_not_admitted".to_string(),
+            Counters::get(&self.counters.vxlan_refused),
+        );
+        if let Details::Kernel(k) = details {
+            now.insert("kernel_spoofed".to_string(), k.spoofed_dropped);
+        }
+        now
     }
 
     /// Hosts whose state changed, as this host sees them.

@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use super::Agent;
 use crate::{
     api::types::{AttachRequest, DetachRequest},
-    datapath::{Details, DroppedFrame},
+    datapath::DroppedFrame,
     error::{AgentError, Result},
     pathprobe::{
         self, BIG, Dest, Facts, Report, Request, SMALL,
@@ -408,7 +408,8 @@ impl Agent {
             .await
             .map_err(|e| e.to_string())?;
         let mut drops = self.rec.datapath().drops();
-        let before = self.counted_drops().await;
+        let mut counted = crate::monitor::CountedDrops::default();
+        counted.poll(&self.counted_drops().await);
         let _ = armed.send(());
 
         let mut dropped = Vec::new();
@@ -427,7 +428,7 @@ impl Agent {
                 },
             }
         }
-        let after = self.counted_drops().await;
+        let grew = counted.poll(&self.counted_drops().await);
         let underlay: Vec<(std::net::Ipv4Addr, String)> = underlay
             .stop()
             .await
@@ -455,13 +456,7 @@ impl Agent {
                 .collect(),
             drops: dropped,
             unprogrammed,
-            counted: after
-                .into_iter()
-                .filter_map(|(k, n)| {
-                    let b = before.iter().find(|(c, _)| *c == k).map_or(0, |(_, b)| *b);
-                    (n > b).then(|| (k, n - b))
-                })
-                .collect(),
+            counted: grew,
             missing: None,
         })
     }
@@ -476,17 +471,15 @@ impl Agent {
         }
     }
 
-    /// The drops only counted here: VXLAN refused by admission, the kernel datapath's
-    /// anti-spoofing rules.
-    async fn counted_drops(&self) -> Vec<(String, u64)> {
-        let mut out = Vec::new();
+    /// The drops only counted here (as `overlayctl monitor` reads them), with the admission
+    /// counter read now rather than at the last pass.
+    async fn counted_drops(&self) -> std::collections::BTreeMap<String, u64> {
         if let Ok(Some(n)) = self.gw.vxlan_refused().await {
-            out.push(("vxlan_not_admitted".to_string(), n));
+            self.counters
+                .vxlan_refused
+                .store(n, std::sync::atomic::Ordering::Relaxed);
         }
-        if let Details::Kernel(k) = self.rec.datapath().details().await {
-            out.push(("kernel_spoofed".to_string(), k.spoofed_dropped));
-        }
-        out
+        self.counted_now(&self.rec.datapath().details().await)
     }
 
     /// Carries out a probe task the KV gave this host, answering on its lease.
