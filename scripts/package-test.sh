@@ -40,7 +40,10 @@ in_root() {
   dpkg-query -W -f='${Package} ${Version} ${Status}\n' overlay-agent
   overlay-agent --version
   overlayctl --version
-  overlayctl network create --help | grep -q -- '--subnet' || fail "overlayctl does not run"
+  # Captured first: with pipefail, `grep -q` closing the pipe early makes overlayctl's next
+  # write fail with EPIPE, and the step fails at random.
+  help=$(overlayctl network create --help) || fail "overlayctl does not run"
+  grep -q -- '--subnet' <<<"$help" || fail "overlayctl network create --help lacks --subnet"
   getent group overlay-agent || fail "no overlay-agent group"
   [ -f /etc/overlay-agent/config.toml ] || fail "no config file"
   # Not enabled nor started by the install: the host must be configured first.

@@ -32,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 for n in "${NSES[@]}"; do
-	if ip netns list | grep -qw "$n"; then
+	if grep -qw "$n" <<<"$(ip netns list)"; then
 		echo "namespace $n exists: another run, or a leftover (ip netns del $n)" >&2
 		exit 1
 	fi
