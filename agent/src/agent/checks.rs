@@ -74,10 +74,10 @@ pub fn reserved(name: &str, vni: Option<u32>) -> Result<(), AgentError> {
 /// Refuses a container name `overlayctl probe` keeps for its endpoints (an agent removes
 /// its own such endpoints at start, as left by an interrupted probe).
 pub fn not_a_probe_name(name: &str) -> Result<(), AgentError> {
-    if name.starts_with(super::pathprobe::PROBE_PREFIX) {
+    if name.starts_with(ovl_core::probe::PROBE_PREFIX) {
         return Err(AgentError::Invalid(format!(
             "container name {name}: names starting with {} are reserved for overlayctl probe",
-            super::pathprobe::PROBE_PREFIX
+            ovl_core::probe::PROBE_PREFIX
         )));
     }
     Ok(())

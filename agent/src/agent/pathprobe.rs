@@ -41,8 +41,7 @@ const GAP: Duration = Duration::from_millis(150);
 /// How long a probe run elsewhere (`--from`) may take.
 const REMOTE_RUN: Duration = Duration::from_secs(20);
 
-/// Names of probe endpoints start with this (reserved: `attach` refuses it).
-pub const PROBE_PREFIX: &str = "ovl-probe-";
+use ovl_core::probe::PROBE_PREFIX;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -541,7 +540,7 @@ impl Agent {
         let left: Vec<(String, String)> = view
             .endpoints
             .values()
-            .filter(|e| e.host == *me && e.name.starts_with(PROBE_PREFIX))
+            .filter(|e| e.host == *me && e.is_probe())
             .map(|e| (e.network.clone(), e.name.clone()))
             .collect();
         for (network, name) in left {

@@ -1248,3 +1248,42 @@ async fn probing_nothing_is_refused_and_changes_nothing() {
     assert!(l.wire.sent.lock().unwrap().is_empty());
     no_probe_left(&l).await;
 }
+
+/// At start an agent removes the probe endpoints an interrupted probe left, and only those:
+/// a Docker container may be called `ovl-probe-x`, but its endpoint id is Docker's. Neither
+/// kind of probe endpoint is a name in the zone containers resolve.
+#[tokio::test]
+async fn left_probe_endpoints_go_and_others_named_alike_stay() {
+    let l = lab().await;
+    let c1 = l.agent.attach(attach_req("c1")).await.expect("attach c1");
+    l.agent
+        .attach(attach_req("ovl-probe-99"))
+        .await
+        .expect("a probe endpoint, as an interrupted probe leaves it");
+    let mut docker = c1.endpoint.clone();
+    docker.id = "4f2a".repeat(16);
+    docker.name = "ovl-probe-x".into();
+    docker.ip = [10, 30, 0, 77].into();
+    l.agent.store().put_endpoint(&docker).await.unwrap();
+    l.publish_view().await;
+
+    let view = l.agent.view();
+    let zone = crate::names::zone_of(&view, &l.agent.local().all());
+    let names: Vec<&str> = zone.records().iter().map(|r| r.name.as_str()).collect();
+    assert!(names.contains(&"c1"), "{names:?}");
+    assert!(
+        names.contains(&"ovl-probe-x"),
+        "a container's name: {names:?}"
+    );
+    assert!(
+        !names.contains(&"ovl-probe-99"),
+        "a probe's name: {names:?}"
+    );
+
+    l.agent.forget_probes().await;
+    let v = l.agent.store().view().await.unwrap();
+    let ids: Vec<&str> = v.endpoints.values().map(|e| e.id.as_str()).collect();
+    assert!(!ids.contains(&"ovl-probe-99"), "{ids:?}");
+    assert!(ids.contains(&"c1"), "{ids:?}");
+    assert!(ids.contains(&docker.id.as_str()), "{ids:?}");
+}

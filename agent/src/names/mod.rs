@@ -76,7 +76,8 @@ pub struct DnsNames {
     shared_error: Mutex<Option<String>>,
 }
 
-/// Builds the zone from the view: every endpoint with a name on the networks of `local`.
+/// Builds the zone from the view: every endpoint with a name on the networks of `local`,
+/// except `overlayctl probe`'s.
 /// Only containers on this host ask this DNS, and they see only their networks' names, so
 /// the zone's size (and the cost of rebuilding it) follows this host's networks, not the
 /// cluster. Every network's name is known, so `name.othernet` is answered, not forwarded.
@@ -85,7 +86,8 @@ pub fn zone_of(view: &ClusterView, local: &[Attachment]) -> Zone {
     let records = nets
         .iter()
         .flat_map(|n| view.endpoints_on(n))
-        .filter(|e| !e.name.is_empty())
+        // A probe's endpoint lives for a second; containers must not see it as a peer.
+        .filter(|e| !e.name.is_empty() && !e.is_probe())
         .map(|e| NameRecord {
             network: e.network.clone(),
             endpoint_id: e.id.clone(),

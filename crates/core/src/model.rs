@@ -177,6 +177,14 @@ pub struct EndpointRecord {
     pub publish: Vec<PortMap>,
 }
 
+impl EndpointRecord {
+    /// Whether `overlayctl probe` made this endpoint for a moment. Judged by the id, not the
+    /// name: a Docker container may be called `ovl-probe-x`, but its endpoint id is Docker's.
+    pub fn is_probe(&self) -> bool {
+        self.id.starts_with(crate::probe::PROBE_PREFIX)
+    }
+}
+
 /// Checks a network name (the one rule every layer uses, [`ovl_model::validate_network_name`]).
 pub fn validate_network_name(name: &str) -> Result<(), String> {
     ovl_model::validate_network_name(name).map_err(|e| e.to_string())

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 /// A probe's identity on the wire: the ICMP identifier of its echo requests.
 pub type ProbeId = u16;
 
+/// Names (and ids) of probe endpoints start with this. `overlayctl attach` refuses such
+/// names, and Docker's endpoint ids are hex, so an endpoint id with this prefix is a probe's.
+pub const PROBE_PREFIX: &str = "ovl-probe-";
+
 /// What the asker wants one host to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
