@@ -179,6 +179,17 @@ pub struct FakeDatapath {
 }
 
 impl FakeDatapath {
+    /// What dockerd does after Join: moves the endpoint's interface into the container and
+    /// renames it `ifname`; the datapath's next look finds it there.
+    pub fn dockerd_moved(&self, network: &str, endpoint_id: &str, ifname: &str) {
+        let mut ports = self.ports.lock().unwrap();
+        let p = ports
+            .get_mut(&(network.to_string(), endpoint_id.to_string()))
+            .expect("a Docker endpoint held");
+        p.ifname = ifname.into();
+        p.unplugged = false;
+    }
+
     /// Keys of the endpoints held.
     pub fn keys(&self) -> BTreeSet<(String, String)> {
         self.ports.lock().unwrap().keys().cloned().collect()
@@ -283,12 +294,14 @@ impl Datapath for FakeDatapath {
             .unwrap()
             .iter()
             .map(|(k, p)| {
-                (
-                    k.clone(),
+                let status = if p.unplugged {
+                    EndpointStatus::AwaitingDocker
+                } else {
                     EndpointStatus::Ok {
                         ifname: p.ifname.clone(),
-                    },
-                )
+                    }
+                };
+                (k.clone(), status)
             })
             .collect()
     }

@@ -530,6 +530,31 @@ fn ip_of(lab: &DockerLab, i: usize, c: &str, net: &str) -> String {
     )
 }
 
+/// `overlayctl probe` from host `i` reaches Docker container `to` on `net`, every hop passing
+/// (the destination's agent watches the interface dockerd renamed), and the probe's endpoint
+/// never shows in container `peer`'s hosts file on host `j`.
+fn probe_reaches(lab: &DockerLab, i: usize, net: &str, to: &str, (j, peer): (usize, &str)) {
+    let o = lab.ctl(i, &["--json", "probe", net, "--to", to]);
+    let r: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("probe {net} --to {to}: {e}: {}", stderr(&o)));
+    assert!(o.status.success(), "probe {net} --to {to}: {r:#}");
+    let hops: Vec<(&str, bool)> = r["hops"]
+        .as_array()
+        .expect("hops")
+        .iter()
+        .map(|h| (h["hop"].as_str().unwrap_or(""), h["ok"] == true))
+        .collect();
+    let want = if i == 0 {
+        ["entry", "deliver", "reply", "mtu"].as_slice()
+    } else {
+        ["entry", "leave", "arrive", "deliver", "reply", "mtu"].as_slice()
+    };
+    assert_eq!(hops.iter().map(|h| h.0).collect::<Vec<_>>(), want, "{r:#}");
+    assert!(hops.iter().all(|h| h.1), "{r:#}");
+    let hosts = lab.docker(j, &["exec", peer, "cat", "/etc/hosts"]);
+    assert!(!hosts.contains("ovl-probe-"), "{hosts}");
+}
+
 fn can_ping(lab: &DockerLab, i: usize, c: &str, target: &str) -> bool {
     lab.docker_try(i, &["exec", c, "ping", "-c1", "-W2", target])
         .status
@@ -782,6 +807,9 @@ fn two_hosts(name: &str, engine: Engine) {
             lab.docker(1, &["exec", "client", "cat", "/etc/hosts"])
         );
     }
+    // overlayctl probe finds Docker containers: across hosts and on the same host.
+    probe_reaches(&lab, 1, "appnet", "web", (1, "client"));
+    probe_reaches(&lab, 0, "appnet", "web", (1, "client"));
     // The outside world through docker_gwbridge (NAT by Docker).
     assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
     // -p 8080:80 on host 1 answers from host 2's namespace.
@@ -1078,6 +1106,8 @@ fn two_hosts_ebpf(name: &str, engine: Engine) {
                 .all(|n| can_ping(&lab, 1, "client", n))
         },
     );
+    probe_reaches(&lab, 1, "fastnet", "web", (1, "client"));
+    probe_reaches(&lab, 0, "fastnet", "web", (1, "client"));
     assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
     lab.published_port_answers();
     plain_namespace_goes_out(&lab, "fastnet");

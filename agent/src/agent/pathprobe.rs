@@ -15,8 +15,9 @@ use std::{
 
 use ovl_core::{
     EndpointRecord,
-    probe::{ProbeAnswer, ProbeId, ProbeTask, SendTask, Sightings, WatchTask},
+    probe::{PROBE_PREFIX, ProbeAnswer, ProbeId, ProbeTask, SendTask, Sightings, WatchTask},
 };
+use ovl_model::EndpointStatus;
 use tokio::sync::broadcast;
 
 use super::Agent;
@@ -40,8 +41,6 @@ const WINDOW: Duration = Duration::from_millis(1500);
 const GAP: Duration = Duration::from_millis(150);
 /// How long a probe run elsewhere (`--from`) may take.
 const REMOTE_RUN: Duration = Duration::from_secs(20);
-
-use ovl_core::probe::PROBE_PREFIX;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -394,13 +393,13 @@ impl Agent {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let ifname = att.ifname.clone();
+        let ifname = self.ifname_now(&att);
         let inside = self
             .wire
             .capture(
                 Some(att.netns.clone()),
                 Box::new(move |p| {
-                    p.ifname == ifname
+                    ifname.as_ref().is_none_or(|n| p.ifname == *n)
                         && frame::echo_in_ip(p.ip, id).is_some_and(|e| e.request != p.outgoing)
                 }),
             )
@@ -458,6 +457,20 @@ impl Agent {
             counted: grew,
             missing: None,
         })
+    }
+
+    /// The name a local endpoint's interface has in its container now. dockerd renames a
+    /// Docker endpoint's (`ethN`) when it moves it in, and the datapath's last look saw that
+    /// name; before that look, `None`: any interface of the namespace (the probe's ICMP id
+    /// is its own).
+    fn ifname_now(&self, att: &crate::local::Attachment) -> Option<String> {
+        let key = (att.endpoint.network.clone(), att.endpoint.id.clone());
+        match self.rec.datapath().endpoint_status().remove(&key) {
+            Some(EndpointStatus::Ok { ifname }) => Some(ifname),
+            // `overlayctl attach` named it; only Docker's endpoints lack the listener.
+            _ if att.dns_listener => Some(att.ifname.clone()),
+            _ => None,
+        }
     }
 
     /// The UDP port of this host's VXLAN: encrypted networks' runs inside WireGuard on a

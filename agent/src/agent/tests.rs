@@ -1287,3 +1287,62 @@ async fn left_probe_endpoints_go_and_others_named_alike_stay() {
     assert!(ids.contains(&"c1"), "{ids:?}");
     assert!(ids.contains(&docker.id.as_str()), "{ids:?}");
 }
+
+/// A Docker endpoint's interface is renamed by dockerd when it moves it into the container:
+/// the probe watches it under the name the datapath last saw, and under any name before.
+#[tokio::test]
+async fn a_probe_watches_a_docker_endpoint_under_the_name_dockerd_gave_it() {
+    let l = lab().await;
+    // Registers this host, as any first endpoint does.
+    l.agent.attach(attach_req("c1")).await.expect("attach c1");
+    let net = l.agent.store().network("net1").await.unwrap().unwrap();
+    let ip = l
+        .agent
+        .store()
+        .allocate_addr(&net, None, "ep1")
+        .await
+        .unwrap();
+    let rec = ovl_core::EndpointRecord {
+        id: "ep1".into(),
+        network: "net1".into(),
+        host: "h1".into(),
+        name: "web".into(),
+        aliases: vec![],
+        ip,
+        mac: ovl_core::ipam::mac_for(ip),
+        publish: vec![],
+    };
+    l.agent.store().create_endpoint(&rec).await.unwrap();
+    l.agent
+        .plumb(
+            &net,
+            &rec,
+            &netns(),
+            Plug::Docker {
+                tmp: "vtmp0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    l.publish_view().await;
+    l.wire
+        .answer
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The fake capture sees the frames on eth0, as in a container.
+    let r = l.agent.probe(probe_req("web")).await.expect("probe");
+    assert_eq!(
+        r.failed,
+        None,
+        "before the datapath saw it moved: {}",
+        r.render()
+    );
+    l.dp.dockerd_moved("net1", "ep1", "eth0");
+    let r = l.agent.probe(probe_req("web")).await.expect("probe");
+    assert_eq!(r.failed, None, "as eth0: {}", r.render());
+    // Frames on another interface of the container are not this endpoint's.
+    l.dp.dockerd_moved("net1", "ep1", "eth1");
+    let r = l.agent.probe(probe_req("web")).await.expect("probe");
+    let why = r.failed.clone().expect("not delivered to eth1");
+    assert!(why.starts_with("deliver on h1"), "{}", r.render());
+    no_probe_left(&l).await;
+}
