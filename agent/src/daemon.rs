@@ -116,6 +116,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         wg_kind,
     )
     .context("loading the WireGuard key")?;
+    // Where the health and probe namespaces are mounted (as the datapath's sandboxes).
+    let mounts = tokio::task::spawn_blocking(ovl_netlink::HostMounts::detect).await?;
     let services = Services {
         datapath: dp,
         gateway: Arc::new(gw),
@@ -124,8 +126,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tunnel: Arc::new(tunnel),
         health: Arc::new(crate::health::IcmpHealthProbe::new(
             crate::health::netns_path(&settings.run_dir),
+            mounts.clone(),
         )),
-        wire: Arc::new(crate::pathprobe::wire::HostWire),
+        wire: Arc::new(crate::pathprobe::wire::HostWire::new(mounts)),
     };
     // Overlay subnets must stay out of it; unknown (no netmask) is not fatal.
     let network = ovl_netlink::underlay_network(settings.advertise_addr).ok();

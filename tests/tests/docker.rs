@@ -555,6 +555,25 @@ fn probe_reaches(lab: &DockerLab, i: usize, net: &str, to: &str, (j, peer): (usi
     assert!(!hosts.contains("ovl-probe-"), "{hosts}");
 }
 
+/// `overlayctl doctor` on host `i` finds nothing wrong (within `wait`: the health matrix
+/// needs a few rounds after a change).
+fn doctor_ok(lab: &DockerLab, i: usize, wait: Duration) {
+    let mut last = String::new();
+    let ok = (0..)
+        .map(|_| {
+            let o = lab.ctl(i, &["doctor"]);
+            last = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+            o.status.success() || {
+                std::thread::sleep(Duration::from_secs(1));
+                false
+            }
+        })
+        .take(wait.as_secs() as usize)
+        .any(|ok| ok);
+    assert!(ok, "doctor on h{}:\n{last}", i + 1);
+    eprintln!("doctor on h{}:\n{last}", i + 1);
+}
+
 fn can_ping(lab: &DockerLab, i: usize, c: &str, target: &str) -> bool {
     lab.docker_try(i, &["exec", c, "ping", "-c1", "-W2", target])
         .status
@@ -810,6 +829,7 @@ fn two_hosts(name: &str, engine: Engine) {
     // overlayctl probe finds Docker containers: across hosts and on the same host.
     probe_reaches(&lab, 1, "appnet", "web", (1, "client"));
     probe_reaches(&lab, 0, "appnet", "web", (1, "client"));
+    doctor_ok(&lab, 1, Duration::from_secs(20));
     // The outside world through docker_gwbridge (NAT by Docker).
     assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
     // -p 8080:80 on host 1 answers from host 2's namespace.
@@ -1108,6 +1128,7 @@ fn two_hosts_ebpf(name: &str, engine: Engine) {
     );
     probe_reaches(&lab, 1, "fastnet", "web", (1, "client"));
     probe_reaches(&lab, 0, "fastnet", "web", (1, "client"));
+    doctor_ok(&lab, 1, Duration::from_secs(20));
     assert!(can_ping(&lab, 0, "web", xtask::lab::OUTSIDE_ADDR));
     lab.published_port_answers();
     plain_namespace_goes_out(&lab, "fastnet");

@@ -49,16 +49,19 @@ pub trait HealthProbe: Send + Sync {
 /// ICMP echoes from the health namespace at `netns`, on a raw socket opened there once.
 pub struct IcmpHealthProbe {
     netns: PathBuf,
+    mounts: ovl_netlink::HostMounts,
     sock: Mutex<Option<Arc<Socket>>>,
     ident: u16,
     seq: Mutex<u16>,
 }
 
 impl IcmpHealthProbe {
-    /// Probes from the namespace at `netns` (opened at the first round).
-    pub fn new(netns: PathBuf) -> Self {
+    /// Probes from the namespace at the host's `netns` (made in `mounts`, opened at the
+    /// first round).
+    pub fn new(netns: PathBuf, mounts: ovl_netlink::HostMounts) -> Self {
         IcmpHealthProbe {
             netns,
+            mounts,
             sock: Mutex::new(None),
             ident: rand::random(),
             seq: Mutex::new(0),
@@ -71,16 +74,17 @@ impl IcmpHealthProbe {
         }
         // A socket belongs to the namespace it was created in, whichever thread uses it.
         let path = self.netns.clone();
-        let s = ovl_netlink::netns::run_in_netns(Some(&self.netns), move || {
-            Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map_err(|source| {
-                ovl_netlink::Error::Io {
-                    context: "raw ICMP socket".into(),
-                    path,
-                    source,
-                }
+        let s =
+            ovl_netlink::netns::run_in_netns(Some(&self.mounts.resolve(&self.netns)), move || {
+                Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map_err(|source| {
+                    ovl_netlink::Error::Io {
+                        context: "raw ICMP socket".into(),
+                        path,
+                        source,
+                    }
+                })
             })
-        })
-        .map_err(|e| format!("health namespace {}: {e}", self.netns.display()))?;
+            .map_err(|e| format!("health namespace {}: {e}", self.netns.display()))?;
         let s = Arc::new(s);
         *self.sock.lock().expect("sock lock") = Some(s.clone());
         Ok(s)

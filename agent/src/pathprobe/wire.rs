@@ -70,30 +70,34 @@ pub trait ProbeWire: Send + Sync {
 }
 
 /// The real one: namespaces in the host's mount namespace, a TAP, AF_PACKET captures.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct HostWire;
+#[derive(Debug, Clone)]
+pub struct HostWire {
+    mounts: ovl_netlink::HostMounts,
+}
+
+impl HostWire {
+    /// Makes the probe's namespaces in `mounts`, the datapath's durable mount namespace.
+    pub fn new(mounts: ovl_netlink::HostMounts) -> Self {
+        HostWire { mounts }
+    }
+}
 
 #[async_trait::async_trait]
 impl ProbeWire for HostWire {
     async fn make_netns(&self, path: &Path) -> Result<PathBuf, WireError> {
-        let p = path.to_path_buf();
+        let (mounts, p) = (self.mounts.clone(), path.to_path_buf());
         ovl_netlink::netns::run_in_netns_async(None, move || {
-            let mounts = ovl_netlink::HostMounts::detect();
             ovl_netlink::netns::create_netns(&mounts, &p)
         })
         .await?;
-        Ok(path.to_path_buf())
+        // The mount is in the host's mount namespace: an agent in another one (started
+        // inside dockerd's, or under `unshare -m`) reaches it through the host's root.
+        Ok(self.mounts.resolve(path))
     }
 
     async fn remove_netns(&self, path: &Path) -> Result<(), WireError> {
-        let p = path.to_path_buf();
+        let (mounts, p) = (self.mounts.clone(), path.to_path_buf());
         ovl_netlink::netns::run_in_netns_async(None, move || {
-            if !ovl_netlink::netns::is_netns(&p) {
-                // A file left without its mount (the host rebooted).
-                let _ = std::fs::remove_file(&p);
-                return Ok(());
-            }
-            let mounts = ovl_netlink::HostMounts::detect();
             ovl_netlink::netns::remove_netns(&mounts, &p)
         })
         .await?;

@@ -47,10 +47,12 @@ pub async fn run(agent: Arc<Agent>) {
 async fn ensure_netns(path: &Path) -> Result<(), String> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        if ovl_netlink::netns::is_netns(&path) {
+        let mounts = ovl_netlink::HostMounts::detect();
+        // Looked for where it is made: an agent in a mount namespace that mounts made in the
+        // host's do not reach (dockerd's private one) sees only the bare file.
+        if ovl_netlink::netns::is_netns(&mounts.resolve(&path)) {
             return Ok(());
         }
-        let mounts = ovl_netlink::HostMounts::detect();
         // A file left without its mount (the host rebooted) is replaced.
         let _ = std::fs::remove_file(mounts.resolve(&path));
         ovl_netlink::netns::create_netns(&mounts, &path).map_err(|e| e.to_string())

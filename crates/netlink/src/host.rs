@@ -206,6 +206,19 @@ impl HostMounts {
         }
     }
 
+    /// The path under which this process opens the namespace file at the host's `path`:
+    /// [`HostMounts::resolve`]'s, unless only this process's own mount namespace has a
+    /// namespace mounted there. That is the case of an agent sharing the private mount
+    /// namespace of a dockerd whose sandbox keys are mounted there only.
+    pub fn resolve_netns(&self, path: &Path) -> PathBuf {
+        let host = self.resolve(path);
+        if self.anchor.is_none() || crate::netns::is_netns(&host) || !crate::netns::is_netns(path) {
+            host
+        } else {
+            path.to_path_buf()
+        }
+    }
+
     /// Runs `f` on a fresh thread inside the host's mount namespace, where host paths are
     /// plain paths (use them, not [`HostMounts::resolve`]'s), and returns its result. Mounts
     /// and unmounts go through here.

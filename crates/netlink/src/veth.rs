@@ -296,10 +296,11 @@ impl Snapshot {
 
 /// The spec as this process reaches it: its namespace path resolved in the host's mount
 /// namespace (paths users and dockerd give name the host's files; the agent may run in a
-/// mount namespace of its own that does not see mounts made after it started).
+/// mount namespace of its own that does not see mounts made after it started), or in the
+/// agent's own where only that one has it ([`HostMounts::resolve_netns`]).
 pub fn host_view(mounts: &HostMounts, ep: &EndpointSpec) -> EndpointSpec {
     EndpointSpec {
-        netns: mounts.resolve(&ep.netns),
+        netns: mounts.resolve_netns(&ep.netns),
         ..ep.clone()
     }
 }
@@ -364,7 +365,7 @@ impl Finder {
         host_end: Option<u32>,
     ) -> Result<ContainerSeen> {
         let id = &ep.endpoint_id;
-        let path = self.mounts.resolve(&ep.netns);
+        let path = self.mounts.resolve_netns(&ep.netns);
         let seen = match self.snapshot(&path).await? {
             None => return Ok(ContainerSeen::NetnsGone),
             Some(snap) => match host_end.and_then(|h| snap.container_end(network, id, Some(h))) {

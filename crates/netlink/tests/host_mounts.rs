@@ -68,6 +68,12 @@ fn a_netns_made_from_a_private_mount_namespace_outlives_it() {
             "the host's mount does not propagate into a private namespace"
         );
         assert!(is_netns(&f));
+        // A namespace file: the host's where the host has it, this namespace's where only
+        // this one has it mounted (dockerd's sandbox keys, for an agent in its namespace).
+        assert_eq!(host.resolve_netns(&d), host.resolve(&d));
+        assert_eq!(host.resolve_netns(&f), f);
+        let nowhere = d.with_file_name("nowhere");
+        assert_eq!(host.resolve_netns(&nowhere), host.resolve(&nowhere));
         host.describe()
     })
     .join()
