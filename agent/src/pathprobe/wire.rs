@@ -113,6 +113,8 @@ impl ProbeWire for HostWire {
         netns: Option<PathBuf>,
         keep: Keep,
     ) -> Result<Box<dyn Running>, WireError> {
+        // A container's namespace, named as the datapath names it (the host's path).
+        let netns = netns.map(|n| self.mounts.resolve_netns(&n));
         let c = Capture::start(netns, move |p| {
             keep(p).then(|| Seen {
                 ip: p.ip.to_vec(),
