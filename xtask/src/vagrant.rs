@@ -904,7 +904,9 @@ const RUN: &str = "docker run -d --network appnet --sysctl net.ipv4.icmp_echo_ig
 /// - broadcast and multicast echo requests from a container on node1 are seen by the
 ///   containers on the other nodes (their ICMP counters) and answered;
 /// - the leader reaches node1's underlay address, outside the overlay, through Docker's
-///   gateway bridge.
+///   gateway bridge;
+/// - `overlayctl doctor` finds nothing wrong and `overlayctl probe` reaches the containers
+///   hop by hop ([`check_debugging`]); then the encrypted network, restart and stop checks.
 pub fn scenario(nodes: &Nodes, timer: &mut Timer) -> Result<()> {
     let count = nodes.count;
     if count < 2 {
@@ -1089,6 +1091,10 @@ pub fn scenario(nodes: &Nodes, timer: &mut Timer) -> Result<()> {
     })?;
 
     timer.phase(
+        "scenario: overlayctl doctor and probe under the packaged unit",
+        || check_debugging(nodes, &leader_node, &follower_node),
+    )?;
+    timer.phase(
         "scenario: encrypted network, kernel WireGuard and a userspace host",
         || check_encrypted(nodes),
     )?;
@@ -1100,6 +1106,54 @@ pub fn scenario(nodes: &Nodes, timer: &mut Timer) -> Result<()> {
         "scenario: systemctl stop overlay-agent leaves the datapath in place",
         || check_stop(nodes, &follower_node, &leader_node, &leader_ip),
     )?;
+    Ok(())
+}
+
+/// The debugging tools where the agent runs as the package's systemd unit (its sandboxing
+/// included): `overlayctl doctor` finds nothing wrong once the health matrix has a round,
+/// and `overlayctl probe` reaches the leader's container from node1 and, run on the
+/// leader's node (`--from`), a follower, with every hop passing and nothing of it left.
+fn check_debugging(nodes: &Nodes, leader_node: &str, follower_node: &str) -> Result<()> {
+    let n1 = node(1);
+    wait_until(
+        "doctor on node1 to find nothing wrong",
+        Duration::from_secs(60),
+        || nodes.quiet(&n1, "overlayctl doctor"),
+    )?;
+    nodes.sh(&n1, "overlayctl doctor")?;
+    for (to, on, from) in [
+        ("leader", leader_node, None),
+        ("follower1", follower_node, Some(leader_node)),
+    ] {
+        let from_arg = from.map(|f| format!(" --from {f}")).unwrap_or_default();
+        let out = nodes.sh(
+            &n1,
+            &format!("overlayctl --json probe {NET} --to {to}{from_arg}"),
+        )?;
+        let r: Value = serde_json::from_str(&out).context("probe --json")?;
+        let hops: Vec<&str> = r["hops"]
+            .as_array()
+            .context("probe: no hops")?
+            .iter()
+            .map(|h| h["hop"].as_str().unwrap_or(""))
+            .collect();
+        let want: &[&str] = if from.unwrap_or(n1.as_str()) == on {
+            &["entry", "deliver", "reply", "mtu"]
+        } else {
+            &["entry", "leave", "arrive", "deliver", "reply", "mtu"]
+        };
+        let all_ok = r["hops"]
+            .as_array()
+            .is_some_and(|h| h.iter().all(|h| h["ok"] == true));
+        if hops != want || !all_ok || !r["failed"].is_null() {
+            bail!("probe {NET} --to {to}{from_arg}: want hops {want:?}, all passing: {r:#}");
+        }
+        println!("probe {NET} --to {to}{from_arg}: {}", hops.join(" -> "));
+    }
+    let eps = nodes.sh(&n1, &format!("overlayctl --json endpoints {NET}"))?;
+    if eps.contains("ovl-probe-") {
+        bail!("a probe endpoint is left: {eps}");
+    }
     Ok(())
 }
 
