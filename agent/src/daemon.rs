@@ -61,7 +61,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = api::server::bind_with(&socket, settings.socket_group)
         .await
         .with_context(|| format!("binding the control socket {}", socket.display()))?;
-    let dp = crate::datapath::open(&settings).await?;
+    // The mount namespace of every durable mount: the datapath's sandboxes and pins, the
+    // health and probe namespaces.
+    let mounts = tokio::task::spawn_blocking(ovl_netlink::HostMounts::detect).await?;
+    let dp = crate::datapath::open(&settings, mounts.clone()).await?;
     let mut gw_cfg = ovl_gateway::GatewayConfig::new(settings.state_dir.join("gateway"));
     gw_cfg.subnet = settings.gw_subnet;
     gw_cfg.vxlan_port = Some(settings.vxlan_port);
@@ -116,8 +119,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         wg_kind,
     )
     .context("loading the WireGuard key")?;
-    // Where the health and probe namespaces are mounted (as the datapath's sandboxes).
-    let mounts = tokio::task::spawn_blocking(ovl_netlink::HostMounts::detect).await?;
     let services = Services {
         datapath: dp,
         gateway: Arc::new(gw),

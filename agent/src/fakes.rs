@@ -64,6 +64,10 @@ pub struct FakeHealth {
 
 #[async_trait::async_trait]
 impl HealthProbe for FakeHealth {
+    async fn prepare(&self) -> Result<PathBuf, String> {
+        Ok(PathBuf::from("/proc/self/ns/net"))
+    }
+
     async fn round(&self, targets: Vec<Ipv4Addr>) -> Result<BTreeMap<Ipv4Addr, Reply>, String> {
         let answers = self.answers.lock().unwrap();
         let skews = self.skews.lock().unwrap();

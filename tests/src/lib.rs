@@ -70,6 +70,11 @@ pub fn within(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Dur
     }
 }
 
+/// The hops `overlayctl probe` reports to an endpoint on another host.
+pub const PROBE_REMOTE: [&str; 6] = ["entry", "leave", "arrive", "deliver", "reply", "mtu"];
+/// The hops `overlayctl probe` reports to an endpoint on its own host.
+pub const PROBE_LOCAL: [&str; 4] = ["entry", "deliver", "reply", "mtu"];
+
 /// `overlayctl --json ARGS` on host `i`, parsed as JSON (panics on failure).
 pub fn ctl(lab: &Lab, i: usize, args: &[&str]) -> Value {
     lab.ctl_json(i, args).unwrap_or_else(|e| panic!("{e:#}"))

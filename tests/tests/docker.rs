@@ -530,9 +530,9 @@ fn ip_of(lab: &DockerLab, i: usize, c: &str, net: &str) -> String {
     )
 }
 
-/// `overlayctl probe` from host `i` reaches Docker container `to` on `net`, every hop passing
-/// (the destination's agent watches the interface dockerd renamed), and the probe's endpoint
-/// never shows in container `peer`'s hosts file on host `j`.
+/// `overlayctl probe` from host `i` reaches Docker container `to` (on host 1, index 0) on
+/// `net`, every hop passing (the destination's agent watches the interface dockerd renamed),
+/// and the probe's endpoint never shows in container `peer`'s hosts file on host `j`.
 fn probe_reaches(lab: &DockerLab, i: usize, net: &str, to: &str, (j, peer): (usize, &str)) {
     let o = lab.ctl(i, &["--json", "probe", net, "--to", to]);
     let r: Value = serde_json::from_slice(&o.stdout)
@@ -545,9 +545,9 @@ fn probe_reaches(lab: &DockerLab, i: usize, net: &str, to: &str, (j, peer): (usi
         .map(|h| (h["hop"].as_str().unwrap_or(""), h["ok"] == true))
         .collect();
     let want = if i == 0 {
-        ["entry", "deliver", "reply", "mtu"].as_slice()
+        PROBE_LOCAL.as_slice()
     } else {
-        ["entry", "leave", "arrive", "deliver", "reply", "mtu"].as_slice()
+        PROBE_REMOTE.as_slice()
     };
     assert_eq!(hops.iter().map(|h| h.0).collect::<Vec<_>>(), want, "{r:#}");
     assert!(hops.iter().all(|h| h.1), "{r:#}");
@@ -558,20 +558,17 @@ fn probe_reaches(lab: &DockerLab, i: usize, net: &str, to: &str, (j, peer): (usi
 /// `overlayctl doctor` on host `i` finds nothing wrong (within `wait`: the health matrix
 /// needs a few rounds after a change).
 fn doctor_ok(lab: &DockerLab, i: usize, wait: Duration) {
-    let mut last = String::new();
-    let ok = (0..)
-        .map(|_| {
-            let o = lab.ctl(i, &["doctor"]);
-            last = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
-            o.status.success() || {
-                std::thread::sleep(Duration::from_secs(1));
-                false
-            }
-        })
-        .take(wait.as_secs() as usize)
-        .any(|ok| ok);
-    assert!(ok, "doctor on h{}:\n{last}", i + 1);
-    eprintln!("doctor on h{}:\n{last}", i + 1);
+    let start = Instant::now();
+    loop {
+        let o = lab.ctl(i, &["doctor"]);
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+        if o.status.success() {
+            eprintln!("doctor on h{}:\n{text}", i + 1);
+            return;
+        }
+        assert!(start.elapsed() < wait, "doctor on h{}:\n{text}", i + 1);
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn can_ping(lab: &DockerLab, i: usize, c: &str, target: &str) -> bool {

@@ -66,9 +66,6 @@ fn assert_reached_on(
     r
 }
 
-const REMOTE: [&str; 6] = ["entry", "leave", "arrive", "deliver", "reply", "mtu"];
-const LOCAL: [&str; 4] = ["entry", "deliver", "reply", "mtu"];
-
 /// `overlayctl doctor` exit code on host 0.
 fn doctor(lab: &Lab) -> (i32, String) {
     let o = lab.ctl(0, &["doctor"]).unwrap();
@@ -250,21 +247,21 @@ fn probe_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
     wait_doctor_ok(&lab, "doctor 0 on a healthy lab");
 
     // Healthy: every endpoint, by name and by address, from h1 and from h2.
-    let r = assert_reached(&lab, 0, "c2", None, &REMOTE);
+    let r = assert_reached(&lab, 0, "c2", None, &PROBE_REMOTE);
     eprintln!("{name}: healthy probe h1 -> c2:\n{r:#}");
     let text = stdout(&lab.ctl(0, &["probe", "net1", "--to", "c3"]).unwrap());
     eprintln!("{name}: probe h1 -> c3:\n{text}");
     assert!(text.ends_with("reached\n"), "{text}");
-    for hop in REMOTE {
+    for hop in PROBE_REMOTE {
         assert!(text.contains(&format!("ok   {hop:<8}")), "{text}");
     }
     let h3 = lab.state.hosts[2].addr.clone();
     let h2 = lab.state.hosts[1].addr.clone();
     assert!(text.contains(&format!("to VTEP {h3}")), "{text}");
-    assert_reached(&lab, 0, &ip3, None, &REMOTE);
-    assert_reached(&lab, 0, "c1b", None, &LOCAL);
-    assert_reached(&lab, 0, &ip1b, None, &LOCAL);
-    let r = assert_reached(&lab, 0, "c3", Some("h2"), &REMOTE);
+    assert_reached(&lab, 0, &ip3, None, &PROBE_REMOTE);
+    assert_reached(&lab, 0, "c1b", None, &PROBE_LOCAL);
+    assert_reached(&lab, 0, &ip1b, None, &PROBE_LOCAL);
+    let r = assert_reached(&lab, 0, "c3", Some("h2"), &PROBE_REMOTE);
     assert_eq!(r["from"], "h2", "{r:#}");
     assert_nothing_left(&lab);
     let o = lab.ctl(0, &["probe", "net1", "--to", "nobody"]).unwrap();
@@ -339,7 +336,7 @@ fn probe_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
     });
     nft_on_wire(&lab, &["delete", "table", "bridge", "t20pwire"]);
     wait_doctor_ok(&lab, "doctor 0 with the wire open");
-    assert_reached(&lab, 0, "c3", None, &REMOTE);
+    assert_reached(&lab, 0, "c3", None, &PROBE_REMOTE);
 
     // Fault 2: h1's entry for c2 held wrong (sends to h3).
     let c2_mac = ctl(&lab, 1, &["endpoints", "net1"])
@@ -373,7 +370,7 @@ fn probe_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
         );
     }
     wait_doctor_ok(&lab, "doctor 0 with the entry repaired");
-    assert_reached(&lab, 0, "c2", None, &REMOTE);
+    assert_reached(&lab, 0, "c2", None, &PROBE_REMOTE);
 
     // Fault 3: h3's underlay carries 1400 bytes; endpoints keep MTU 1450.
     set_underlay_mtu(&mut lab, 2, 1400);
@@ -389,7 +386,7 @@ fn probe_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
     assert_eq!(h[4], ("reply".to_string(), Some(true)), "{r:#}");
     set_underlay_mtu(&mut lab, 2, 1500);
     wait_doctor_ok(&lab, "doctor 0 with h3's MTU back");
-    assert_reached(&lab, 0, "c3", None, &REMOTE);
+    assert_reached(&lab, 0, "c3", None, &PROBE_REMOTE);
 
     // Fault 4: h2's agent stops: no one on h2 watches.
     lab.signal_agent(1, Signal::SIGTERM).unwrap();
@@ -407,7 +404,7 @@ fn probe_finds_one_fault_at_a_time(name: &str, datapath: DatapathSel) {
     lab.start_agent(1).unwrap();
     lab.wait_agent(1).unwrap();
     wait_doctor_ok(&lab, "doctor 0 with h2's agent back");
-    assert_reached(&lab, 0, "c2", None, &REMOTE);
+    assert_reached(&lab, 0, "c2", None, &PROBE_REMOTE);
     assert_nothing_left(&lab);
 }
 
@@ -449,12 +446,12 @@ fn probe_mixed_and_encrypted() {
     within("c1 -> c3 and s1 -> s3", Duration::from_secs(15), || {
         ping(&c1, &ip3) && ping(&s1, &ips3)
     });
-    let r = assert_reached(&lab, 0, "c3", None, &REMOTE);
+    let r = assert_reached(&lab, 0, "c3", None, &PROBE_REMOTE);
     eprintln!("t20pm: eBPF h1 -> kernel h3:\n{r:#}");
-    let r = assert_reached(&lab, 2, "c1", None, &REMOTE);
+    let r = assert_reached(&lab, 2, "c1", None, &PROBE_REMOTE);
     eprintln!("t20pm: kernel h3 -> eBPF h1:\n{r:#}");
     for (i, to) in [(0, "s3"), (2, "s1")] {
-        let r = assert_reached_on(&lab, "sec", i, to, None, &REMOTE);
+        let r = assert_reached_on(&lab, "sec", i, to, None, &PROBE_REMOTE);
         eprintln!("t20pm: encrypted, from h{} to {to}:\n{r:#}", i + 1);
         let leave = r["hops"][1]["detail"].as_str().unwrap();
         assert!(leave.ends_with("(inside WireGuard)"), "{r:#}");

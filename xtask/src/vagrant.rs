@@ -1109,8 +1109,7 @@ pub fn scenario(nodes: &Nodes, timer: &mut Timer) -> Result<()> {
     Ok(())
 }
 
-/// The debugging tools where the agent runs as the package's systemd unit (its sandboxing
-/// included): `overlayctl doctor` finds nothing wrong once the health matrix has a round,
+/// The debugging tools where the agent runs as the package's systemd unit: `overlayctl doctor` finds nothing wrong once the health matrix has a round,
 /// and `overlayctl probe` reaches the leader's container from node1 and, run on the
 /// leader's node (`--from`), a follower, with every hop passing and nothing of it left.
 fn check_debugging(nodes: &Nodes, leader_node: &str, follower_node: &str) -> Result<()> {

@@ -27,6 +27,14 @@ impl Agent {
         *self.lease.lock().expect("lease lock") = lease;
     }
 
+    /// Makes (or finds) the health namespace; once it exists, the reconciler programs the
+    /// health endpoint in it.
+    pub async fn prepare_health(&self) -> std::result::Result<(), String> {
+        let netns = self.health_probe.prepare().await?;
+        self.health_ready(netns);
+        Ok(())
+    }
+
     /// The health namespace exists: from now on the reconciler programs the health
     /// endpoint in it (a pass is asked for at once).
     pub fn health_ready(&self, netns: PathBuf) {

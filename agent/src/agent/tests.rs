@@ -205,9 +205,9 @@ async fn detach_removes_interfaces_record_address_and_gateway() {
     assert!(!d.removed);
 }
 
-#[tokio::test]
-async fn docker_joins_use_the_same_verb_and_leave_the_end_for_dockerd() {
-    let l = lab().await;
+/// Docker's Join of endpoint `ep1` named `name` on net1, as the plugin does it: address
+/// and record first, then the interface left as `vtmp0` for dockerd.
+async fn docker_join(l: &Lab, name: &str) -> crate::agent::Plumbed {
     let net = l.agent.store().network("net1").await.unwrap().unwrap();
     let ip = l
         .agent
@@ -219,15 +219,14 @@ async fn docker_joins_use_the_same_verb_and_leave_the_end_for_dockerd() {
         id: "ep1".into(),
         network: "net1".into(),
         host: "h1".into(),
-        name: String::new(),
+        name: name.into(),
         aliases: vec![],
         ip,
         mac: ovl_core::ipam::mac_for(ip),
         publish: vec![],
     };
     l.agent.store().create_endpoint(&rec).await.unwrap();
-    let p = l
-        .agent
+    l.agent
         .plumb(
             &net,
             &rec,
@@ -237,7 +236,13 @@ async fn docker_joins_use_the_same_verb_and_leave_the_end_for_dockerd() {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn docker_joins_use_the_same_verb_and_leave_the_end_for_dockerd() {
+    let l = lab().await;
+    let p = docker_join(&l, "").await;
     assert_eq!(p.ifname, "vtmp0");
     // The first endpoint of net1 here: its names are served from the Join on, before the
     // container runs (not from the names loop's next pass).
@@ -1295,35 +1300,7 @@ async fn a_probe_watches_a_docker_endpoint_under_the_name_dockerd_gave_it() {
     let l = lab().await;
     // Registers this host, as any first endpoint does.
     l.agent.attach(attach_req("c1")).await.expect("attach c1");
-    let net = l.agent.store().network("net1").await.unwrap().unwrap();
-    let ip = l
-        .agent
-        .store()
-        .allocate_addr(&net, None, "ep1")
-        .await
-        .unwrap();
-    let rec = ovl_core::EndpointRecord {
-        id: "ep1".into(),
-        network: "net1".into(),
-        host: "h1".into(),
-        name: "web".into(),
-        aliases: vec![],
-        ip,
-        mac: ovl_core::ipam::mac_for(ip),
-        publish: vec![],
-    };
-    l.agent.store().create_endpoint(&rec).await.unwrap();
-    l.agent
-        .plumb(
-            &net,
-            &rec,
-            &netns(),
-            Plug::Docker {
-                tmp: "vtmp0".into(),
-            },
-        )
-        .await
-        .unwrap();
+    docker_join(&l, "web").await;
     l.publish_view().await;
     l.wire
         .answer

@@ -259,9 +259,9 @@ fn log_changes(
 
 /// Opens the configured datapath. With `--datapath ebpf`, a host that cannot run BPF gets a
 /// precise reason; with `--datapath-fallback` it then runs the kernel path instead. Before
-/// it starts, the other datapath's leftovers are removed (and logged).
-pub async fn open(settings: &Settings) -> DpResult<Arc<dyn Datapath>> {
-    let mounts = tokio::task::spawn_blocking(HostMounts::detect).await?;
+/// it starts, the other datapath's leftovers are removed (and logged). Its durable mounts
+/// (sandboxes, pins) go to `mounts`.
+pub async fn open(settings: &Settings, mounts: HostMounts) -> DpResult<Arc<dyn Datapath>> {
     tracing::info!(mounts = %mounts.describe(), "durable datapath mounts (sandboxes, pins) live in this mount namespace");
     let underlay = ovl_netlink::underlay_mtu(settings.advertise_addr)?;
     let mtu = ovl_model::overlay_mtu(underlay, None);

@@ -41,12 +41,17 @@ pub struct Reply {
 /// One round of health probes.
 #[async_trait::async_trait]
 pub trait HealthProbe: Send + Sync {
+    /// Makes the health namespace, or finds the one a previous run left; its path, as the
+    /// datapath takes it (the host's).
+    async fn prepare(&self) -> Result<PathBuf, String>;
+
     /// Sends one probe to each of `targets`; what each that answered its echo within
     /// [`WAIT`] said. `Err`: the round could not run at all (no health namespace yet).
     async fn round(&self, targets: Vec<Ipv4Addr>) -> Result<BTreeMap<Ipv4Addr, Reply>, String>;
 }
 
-/// ICMP echoes from the health namespace at `netns`, on a raw socket opened there once.
+/// ICMP echoes from the health namespace at `netns` (made in the host's mount namespace, so
+/// it outlives an agent started under `ip netns exec`), on a raw socket opened there once.
 pub struct IcmpHealthProbe {
     netns: PathBuf,
     mounts: ovl_netlink::HostMounts,
@@ -93,6 +98,24 @@ impl IcmpHealthProbe {
 
 #[async_trait::async_trait]
 impl HealthProbe for IcmpHealthProbe {
+    async fn prepare(&self) -> Result<PathBuf, String> {
+        let (mounts, path) = (self.mounts.clone(), self.netns.clone());
+        tokio::task::spawn_blocking(move || {
+            // Looked for where it is made: an agent in a mount namespace that mounts made in
+            // the host's do not reach (dockerd's private one) sees only the bare file.
+            if ovl_netlink::netns::is_netns(&mounts.resolve(&path)) {
+                return Ok(path);
+            }
+            // A file left without its mount (the host rebooted) is replaced.
+            let _ = std::fs::remove_file(mounts.resolve(&path));
+            ovl_netlink::netns::create_netns(&mounts, &path)
+                .map_err(|e| format!("health namespace {}: {e}", path.display()))?;
+            Ok(path)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     async fn round(&self, targets: Vec<Ipv4Addr>) -> Result<BTreeMap<Ipv4Addr, Reply>, String> {
         let sock = self.socket()?;
         let seq = {
